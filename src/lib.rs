@@ -1,0 +1,2 @@
+//! hubsweep (skeleton)
+#![deny(missing_docs)]

@@ -1,0 +1,56 @@
+//! Shared test harness: a temp dir per test, an isolated environment, and the binary.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+/// One test's world: its own temp dir and an isolated environment for the binary.
+pub struct TestContext {
+    dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+impl TestContext {
+    /// A fresh context with an empty temp dir.
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("create temp dir") }
+    }
+
+    /// The temp dir of this test.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path inside the temp dir.
+    pub fn child(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The `hubsweep` binary with a clean, isolated environment: no colour, no token, HOME,
+    /// HF_HOME and HUBSWEEP_HOME inside the temp dir, offline.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::cargo_bin("hubsweep").expect("hubsweep binary");
+        cmd.current_dir(self.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.child("home"))
+            .env("HF_HOME", self.child("hf-home"))
+            .env("HUBSWEEP_HOME", self.child("hubsweep-home"))
+            .env("HF_HUB_OFFLINE", "1")
+            .env("NO_COLOR", "1");
+        cmd
+    }
+}
+
+/// The repository root (for committed sweeps, fixtures and schemas).
+#[allow(dead_code)]
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Whether external peers (Python clients, model assets) are required: `scripts/test.sh` sets
+/// `HUBSWEEP_REQUIRE_PEERS=1`, so a missing peer fails there; a bare `cargo test` skips loudly.
+#[allow(dead_code)]
+pub fn peers_required() -> bool {
+    std::env::var_os("HUBSWEEP_REQUIRE_PEERS").is_some_and(|v| v == "1")
+}
