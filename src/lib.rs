@@ -1,2 +1,17 @@
-//! hubsweep (skeleton)
+//! hubsweep: declarative activation sweeps over model families, checkpoints and layers,
+//! streamed to the Hugging Face Hub with a ledger anyone can check.
+//!
+//! Data flow, one direction:
+//!
+//! ```text
+//! sweeps/*.yaml ─► spec (parse, validate, expand) ─► plan (DAG, node ids, estimates)
+//! ```
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`spec`] | YAML types, validation with source locations, grid expansion |
+//! | [`plan`] | node kinds, content-addressed node ids, the DAG, size and memory estimates |
 #![deny(missing_docs)]
+
+pub mod plan;
+pub mod spec;

@@ -3,38 +3,133 @@
 //! Exit codes are a contract (DESIGN.md): 0 success, 1 ran but negative, 2 could not run,
 //! 130 interrupted. stdout carries data only; diagnostics and progress go to stderr.
 
+mod spec;
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use hubsweep::spec::{DeviceSpec, Diagnostic, Loaded, diag::Rendered};
 
 /// Exit code: the command ran and the answer is positive.
 pub const EXIT_OK: u8 = 0;
 /// Exit code: the command ran but the answer is negative (failed nodes, verify mismatch).
+#[allow(dead_code)]
 pub const EXIT_NEGATIVE: u8 = 1;
 /// Exit code: the command could not run (usage, invalid spec, auth).
 pub const EXIT_CANNOT_RUN: u8 = 2;
 /// Exit code: interrupted after the ledger was flushed.
+#[allow(dead_code)]
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Debug, Parser)]
-#[command(name = "hubsweep", version, about = "Declarative activation sweeps streamed to the Hugging Face Hub")]
+#[command(
+    name = "hubsweep",
+    version,
+    about = "Declarative activation sweeps over model families, checkpoints and layers, streamed to the Hugging Face Hub",
+    after_help = "Exit codes: 0 success, 1 ran but negative, 2 could not run, 130 interrupted."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Check spec files: every error at once, with locations and hints.
+    Validate(spec::ValidateArgs),
+    /// Expand a spec into its task DAG and show counts, sizes and estimates.
+    Plan(spec::PlanArgs),
+}
+
+/// The environment, read once here and passed down as explicit settings.
+pub struct Env {
+    color: bool,
+    hf_home: Option<PathBuf>,
+    hf_hub_cache: Option<PathBuf>,
+    home: Option<PathBuf>,
+}
+
+impl Env {
+    fn from_process() -> Self {
+        let var = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        Self {
+            color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::io::stderr().is_terminal(),
+            hf_home: var("HF_HOME"),
+            hf_hub_cache: var("HF_HUB_CACHE"),
+            home: var("HOME"),
+        }
+    }
+
+    /// The HF hub cache: `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+    pub fn hf_hub_cache(&self) -> Option<PathBuf> {
+        self.hf_hub_cache
+            .clone()
+            .or_else(|| self.hf_home.as_ref().map(|h| h.join("hub")))
+            .or_else(|| self.home.as_ref().map(|h| h.join(".cache/huggingface/hub")))
+    }
+
+    /// The device class a run would use for `device` (part of capture pins).
+    pub fn device_class(&self, device: DeviceSpec) -> &'static str {
+        match device {
+            DeviceSpec::Cpu => "cpu",
+            DeviceSpec::Cuda(_) => "cuda",
+            // Without the `cuda` feature, `auto` is the CPU.
+            DeviceSpec::Auto => {
+                if cfg!(feature = "cuda") {
+                    "cuda"
+                } else {
+                    "cpu"
+                }
+            }
+        }
+    }
+}
+
+/// Renders spec diagnostics to stderr with miette: location, snippet, label and hint.
+pub fn render_diagnostics(loaded: &Loaded, diagnostics: &[Diagnostic], env: &Env) {
+    let theme = if env.color {
+        miette::GraphicalTheme::unicode()
+    } else {
+        miette::GraphicalTheme::unicode_nocolor()
+    };
+    let handler = miette::GraphicalReportHandler::new_themed(theme)
+        .with_width(100)
+        .with_context_lines(1);
+    for diagnostic in diagnostics {
+        let rendered = Rendered::new(diagnostic.clone(), &loaded.file_name, loaded.text.clone());
+        let mut out = String::new();
+        if handler.render_report(&mut out, &rendered).is_ok() {
+            eprint!("{out}");
+        } else {
+            eprintln!("{}: {}", loaded.file_name, diagnostic.message);
+        }
+    }
+}
 
 /// Parses arguments, runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
-            let code = if err.use_stderr() { EXIT_CANNOT_RUN } else { EXIT_OK };
+            let code = if err.use_stderr() {
+                EXIT_CANNOT_RUN
+            } else {
+                EXIT_OK
+            };
             let _ = err.print();
             return ExitCode::from(code);
         }
     };
-    match cli.command {}
+    let env = Env::from_process();
+    match cli.command {
+        Command::Validate(args) => spec::validate(args, &env),
+        Command::Plan(args) => spec::plan(args, &env),
+    }
 }

@@ -1,0 +1,312 @@
+//! Labels, parameters and canonical records of nodes (the text behind each id).
+
+use serde::Serialize;
+
+use super::node::{Node, NodeKind, Params, Record, Windows};
+use super::{NodeId, Plan};
+use crate::spec::{Between, ModelSource, OverlapK};
+
+// Parameter structs: fields in sorted order (see `node::Record`).
+
+#[derive(Serialize)]
+struct ResolveParams<'a> {
+    model: String,
+    revision: &'a str,
+}
+
+#[derive(Serialize)]
+struct CaptureParams<'a> {
+    model: String,
+    prepend_bos: bool,
+    revision: &'a str,
+    seq_len: u32,
+    shard: u32,
+    windows: Windows,
+}
+
+#[derive(Serialize)]
+struct ArtifactParams {
+    dtype: &'static str,
+    hook: &'static str,
+    layer: Option<u32>,
+    path: String,
+    shard: u32,
+}
+
+#[derive(Serialize)]
+struct SpectrumParams {
+    hook: &'static str,
+    layer: Option<u32>,
+    top_k: u32,
+}
+
+#[derive(Serialize)]
+struct OverlapParams<'a> {
+    between: Between,
+    hook: &'static str,
+    k: &'a OverlapK,
+    layer: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct WeightParams<'a> {
+    delta_from: Option<&'a str>,
+    module: &'a str,
+}
+
+#[derive(Serialize)]
+struct CommitParams {
+    model: Option<String>,
+}
+
+/// Any node's parameters, serialized as the inner struct.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum AnyParams<'a> {
+    Resolve(ResolveParams<'a>),
+    Capture(CaptureParams<'a>),
+    Artifact(ArtifactParams),
+    Spectrum(SpectrumParams),
+    Overlap(OverlapParams<'a>),
+    Weight(WeightParams<'a>),
+    Commit(CommitParams),
+}
+
+/// Pins of a capture: fields sorted.
+#[derive(Serialize)]
+struct CapturePins<'a> {
+    commit: &'a str,
+    data: &'a str,
+    device: &'a str,
+    dtype: &'a str,
+}
+
+/// Path of an artifact in the output repo (documented in docs/layout.md).
+pub fn artifact_path(
+    model_slug: &str,
+    revision: &str,
+    hook: &str,
+    layer: Option<u32>,
+    shard: u32,
+) -> String {
+    match layer {
+        Some(l) => {
+            format!("acts/{model_slug}/{revision}/{hook}/layer{l:03}/shard{shard:05}.safetensors")
+        }
+        None => format!("acts/{model_slug}/{revision}/{hook}/shard{shard:05}.safetensors"),
+    }
+}
+
+/// A model made safe as one path segment: `EleutherAI/pythia-70m` → `EleutherAI--pythia-70m`;
+/// a local folder becomes `path--NAME`.
+pub fn model_slug(source: &ModelSource) -> String {
+    let text = match source {
+        ModelSource::Hub(id) | ModelSource::Local(id) => id.clone(),
+        ModelSource::Path(path) => {
+            format!(
+                "path/{}",
+                path.file_name()
+                    .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned())
+            )
+        }
+    };
+    text.split('/')
+        .map(|part| {
+            part.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("--")
+}
+
+impl Plan {
+    fn model_name(&self, m: u32) -> String {
+        self.models[m as usize].instance.source.to_string()
+    }
+
+    fn revision(&self, m: u32) -> &str {
+        &self.models[m as usize].instance.revision
+    }
+
+    /// A short human label, unique within the plan.
+    pub fn label(&self, node: &Node) -> String {
+        let ml = |m: u32| self.models[m as usize].label();
+        let hl =
+            |hook: crate::spec::Hook, layer: Option<u32>| hook.full_name(layer.map(|l| l as usize));
+        match &node.params {
+            Params::Resolve { model } => format!("resolve {}", ml(*model)),
+            Params::Capture { model, shard, .. } => format!("capture {} shard {shard}", ml(*model)),
+            Params::Artifact {
+                model,
+                shard,
+                hook,
+                layer,
+            } => format!(
+                "artifact {} {} shard {shard}",
+                ml(*model),
+                hl(*hook, *layer)
+            ),
+            Params::Spectrum {
+                model, hook, layer, ..
+            } => format!("spectrum {} {}", ml(*model), hl(*hook, *layer)),
+            Params::Overlap {
+                base,
+                other,
+                hook,
+                layer,
+                ..
+            } => {
+                format!(
+                    "overlap {} vs {} {}",
+                    ml(*other),
+                    ml(*base),
+                    hl(*hook, *layer)
+                )
+            }
+            Params::WeightSpectrum {
+                model,
+                module,
+                delta_from,
+            } => match delta_from {
+                Some(b) => format!(
+                    "weights {} {module} delta from {}",
+                    ml(*model),
+                    self.revision(*b)
+                ),
+                None => format!("weights {} {module}", ml(*model)),
+            },
+            Params::LedgerCommit { model: Some(m) } => format!("ledger {}", ml(*m)),
+            Params::LedgerCommit { model: None } => "ledger final".to_owned(),
+        }
+    }
+
+    /// The node's parameters as JSON (keys sorted).
+    pub fn params_json(&self, node: &Node) -> serde_json::Value {
+        serde_json::to_value(self.any_params(node)).unwrap_or_default()
+    }
+
+    fn any_params<'a>(&'a self, node: &'a Node) -> AnyParams<'a> {
+        match &node.params {
+            Params::Resolve { model } => AnyParams::Resolve(ResolveParams {
+                model: self.model_name(*model),
+                revision: self.revision(*model),
+            }),
+            Params::Capture {
+                model,
+                shard,
+                windows,
+            } => AnyParams::Capture(CaptureParams {
+                model: self.model_name(*model),
+                prepend_bos: self.prepend_bos,
+                revision: self.revision(*model),
+                seq_len: self.seq_len,
+                shard: *shard,
+                windows: *windows,
+            }),
+            Params::Artifact {
+                model,
+                shard,
+                hook,
+                layer,
+            } => AnyParams::Artifact(ArtifactParams {
+                dtype: self.dtype,
+                hook: hook.name(),
+                layer: *layer,
+                path: artifact_path(
+                    &model_slug(&self.models[*model as usize].instance.source),
+                    self.revision(*model),
+                    hook.name(),
+                    *layer,
+                    *shard,
+                ),
+                shard: *shard,
+            }),
+            Params::Spectrum {
+                hook, layer, top_k, ..
+            } => AnyParams::Spectrum(SpectrumParams {
+                hook: hook.name(),
+                layer: *layer,
+                top_k: *top_k,
+            }),
+            Params::Overlap {
+                hook,
+                layer,
+                between,
+                k,
+                ..
+            } => AnyParams::Overlap(OverlapParams {
+                between: *between,
+                hook: hook.name(),
+                k,
+                layer: *layer,
+            }),
+            Params::WeightSpectrum {
+                module, delta_from, ..
+            } => AnyParams::Weight(WeightParams {
+                delta_from: delta_from.map(|b| self.revision(b)),
+                module,
+            }),
+            Params::LedgerCommit { model } => AnyParams::Commit(CommitParams {
+                model: model.map(|m| self.models[m as usize].label()),
+            }),
+        }
+    }
+
+    fn pins(&self, node: &Node) -> Option<serde_json::Value> {
+        let commit_of = |m: u32| self.models[m as usize].commit.as_deref();
+        match &node.params {
+            Params::Capture { model, .. } => {
+                let pins = CapturePins {
+                    commit: commit_of(*model)?,
+                    data: self.data_hash.as_deref()?,
+                    device: &self.device_class,
+                    dtype: self.dtype,
+                };
+                serde_json::to_value(pins).ok()
+            }
+            Params::WeightSpectrum { model, .. } => {
+                Some(serde_json::json!({ "commit": commit_of(*model)? }))
+            }
+            _ => Some(serde_json::Value::Object(serde_json::Map::new())),
+        }
+    }
+
+    /// The canonical record of a node, or `None` while a pin or an input id is unknown.
+    pub fn record(&self, node: &Node) -> Option<String> {
+        let pins = self.pins(node)?;
+        let mut inputs = Vec::with_capacity(node.inputs.len());
+        for &i in &node.inputs {
+            inputs.push(self.nodes.get(i as usize)?.id?.to_hex());
+        }
+        let params = self.any_params(node);
+        let record = Record {
+            inputs,
+            kind: node.kind.as_str(),
+            params,
+            pins: &pins,
+            version: node.kind.version(),
+        };
+        serde_json::to_string(&record).ok()
+    }
+
+    pub(super) fn compute_id(&self, node: &Node) -> Option<NodeId> {
+        // Resolve nodes are identified by what they ask for; everything else needs pins.
+        if node.kind == NodeKind::Resolve
+            || node
+                .inputs
+                .iter()
+                .all(|&i| self.nodes[i as usize].id.is_some())
+        {
+            self.record(node).map(|r| NodeId::of_record(&r))
+        } else {
+            None
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Plan renderings: a readable summary, JSON for tools, DOT for graphviz, and `--explain`.
+//! These build strings; printing is the CLI's job.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::node::NodeKind;
+use super::{Node, Plan};
+use crate::spec::units::format_bytes;
+
+/// How many models the text summary lists before it abbreviates.
+const MODELS_LISTED: usize = 20;
+
+fn unknown_or<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "unknown".to_owned(), |v| v.to_string())
+}
+
+/// A readable summary: counts by kind and by model, sizes, warnings. Never one line per node.
+pub fn text(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "plan `{}` → {}", plan.name, plan.output);
+    let e = &plan.estimates;
+    let _ = writeln!(
+        out,
+        "\nmodels: {} (dimensions known for {})",
+        e.models, e.models_with_dimensions
+    );
+    for m in plan.models.iter().take(MODELS_LISTED) {
+        let layers = match &m.layers {
+            Some(l) if l.is_empty() => "no layers".to_owned(),
+            Some(l) => format!("{} layers ({}..={})", l.len(), l[0], l[l.len() - 1]),
+            None => "layers unknown".to_owned(),
+        };
+        let pin = m.commit.as_deref().map_or_else(
+            || "unpinned".to_owned(),
+            |c| format!("commit {}", &c[..12.min(c.len())]),
+        );
+        let shards = if m.shards == 1 {
+            "1 shard".to_owned()
+        } else {
+            format!("{} shards", m.shards)
+        };
+        let _ = writeln!(out, "  {:<48} {}, {}, {}", m.label(), layers, shards, pin);
+    }
+    if plan.models.len() > MODELS_LISTED {
+        let _ = writeln!(out, "  … and {} more", plan.models.len() - MODELS_LISTED);
+    }
+    let counts = plan.counts();
+    let total: u64 = counts.values().sum();
+    let _ = writeln!(out, "\nnodes: {total}");
+    for kind in NodeKind::ALL {
+        if let Some(n) = counts.get(&kind) {
+            let _ = writeln!(out, "  {:<16} {n}", kind.as_str());
+        }
+    }
+    let unpinned = plan.nodes.iter().filter(|n| n.id.is_none()).count();
+    if unpinned > 0 {
+        let _ = writeln!(
+            out,
+            "  ({unpinned} unpinned: their ids are known once `run` resolves revisions to commit shas)"
+        );
+    }
+    let _ = writeln!(out, "\nestimates:");
+    let bytes = |b: Option<u64>| b.map_or_else(|| "unknown".to_owned(), format_bytes);
+    let _ = writeln!(
+        out,
+        "  artifacts        {} (largest {}, total {})",
+        e.artifacts,
+        bytes(e.max_artifact_bytes),
+        bytes(e.total_artifact_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "  files in repo    {} (at most {} in one folder)",
+        unknown_or(e.files_in_repo),
+        unknown_or(e.max_files_per_folder)
+    );
+    let hours = e.commit_hours.map(|h| {
+        if h < 1.0 {
+            format!("{:.0} min", h * 60.0)
+        } else {
+            format!("{h:.1} h")
+        }
+    });
+    let _ = writeln!(
+        out,
+        "  commits          {} (≤100 files each; ≥ {} of the Hub's 128/hour)",
+        unknown_or(e.commits),
+        unknown_or(hours)
+    );
+    let _ = writeln!(out, "  peak memory      {}", bytes(e.peak_memory_bytes));
+    if e.models_with_dimensions < e.models {
+        let _ = writeln!(
+            out,
+            "  (sizes are unknown for models whose config.json is not at hand: a local folder or the HF cache)"
+        );
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct JsonNode<'a> {
+    id: Option<String>,
+    kind: &'static str,
+    label: String,
+    inputs: Vec<String>,
+    params: serde_json::Value,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    unpinned: bool,
+    #[serde(skip)]
+    _node: std::marker::PhantomData<&'a Node>,
+}
+
+/// The plan as JSON: `{"nodes":[{"id","kind","label","inputs","params"}],"counts","estimates"}`.
+/// An unpinned node has `"id": null`, and inputs that are unpinned are named by label.
+pub fn json(plan: &Plan) -> serde_json::Value {
+    let reference = |i: u32| {
+        let input = &plan.nodes[i as usize];
+        input.id.map_or_else(|| plan.label(input), |id| id.to_hex())
+    };
+    let nodes: Vec<JsonNode> = plan
+        .nodes
+        .iter()
+        .map(|n| JsonNode {
+            id: n.id.map(|id| id.to_hex()),
+            kind: n.kind.as_str(),
+            label: plan.label(n),
+            inputs: n.inputs.iter().map(|&i| reference(i)).collect(),
+            params: plan.params_json(n),
+            unpinned: n.id.is_none(),
+            _node: std::marker::PhantomData,
+        })
+        .collect();
+    let counts: BTreeMap<&str, u64> = plan
+        .counts()
+        .into_iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    json!({
+        "name": plan.name,
+        "output": plan.output.to_string(),
+        "models": plan.models,
+        "nodes": nodes,
+        "counts": counts,
+        "estimates": plan.estimates,
+        "diagnostics": plan.diagnostics,
+    })
+}
+
+/// The DAG in graphviz DOT.
+pub fn dot(plan: &Plan) -> String {
+    let mut out = String::from("digraph plan {\n  rankdir=LR;\n  node [shape=box, fontsize=10];\n");
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let label = plan.label(node).replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(out, "  n{i} [label=\"{label}\"];");
+    }
+    for (i, node) in plan.nodes.iter().enumerate() {
+        for input in &node.inputs {
+            let _ = writeln!(out, "  n{input} -> n{i};");
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// Why `--explain` found no single node.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// Nothing matched.
+    #[error("no node id starts with `{0}` and no label contains it")]
+    NotFound(String),
+    /// Several matched.
+    #[error("`{query}` matches {count} nodes; give more of the id")]
+    Ambiguous {
+        /// The query.
+        query: String,
+        /// How many matched.
+        count: usize,
+    },
+}
+
+/// The record behind a node: matched by id prefix (at least 4 hex digits) or label substring.
+pub fn explain(plan: &Plan, query: &str) -> Result<String, ExplainError> {
+    let query_lower = query.to_ascii_lowercase();
+    let is_hex = query.len() >= 4 && query.bytes().all(|b| b.is_ascii_hexdigit());
+    let matches: Vec<&Node> = plan
+        .nodes
+        .iter()
+        .filter(|n| {
+            if is_hex {
+                n.id.is_some_and(|id| id.to_hex().starts_with(&query_lower))
+            } else {
+                plan.label(n).contains(query)
+            }
+        })
+        .collect();
+    let node = match matches.as_slice() {
+        [] => return Err(ExplainError::NotFound(query.to_owned())),
+        [one] => *one,
+        many => {
+            // An exact label wins over labels that merely contain it.
+            match many.iter().find(|n| plan.label(n) == query) {
+                Some(exact) => *exact,
+                None => {
+                    return Err(ExplainError::Ambiguous {
+                        query: query.to_owned(),
+                        count: many.len(),
+                    });
+                }
+            }
+        }
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "node   {}", plan.label(node));
+    match (node.id, plan.record(node)) {
+        (Some(id), Some(record)) => {
+            let _ = writeln!(
+                out,
+                "id     {id}  (sha256 of the record below, as one line)"
+            );
+            let pretty: serde_json::Value = serde_json::from_str(&record).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "record {}",
+                serde_json::to_string_pretty(&pretty).unwrap_or(record)
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "id     unpinned: a commit sha or data hash it depends on is not known before `run`"
+            );
+            let _ = writeln!(
+                out,
+                "params {}",
+                serde_json::to_string_pretty(&plan.params_json(node)).unwrap_or_default()
+            );
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,162 @@
+//! Grid expansion: a model group's axes become (repo, revision) instances.
+//!
+//! Cartesian product by default; axes named in `zip` advance together (one value each per
+//! step); `exclude` drops combinations matching every entry of a rule; `include` adds
+//! combinations. The order is deterministic: axes in the group's order, the last one fastest.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::diag::Diagnostic;
+use super::types::{Family, ModelGroup, ModelSource};
+
+/// One model at one revision, after expansion.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ModelInstance {
+    /// Index of the group it came from.
+    pub group: usize,
+    /// Architecture family.
+    pub family: Family,
+    /// Where its files are.
+    pub source: ModelSource,
+    /// Requested revision (branch, tag or sha).
+    pub revision: String,
+    /// Axis values that produced it (`revision` included).
+    pub axes: BTreeMap<String, String>,
+}
+
+/// Expands one group; warnings (rules that change nothing) go to `diagnostics`.
+pub fn expand_group(group: &ModelGroup, diagnostics: &mut Vec<Diagnostic>) -> Vec<ModelInstance> {
+    let base = format!("/models/{}", group.index);
+    // Zipped axes form one "super-axis" whose steps carry a value for each member.
+    let mut dimensions: Vec<Vec<Vec<(String, String)>>> = Vec::new();
+    let zipped: Vec<&super::types::Axis> = group
+        .axes
+        .iter()
+        .filter(|a| group.zip.contains(&a.name))
+        .collect();
+    for axis in &group.axes {
+        if group.zip.contains(&axis.name) {
+            if zipped.first().is_some_and(|first| first.name == axis.name) {
+                let steps = (0..axis.values.len())
+                    .map(|i| {
+                        zipped
+                            .iter()
+                            .map(|a| (a.name.clone(), a.values[i].clone()))
+                            .collect()
+                    })
+                    .collect();
+                dimensions.push(steps);
+            }
+        } else {
+            dimensions.push(
+                axis.values
+                    .iter()
+                    .map(|v| vec![(axis.name.clone(), v.clone())])
+                    .collect(),
+            );
+        }
+    }
+    let mut combinations: Vec<BTreeMap<String, String>> = vec![BTreeMap::new()];
+    for dimension in &dimensions {
+        let mut next = Vec::with_capacity(combinations.len() * dimension.len());
+        for combination in &combinations {
+            for step in dimension {
+                let mut c = combination.clone();
+                c.extend(step.iter().cloned());
+                next.push(c);
+            }
+        }
+        combinations = next;
+    }
+    for (r, rule) in group.exclude.iter().enumerate() {
+        let before = combinations.len();
+        combinations.retain(|c| {
+            !rule
+                .iter()
+                .all(|(axis, values)| c.get(axis).is_some_and(|v| values.contains(v)))
+        });
+        if combinations.len() == before {
+            diagnostics.push(
+                Diagnostic::warning(
+                    format!("{base}/exclude/{r}"),
+                    "this `exclude` rule matches no combination",
+                )
+                .with_help("check the axis values; the rule has no effect"),
+            );
+        }
+    }
+    for (r, extra) in group.include.iter().enumerate() {
+        if combinations.contains(extra) {
+            diagnostics.push(Diagnostic::warning(
+                format!("{base}/include/{r}"),
+                "this `include` adds a combination that is already in the grid",
+            ));
+        } else {
+            combinations.push(extra.clone());
+        }
+    }
+    combinations
+        .into_iter()
+        .map(|axes| {
+            let rendered = render(&group.repo, &axes);
+            let source = source_of(&rendered);
+            let revision = axes
+                .get("revision")
+                .cloned()
+                .unwrap_or_else(|| "main".to_owned());
+            ModelInstance {
+                group: group.index,
+                family: group.family,
+                source,
+                revision,
+                axes,
+            }
+        })
+        .collect()
+}
+
+/// Fills `{axis}` placeholders.
+pub fn render(template: &str, axes: &BTreeMap<String, String>) -> String {
+    let mut out = template.to_owned();
+    for (name, value) in axes {
+        out = out.replace(&format!("{{{name}}}"), value);
+    }
+    out
+}
+
+/// Placeholders of a template, or the byte offset of an unbalanced brace.
+pub fn placeholders(template: &str) -> Result<Vec<String>, usize> {
+    let mut names = Vec::new();
+    let mut rest = template;
+    let mut offset = 0;
+    while let Some(open) = rest.find(['{', '}']) {
+        if rest.as_bytes()[open] == b'}' {
+            return Err(offset + open);
+        }
+        let close = rest[open + 1..].find(['{', '}']).map(|c| c + open + 1);
+        match close {
+            Some(close) if rest.as_bytes()[close] == b'}' => {
+                names.push(rest[open + 1..close].to_owned());
+                offset += close + 1;
+                rest = &rest[close + 1..];
+            }
+            _ => return Err(offset + open),
+        }
+    }
+    Ok(names)
+}
+
+/// Where a rendered repo string points.
+pub fn source_of(repo: &str) -> ModelSource {
+    if let Some(id) = repo.strip_prefix("local://") {
+        ModelSource::Local(id.trim_start_matches("models/").to_owned())
+    } else if let Some(id) = repo.strip_prefix("hf://") {
+        ModelSource::Hub(id.trim_start_matches("models/").to_owned())
+    } else if repo.starts_with('/') || repo.starts_with("./") || repo.starts_with("../") {
+        ModelSource::Path(repo.into())
+    } else {
+        ModelSource::Hub(repo.to_owned())
+    }
+}

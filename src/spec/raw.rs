@@ -1,0 +1,272 @@
+//! Raw spec types: they mirror the YAML file exactly, key for key, and nothing else.
+//!
+//! These types are the contract: `schemas/sweep.schema.json` is generated from them, and the
+//! structural check of a spec file (`spec::schema_check`) runs against that generated schema, so
+//! what an editor completes, what the parser accepts and what the docs say cannot drift apart.
+//! Only `spec::validate` turns them into a [`crate::spec::SweepSpec`].
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// A sweep spec file, as written.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(
+    title = "hubsweep sweep spec",
+    description = "A declarative sweep: models × revisions × layers → activations and spectra on a Hub."
+)]
+pub struct RawSpec {
+    /// Short name of the sweep (letters, digits, `.`, `_`, `-`).
+    pub name: String,
+    /// Where results go: `hf://datasets/NS/NAME`, `hf://models/NS/NAME` or `local://NS/NAME`.
+    pub output: String,
+    /// Model groups; each expands over its axes into (repo, revision) pairs.
+    #[schemars(length(min = 1))]
+    pub models: Vec<RawModelGroup>,
+    /// The prompts every model sees.
+    pub data: RawData,
+    /// Which activations to record.
+    pub capture: Option<RawCapture>,
+    /// Analyses computed over the captured activations.
+    #[serde(default)]
+    pub analyses: Vec<RawAnalysis>,
+    /// Weight spectroscopy (no forward pass).
+    pub weights: Option<RawWeights>,
+    /// Resource limits the plan must fit.
+    pub limits: Option<RawLimits>,
+    /// Where and how to compute.
+    pub compute: Option<RawCompute>,
+}
+
+/// One group of models: a repo template and the axes that fill it.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RawModelGroup {
+    /// Architecture family: `gpt_neox` (Pythia) or `llama`.
+    pub family: RawFamily,
+    /// Repo id with `{axis}` placeholders (`EleutherAI/pythia-{size}`), `local://NS/NAME`, or a
+    /// local folder (`./path`, `/path`) in HF layout.
+    pub repo: String,
+    /// Revisions (branches, tags or commit shas); default `main`.
+    pub revision: Option<RawScalarOrList>,
+    /// Axes that vary together instead of as a product, e.g. `[size, revision]`.
+    pub zip: Option<Vec<String>>,
+    /// Combinations to drop: each rule maps axes to a value (or list of values).
+    #[serde(default)]
+    pub exclude: Vec<BTreeMap<String, RawScalarOrList>>,
+    /// Combinations to add: each rule gives one value for every axis.
+    #[serde(default)]
+    pub include: Vec<BTreeMap<String, RawScalar>>,
+    /// Axes: any other key, with a value or a list of values, used as `{key}` in `repo`.
+    #[serde(flatten)]
+    pub axes: BTreeMap<String, RawScalarOrList>,
+}
+
+/// Model architecture family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawFamily {
+    /// GPT-NeoX (Pythia): parallel residual by default.
+    GptNeox,
+    /// Llama (and Llama-architecture models such as SmolLM2).
+    Llama,
+}
+
+/// A scalar axis value as written (`70m`, `1000`, `true`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawScalar {
+    /// A string.
+    String(String),
+    /// An integer.
+    Integer(i64),
+    /// A number.
+    Number(f64),
+    /// A boolean.
+    Bool(bool),
+}
+
+/// One value or a list of values.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawScalarOrList {
+    /// A list of values.
+    List(#[schemars(length(min = 1))] Vec<RawScalar>),
+    /// A single value.
+    One(RawScalar),
+}
+
+/// Prompt data: exactly one of `source`, `texts` or `token_ids`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawData {
+    /// A `.txt` or `.jsonl` file (relative to the spec file), or `hf://datasets/NS/NAME/FILE@REV`.
+    pub source: Option<String>,
+    /// Inline prompt texts.
+    #[schemars(length(min = 1))]
+    pub texts: Option<Vec<String>>,
+    /// Inline token ids, one list per prompt.
+    #[schemars(length(min = 1))]
+    pub token_ids: Option<Vec<Vec<u32>>>,
+    /// Field holding the text in a `.jsonl` source.
+    pub field: Option<String>,
+    /// Upper bound on the tokens fed to each model.
+    #[schemars(range(min = 1))]
+    pub max_tokens: Option<u64>,
+    /// Tokens per window (sequence); default 128.
+    #[schemars(range(min = 1))]
+    pub seq_len: Option<u32>,
+    /// Prepend the BOS token to every window; default true (as TransformerLens does).
+    pub prepend_bos: Option<bool>,
+}
+
+/// What to capture.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCapture {
+    /// Hook points by TransformerLens name, e.g. `hook_resid_post`, `attn.hook_z`.
+    #[schemars(length(min = 1))]
+    pub hooks: Vec<RawHook>,
+    /// `all`, a list of indices (negative counts from the end), or a range `"start..end:step"`.
+    pub layers: Option<RawLayers>,
+    /// Stored dtype of activations; default `f32`.
+    pub dtype: Option<RawDtype>,
+}
+
+/// A hook point name (TransformerLens naming).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum RawHook {
+    /// Block input.
+    #[serde(rename = "hook_resid_pre")]
+    ResidPre,
+    /// Residual after attention (sequential blocks only).
+    #[serde(rename = "hook_resid_mid")]
+    ResidMid,
+    /// Block output.
+    #[serde(rename = "hook_resid_post")]
+    ResidPost,
+    /// Attention output.
+    #[serde(rename = "hook_attn_out")]
+    AttnOut,
+    /// MLP output.
+    #[serde(rename = "hook_mlp_out")]
+    MlpOut,
+    /// Per-head attention output before the output projection.
+    #[serde(rename = "attn.hook_z")]
+    AttnZ,
+    /// Attention probabilities.
+    #[serde(rename = "attn.hook_pattern")]
+    AttnPattern,
+    /// MLP activation (post non-linearity).
+    #[serde(rename = "mlp.hook_post")]
+    MlpPost,
+    /// Final norm output (before its weight), not per layer.
+    #[serde(rename = "ln_final.hook_normalized")]
+    LnFinalNormalized,
+}
+
+/// Layer selection as written.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawLayers {
+    /// Explicit indices; negative counts from the end (`-1` is the last layer).
+    List(#[schemars(length(min = 1))] Vec<i64>),
+    /// `all` or a range `"start..end"` / `"start..end:step"` (end exclusive).
+    Text(String),
+}
+
+/// Stored activation dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawDtype {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+/// One analysis.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawAnalysis {
+    /// Singular-value spectrum of each (model, revision, hook, layer).
+    Spectrum(RawSpectrum),
+    /// Subspace overlap between spectra of two revisions or two models.
+    Overlap(RawOverlap),
+}
+
+/// Spectrum options.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpectrum {
+    /// How many top eigenvalues to record; default 64.
+    #[schemars(range(min = 1))]
+    pub top_k: Option<u32>,
+}
+
+/// Overlap options.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawOverlap {
+    /// Compare across `revision` or across `model`.
+    pub between: RawBetween,
+    /// The value of that axis everything is compared against (e.g. `step0`).
+    pub base: String,
+    /// Subspace sizes: a list of integers, or `srank` (the rounded stable rank).
+    pub k: RawOverlapK,
+}
+
+/// Axis an overlap compares across.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawBetween {
+    /// Two revisions of one model.
+    Revision,
+    /// Two models (of equal width) at one revision.
+    Model,
+}
+
+/// Overlap subspace sizes.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawOverlapK {
+    /// Explicit sizes.
+    List(#[schemars(length(min = 1))] Vec<u32>),
+    /// `srank`.
+    Word(String),
+}
+
+/// Weight spectroscopy.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeights {
+    /// Module patterns over checkpoint keys, e.g. `attention.query_key_value`, `mlp.*`.
+    #[schemars(length(min = 1))]
+    pub modules: Vec<String>,
+    /// Revision whose weights are subtracted first (spectra of the delta).
+    pub delta_from: Option<String>,
+}
+
+/// Resource limits.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// RAM budget for in-flight artifacts and uploads, e.g. `4GiB`; default `2GiB`.
+    pub memory: Option<String>,
+    /// Target size of one uploaded file, e.g. `256MiB`; default `256MiB`.
+    pub artifact_bytes: Option<String>,
+}
+
+/// Compute settings.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompute {
+    /// `auto`, `cpu` or `cuda:N`; default `auto`.
+    pub device: Option<String>,
+    /// Sequences per forward pass; default 8.
+    #[schemars(range(min = 1))]
+    pub batch_size: Option<u32>,
+}
