@@ -53,6 +53,8 @@ pub struct PlannedModel {
     pub layers: Option<Vec<u32>>,
     /// Token windows per shard.
     pub windows_per_shard: Option<u64>,
+    /// The model as one path segment of artifact paths.
+    pub slug: String,
     /// Number of token shards.
     pub shards: u32,
 }
@@ -81,6 +83,7 @@ pub struct Plan {
     pub diagnostics: Vec<Diagnostic>,
     data_hash: Option<String>,
     device_class: String,
+    empty_pins: serde_json::Value,
     dtype: &'static str,
     seq_len: u32,
     prepend_bos: bool,
@@ -134,11 +137,13 @@ pub fn build(spec: &SweepSpec, options: &PlanOptions) -> Plan {
         diagnostics,
         data_hash,
         device_class: options.device_class.clone(),
+        empty_pins: serde_json::Value::Object(serde_json::Map::new()),
         dtype: spec.capture.as_ref().map_or("f32", |c| c.dtype.as_str()),
         seq_len: spec.data.seq_len,
         prepend_bos: spec.data.prepend_bos,
     };
     plan.add_nodes(spec);
+    plan.assign_ids();
     plan.estimates = estimate::estimate(spec, &plan);
     let refusals = estimate::refusals(spec, &plan.estimates);
     plan.diagnostics.extend(refusals);
@@ -202,7 +207,9 @@ fn plan_model(
     }
     let (windows_per_shard, shards) =
         estimate::shards(spec, facts.dims.as_ref(), layers.as_deref(), &label, d);
+    let slug = record::model_slug(&instance.source);
     PlannedModel {
+        slug,
         instance,
         commit: facts.commit,
         dims: facts.dims,
@@ -215,15 +222,39 @@ fn plan_model(
 impl Plan {
     fn push(&mut self, kind: NodeKind, params: Params, inputs: Vec<u32>) -> u32 {
         let index = self.nodes.len() as u32;
-        let mut node = Node {
+        self.nodes.push(Node {
             kind,
             params,
             inputs,
             id: None,
-        };
-        node.id = self.compute_id(&node);
-        self.nodes.push(node);
+        });
         index
+    }
+
+    /// Computes every id. A node's rank is one more than its highest-ranked input, so all
+    /// nodes of one rank can be hashed in parallel once the ranks below are done.
+    fn assign_ids(&mut self) {
+        use rayon::prelude::*;
+        let mut rank = vec![0u32; self.nodes.len()];
+        for (i, node) in self.nodes.iter().enumerate() {
+            rank[i] = node
+                .inputs
+                .iter()
+                .map(|&x| rank[x as usize] + 1)
+                .max()
+                .unwrap_or(0);
+        }
+        let levels = rank.iter().copied().max().map_or(0, |r| r + 1);
+        for level in 0..levels {
+            let ids: Vec<(usize, Option<NodeId>)> = (0..self.nodes.len())
+                .into_par_iter()
+                .filter(|&i| rank[i] == level)
+                .map(|i| (i, self.compute_id(&self.nodes[i])))
+                .collect();
+            for (i, id) in ids {
+                self.nodes[i].id = id;
+            }
+        }
     }
 
     fn add_nodes(&mut self, spec: &SweepSpec) {

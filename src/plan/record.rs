@@ -220,7 +220,7 @@ impl Plan {
                 hook: hook.name(),
                 layer: *layer,
                 path: artifact_path(
-                    &model_slug(&self.models[*model as usize].instance.source),
+                    &self.models[*model as usize].slug,
                     self.revision(*model),
                     hook.name(),
                     *layer,
@@ -259,7 +259,8 @@ impl Plan {
         }
     }
 
-    fn pins(&self, node: &Node) -> Option<serde_json::Value> {
+    fn pins(&self, node: &Node) -> Option<std::borrow::Cow<'_, serde_json::Value>> {
+        use std::borrow::Cow;
         let commit_of = |m: u32| self.models[m as usize].commit.as_deref();
         match &node.params {
             Params::Capture { model, .. } => {
@@ -269,12 +270,12 @@ impl Plan {
                     device: &self.device_class,
                     dtype: self.dtype,
                 };
-                serde_json::to_value(pins).ok()
+                serde_json::to_value(pins).ok().map(Cow::Owned)
             }
-            Params::WeightSpectrum { model, .. } => {
-                Some(serde_json::json!({ "commit": commit_of(*model)? }))
-            }
-            _ => Some(serde_json::Value::Object(serde_json::Map::new())),
+            Params::WeightSpectrum { model, .. } => Some(Cow::Owned(
+                serde_json::json!({ "commit": commit_of(*model)? }),
+            )),
+            _ => Some(Cow::Borrowed(&self.empty_pins)),
         }
     }
 

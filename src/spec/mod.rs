@@ -98,6 +98,11 @@ pub fn load(file_name: &str, bytes: &[u8]) -> Loaded {
                     "a sweep spec is a page of YAML; put data in a `data.source` file"
                 }
                 tree::ParseError::Empty => "start from sweeps/quickstart.yaml",
+                tree::ParseError::Syntax { message, .. }
+                    if message.starts_with("budget breached") =>
+                {
+                    "a spec holds at most 200,000 values and 1,000 aliases; aliases of aliases multiply (an alias bomb)"
+                }
                 tree::ParseError::Syntax { .. } => "fix the YAML syntax at this position",
             };
             let mut d = Diagnostic::error("", err.to_string()).with_help(help);
