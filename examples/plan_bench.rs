@@ -5,6 +5,8 @@
 //! with spectra and overlaps against the first revision. Model dimensions come from config.json
 //! files written to a temp dir, as a researcher's HF cache would provide them.
 
+#![allow(clippy::print_stdout)]
+
 use std::time::Instant;
 
 use hubsweep::plan::{self, ModelDims, ModelFacts, ModelLookup, PlanOptions};

@@ -156,7 +156,7 @@ impl ModelLookup for LocalLookup {
                 facts.commit = None;
                 facts
             }
-            ModelSource::Hub(id) => self.from_cache(id, revision),
+            ModelSource::Hub(id) => self.in_cache(id, revision),
             // The embedded hub's store is read by the run, not by the planner.
             ModelSource::Local(_) => NoLookup.lookup(source, revision),
         }
@@ -164,7 +164,7 @@ impl ModelLookup for LocalLookup {
 }
 
 impl LocalLookup {
-    fn from_cache(&self, repo_id: &str, revision: &str) -> ModelFacts {
+    fn in_cache(&self, repo_id: &str, revision: &str) -> ModelFacts {
         let pinned = is_commit_sha(revision).then(|| revision.to_owned());
         let Some(cache) = &self.hf_cache else {
             return ModelFacts {
