@@ -10,8 +10,12 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`spec`] | YAML types, validation with source locations, grid expansion |
+//! | [`ledger`] | manifest, per-node records, segments and the compacted index on the Hub |
 //! | [`plan`] | node kinds, content-addressed node ids, the DAG, size and memory estimates |
+//! | [`sink`] | in-memory safetensors serialization with sha256, upload pipeline, commit batching |
 #![deny(missing_docs)]
 
+pub mod ledger;
 pub mod plan;
+pub mod sink;
 pub mod spec;

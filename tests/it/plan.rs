@@ -234,3 +234,17 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn committed_ledger_schema_matches_the_types() {
+    let path = repo_root().join("schemas/ledger.schema.json");
+    let generated = hubsweep::ledger::record::schema_text();
+    if std::env::var_os("HUBSWEEP_UPDATE_SCHEMAS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "schemas/ledger.schema.json is out of date; regenerate it with `HUBSWEEP_UPDATE_SCHEMAS=1 cargo test --release --test it committed_ledger_schema`"
+    );
+}
