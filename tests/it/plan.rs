@@ -27,7 +27,19 @@ fn plan_output(file: &str, format: &str) -> String {
 
 #[test]
 fn plans_of_committed_sweeps() {
-    for name in ["quickstart", "pythia-checkpoints", "llama-layers"] {
+    let mut names: Vec<String> = std::fs::read_dir(repo_root().join("sweeps"))
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .trim_end_matches(".yaml")
+                .to_owned()
+        })
+        .collect();
+    names.sort();
+    assert!(names.len() >= 3);
+    for name in names {
         let file = format!("sweeps/{name}.yaml");
         insta::assert_snapshot!(format!("plan_text__{name}"), plan_output(&file, "text"));
         let json: serde_json::Value =
@@ -247,4 +259,62 @@ fn committed_ledger_schema_matches_the_types() {
         committed == generated,
         "schemas/ledger.schema.json is out of date; regenerate it with `HUBSWEEP_UPDATE_SCHEMAS=1 cargo test --release --test it committed_ledger_schema`"
     );
+}
+
+#[test]
+fn plan_reads_dimensions_and_pins_from_the_hf_cache() {
+    let context = TestContext::new();
+    let sha = "1111111111111111111111111111111111111111";
+    let repo = context.child("hf-cache/models--EleutherAI--pythia-70m");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join(format!("snapshots/{sha}"))).unwrap();
+    std::fs::write(repo.join("refs/step0"), sha).unwrap();
+    let config =
+        std::fs::read_to_string(repo_root().join("tests/fixtures/gpt_neox_tiny/config.json"))
+            .unwrap();
+    std::fs::write(repo.join(format!("snapshots/{sha}/config.json")), config).unwrap();
+    let spec = "name: cached\noutput: local://alice/cached\nmodels:\n  - family: gpt_neox\n    repo: EleutherAI/pythia-70m\n    revision: [step0, step1000]\ndata:\n  texts: [hello]\n  seq_len: 8\ncapture:\n  hooks: [hook_resid_post]\n  layers: all\n";
+    std::fs::write(context.child("cached.yaml"), spec).unwrap();
+    let output = context
+        .command()
+        .env("HF_HUB_CACHE", context.child("hf-cache"))
+        .args(["plan", "cached.yaml", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let models = json["models"].as_array().unwrap();
+    assert_eq!(
+        models[0]["commit"], sha,
+        "step0 is pinned through refs/step0"
+    );
+    assert_eq!(models[0]["dims"]["n_layers"], 3);
+    assert_eq!(
+        models[1]["commit"],
+        serde_json::Value::Null,
+        "step1000 is not in the cache"
+    );
+    let pinned_artifacts = json["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["kind"] == "artifact" && n["id"].is_string())
+        .count();
+    assert_eq!(
+        pinned_artifacts, 3,
+        "the cached revision's 3 layers have ids"
+    );
+    // Without the cache nothing is known.
+    let bare = context
+        .command()
+        .args(["plan", "cached.yaml", "--format", "json"])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&bare.stdout).unwrap();
+    assert_eq!(json["estimates"]["models_with_dimensions"], 0);
 }
