@@ -125,9 +125,18 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(matches!(parse_size("GiB"), Err(SizeError::NotASize(_))));
-        assert!(matches!(parse_size("1e30TiB"), Err(SizeError::UnknownUnit { .. })));
-        assert!(matches!(parse_size("99999999999999999999TiB"), Err(SizeError::Overflow(_))));
-        assert!(matches!(parse_size("1.2.3GiB"), Err(SizeError::NotASize(_))));
+        assert!(matches!(
+            parse_size("1e30TiB"),
+            Err(SizeError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_size("99999999999999999999TiB"),
+            Err(SizeError::Overflow(_))
+        ));
+        assert!(matches!(
+            parse_size("1.2.3GiB"),
+            Err(SizeError::NotASize(_))
+        ));
     }
 
     #[test]
