@@ -1,20 +1,25 @@
 //! hubsweep: declarative activation sweeps over model families, checkpoints and layers,
 //! streamed to the Hugging Face Hub with a ledger anyone can check.
 //!
-//! Data flow, one direction:
+//! Data flow, one direction (DESIGN.md):
 //!
 //! ```text
 //! sweeps/*.yaml ─► spec (parse, validate, expand) ─► plan (DAG, node ids, estimates)
+//!    ─► exec (scheduler) ─► model (forward pass, hook points) ─► analysis (Gram, spectra)
+//!                                   └──────────────► sink (safetensors in memory → LFS upload)
+//!    ─► ledger (records, committed through the hub client) ◄── hub (client; embedded server)
 //! ```
 //!
 //! | module | owns |
 //! | --- | --- |
 //! | [`spec`] | YAML types, validation with source locations, grid expansion |
-//! | [`ledger`] | manifest, per-node records, segments and the compacted index on the Hub |
 //! | [`plan`] | node kinds, content-addressed node ids, the DAG, size and memory estimates |
+//! | [`analysis`] | streaming Gram accumulation, eigen spectra and metrics, overlaps, weight spectra |
 //! | [`sink`] | in-memory safetensors serialization with sha256, upload pipeline, commit batching |
+//! | [`ledger`] | manifest, per-node records, segments and the compacted index on the Hub |
 #![deny(missing_docs)]
 
+pub mod analysis;
 pub mod ledger;
 pub mod plan;
 pub mod sink;

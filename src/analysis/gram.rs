@@ -1,0 +1,236 @@
+//! Streaming accumulation of `XᵀX`, the column sums and the row count of activations that
+//! arrive in chunks of `[tokens, d]` (row-major), possibly on several threads at once.
+
+use faer::linalg::matmul::triangular::{BlockStructure, matmul};
+use faer::{Accum, Mat, MatRef};
+
+use super::spectrum::Spectrum;
+use super::{AnalysisError, Element, Parallelism, check_shape};
+
+/// Largest number of f64 values converted from one pushed chunk at a time (16 MiB): large
+/// enough that the Gram product runs at full speed, small enough that pushing a whole shard
+/// does not double its memory.
+const BLOCK_VALUES: usize = 1 << 21;
+
+/// Accumulates the Gram matrix `G = XᵀX` (in f64), the column sums `Xᵀ1` and the row count of
+/// a matrix `X` whose rows arrive in chunks.
+///
+/// Accumulators of disjoint shards [`merge`](GramAccumulator::merge) into the accumulator of
+/// their union, so shards can be processed in parallel. Only the lower triangle of `G` is
+/// formed (half the work); [`gram`](GramAccumulator::gram) returns the full symmetric matrix.
+///
+/// Precision: each product of two f32 (or f16, bf16) values is exact in f64, so the only
+/// rounding is in the sums, with relative error around `rows × 1e-16` at worst.
+#[derive(Debug, Clone)]
+pub struct GramAccumulator {
+    width: usize,
+    rows: u64,
+    /// Column-major `width × width`; only the lower triangle (with the diagonal) is
+    /// meaningful, the strict upper triangle stays zero.
+    gram: Mat<f64>,
+    column_sums: Vec<f64>,
+    parallelism: Parallelism,
+}
+
+impl GramAccumulator {
+    /// An empty accumulator for rows of `width` values. It uses the calling rayon pool for
+    /// the products; see [`with_parallelism`](GramAccumulator::with_parallelism).
+    pub fn new(width: usize) -> Self {
+        Self {
+            width,
+            rows: 0,
+            gram: Mat::zeros(width, width),
+            column_sums: vec![0.0; width],
+            parallelism: Parallelism::default(),
+        }
+    }
+
+    /// The same accumulator, with the products run under `parallelism`.
+    pub fn with_parallelism(mut self, parallelism: Parallelism) -> Self {
+        self.parallelism = parallelism;
+        self
+    }
+
+    /// Row width `d`.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Rows accumulated so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Column sums `Xᵀ1` so far.
+    pub fn column_sums(&self) -> &[f64] {
+        &self.column_sums
+    }
+
+    /// Adds `rows` rows of `width` values each (row-major `[rows, width]`, as a capture hook
+    /// produces them) to the accumulator.
+    ///
+    /// Fails without changing the accumulator when the width differs from the accumulator's,
+    /// the buffer length is not `rows × width`, or a value is NaN or infinite.
+    pub fn push_rows<T: Element>(
+        &mut self,
+        data: &[T],
+        rows: usize,
+        width: usize,
+    ) -> Result<(), AnalysisError> {
+        if width != self.width {
+            return Err(AnalysisError::WidthMismatch {
+                expected: self.width,
+                found: width,
+            });
+        }
+        check_shape("activations", data.len(), rows, width)?;
+        if rows == 0 || width == 0 {
+            return Ok(());
+        }
+        // Validate before touching any state, so a failed push leaves the accumulator as it
+        // was (a caller may skip the bad chunk and go on).
+        if let Some(index) = data.iter().position(|value| !value.to_f64().is_finite()) {
+            return Err(AnalysisError::NonFinite {
+                what: "activations",
+                row: index / width,
+                column: index % width,
+                value: data[index].to_f64(),
+            });
+        }
+        let block_rows = (BLOCK_VALUES / width).max(1);
+        let mut block = Vec::with_capacity(block_rows.min(rows) * width);
+        for chunk in data.chunks(block_rows * width) {
+            block.clear();
+            block.extend(chunk.iter().map(|value| value.to_f64()));
+            let chunk_rows = chunk.len() / width;
+            // A row-major `[rows, d]` buffer is the column-major `d × rows` matrix `Xᵀ`.
+            let transposed = MatRef::from_column_major_slice(&block, width, chunk_rows);
+            matmul(
+                self.gram.as_mut(),
+                BlockStructure::TriangularLower,
+                Accum::Add,
+                transposed,
+                BlockStructure::Rectangular,
+                transposed.transpose(),
+                BlockStructure::Rectangular,
+                1.0,
+                self.parallelism.to_faer(),
+            );
+            for row in block.chunks_exact(width) {
+                for (sum, value) in self.column_sums.iter_mut().zip(row) {
+                    *sum += value;
+                }
+            }
+        }
+        self.rows += rows as u64;
+        Ok(())
+    }
+
+    /// Adds a partial Gram matrix computed elsewhere (for example `XᵀX` of a chunk by a GPU
+    /// matmul): `gram` is the full symmetric `width × width` matrix, row-major (only its lower
+    /// triangle is read), `column_sums` the chunk's column sums and `rows` its row count.
+    pub fn push_gram(
+        &mut self,
+        gram: &[f64],
+        column_sums: &[f64],
+        rows: u64,
+    ) -> Result<(), AnalysisError> {
+        check_shape("gram", gram.len(), self.width, self.width)?;
+        check_shape("column sums", column_sums.len(), 1, self.width)?;
+        let check = |what, values: &[f64], width: usize| match values
+            .iter()
+            .position(|value| !value.is_finite())
+        {
+            Some(index) => Err(AnalysisError::NonFinite {
+                what,
+                row: index / width,
+                column: index % width,
+                value: values[index],
+            }),
+            None => Ok(()),
+        };
+        check("gram", gram, self.width)?;
+        check("column sums", column_sums, self.width)?;
+        for column in 0..self.width {
+            for row in column..self.width {
+                // Row-major (row, column) of a symmetric matrix equals (column, row).
+                self.gram[(row, column)] += gram[row * self.width + column];
+            }
+        }
+        for (sum, value) in self.column_sums.iter_mut().zip(column_sums) {
+            *sum += value;
+        }
+        self.rows += rows;
+        Ok(())
+    }
+
+    /// Adds another accumulator of the same width (the rows of a disjoint shard). The sum is
+    /// element-wise, so `a.merge(b)` and `b.merge(a)` give identical bits; with three or more
+    /// shards the grouping changes only the last bits.
+    pub fn merge(&mut self, other: &GramAccumulator) -> Result<(), AnalysisError> {
+        if other.width != self.width {
+            return Err(AnalysisError::WidthMismatch {
+                expected: self.width,
+                found: other.width,
+            });
+        }
+        self.gram += &other.gram;
+        for (sum, value) in self.column_sums.iter_mut().zip(&other.column_sums) {
+            *sum += value;
+        }
+        self.rows += other.rows;
+        Ok(())
+    }
+
+    /// The full symmetric Gram matrix `XᵀX` so far.
+    pub fn gram(&self) -> Mat<f64> {
+        let mut full = self.gram.clone();
+        for column in 0..self.width {
+            for row in column + 1..self.width {
+                full[(column, row)] = full[(row, column)];
+            }
+        }
+        full
+    }
+
+    /// The column-centred Gram matrix `G − n·μμᵀ = (X − 1μᵀ)ᵀ(X − 1μᵀ)`, with `μ` the column
+    /// means. Zero rows give the zero matrix.
+    pub fn centred_gram(&self) -> Mat<f64> {
+        let mut centred = self.gram();
+        if self.rows == 0 {
+            return centred;
+        }
+        // n·μμᵀ = s sᵀ / n, with s the column sums: one division per entry instead of two.
+        let rows = self.rows as f64;
+        for column in 0..self.width {
+            for row in 0..self.width {
+                centred[(row, column)] -= self.column_sums[row] * self.column_sums[column] / rows;
+            }
+        }
+        centred
+    }
+
+    /// Decomposes the accumulated Gram matrices (raw and centred) into a [`Spectrum`], keeping
+    /// the top `top_k` eigenvectors of each (`0` keeps none, and skips computing them).
+    pub fn finish(&self, top_k: usize) -> Result<Spectrum, AnalysisError> {
+        if self.width == 0 {
+            return Err(AnalysisError::Empty { what: "width" });
+        }
+        if self.rows == 0 {
+            return Err(AnalysisError::NoRows);
+        }
+        let mean: Vec<f64> = self
+            .column_sums
+            .iter()
+            .map(|sum| sum / self.rows as f64)
+            .collect();
+        Spectrum::from_grams(
+            self.gram().as_ref(),
+            self.centred_gram().as_ref(),
+            mean,
+            self.rows,
+            top_k,
+            self.parallelism,
+        )
+    }
+}
