@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod hub;
+
 /// Exit code: the command ran and the answer is positive.
 pub const EXIT_OK: u8 = 0;
 /// Exit code: the command ran but the answer is negative (failed nodes, verify mismatch).
@@ -17,24 +19,49 @@ pub const EXIT_CANNOT_RUN: u8 = 2;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Debug, Parser)]
-#[command(name = "hubsweep", version, about = "Declarative activation sweeps streamed to the Hugging Face Hub")]
+#[command(
+    name = "hubsweep",
+    version,
+    about = "Declarative activation sweeps streamed to the Hugging Face Hub"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Serve, import into and mirror between Hub-compatible servers.
+    Hub(hub::HubArgs),
+}
 
 /// Parses arguments, runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
-            let code = if err.use_stderr() { EXIT_CANNOT_RUN } else { EXIT_OK };
+            let code = if err.use_stderr() {
+                EXIT_CANNOT_RUN
+            } else {
+                EXIT_OK
+            };
             let _ = err.print();
             return ExitCode::from(code);
         }
     };
-    match cli.command {}
+    match cli.command {
+        Command::Hub(args) => hub::run(args),
+    }
+}
+
+/// An error and its causes on one line: `outer: inner: root`.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
