@@ -48,6 +48,9 @@ pub struct Stats {
     pub rate_limited: u64,
     /// Faults that fired.
     pub faults_fired: u64,
+    /// Requests to storage URLs (`/_lfs/…`) that carried an `Authorization` header: a client
+    /// leaking its token to storage. Should stay 0.
+    pub storage_requests_with_auth: u64,
 }
 
 /// The live switches and counters of one server.
@@ -62,6 +65,7 @@ pub struct FaultState {
     pub(super) commits_applied: AtomicU64,
     pub(super) rate_limited: AtomicU64,
     faults_fired: AtomicU64,
+    pub(super) storage_requests_with_auth: AtomicU64,
 }
 
 impl FaultState {
@@ -95,6 +99,7 @@ impl FaultState {
             commits_applied: load(&self.commits_applied),
             rate_limited: load(&self.rate_limited),
             faults_fired: load(&self.faults_fired),
+            storage_requests_with_auth: load(&self.storage_requests_with_auth),
         }
     }
 

@@ -412,8 +412,15 @@ fn router(state: Arc<AppState>) -> Router {
     .with_state(state)
 }
 
-/// The `slow_ms` fault: delays every answer.
+/// The `slow_ms` fault (delays every answer), and the count of tokens sent to storage URLs.
 async fn slow_down(State(state): S, request: Request, next: Next) -> Response {
+    if request.uri().path().starts_with("/_lfs/")
+        && request
+            .headers()
+            .contains_key(axum::http::header::AUTHORIZATION)
+    {
+        faults::FaultState::bump(&state.faults.storage_requests_with_auth);
+    }
     let delay = state.faults.slow_ms();
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;

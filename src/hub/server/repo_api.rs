@@ -423,7 +423,13 @@ fn truthy(value: &str) -> bool {
 
 /// Percent-encodes a value as one URL segment (`/` included), as revisions are sent.
 pub fn encode_segment(value: &str) -> String {
-    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
+    // Unreserved characters (RFC 3986) stay as they are; everything else, `/` included, is encoded.
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(value, SEGMENT).to_string()
 }
 
 /// Percent-encodes a file path, keeping `/`.
