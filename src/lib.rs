@@ -16,10 +16,12 @@
 //! | [`plan`] | node kinds, content-addressed node ids, the DAG, size and memory estimates |
 //! | [`analysis`] | streaming Gram accumulation, eigen spectra and metrics, overlaps, weight spectra |
 //! | [`sink`] | in-memory safetensors serialization with sha256, upload pipeline, commit batching |
+//! | [`hub`] | Hub HTTP client, downloads through hf-hub, and the embedded Hub-compatible server |
 //! | [`ledger`] | manifest, per-node records, segments and the compacted index on the Hub |
 #![deny(missing_docs)]
 
 pub mod analysis;
+pub mod hub;
 pub mod ledger;
 pub mod plan;
 pub mod sink;

@@ -3,6 +3,7 @@
 //! Exit codes are a contract (DESIGN.md): 0 success, 1 ran but negative, 2 could not run,
 //! 130 interrupted. stdout carries data only; diagnostics and progress go to stderr.
 
+mod hub;
 mod spec;
 
 use std::io::IsTerminal as _;
@@ -11,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hubsweep::spec::{DeviceSpec, Diagnostic, Loaded, diag::Rendered};
+
 
 /// Exit code: the command ran and the answer is positive.
 pub const EXIT_OK: u8 = 0;
@@ -37,6 +39,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve, import into and mirror between Hub-compatible servers.
+    Hub(hub::HubArgs),
     /// Check spec files: every error at once, with locations and hints.
     Validate(spec::ValidateArgs),
     /// Expand a spec into its task DAG and show counts, sizes and estimates.
@@ -131,5 +135,18 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Validate(args) => spec::validate(args, &env),
         Command::Plan(args) => spec::plan(args, &env),
+        Command::Hub(args) => hub::run(args),
     }
+}
+
+/// An error and its causes on one line: `outer: inner: root`.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -2,5 +2,6 @@
 //! capability through the front door: the `hubsweep` binary or the public library API.
 
 mod common;
+mod hub;
 mod plan;
 mod spec;

@@ -1,0 +1,385 @@
+//! The Hub HTTP client: repo management, the LFS upload path (preupload → batch → basic or
+//! multipart PUTs → completion → verify), NDJSON commits, listing and resolve metadata.
+//!
+//! Secrets: the token goes only to the configured endpoint's origin (scheme, host, port), never
+//! to presigned storage URLs, completion URLs or redirects elsewhere. Progress is reported as
+//! [`HubEvent`]s through an optional callback; the client never prints.
+
+mod commit;
+mod error;
+mod folder;
+mod lfs;
+mod listing;
+mod retry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, Response};
+use url::Url;
+
+pub use commit::{CommitInfo, CommitOperation, CommitOptions};
+pub use error::HubError;
+pub use folder::{FolderUpload, MirrorReport};
+pub use lfs::{LfsObject, LfsSource, PreuploadAnswer, PreuploadFile, UploadOutcome};
+pub use listing::{FileMetadata, GitRef, HubCommit, PathInfo, Refs, RepoInfo};
+pub use retry::RetryPolicy;
+
+use crate::hub::{RepoId, RepoType, Token};
+
+/// A repo on a Hub: its kind and id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Repo {
+    /// Model or dataset.
+    pub kind: RepoType,
+    /// `namespace/name`.
+    pub id: RepoId,
+}
+
+impl Repo {
+    /// A model repo.
+    pub fn model(id: RepoId) -> Self {
+        Self {
+            kind: RepoType::Model,
+            id,
+        }
+    }
+
+    /// A dataset repo.
+    pub fn dataset(id: RepoId) -> Self {
+        Self {
+            kind: RepoType::Dataset,
+            id,
+        }
+    }
+}
+
+/// Progress and recovery events, for a progress bar or a log owned by the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HubEvent {
+    /// The server already had this LFS object; nothing was sent.
+    ObjectSkipped {
+        /// sha256.
+        oid: String,
+        /// Bytes.
+        size: u64,
+    },
+    /// Transfer of an LFS object began (`parts` = 1 for a basic PUT).
+    ObjectStarted {
+        /// sha256.
+        oid: String,
+        /// Bytes.
+        size: u64,
+        /// Number of parts.
+        parts: usize,
+    },
+    /// One part (or the whole basic PUT) was accepted.
+    PartUploaded {
+        /// sha256 of the object.
+        oid: String,
+        /// 1-based part number.
+        part: usize,
+        /// Bytes of this part.
+        bytes: u64,
+    },
+    /// An LFS object is stored and verified.
+    ObjectUploaded {
+        /// sha256.
+        oid: String,
+        /// Bytes.
+        size: u64,
+    },
+    /// A request failed transiently and will be retried after `delay`.
+    Retrying {
+        /// The request URL (redacted).
+        url: String,
+        /// The retry number (1 = first retry).
+        attempt: u32,
+        /// Wait before it.
+        delay: Duration,
+        /// What failed.
+        reason: String,
+    },
+    /// Presigned URLs expired; the batch endpoint was asked again.
+    BatchRenewed {
+        /// sha256 of the object.
+        oid: String,
+    },
+    /// A commit landed. `recovered` = its answer was lost and the client established from the
+    /// Hub's state that it had been applied.
+    Committed {
+        /// The commit id.
+        commit: String,
+        /// Whether the outcome was recovered after a lost answer.
+        recovered: bool,
+    },
+}
+
+/// A callback receiving [`HubEvent`]s. Called from tokio tasks: keep it quick.
+pub type EventSink = Arc<dyn Fn(&HubEvent) + Send + Sync>;
+
+/// Builds a [`HubClient`].
+pub struct HubClientBuilder {
+    endpoint: Url,
+    token: Option<Token>,
+    retry: RetryPolicy,
+    parts_in_flight: usize,
+    timeout: Duration,
+    events: Option<EventSink>,
+}
+
+impl HubClientBuilder {
+    /// The token, sent only to the endpoint's origin.
+    pub fn token(mut self, token: Option<Token>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// The retry policy.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// How many multipart parts are in flight at once per object (default 8). Peak memory of an
+    /// upload from a file is about this many parts.
+    pub fn parts_in_flight(mut self, parts: usize) -> Self {
+        self.parts_in_flight = parts.max(1);
+        self
+    }
+
+    /// Timeout of one request (default 10 minutes; a part or a commit is one request).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Where progress events go.
+    pub fn events(mut self, events: EventSink) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Builds the client.
+    pub fn build(self) -> Result<HubClient, HubError> {
+        let http = reqwest::Client::builder()
+            // Redirects are read, not followed: resolve metadata lives on the redirect itself,
+            // and following one would be the easiest way to leak the token to another origin.
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .timeout(self.timeout)
+            .user_agent(concat!("hubsweep/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|source| HubError::Transport {
+                url: self.endpoint.to_string(),
+                source,
+            })?;
+        Ok(HubClient {
+            inner: Arc::new(Inner {
+                http,
+                endpoint: self.endpoint,
+                token: self.token,
+                retry: self.retry,
+                parts_in_flight: self.parts_in_flight,
+                events: self.events,
+            }),
+        })
+    }
+}
+
+/// A client for one Hub endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct HubClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    endpoint: Url,
+    token: Option<Token>,
+    retry: RetryPolicy,
+    parts_in_flight: usize,
+    events: Option<EventSink>,
+}
+
+impl std::fmt::Debug for HubClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubClient")
+            .field("endpoint", &self.endpoint())
+            .field("token", &self.inner.token)
+            .finish()
+    }
+}
+
+impl HubClient {
+    /// Starts building a client for `endpoint` (e.g. `https://huggingface.co` or the embedded
+    /// server's base URL); a trailing `/` is ignored.
+    pub fn builder(endpoint: &str) -> Result<HubClientBuilder, HubError> {
+        let trimmed = endpoint.trim_end_matches('/');
+        let url =
+            Url::parse(trimmed).map_err(|_| HubError::InvalidEndpoint(endpoint.to_owned()))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(HubError::InvalidEndpoint(endpoint.to_owned()));
+        }
+        Ok(HubClientBuilder {
+            endpoint: url,
+            token: None,
+            retry: RetryPolicy::default(),
+            parts_in_flight: 8,
+            timeout: Duration::from_secs(600),
+            events: None,
+        })
+    }
+
+    /// The endpoint, without a trailing `/`.
+    pub fn endpoint(&self) -> &str {
+        self.inner.endpoint.as_str().trim_end_matches('/')
+    }
+
+    /// `{endpoint}/api/{models|datasets}/{ns}/{name}{suffix}`.
+    fn api_url(&self, repo: &Repo, suffix: &str) -> String {
+        format!(
+            "{}/api/{}/{}{suffix}",
+            self.endpoint(),
+            repo.kind.api_plural(),
+            repo.id
+        )
+    }
+
+    /// `{endpoint}/{prefix}{ns}/{name}{suffix}` (git-side paths).
+    fn git_url(&self, repo: &Repo, suffix: &str) -> String {
+        format!(
+            "{}/{}{}{suffix}",
+            self.endpoint(),
+            repo.kind.git_prefix(),
+            repo.id
+        )
+    }
+
+    fn emit(&self, event: HubEvent) {
+        if let Some(events) = &self.inner.events {
+            events(&event);
+        }
+    }
+
+    /// A request to the Hub itself: carries the token if, and only if, `url` has the
+    /// endpoint's origin.
+    fn hub_request(&self, method: Method, url: &str) -> RequestBuilder {
+        let request = self.inner.http.request(method, url);
+        match &self.inner.token {
+            Some(token) if self.same_origin(url) => request.bearer_auth(token.expose()),
+            _ => request,
+        }
+    }
+
+    /// A request to storage (presigned URLs, completion): never carries the token.
+    fn storage_request(&self, method: Method, url: &str) -> RequestBuilder {
+        self.inner.http.request(method, url)
+    }
+
+    fn same_origin(&self, url: &str) -> bool {
+        Url::parse(url).is_ok_and(|url| url.origin() == self.inner.endpoint.origin())
+    }
+
+    /// Sends a request built by `build` until it succeeds, fails permanently, or the policy
+    /// runs out; 429/5xx/network errors are retried with backoff and server waits honoured.
+    async fn send_with_retry(
+        &self,
+        url: &str,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<Response, HubError> {
+        let policy = &self.inner.retry;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let (error, wait) = match build().send().await {
+                // Redirects are answers too: this client reads them rather than following them.
+                Ok(response)
+                    if response.status().is_success() || response.status().is_redirection() =>
+                {
+                    return Ok(response);
+                }
+                Ok(response) => {
+                    let wait = retry::server_wait(response.headers());
+                    (retry::error_from_response(response).await, wait)
+                }
+                Err(source) => (
+                    HubError::Transport {
+                        url: error::redact(url),
+                        source,
+                    },
+                    None,
+                ),
+            };
+            if !error.is_transient() {
+                return Err(error);
+            }
+            if wait.is_some_and(|w| w > policy.max_server_wait) {
+                return Err(error);
+            }
+            if attempt >= policy.max_attempts {
+                return Err(HubError::RetriesExhausted {
+                    url: error::redact(url),
+                    attempts: attempt,
+                    last: Box::new(error),
+                });
+            }
+            let delay = policy.delay(attempt - 1, wait);
+            self.emit(HubEvent::Retrying {
+                url: error::redact(url),
+                attempt,
+                delay,
+                reason: error_chain(&error),
+            });
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Reads a JSON answer.
+    async fn json<T: serde::de::DeserializeOwned>(
+        url: &str,
+        response: Response,
+    ) -> Result<T, HubError> {
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| HubError::Transport {
+                url: error::redact(url),
+                source,
+            })?;
+        serde_json::from_slice(&bytes).map_err(|e| HubError::InvalidResponse {
+            url: error::redact(url),
+            reason: e.to_string(),
+        })
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Percent-encodes one URL segment (`/` included), as revisions are sent.
+fn encode_segment(value: &str) -> String {
+    // Unreserved characters (RFC 3986) stay as they are; everything else, `/` included, is encoded.
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(value, SEGMENT).to_string()
+}
+
+/// Percent-encodes a repo file path, keeping `/`.
+fn encode_path(path: &str) -> String {
+    path.split('/')
+        .map(encode_segment)
+        .collect::<Vec<_>>()
+        .join("/")
+}

@@ -1,0 +1,21 @@
+//! The Hub: a client for the Hugging Face Hub's upload and download protocol, and an embedded
+//! Hub-compatible server. The wire protocol is described in `shared/reference/hub-protocol.md`;
+//! what our server implements, its flags, faults and store layout are in `docs/hub.md`.
+//!
+//! - [`client`]: [`HubClient`] — create repo, preupload, LFS batch + basic/multipart transfer
+//!   from memory ([`LfsSource::Bytes`]) or files, NDJSON commits without blind retries,
+//!   listing, resolve metadata, folder upload (`hub import`) and mirroring (`hub mirror`).
+//! - [`download`]: file downloads through the `hf-hub` crate into the shared HF cache.
+//! - [`server`]: the embedded server ([`server::Server::start`]) over a crash-safe store.
+
+pub mod client;
+pub mod download;
+pub mod server;
+mod types;
+
+pub use client::{
+    CommitInfo, CommitOperation, CommitOptions, EventSink, FolderUpload, HubClient,
+    HubClientBuilder, HubError, HubEvent, LfsObject, LfsSource, MirrorReport, Repo, RetryPolicy,
+    UploadOutcome,
+};
+pub use types::{InvalidRepoId, RepoId, RepoType, Token};

@@ -1,0 +1,142 @@
+//! Fault switches and counters, per server instance.
+//!
+//! Tests flip faults through [`super::ServerHandle::set_faults`] (in process) or the admin
+//! endpoint `PUT /_admin/faults` (JSON body, the same shape), and read the counters from
+//! [`super::ServerHandle::stats`] or `GET /_admin/stats`. "Once" faults disarm themselves when
+//! they fire.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// Faults the server injects. All off by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Answer 500 to the next PUT of multipart part number N (once).
+    pub fail_part_once: Option<u32>,
+    /// Read half of the next PUT of part N, then drop the connection without answering (once).
+    pub drop_connection_part_once: Option<u32>,
+    /// Answer the next commit with 429 and `Retry-After: 1` without applying it (once).
+    pub rate_limit_next_commit: bool,
+    /// Apply the next commit but answer 500, as if the response were lost (once).
+    pub commit_applied_then_500: bool,
+    /// The next N LFS batch answers carry presigned URLs that have already expired (PUTs get
+    /// 403, like S3).
+    pub expire_next_batches: u32,
+    /// Delay every response by this many milliseconds.
+    pub slow_ms: u64,
+}
+
+/// Counters of what the server did; tests use them to bound retries and spot duplicates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// LFS batch calls answered.
+    pub batch_calls: u64,
+    /// Whole-object PUTs that stored an object.
+    pub object_puts: u64,
+    /// Part PUTs received (including failed ones).
+    pub part_puts: u64,
+    /// Multipart completions that stored an object.
+    pub completions: u64,
+    /// Commit POSTs received.
+    pub commit_posts: u64,
+    /// Commits applied (refs moved).
+    pub commits_applied: u64,
+    /// Answers with status 429.
+    pub rate_limited: u64,
+    /// Faults that fired.
+    pub faults_fired: u64,
+    /// Requests to storage URLs (`/_lfs/…`) that carried an `Authorization` header: a client
+    /// leaking its token to storage. Should stay 0.
+    pub storage_requests_with_auth: u64,
+}
+
+/// The live switches and counters of one server.
+#[derive(Debug, Default)]
+pub struct FaultState {
+    faults: Mutex<Faults>,
+    pub(super) batch_calls: AtomicU64,
+    pub(super) object_puts: AtomicU64,
+    pub(super) part_puts: AtomicU64,
+    pub(super) completions: AtomicU64,
+    pub(super) commit_posts: AtomicU64,
+    pub(super) commits_applied: AtomicU64,
+    pub(super) rate_limited: AtomicU64,
+    faults_fired: AtomicU64,
+    pub(super) storage_requests_with_auth: AtomicU64,
+}
+
+impl FaultState {
+    /// Starts with the given faults armed.
+    pub fn new(faults: Faults) -> Self {
+        Self {
+            faults: Mutex::new(faults),
+            ..Self::default()
+        }
+    }
+
+    /// Replaces all switches.
+    pub fn set(&self, faults: Faults) {
+        *self.faults.lock().expect("fault lock") = faults;
+    }
+
+    /// The current switches.
+    pub fn get(&self) -> Faults {
+        self.faults.lock().expect("fault lock").clone()
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Stats {
+            batch_calls: load(&self.batch_calls),
+            object_puts: load(&self.object_puts),
+            part_puts: load(&self.part_puts),
+            completions: load(&self.completions),
+            commit_posts: load(&self.commit_posts),
+            commits_applied: load(&self.commits_applied),
+            rate_limited: load(&self.rate_limited),
+            faults_fired: load(&self.faults_fired),
+            storage_requests_with_auth: load(&self.storage_requests_with_auth),
+        }
+    }
+
+    /// Takes a one-shot fault if `pick` says it is armed, counting it as fired.
+    pub fn take(&self, pick: impl FnOnce(&mut Faults) -> bool) -> bool {
+        let fired = pick(&mut self.faults.lock().expect("fault lock"));
+        if fired {
+            self.faults_fired.fetch_add(1, Ordering::Relaxed);
+        }
+        fired
+    }
+
+    /// The response delay currently configured.
+    pub fn slow_ms(&self) -> u64 {
+        self.faults.lock().expect("fault lock").slow_ms
+    }
+
+    /// Counts one event.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Fires `fail_part_once` for part `n`.
+pub fn take_fail_part(faults: &mut Faults, n: u32) -> bool {
+    if faults.fail_part_once == Some(n) {
+        faults.fail_part_once = None;
+        return true;
+    }
+    false
+}
+
+/// Fires `drop_connection_part_once` for part `n`.
+pub fn take_drop_part(faults: &mut Faults, n: u32) -> bool {
+    if faults.drop_connection_part_once == Some(n) {
+        faults.drop_connection_part_once = None;
+        return true;
+    }
+    false
+}

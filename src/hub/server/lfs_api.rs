@@ -1,0 +1,498 @@
+//! The LFS side of an upload: preupload (which files go to LFS), the batch API, presigned
+//! object and part PUTs, multipart completion, and verify (hub-protocol.md §4.1–4.5).
+
+use std::io::{Read as _, Write as _};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use futures::StreamExt as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt as _;
+
+use super::faults::{self, FaultState};
+use super::paths;
+use super::state::{ApiError, AppState, ConnectionKill};
+use super::store::RepoKey;
+use crate::hub::RepoType;
+
+/// Most files one preupload call and objects one batch call may name (the client sends ≤ 256).
+const MAX_ITEMS_PER_CALL: usize = 1000;
+
+#[derive(Deserialize)]
+struct PreuploadRequest {
+    files: Vec<PreuploadFile>,
+}
+
+#[derive(Deserialize)]
+struct PreuploadFile {
+    path: String,
+    size: u64,
+    #[serde(default)]
+    sample: String,
+}
+
+/// `POST /api/{t}/{ns}/{name}/preupload/{rev}`: decides `lfs` or `regular` per file and reports
+/// the id of the file currently at each path.
+pub async fn preupload(
+    state: Arc<AppState>,
+    kind: RepoType,
+    (namespace, name, revision): (String, String, String),
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    state.require_write(&headers)?;
+    let key = state.existing_repo(kind, &namespace, &name)?;
+    let request: PreuploadRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid preupload body: {e}")))?;
+    if request.files.len() > MAX_ITEMS_PER_CALL {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too many files in one preupload call",
+        ));
+    }
+    let commit_id = state.commit_of(&key, &revision)?;
+    let commit = state
+        .store
+        .commit(&key, &commit_id)?
+        .ok_or_else(|| ApiError::bad_request("dangling ref"))?;
+    let patterns = match commit.files.get(".gitattributes") {
+        Some(entry) if !entry.lfs && entry.size < 1 << 20 => paths::lfs_patterns(
+            &String::from_utf8_lossy(&state.store.read_object(&entry.sha256)?),
+        ),
+        _ => Vec::new(),
+    };
+    let mut answers = Vec::with_capacity(request.files.len());
+    for file in request.files {
+        paths::check_file_path(&file.path)?;
+        let sample = base64::engine::general_purpose::STANDARD
+            .decode(file.sample.as_bytes())
+            .map_err(|_| {
+                ApiError::bad_request(format!("invalid base64 sample for `{}`", file.path))
+            })?;
+        let lfs = file.size >= state.limits.lfs_threshold
+            || sample.contains(&0)
+            || patterns
+                .iter()
+                .any(|p| paths::gitattributes_match(p, &file.path));
+        let oid = commit.files.get(&file.path).map(|e| {
+            if e.lfs {
+                e.sha256.clone()
+            } else {
+                e.git_oid.clone()
+            }
+        });
+        answers.push(json!({
+            "path": file.path,
+            "uploadMode": if lfs { "lfs" } else { "regular" },
+            "shouldIgnore": false,
+            "oid": oid,
+        }));
+    }
+    Ok(Json(json!({ "files": answers, "commitOid": commit_id })))
+}
+
+#[derive(Deserialize)]
+struct BatchRequest {
+    operation: String,
+    #[serde(default)]
+    transfers: Vec<String>,
+    objects: Vec<BatchObject>,
+}
+
+#[derive(Deserialize)]
+struct BatchObject {
+    oid: String,
+    size: u64,
+}
+
+/// `POST /{p}{ns}/{name}.git/info/lfs/objects/batch`: hands out upload (or download) actions.
+pub async fn batch(
+    state: Arc<AppState>,
+    kind: RepoType,
+    (namespace, name_git): (String, String),
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let name = name_git
+        .strip_suffix(".git")
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not a git path"))?;
+    let key = state.existing_repo(kind, &namespace, name)?;
+    let request: BatchRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid batch body: {e}")))?;
+    if request.operation == "upload" {
+        state.require_write(&headers)?;
+    } else if request.operation != "download" {
+        return Err(ApiError::bad_request(format!(
+            "unknown operation `{}`",
+            request.operation
+        )));
+    }
+    if request.objects.len() > MAX_ITEMS_PER_CALL {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too many objects in one batch call",
+        ));
+    }
+    FaultState::bump(&state.faults.batch_calls);
+    let expired = state.faults.take(|f| {
+        let armed = f.expire_next_batches > 0;
+        f.expire_next_batches = f.expire_next_batches.saturating_sub(1);
+        armed
+    });
+    let expires = if expired {
+        paths::unix_now().saturating_sub(60)
+    } else {
+        paths::unix_now() + state.limits.presign_ttl_secs
+    };
+    let multipart_ok = request.transfers.iter().any(|t| t == "multipart");
+    let mut used_multipart = false;
+    let objects: Vec<Value> = request
+        .objects
+        .iter()
+        .map(|object| {
+            if !paths::is_sha256_hex(&object.oid) {
+                return json!({"oid": object.oid, "size": object.size,
+                    "error": {"code": 422, "message": "oid must be a lowercase hex sha256"}});
+            }
+            let stored = state.store.object_size(&object.oid);
+            if request.operation == "download" {
+                return match stored {
+                    Some(size) => json!({"oid": object.oid, "size": size, "actions": {"download": {
+                        "href": format!("{}/_lfs/blobs/{}", state.storage_url, object.oid), "header": {}}}}),
+                    None => json!({"oid": object.oid, "size": object.size,
+                        "error": {"code": 404, "message": "object does not exist"}}),
+                };
+            }
+            if stored == Some(object.size) {
+                // Already stored: no actions, the client skips the transfer (dedup).
+                return json!({"oid": object.oid, "size": object.size});
+            }
+            let verify = json!({"href": format!("{}/{}{}.git/info/lfs/objects/verify", state.base_url, kind.git_prefix(), key.id()), "header": {}});
+            let upload = if multipart_ok && object.size > state.limits.multipart_threshold {
+                used_multipart = true;
+                multipart_action(&state, &object.oid, object.size, expires)
+            } else {
+                let what = format!("put|{}|{}", object.oid, object.size);
+                let route = format!("/_lfs/objects/{}/{}", object.oid, object.size);
+                json!({"href": state.presign(&state.storage_url, &route, &what, expires), "header": {}})
+            };
+            json!({"oid": object.oid, "size": object.size, "authenticated": true,
+                "actions": {"upload": upload, "verify": verify}})
+        })
+        .collect();
+    let transfer = if used_multipart { "multipart" } else { "basic" };
+    let body =
+        json!({ "transfer": transfer, "objects": objects, "hash_algo": "sha256" }).to_string();
+    Ok((
+        [(header::CONTENT_TYPE, "application/vnd.git-lfs+json")],
+        body,
+    )
+        .into_response())
+}
+
+fn multipart_action(state: &AppState, oid: &str, size: u64, expires: u64) -> Value {
+    let chunk = state.limits.part_size;
+    let parts = size.div_ceil(chunk);
+    let mut header = serde_json::Map::new();
+    header.insert("chunk_size".to_owned(), Value::String(chunk.to_string()));
+    for n in 1..=parts {
+        let what = format!("part|{oid}|{size}|{chunk}|{n}");
+        let route = format!("/_lfs/parts/{oid}/{size}/{chunk}/{n}");
+        header.insert(
+            n.to_string(),
+            Value::String(state.presign(&state.storage_url, &route, &what, expires)),
+        );
+    }
+    // The completion URL is Hub-hosted and called without auth, so it is signed too.
+    let what = format!("complete|{oid}|{size}|{chunk}");
+    let href = state.presign(
+        &state.base_url,
+        &format!("/_lfs/complete/{oid}/{size}/{chunk}"),
+        &what,
+        expires,
+    );
+    json!({ "href": href, "header": header })
+}
+
+/// Query of every presigned URL.
+#[derive(Deserialize)]
+pub struct Signed {
+    exp: u64,
+    sig: String,
+}
+
+/// `PUT /_lfs/objects/{oid}/{size}`: a whole object (basic transfer), checked against its oid.
+pub async fn put_object(
+    State(state): State<Arc<AppState>>,
+    Path((oid, size)): Path<(String, u64)>,
+    Query(signed): Query<Signed>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    state.check_signature(&format!("put|{oid}|{size}"), signed.exp, &signed.sig)?;
+    let (temp, digest, received) = receive(&state, body, size, true, None).await?;
+    let digest = digest.expect("whole-object receive hashes");
+    if received != size || digest != oid {
+        let _ = tokio::fs::remove_file(&temp).await;
+        return Err(ApiError::bad_request(format!(
+            "content does not match: expected sha256 `{oid}` and {size} bytes, got `{digest}` and {received} bytes"
+        )));
+    }
+    let store_state = state.clone();
+    tokio::task::spawn_blocking(move || store_state.store.install_object(&temp, &oid))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    FaultState::bump(&state.faults.object_puts);
+    Ok((StatusCode::OK, [(header::ETAG, format!("\"{digest}\""))]).into_response())
+}
+
+/// `PUT /_lfs/parts/{oid}/{size}/{chunk}/{n}`: one part of a multipart upload. Its length is
+/// checked; its content is checked at completion, when the whole object is hashed.
+pub async fn put_part(
+    State(state): State<Arc<AppState>>,
+    Path((oid, size, chunk, n)): Path<(String, u64, u64, u32)>,
+    Query(signed): Query<Signed>,
+    kill: Option<axum::Extension<ConnectionKill>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    state.check_signature(
+        &format!("part|{oid}|{size}|{chunk}|{n}"),
+        signed.exp,
+        &signed.sig,
+    )?;
+    FaultState::bump(&state.faults.part_puts);
+    if state.faults.take(|f| faults::take_fail_part(f, n)) {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "injected part failure",
+        ));
+    }
+    let count = size.div_ceil(chunk);
+    if n == 0 || u64::from(n) > count {
+        return Err(ApiError::bad_request(format!(
+            "part {n} out of range 1..={count}"
+        )));
+    }
+    let expected = if u64::from(n) == count {
+        size - chunk * (count - 1)
+    } else {
+        chunk
+    };
+    let drop_after = if state.faults.take(|f| faults::take_drop_part(f, n)) {
+        kill.map(|axum::Extension(kill)| (kill, expected / 2))
+    } else {
+        None
+    };
+    let (temp, _, received) = receive(&state, body, expected, false, drop_after).await?;
+    if received != expected {
+        let _ = tokio::fs::remove_file(&temp).await;
+        return Err(ApiError::bad_request(format!(
+            "part {n} has {received} bytes, expected {expected}"
+        )));
+    }
+    // The ETag only has to tie the completion call to this exact stored part.
+    let etag = format!("{n}-{expected}-{:016x}", rand::random::<u64>());
+    let folder = state.store.upload_dir(&oid);
+    tokio::fs::create_dir_all(&folder).await?;
+    tokio::fs::rename(&temp, folder.join(format!("{n}.{etag}"))).await?;
+    Ok((StatusCode::OK, [(header::ETAG, format!("\"{etag}\""))]).into_response())
+}
+
+/// Streams a request body into a temp file, hashing it when asked (whole objects; parts are
+/// checked when the assembled object is hashed). Refuses bodies longer than `limit`.
+async fn receive(
+    state: &AppState,
+    body: Body,
+    limit: u64,
+    hash: bool,
+    drop_after: Option<(ConnectionKill, u64)>,
+) -> Result<(PathBuf, Option<String>, u64), ApiError> {
+    let temp = state.store.temp_path();
+    let mut file =
+        tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(&temp).await?);
+    let mut hasher = Sha256::new();
+    let mut received = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(frame) = stream.next().await {
+        let Ok(data) = frame else {
+            drop(file);
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(ApiError::bad_request("request body ended early"));
+        };
+        received += data.len() as u64;
+        if received > limit {
+            drop(file);
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(ApiError::bad_request(format!(
+                "body is longer than the expected {limit} bytes"
+            )));
+        }
+        if hash {
+            hasher.update(&data);
+        }
+        file.write_all(&data).await?;
+        if let Some((kill, after)) = &drop_after
+            && received >= *after
+        {
+            drop(file);
+            let _ = tokio::fs::remove_file(&temp).await;
+            kill.0.cancel();
+            // The connection task drops this future; never answer.
+            match std::future::pending::<std::convert::Infallible>().await {}
+        }
+    }
+    file.flush().await?;
+    Ok((temp, hash.then(|| hex::encode(hasher.finalize())), received))
+}
+
+#[derive(Deserialize)]
+struct Completion {
+    oid: String,
+    parts: Vec<CompletedPart>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CompletedPart {
+    part_number: u64,
+    etag: String,
+}
+
+/// `POST /_lfs/complete/{oid}/{size}/{chunk}`: assembles the parts in order, checks sha256 and
+/// size, stores the object.
+pub async fn complete(
+    State(state): State<Arc<AppState>>,
+    Path((oid, size, chunk)): Path<(String, u64, u64)>,
+    Query(signed): Query<Signed>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    state.check_signature(
+        &format!("complete|{oid}|{size}|{chunk}"),
+        signed.exp,
+        &signed.sig,
+    )?;
+    let request: Completion = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid completion body: {e}")))?;
+    if request.oid != oid {
+        return Err(ApiError::bad_request(
+            "completion oid does not match the URL",
+        ));
+    }
+    let count = size.div_ceil(chunk);
+    if request.parts.len() as u64 != count
+        || request
+            .parts
+            .iter()
+            .enumerate()
+            .any(|(i, p)| p.part_number != i as u64 + 1)
+    {
+        return Err(ApiError::bad_request(format!(
+            "completion must list parts 1..={count} in order"
+        )));
+    }
+    let folder = state.store.upload_dir(&oid);
+    let part_files: Vec<PathBuf> = request
+        .parts
+        .iter()
+        .map(|p| folder.join(format!("{}.{}", p.part_number, p.etag.trim_matches('"'))))
+        .collect();
+    let worker = state.clone();
+    let result =
+        tokio::task::spawn_blocking(move || assemble(&worker, &oid, size, &part_files, &folder))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    result?;
+    FaultState::bump(&state.faults.completions);
+    Ok(Json(json!({"success": true})).into_response())
+}
+
+fn assemble(
+    state: &AppState,
+    oid: &str,
+    size: u64,
+    parts: &[PathBuf],
+    folder: &std::path::Path,
+) -> Result<(), ApiError> {
+    if let Some(missing) = parts.iter().find(|p| !p.is_file()) {
+        let name = missing
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return Err(ApiError::bad_request(format!(
+            "part `{name}` was not uploaded or its etag is wrong"
+        )));
+    }
+    let temp = state.store.temp_path();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, fs_err::File::create(&temp)?);
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    let mut buffer = vec![0u8; 1 << 20];
+    for part in parts {
+        let mut input = fs_err::File::open(part)?;
+        loop {
+            let n = input.read(&mut buffer)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+            out.write_all(&buffer[..n])?;
+            total += n as u64;
+        }
+    }
+    out.flush()?;
+    drop(out);
+    let digest = hex::encode(hasher.finalize());
+    if digest != oid || total != size {
+        let _ = fs_err::remove_file(&temp);
+        return Err(ApiError::bad_request(format!(
+            "assembled object does not match: expected sha256 `{oid}` and {size} bytes, got `{digest}` and {total} bytes"
+        )));
+    }
+    state.store.install_object(&temp, oid)?;
+    let _ = fs_err::remove_dir_all(folder);
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct VerifyRequest {
+    oid: String,
+    size: u64,
+}
+
+/// `POST /{p}{ns}/{name}.git/info/lfs/objects/verify`: 200 when the object is stored whole.
+pub async fn verify(
+    state: Arc<AppState>,
+    kind: RepoType,
+    (namespace, name_git): (String, String),
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let name = name_git
+        .strip_suffix(".git")
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not a git path"))?;
+    state.require_write(&headers)?;
+    let _key: RepoKey = state.existing_repo(kind, &namespace, name)?;
+    let request: VerifyRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid verify body: {e}")))?;
+    if !paths::is_sha256_hex(&request.oid) {
+        return Err(ApiError::bad_request("oid must be a lowercase hex sha256"));
+    }
+    match state.store.object_size(&request.oid) {
+        Some(size) if size == request.size => Ok(Json(json!({"success": true})).into_response()),
+        Some(size) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("object has {size} bytes, not {}", request.size),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "object does not exist",
+        )),
+    }
+}

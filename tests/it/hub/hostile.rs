@@ -1,0 +1,267 @@
+//! Hostile input to the server: each request gets a 4xx and leaves the repo unchanged; and
+//! concurrent commits to one branch lose no update.
+
+use hubsweep::hub::{CommitOperation, CommitOptions, HubError};
+use serde_json::json;
+
+use super::{client, model, pseudo_random, sha256_hex, start_server};
+use crate::common::TestContext;
+
+fn ndjson(lines: &[serde_json::Value]) -> String {
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
+fn header() -> serde_json::Value {
+    json!({"key": "header", "value": {"summary": "hostile"}})
+}
+
+fn file(path: &str, content: &str) -> serde_json::Value {
+    json!({"key": "file", "value": {"path": path, "content": content, "encoding": "base64"}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_4xx_and_change_nothing() {
+    let context = TestContext::new();
+    let server = start_server(context.path(), |config| {
+        config.limits.max_ndjson_line = 4096
+    })
+    .await;
+    let hub = client(&server, None);
+    let repo = model("org/target");
+    hub.create_repo(&repo, false, true).await.unwrap();
+    let ops = [CommitOperation::AddRegular {
+        path: "keep.txt".into(),
+        content: "keep".into(),
+    }];
+    hub.commit(&repo, "main", &ops, &CommitOptions::default())
+        .await
+        .unwrap();
+    let head = hub.head(&repo, "main").await.unwrap();
+    let tree = hub.list_tree(&repo, "main", "", true).await.unwrap();
+
+    let base = server.base_url().to_owned();
+    let http = reqwest::Client::new();
+    let commit_url = format!("{base}/api/models/org/target/commit/main");
+    let missing_oid = sha256_hex(b"never uploaded");
+    let mut cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
+        (
+            "dotdot repo name",
+            http.post(format!("{base}/api/repos/create"))
+                .json(&json!({"name": "..", "organization": "org"})),
+            400,
+        ),
+        (
+            "NUL in repo name",
+            http.post(format!("{base}/api/repos/create"))
+                .json(&json!({"name": "a\u{0}b", "organization": "org"})),
+            400,
+        ),
+        (
+            "path in namespace",
+            http.post(format!("{base}/api/repos/create"))
+                .json(&json!({"name": "x", "organization": "../etc"})),
+            400,
+        ),
+        (
+            "double dot repo in URL",
+            http.get(format!("{base}/api/models/org/a..b")),
+            400,
+        ),
+        (
+            "leading dash repo in URL",
+            http.get(format!("{base}/api/models/org/-x")),
+            400,
+        ),
+        (
+            "NUL repo in URL",
+            http.get(format!("{base}/api/models/org/a%00b")),
+            400,
+        ),
+        (
+            "dotdot resolve path",
+            http.get(format!(
+                "{base}/org/target/resolve/main/..%2F..%2Frefs.json"
+            )),
+            400,
+        ),
+        (
+            "absolute resolve path",
+            http.get(format!("{base}/org/target/resolve/main/%2Fetc%2Fpasswd")),
+            400,
+        ),
+        (
+            "NUL resolve path",
+            http.get(format!("{base}/org/target/resolve/main/a%00b")),
+            400,
+        ),
+    ];
+    for (name, path) in [
+        ("dotdot commit path", "../escape.txt"),
+        ("absolute commit path", "/abs.txt"),
+        ("NUL commit path", "a\u{0}b"),
+        ("git dir", ".git/config"),
+    ] {
+        cases.push((
+            name,
+            http.post(&commit_url)
+                .body(ndjson(&[header(), file(path, "eA==")])),
+            400,
+        ));
+    }
+    cases.extend([
+        ("bad base64", http.post(&commit_url).body(ndjson(&[header(), file("x.txt", "!!not base64!!")])), 400),
+        ("oversized NDJSON line", http.post(&commit_url).body(ndjson(&[header(), file("x.txt", &"QUFB".repeat(2000))])), 413),
+        (
+            "lfsFile of a missing object",
+            http.post(&commit_url).body(ndjson(&[header(), json!({"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": missing_oid, "size": 4}})])),
+            422,
+        ),
+        (
+            "lfsFile with a bad oid",
+            http.post(&commit_url).body(ndjson(&[header(), json!({"key": "lfsFile", "value": {"path": "w.bin", "oid": "../../x", "size": 4}})])),
+            400,
+        ),
+        ("header not first", http.post(&commit_url).body(ndjson(&[file("x.txt", "eA=="), header()])), 400),
+        ("not JSON", http.post(&commit_url).body("{{{\n"), 400),
+        ("delete a missing file", http.post(&commit_url).body(ndjson(&[header(), json!({"key": "deletedFile", "value": {"path": "nope"}})])), 404),
+        (
+            "valid line then a bad one",
+            http.post(&commit_url).body(ndjson(&[header(), file("ok.txt", "eA=="), file("../bad", "eA==")])),
+            400,
+        ),
+        ("preupload bad sample", http.post(format!("{base}/api/models/org/target/preupload/main")).json(&json!({"files": [{"path": "a", "size": 1, "sample": "%%%"}]})), 400),
+        (
+            "too many paths-info parameters",
+            http.post(format!("{base}/api/models/org/target/paths-info/main"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body((0..1001).map(|i| format!("paths={i}")).collect::<Vec<_>>().join("&")),
+            413,
+        ),
+        ("tampered presigned URL", http.put(format!("{base}/_lfs/objects/{missing_oid}/4?exp=99999999999&sig=00")).body("abcd"), 403),
+    ]);
+
+    // A PUT whose bytes do not match the oid, on a correctly signed URL.
+    let real = pseudo_random(1000, 5);
+    let batch: serde_json::Value = http
+        .post(format!("{base}/org/target.git/info/lfs/objects/batch"))
+        .json(&json!({"operation": "upload", "transfers": ["basic"], "objects": [{"oid": sha256_hex(&real), "size": 1000}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let href = batch["objects"][0]["actions"]["upload"]["href"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cases.push((
+        "PUT bytes that do not match the oid",
+        http.put(&href).body(pseudo_random(1000, 6)),
+        400,
+    ));
+    cases.push((
+        "PUT too many bytes",
+        http.put(&href).body(pseudo_random(1001, 5)),
+        400,
+    ));
+
+    for (name, request, status) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            response.status().as_u16(),
+            status,
+            "{name}: {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+    // The mismatched object was not stored, and nothing moved.
+    let verify = http
+        .post(format!("{base}/org/target.git/info/lfs/objects/verify"))
+        .json(&json!({"oid": sha256_hex(&real), "size": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(verify.status().as_u16(), 404);
+    assert_eq!(hub.head(&repo, "main").await.unwrap(), head);
+    assert_eq!(hub.list_tree(&repo, "main", "", true).await.unwrap(), tree);
+    assert_eq!(server.stats().commits_applied, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commits_to_one_branch_lose_no_update() {
+    let context = TestContext::new();
+    let server = start_server(context.path(), |_| {}).await;
+    let hub = client(&server, None);
+    let repo = model("org/race");
+    hub.create_repo(&repo, false, true).await.unwrap();
+    let writers: Vec<_> = (0..12)
+        .map(|n| {
+            let hub = hub.clone();
+            let repo = repo.clone();
+            tokio::spawn(async move {
+                let ops = [CommitOperation::AddRegular {
+                    path: format!("w/{n}.txt"),
+                    content: format!("{n}").into(),
+                }];
+                hub.commit(
+                    &repo,
+                    "main",
+                    &ops,
+                    &CommitOptions {
+                        summary: format!("writer {n}"),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let files = hub.list_tree(&repo, "main", "w", false).await.unwrap();
+    assert_eq!(files.len(), 12, "every writer's file is on the branch");
+    assert_eq!(hub.list_commits(&repo, "main").await.unwrap().len(), 13);
+
+    // Racing with the same parentCommit: exactly one wins, the others are told the branch moved.
+    let parent = hub.head(&repo, "main").await.unwrap();
+    let racers: Vec<_> = (0..8)
+        .map(|n| {
+            let (hub, repo, parent) = (hub.clone(), repo.clone(), parent.clone());
+            tokio::spawn(async move {
+                let ops = [CommitOperation::AddRegular {
+                    path: format!("r/{n}.txt"),
+                    content: "r".into(),
+                }];
+                hub.commit(
+                    &repo,
+                    "main",
+                    &ops,
+                    &CommitOptions {
+                        parent_commit: Some(parent),
+                        ..Default::default()
+                    },
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(HubError::ParentMismatch { .. }) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(
+        hub.list_tree(&repo, "main", "r", false)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -1,0 +1,93 @@
+//! The Hub client and the embedded server, against each other and against peers nobody here
+//! wrote (the official Python client, the `hf-hub` crate).
+
+mod client;
+mod download;
+mod faults;
+mod hostile;
+mod python;
+
+use hubsweep::hub::server::{Server, ServerConfig, ServerHandle};
+
+/// Starts an embedded server on loopback over a store in `dir`.
+pub async fn start_server(
+    dir: &std::path::Path,
+    configure: impl FnOnce(&mut ServerConfig),
+) -> ServerHandle {
+    let mut config = ServerConfig::new(dir.join("store"));
+    configure(&mut config);
+    Server::start(config).await.expect("start the embedded hub")
+}
+
+/// The venv Python with `huggingface_hub==2.4.0` (scripts/test.d/10-python-hub.sh), or `None`
+/// after a skip note when peers are optional.
+pub fn hub_python() -> Option<std::path::PathBuf> {
+    match std::env::var_os("HUBSWEEP_HUB_PYTHON") {
+        Some(path) => Some(path.into()),
+        None if crate::common::peers_required() => {
+            panic!(
+                "HUBSWEEP_HUB_PYTHON is not set: source scripts/test.d/10-python-hub.sh (scripts/test.sh does)"
+            )
+        }
+        None => {
+            eprintln!(
+                "skip: HUBSWEEP_HUB_PYTHON not set (run scripts/test.sh to install the Python peer)"
+            );
+            None
+        }
+    }
+}
+
+/// A client for `server` with a fast retry policy (tests must not sit out real backoffs).
+pub fn client(server: &ServerHandle, token: Option<&str>) -> hubsweep::hub::HubClient {
+    client_with_events(server, token, None)
+}
+
+/// Like [`client`], with an event sink.
+pub fn client_with_events(
+    server: &ServerHandle,
+    token: Option<&str>,
+    events: Option<hubsweep::hub::EventSink>,
+) -> hubsweep::hub::HubClient {
+    let retry = hubsweep::hub::RetryPolicy {
+        max_attempts: 5,
+        base_delay: std::time::Duration::from_millis(10),
+        max_delay: std::time::Duration::from_millis(100),
+        max_server_wait: std::time::Duration::from_secs(5),
+    };
+    let mut builder = hubsweep::hub::HubClient::builder(server.base_url())
+        .unwrap()
+        .retry(retry)
+        .parts_in_flight(4);
+    builder = builder.token(token.map(hubsweep::hub::Token::new));
+    if let Some(events) = events {
+        builder = builder.events(events);
+    }
+    builder.build().unwrap()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn pseudo_random(len: usize, seed: u64) -> bytes::Bytes {
+    // Odd and distinct for every seed (xorshift needs a non-zero state).
+    let mut state = seed.wrapping_mul(2).wrapping_add(1);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    bytes::Bytes::from(out)
+}
+
+/// sha256 in hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// A repo handle from `ns/name`.
+pub fn model(id: &str) -> hubsweep::hub::Repo {
+    hubsweep::hub::Repo::model(id.parse().unwrap())
+}
