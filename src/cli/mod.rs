@@ -17,7 +17,11 @@ pub const EXIT_CANNOT_RUN: u8 = 2;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Debug, Parser)]
-#[command(name = "hubsweep", version, about = "Declarative activation sweeps streamed to the Hugging Face Hub")]
+#[command(
+    name = "hubsweep",
+    version,
+    about = "Declarative activation sweeps streamed to the Hugging Face Hub"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,7 +35,11 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
-            let code = if err.use_stderr() { EXIT_CANNOT_RUN } else { EXIT_OK };
+            let code = if err.use_stderr() {
+                EXIT_CANNOT_RUN
+            } else {
+                EXIT_OK
+            };
             let _ = err.print();
             return ExitCode::from(code);
         }

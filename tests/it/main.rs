@@ -2,3 +2,4 @@
 //! capability through the front door: the `hubsweep` binary or the public library API.
 
 mod common;
+mod model;
