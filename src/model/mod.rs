@@ -4,12 +4,13 @@
 //! Flow: [`ModelFiles`] (a local folder, the HF cache, or a Hub download) → [`Model::load`]
 //! (config + weights in a compute dtype on a device) → [`Model::forward`] with a
 //! [`HookRequest`] → [`Activations`] (hook name → tensor). The pass stops after the last
-//! requested block.
+//! requested block. [`gguf::convert_to_dir`] turns a Llama GGUF into the same HF layout.
 
 mod block;
 pub mod config;
 mod device;
 pub mod files;
+pub mod gguf;
 
 pub mod hooks;
 mod ops;

@@ -2,6 +2,7 @@
 
 mod errors;
 mod fixtures;
+mod real;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
