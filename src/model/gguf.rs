@@ -36,7 +36,7 @@ pub enum GgufError {
         context: String,
         /// The reader's cause.
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
     /// `general.architecture` is not `llama`.
     #[error("`{path}`: architecture `{architecture}` is not supported (supported: `llama`)")]
@@ -92,7 +92,7 @@ pub enum GgufError {
         path: PathBuf,
         /// The cause.
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 }
 
@@ -186,10 +186,10 @@ pub fn convert_to_dir(gguf: &Path, out: &Path) -> Result<Converted, GgufError> {
     let read = |context: &str| {
         let path = gguf.to_path_buf();
         let context = context.to_string();
-        move |source| GgufError::Read {
+        move |source: candle_core::Error| GgufError::Read {
             path,
             context,
-            source,
+            source: Box::new(source),
         }
     };
     let mut reader = BufReader::new(File::open(gguf).map_err(io(gguf))?);
@@ -264,7 +264,7 @@ pub fn convert_to_dir(gguf: &Path, out: &Path) -> Result<Converted, GgufError> {
     let weights = out.join("model.safetensors");
     candle_core::safetensors::save(&tensors, &weights).map_err(|source| GgufError::Write {
         path: weights.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let config = out.join("config.json");
     let config_json = llama_config(&meta, &dims, vocab_size, tied)?;
