@@ -3,6 +3,9 @@
 //! Exit codes are a contract (DESIGN.md): 0 success, 1 ran but negative, 2 could not run,
 //! 130 interrupted. stdout carries data only; diagnostics and progress go to stderr.
 
+mod capture;
+mod inspect;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -17,32 +20,40 @@ pub const EXIT_CANNOT_RUN: u8 = 2;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "hubsweep",
-    version,
-    about = "Declarative activation sweeps streamed to the Hugging Face Hub"
-)]
+#[command(name = "hubsweep", version, about = "Declarative activation sweeps streamed to the Hugging Face Hub")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Run one forward pass and write the named activations (like `run_with_cache`).
+    Capture(capture::CaptureArgs),
+    /// Print a model's dimensions, dtype and available hook names.
+    Inspect(inspect::InspectArgs),
+}
 
 /// Parses arguments, runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
-            let code = if err.use_stderr() {
-                EXIT_CANNOT_RUN
-            } else {
-                EXIT_OK
-            };
+            let code = if err.use_stderr() { EXIT_CANNOT_RUN } else { EXIT_OK };
             let _ = err.print();
             return ExitCode::from(code);
         }
     };
-    match cli.command {}
+    let hub_env = capture::HubEnv::from_process();
+    let outcome = match &cli.command {
+        Command::Capture(args) => capture::run(args, &hub_env),
+        Command::Inspect(args) => inspect::run(args, &hub_env),
+    };
+    match outcome {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(EXIT_CANNOT_RUN)
+        }
+    }
 }

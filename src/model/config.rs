@@ -103,6 +103,8 @@ pub struct ModelConfig {
     pub mlp_bias: bool,
     /// The storage dtype the checkpoint declares (`torch_dtype` or `dtype`), if any.
     pub stored_dtype: Option<String>,
+    /// The BOS token id, if the config names one.
+    pub bos_token_id: Option<u32>,
 }
 
 impl ModelConfig {
@@ -157,6 +159,7 @@ struct RawConfig {
     rope_parameters: Option<Value>,
     torch_dtype: Option<String>,
     dtype: Option<String>,
+    bos_token_id: Option<Value>,
 }
 
 struct Invalid<'a> {
@@ -311,6 +314,12 @@ impl RawConfig {
             attention_bias: self.attention_bias.unwrap_or(family == Family::GptNeox),
             mlp_bias: self.mlp_bias.unwrap_or(family == Family::GptNeox),
             stored_dtype: self.dtype.or(self.torch_dtype),
+            // Some configs write a list here; only a single id is a BOS.
+            bos_token_id: self
+                .bos_token_id
+                .as_ref()
+                .and_then(Value::as_u64)
+                .map(|v| v as u32),
         })
     }
 }

@@ -13,9 +13,7 @@ pub struct TestContext {
 impl TestContext {
     /// A fresh context with an empty temp dir.
     pub fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().expect("create temp dir"),
-        }
+        Self { dir: tempfile::tempdir().expect("create temp dir") }
     }
 
     /// The temp dir of this test.

@@ -1,5 +1,6 @@
 //! Models: forward passes against transformers references, bad input, GGUF import, tokenizers.
 
+mod cli;
 mod data;
 mod errors;
 mod fixtures;

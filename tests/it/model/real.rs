@@ -10,6 +10,7 @@ use super::{excess, fixture, reference};
 use crate::common::{TestContext, peers_required};
 
 /// The path in env var `var`, or `None` after a loud skip note (a panic under scripts/test.sh).
+#[allow(clippy::print_stderr)] // the skip note the conventions ask for
 fn asset(var: &str) -> Option<PathBuf> {
     match std::env::var_os(var) {
         Some(p) => Some(PathBuf::from(p)),
@@ -17,7 +18,6 @@ fn asset(var: &str) -> Option<PathBuf> {
             panic!("{var} is not set: scripts/test.d/20-models.sh must run first")
         }
         None => {
-            #[allow(clippy::print_stderr)] // the skip note the conventions ask for
             eprintln!("skipping: {var} is not set (run scripts/test.sh to fetch the model assets)");
             None
         }
