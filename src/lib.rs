@@ -14,6 +14,8 @@
 //! | --- | --- |
 //! | [`spec`] | YAML types, validation with source locations, grid expansion |
 //! | [`plan`] | node kinds, content-addressed node ids, the DAG, size and memory estimates |
+//! | [`model`] | config loading, GPT-NeoX and Llama forward passes with hook points, tokenizer, GGUF import |
+//! | [`data`] | prompt sources, tokenization into windows, token shards |
 //! | [`analysis`] | streaming Gram accumulation, eigen spectra and metrics, overlaps, weight spectra |
 //! | [`sink`] | in-memory safetensors serialization with sha256, upload pipeline, commit batching |
 //! | [`hub`] | Hub HTTP client, downloads through hf-hub, and the embedded Hub-compatible server |
@@ -21,8 +23,10 @@
 #![deny(missing_docs)]
 
 pub mod analysis;
+pub mod data;
 pub mod hub;
 pub mod ledger;
+pub mod model;
 pub mod plan;
 pub mod sink;
 pub mod spec;

@@ -3,7 +3,9 @@
 //! Exit codes are a contract (DESIGN.md): 0 success, 1 ran but negative, 2 could not run,
 //! 130 interrupted. stdout carries data only; diagnostics and progress go to stderr.
 
+mod capture;
 mod hub;
+mod inspect;
 mod spec;
 
 use std::io::IsTerminal as _;
@@ -41,6 +43,10 @@ struct Cli {
 enum Command {
     /// Serve, import into and mirror between Hub-compatible servers.
     Hub(hub::HubArgs),
+    /// Run one forward pass and write the named activations (like `run_with_cache`).
+    Capture(capture::CaptureArgs),
+    /// Show a model's dimensions, dtype and hook names.
+    Inspect(inspect::InspectArgs),
     /// Check spec files: every error at once, with locations and hints.
     Validate(spec::ValidateArgs),
     /// Expand a spec into its task DAG and show counts, sizes and estimates.
@@ -132,10 +138,24 @@ pub fn main() -> ExitCode {
         }
     };
     let env = Env::from_process();
+    let hub_env = capture::HubEnv::from_process();
     match cli.command {
         Command::Validate(args) => spec::validate(args, &env),
         Command::Plan(args) => spec::plan(args, &env),
         Command::Hub(args) => hub::run(args),
+        Command::Capture(args) => exit_for(capture::run(&args, &hub_env)),
+        Command::Inspect(args) => exit_for(inspect::run(&args, &hub_env)),
+    }
+}
+
+/// Exit code for a command that either succeeds or cannot run, printing the reason.
+fn exit_for(outcome: Result<(), String>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(EXIT_CANNOT_RUN)
+        }
     }
 }
 

@@ -3,5 +3,6 @@
 
 mod common;
 mod hub;
+mod model;
 mod plan;
 mod spec;

@@ -1,0 +1,301 @@
+//! One transformer block for both families, built from checkpoint tensors, and its forward
+//! pass with TransformerLens hook points.
+//!
+//! GPT-NeoX: LayerNorm, fused per-head-interleaved QKV with biases, partial rotary, plain GELU
+//! MLP, parallel or sequential residual. Llama: RMSNorm, separate q/k/v (GQA), full rotary,
+//! SiLU-gated MLP, sequential residual.
+
+use candle_core::{Result, Tensor};
+
+use super::ModelError;
+use super::config::{Activation, Family, ModelConfig};
+use super::hooks::{Activations, BlockHook, HookPoint, HookRequest, NormHook};
+use super::ops::{self, Linear, NormOut, Rotary};
+use super::weights::Weights;
+
+/// A normalisation layer.
+#[derive(Debug, Clone)]
+pub enum Norm {
+    /// LayerNorm with weight and bias (GPT-NeoX).
+    Layer {
+        /// `[d]`.
+        weight: Tensor,
+        /// `[d]`.
+        bias: Tensor,
+    },
+    /// RMSNorm with a weight (Llama).
+    Rms {
+        /// `[d]`.
+        weight: Tensor,
+    },
+}
+
+impl Norm {
+    pub(crate) fn load(
+        w: &Weights,
+        prefix: &str,
+        family: Family,
+        d: usize,
+    ) -> std::result::Result<Self, ModelError> {
+        let weight = w.get(&format!("{prefix}.weight"), &[d])?;
+        Ok(match family {
+            Family::GptNeox => Norm::Layer {
+                weight,
+                bias: w.get(&format!("{prefix}.bias"), &[d])?,
+            },
+            Family::Llama => Norm::Rms { weight },
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, eps: f64) -> Result<NormOut> {
+        match self {
+            Norm::Layer { weight, bias } => ops::layer_norm(x, weight, bias, eps),
+            Norm::Rms { weight } => ops::rms_norm(x, weight, eps),
+        }
+    }
+}
+
+fn linear(
+    w: &Weights,
+    prefix: &str,
+    out: usize,
+    inp: usize,
+    bias: bool,
+) -> std::result::Result<Linear, ModelError> {
+    Ok(Linear {
+        weight: w.get(&format!("{prefix}.weight"), &[out, inp])?,
+        bias: if bias {
+            Some(w.get(&format!("{prefix}.bias"), &[out])?)
+        } else {
+            None
+        },
+    })
+}
+
+/// Query/key/value projections.
+#[derive(Debug, Clone)]
+enum Qkv {
+    /// GPT-NeoX `query_key_value`: output viewed as `[b, t, heads, 3·head_dim]`, then split.
+    Fused(Linear),
+    /// Llama `q_proj`, `k_proj`, `v_proj`.
+    Separate { q: Linear, k: Linear, v: Linear },
+}
+
+/// The MLP.
+#[derive(Debug, Clone)]
+enum Mlp {
+    /// `down(act(up(x)))`.
+    Plain { up: Linear, down: Linear },
+    /// `down(act(gate(x)) · up(x))`.
+    Gated {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
+}
+
+/// One transformer block.
+#[derive(Debug, Clone)]
+pub struct Block {
+    layer: usize,
+    ln1: Norm,
+    ln2: Norm,
+    qkv: Qkv,
+    out_proj: Linear,
+    mlp: Mlp,
+}
+
+impl Block {
+    /// Fetches block `layer`'s tensors under their checkpoint names.
+    pub(crate) fn load(
+        w: &Weights,
+        cfg: &ModelConfig,
+        layer: usize,
+    ) -> std::result::Result<Self, ModelError> {
+        let d = cfg.d_model;
+        let (hd, h, kvh, m) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.d_mlp);
+        let ab = cfg.attention_bias;
+        let mb = cfg.mlp_bias;
+        match cfg.family {
+            Family::GptNeox => {
+                let p = format!("gpt_neox.layers.{layer}");
+                Ok(Self {
+                    layer,
+                    ln1: Norm::load(w, &format!("{p}.input_layernorm"), cfg.family, d)?,
+                    ln2: Norm::load(w, &format!("{p}.post_attention_layernorm"), cfg.family, d)?,
+                    qkv: Qkv::Fused(linear(
+                        w,
+                        &format!("{p}.attention.query_key_value"),
+                        3 * d,
+                        d,
+                        ab,
+                    )?),
+                    out_proj: linear(w, &format!("{p}.attention.dense"), d, d, ab)?,
+                    mlp: Mlp::Plain {
+                        up: linear(w, &format!("{p}.mlp.dense_h_to_4h"), m, d, mb)?,
+                        down: linear(w, &format!("{p}.mlp.dense_4h_to_h"), d, m, mb)?,
+                    },
+                })
+            }
+            Family::Llama => {
+                let p = format!("model.layers.{layer}");
+                Ok(Self {
+                    layer,
+                    ln1: Norm::load(w, &format!("{p}.input_layernorm"), cfg.family, d)?,
+                    ln2: Norm::load(w, &format!("{p}.post_attention_layernorm"), cfg.family, d)?,
+                    qkv: Qkv::Separate {
+                        q: linear(w, &format!("{p}.self_attn.q_proj"), h * hd, d, ab)?,
+                        k: linear(w, &format!("{p}.self_attn.k_proj"), kvh * hd, d, ab)?,
+                        v: linear(w, &format!("{p}.self_attn.v_proj"), kvh * hd, d, ab)?,
+                    },
+                    out_proj: linear(w, &format!("{p}.self_attn.o_proj"), d, h * hd, ab)?,
+                    mlp: Mlp::Gated {
+                        gate: linear(w, &format!("{p}.mlp.gate_proj"), m, d, mb)?,
+                        up: linear(w, &format!("{p}.mlp.up_proj"), m, d, mb)?,
+                        down: linear(w, &format!("{p}.mlp.down_proj"), d, m, mb)?,
+                    },
+                })
+            }
+        }
+    }
+}
+
+/// What a block forward needs besides its input.
+pub(crate) struct BlockContext<'a> {
+    pub cfg: &'a ModelConfig,
+    pub rotary: &'a Rotary,
+    pub mask: &'a Tensor,
+    pub request: &'a HookRequest,
+}
+
+struct Recorder<'a> {
+    layer: usize,
+    request: &'a HookRequest,
+    acts: &'a mut Activations,
+}
+
+impl Recorder<'_> {
+    fn put(&mut self, hook: BlockHook, t: &Tensor) {
+        let point = HookPoint::Block {
+            layer: self.layer,
+            hook,
+        };
+        if self.request.wants(point) {
+            self.acts.insert(point, t.clone());
+        }
+    }
+
+    fn norm(&mut self, which: fn(NormHook) -> BlockHook, n: &NormOut) {
+        self.put(which(NormHook::Scale), &n.scale);
+        self.put(which(NormHook::Normalized), &n.normalized);
+        self.put(which(NormHook::Out), &n.out);
+    }
+}
+
+fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    match act {
+        Activation::GeluErf => x.gelu_erf(),
+        Activation::GeluTanh => x.gelu(),
+        Activation::Silu => x.silu(),
+    }
+}
+
+impl Block {
+    fn attention(
+        &self,
+        x: &Tensor,
+        ctx: &BlockContext<'_>,
+        rec: &mut Recorder<'_>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let cfg = ctx.cfg;
+        let (h, kvh, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        let (q, k, v) = match &self.qkv {
+            Qkv::Fused(lin) => {
+                // Rows run [q_h0, k_h0, v_h0, q_h1, …], each head_dim long.
+                let qkv = lin.forward(x)?.reshape((b, t, h, 3 * hd))?;
+                (
+                    qkv.narrow(3, 0, hd)?,
+                    qkv.narrow(3, hd, hd)?,
+                    qkv.narrow(3, 2 * hd, hd)?,
+                )
+            }
+            Qkv::Separate { q, k, v } => (
+                q.forward(x)?.reshape((b, t, h, hd))?,
+                k.forward(x)?.reshape((b, t, kvh, hd))?,
+                v.forward(x)?.reshape((b, t, kvh, hd))?,
+            ),
+        };
+        rec.put(BlockHook::Q, &q);
+        rec.put(BlockHook::K, &k);
+        rec.put(BlockHook::V, &v);
+        let q = ctx.rotary.apply(&q)?;
+        let k = ctx.rotary.apply(&k)?;
+        rec.put(BlockHook::RotQ, &q);
+        rec.put(BlockHook::RotK, &k);
+        let att = ops::attention(&q, &k, &v, ctx.mask)?;
+        rec.put(BlockHook::AttnScores, &att.scores);
+        rec.put(BlockHook::Pattern, &att.pattern);
+        rec.put(BlockHook::Z, &att.z);
+        self.out_proj.forward(&att.z.reshape((b, t, h * hd))?)
+    }
+
+    fn mlp(&self, x: &Tensor, act: Activation, rec: &mut Recorder<'_>) -> Result<Tensor> {
+        let post = match &self.mlp {
+            Mlp::Plain { up, .. } => {
+                let pre = up.forward(x)?;
+                rec.put(BlockHook::MlpPre, &pre);
+                activate(&pre, act)?
+            }
+            Mlp::Gated { gate, up, .. } => {
+                let pre = gate.forward(x)?;
+                let pre_linear = up.forward(x)?;
+                rec.put(BlockHook::MlpPre, &pre);
+                rec.put(BlockHook::MlpPreLinear, &pre_linear);
+                (activate(&pre, act)? * pre_linear)?
+            }
+        };
+        rec.put(BlockHook::MlpPost, &post);
+        match &self.mlp {
+            Mlp::Plain { down, .. } | Mlp::Gated { down, .. } => down.forward(&post),
+        }
+    }
+
+    /// Runs the block on the residual stream `x` `[b, pos, d]`, recording requested hooks.
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &BlockContext<'_>,
+        acts: &mut Activations,
+    ) -> Result<Tensor> {
+        let eps = ctx.cfg.norm_eps;
+        let mut rec = Recorder {
+            layer: self.layer,
+            request: ctx.request,
+            acts,
+        };
+        rec.put(BlockHook::ResidPre, x);
+        let ln1 = self.ln1.forward(x, eps)?;
+        rec.norm(BlockHook::Ln1, &ln1);
+        let attn_out = self.attention(&ln1.out, ctx, &mut rec)?;
+        rec.put(BlockHook::AttnOut, &attn_out);
+        let out = if ctx.cfg.parallel_residual {
+            let ln2 = self.ln2.forward(x, eps)?;
+            rec.norm(BlockHook::Ln2, &ln2);
+            let mlp_out = self.mlp(&ln2.out, ctx.cfg.activation, &mut rec)?;
+            rec.put(BlockHook::MlpOut, &mlp_out);
+            // transformers sums (mlp + attn) + x; the same order keeps errors at 1 ulp.
+            ((mlp_out + attn_out)? + x)?
+        } else {
+            let mid = (x + attn_out)?;
+            rec.put(BlockHook::ResidMid, &mid);
+            let ln2 = self.ln2.forward(&mid, eps)?;
+            rec.norm(BlockHook::Ln2, &ln2);
+            let mlp_out = self.mlp(&ln2.out, ctx.cfg.activation, &mut rec)?;
+            rec.put(BlockHook::MlpOut, &mlp_out);
+            (mid + mlp_out)?
+        };
+        rec.put(BlockHook::ResidPost, &out);
+        Ok(out)
+    }
+}

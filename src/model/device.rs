@@ -1,0 +1,142 @@
+//! Device and compute-dtype selection (`cpu`, `cuda:N`, `auto`; `f32`, `f16`, `bf16`).
+//!
+//! CUDA is behind the `cuda` cargo feature; without it, asking for `cuda:N` is a clear error
+//! rather than candle's generic "not compiled" message, and `auto` means CPU.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{DType, Device};
+
+use super::ModelError;
+
+/// Where a forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceSpec {
+    /// The CPU.
+    Cpu,
+    /// CUDA device with this ordinal.
+    Cuda(usize),
+    /// CUDA device 0 when built with `cuda` and a device is present, else the CPU.
+    Auto,
+}
+
+impl FromStr for DeviceSpec {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "auto" => Ok(Self::Auto),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(n)) => Ok(Self::Cuda(n)),
+                _ => Err(ModelError::Device {
+                    device: s.to_string(),
+                    reason: "expected `cpu`, `cuda:N` or `auto`".into(),
+                }),
+            },
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+            Self::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Opens the device.
+    pub fn open(self) -> Result<Device, ModelError> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Auto if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() => {
+                Self::Cuda(0).open()
+            }
+            Self::Auto => Ok(Device::Cpu),
+            Self::Cuda(ordinal) => {
+                if !cfg!(feature = "cuda") {
+                    return Err(ModelError::Device {
+                        device: self.to_string(),
+                        reason: "this hubsweep was built without CUDA support; rebuild with `--features cuda`"
+                            .into(),
+                    });
+                }
+                Device::new_cuda(ordinal).map_err(|e| ModelError::Device {
+                    device: self.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// The dtype activations are computed in. Norms and softmax always run in f32 internally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ComputeDtype {
+    /// 32-bit float (the reference-parity setting).
+    F32,
+    /// IEEE half.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl ComputeDtype {
+    /// The candle dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
+            Self::Bf16 => DType::BF16,
+        }
+    }
+
+    /// The spelling used on the command line and in specs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+impl FromStr for ComputeDtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" | "float32" => Ok(Self::F32),
+            "f16" | "float16" => Ok(Self::F16),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            other => Err(format!(
+                "unknown dtype `{other}` (expected `f32`, `f16` or `bf16`)"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!("cuda:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(1));
+        assert!("gpu".parse::<DeviceSpec>().is_err());
+        assert!(DeviceSpec::Auto.open().is_ok());
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_feature_is_a_clear_error() {
+        let err = DeviceSpec::Cuda(0).open().unwrap_err();
+        assert!(err.to_string().contains("--features cuda"), "{err}");
+    }
+}

@@ -1,0 +1,215 @@
+//! Numerical building blocks shared by both families, written to match transformers' eager
+//! f32 path operation for operation (summation order included) so that references agree to
+//! ~1e-6.
+
+use candle_core::{D, DType, Device, Result, Tensor};
+
+use super::config::RopeConfig;
+
+/// A dense layer with the PyTorch `[out, in]` weight layout.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `[out, in]`.
+    pub weight: Tensor,
+    /// `[out]`.
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// `x · Wᵀ + b` over the last axis of `x` (any leading shape), as one 2-D matmul.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let (last, lead) = dims
+            .split_last()
+            .expect("linear input has at least one axis");
+        let rows: usize = lead.iter().product();
+        let x2 = x.reshape((rows, *last))?;
+        let y = x2.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_shape = lead.to_vec();
+        out_shape.push(self.weight.dim(0)?);
+        y.reshape(out_shape)
+    }
+}
+
+/// Outputs of a normalisation: TransformerLens `hook_scale`, `hook_normalized` and the module
+/// output (`hook_out`).
+pub struct NormOut {
+    /// `[b, pos, 1]`.
+    pub scale: Tensor,
+    /// TL `hook_normalized`.
+    pub normalized: Tensor,
+    /// The module output with its weight (and bias), in the compute dtype.
+    pub out: Tensor,
+}
+
+/// LayerNorm (biased variance) computed in f32; TL's `hook_normalized` is the output with
+/// weight and bias, so `normalized` and `out` are the same tensor.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<NormOut> {
+    let dtype = x.dtype();
+    let xf = x.to_dtype(DType::F32)?;
+    let centred = xf.broadcast_sub(&xf.mean_keepdim(D::Minus1)?)?;
+    let scale = (centred.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
+    let normed = centred.broadcast_div(&scale)?;
+    let out = normed
+        .broadcast_mul(&weight.to_dtype(DType::F32)?)?
+        .broadcast_add(&bias.to_dtype(DType::F32)?)?
+        .to_dtype(dtype)?;
+    Ok(NormOut {
+        scale,
+        normalized: out.clone(),
+        out,
+    })
+}
+
+/// RMSNorm as in transformers' Llama: normalise in f32, cast back, then multiply by the weight.
+/// TL's `hook_normalized` is before the weight.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<NormOut> {
+    let dtype = x.dtype();
+    let xf = x.to_dtype(DType::F32)?;
+    let mean_sq = xf.sqr()?.mean_keepdim(D::Minus1)?;
+    let scale = (mean_sq + eps)?.sqrt()?;
+    let normalized = xf.broadcast_div(&scale)?.to_dtype(dtype)?;
+    let out = normalized.broadcast_mul(weight)?;
+    Ok(NormOut {
+        scale,
+        normalized,
+        out,
+    })
+}
+
+/// Inverse frequencies `θ^(-2i/rot)`, in f32 like transformers, with llama3 rescaling.
+fn inverse_frequencies(rope: &RopeConfig) -> Vec<f32> {
+    let rot = rope.rotary_dim;
+    (0..rot / 2)
+        .map(|i| {
+            let exponent = (2 * i) as f32 / rot as f32;
+            let inv = 1.0f32 / (rope.theta as f32).powf(exponent);
+            match &rope.llama3_scaling {
+                None => inv,
+                Some(s) => {
+                    let inv = inv as f64;
+                    let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+                    let high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+                    let wavelen = 2.0 * std::f64::consts::PI / inv;
+                    let scaled = if wavelen < high_wavelen {
+                        inv
+                    } else if wavelen > low_wavelen {
+                        inv / s.factor
+                    } else {
+                        let smooth = (s.original_max_position_embeddings / wavelen
+                            - s.low_freq_factor)
+                            / (s.high_freq_factor - s.low_freq_factor);
+                        (1.0 - smooth) * inv / s.factor + smooth * inv
+                    };
+                    scaled as f32
+                }
+            }
+        })
+        .collect()
+}
+
+/// Rotary cos/sin tables `[pos, rot]` (`cat(freqs, freqs)`, the half-split layout).
+pub struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+    rot: usize,
+}
+
+impl Rotary {
+    /// Tables for positions `0..seq_len` in `dtype` on `device`.
+    pub fn new(rope: &RopeConfig, seq_len: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let inv = inverse_frequencies(rope);
+        let half = inv.len();
+        let mut cos = Vec::with_capacity(seq_len * 2 * half);
+        let mut sin = Vec::with_capacity(seq_len * 2 * half);
+        for pos in 0..seq_len {
+            // The f32 product mirrors transformers' `inv_freq @ position_ids` in f32.
+            let row: Vec<f32> = inv.iter().map(|f| f * pos as f32).collect();
+            for _ in 0..2 {
+                cos.extend(row.iter().map(|a| (*a as f64).cos() as f32));
+                sin.extend(row.iter().map(|a| (*a as f64).sin() as f32));
+            }
+        }
+        let shape = (seq_len, 1, 2 * half);
+        Ok(Self {
+            cos: Tensor::from_vec(cos, shape, device)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin, shape, device)?.to_dtype(dtype)?,
+            rot: 2 * half,
+        })
+    }
+
+    /// Rotates the first `rot` dims of `x` `[b, pos, heads, head_dim]`; the rest pass through.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let head_dim = x.dim(3)?;
+        let half = self.rot / 2;
+        let x_rot = x.narrow(3, 0, self.rot)?;
+        let x1 = x_rot.narrow(3, 0, half)?;
+        let x2 = x_rot.narrow(3, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?;
+        let y = (x_rot.broadcast_mul(&self.cos)? + rotated.broadcast_mul(&self.sin)?)?;
+        if self.rot == head_dim {
+            Ok(y)
+        } else {
+            Tensor::cat(&[&y, &x.narrow(3, self.rot, head_dim - self.rot)?], 3)
+        }
+    }
+}
+
+/// `[q, k]` additive causal mask: 0 on and below the diagonal, `-inf` above.
+pub fn causal_mask(seq_len: usize, device: &Device) -> Result<Tensor> {
+    let values: Vec<f32> = (0..seq_len)
+        .flat_map(|i| (0..seq_len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(values, (seq_len, seq_len), device)
+}
+
+/// Softmax over the last axis, in f32.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// Attention outputs in TransformerLens layouts.
+pub struct AttentionOut {
+    /// `[b, heads, q, k]`, masked entries `-inf` (compute dtype).
+    pub scores: Tensor,
+    /// `[b, heads, q, k]`.
+    pub pattern: Tensor,
+    /// `[b, pos, heads, head_dim]`.
+    pub z: Tensor,
+}
+
+/// Causal scaled-dot-product attention with grouped KV heads: query heads
+/// `j·rep … (j+1)·rep−1` share KV head `j`. Queries of one group are stacked along the
+/// position axis so the KV heads are never copied `rep` times.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<AttentionOut> {
+    let (b, t, h, hd) = q.dims4()?;
+    let kvh = k.dim(2)?;
+    let rep = h / kvh;
+    let dtype = q.dtype();
+    let scale = 1.0 / (hd as f64).sqrt();
+    let qh = q
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, kvh, rep * t, hd))?;
+    let kh = k.transpose(1, 2)?.contiguous()?;
+    let vh = v.transpose(1, 2)?.contiguous()?;
+    let scores = (qh.matmul(&kh.t()?)? * scale)?.reshape((b, h, t, t))?;
+    let masked = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
+    let pattern = softmax_last(&masked)?.to_dtype(dtype)?;
+    let z = pattern
+        .reshape((b, kvh, rep * t, t))?
+        .matmul(&vh)?
+        .reshape((b, h, t, hd))?
+        .transpose(1, 2)?;
+    Ok(AttentionOut {
+        scores: masked.to_dtype(dtype)?,
+        pattern,
+        z,
+    })
+}
