@@ -29,7 +29,7 @@ impl ModelLookup for Synthetic {
         ModelFacts {
             commit: Some(format!("{:0>40}", revision.trim_start_matches("step"))),
             dims: Some(dims),
-            problem: None,
+            ..ModelFacts::default()
         }
     }
 }

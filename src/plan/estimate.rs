@@ -66,6 +66,7 @@ pub fn width(hook: Hook, dims: &ModelDims, seq_len: u32) -> u64 {
 /// `limits.memory` (the other half is for uploads in flight).
 pub fn shards(
     spec: &SweepSpec,
+    total_windows: Option<u64>,
     dims: Option<&ModelDims>,
     layers: Option<&[u32]>,
     label: &str,
@@ -75,7 +76,7 @@ pub fn shards(
         return (None, 0);
     };
     let seq_len = spec.data.seq_len;
-    let Some(total) = spec.data.max_tokens.map(|t| t / u64::from(seq_len)) else {
+    let Some(total) = total_windows else {
         return (None, 1);
     };
     let (Some(dims), Some(layers)) = (dims, layers) else {
@@ -159,7 +160,7 @@ pub fn estimate(spec: &SweepSpec, plan: &Plan) -> Estimates {
     let mut total_bytes = 0u64;
     let mut max_bytes = 0u64;
     let mut files = 0u64;
-    let mut windows_known = spec.data.max_tokens.is_some();
+    let mut windows_known = plan.models.iter().all(|m| m.total_windows.is_some());
     for node in &plan.nodes {
         match &node.params {
             Params::Artifact { model, hook, .. } => {

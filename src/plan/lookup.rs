@@ -103,6 +103,10 @@ pub struct ModelFacts {
     pub dims: Option<ModelDims>,
     /// A problem with the config that was found (unsupported family, unreadable file).
     pub problem: Option<String>,
+    /// Token windows the data yields for this model (known once its tokenizer has run).
+    pub windows: Option<u64>,
+    /// Content hash of this model's token windows (tokenizers differ between models).
+    pub data_hash: Option<String>,
 }
 
 /// Answers what is known about a model at a revision. The planner only asks; implementations

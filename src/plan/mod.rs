@@ -51,8 +51,12 @@ pub struct PlannedModel {
     pub dims: Option<ModelDims>,
     /// Layers captured, if the depth is known (or not needed).
     pub layers: Option<Vec<u32>>,
+    /// Token windows in all, when known (from the tokenized data, or `max_tokens`).
+    pub total_windows: Option<u64>,
     /// Token windows per shard.
     pub windows_per_shard: Option<u64>,
+    /// Content hash of this model's token windows, when known.
+    pub data_hash: Option<String>,
     /// The model as one path segment of artifact paths.
     pub slug: String,
     /// Number of token shards.
@@ -205,8 +209,10 @@ fn plan_model(
             };
         }
     }
+    // Exact windows once the data is tokenized for this model; else the `max_tokens` bound.
+    let total_windows = facts.windows.or_else(|| spec.data.max_tokens.map(|t| t / u64::from(spec.data.seq_len)));
     let (windows_per_shard, shards) =
-        estimate::shards(spec, facts.dims.as_ref(), layers.as_deref(), &label, d);
+        estimate::shards(spec, total_windows, facts.dims.as_ref(), layers.as_deref(), &label, d);
     let slug = record::model_slug(&instance.source);
     PlannedModel {
         slug,
@@ -214,7 +220,9 @@ fn plan_model(
         commit: facts.commit,
         dims: facts.dims,
         layers,
+        total_windows,
         windows_per_shard,
+        data_hash: facts.data_hash,
         shards,
     }
 }
@@ -276,10 +284,7 @@ impl Plan {
                 let layers = model.layers.clone();
                 let shards = model.shards;
                 let windows_per_shard = model.windows_per_shard;
-                let total = spec
-                    .data
-                    .max_tokens
-                    .map(|t| t / u64::from(spec.data.seq_len));
+                let total = model.total_windows;
                 let mut per_spectrum: BTreeMap<(Hook, Option<u32>), Vec<u32>> = BTreeMap::new();
                 for shard in 0..shards {
                     let windows = match (total, windows_per_shard) {
