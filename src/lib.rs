@@ -14,6 +14,7 @@
 //! | --- | --- |
 //! | [`spec`] | YAML types, validation with source locations, grid expansion |
 //! | [`plan`] | node kinds, content-addressed node ids, the DAG, size and memory estimates |
+//! | [`exec`] | the scheduler: pinning, resource limits, cancellation, events |
 //! | [`model`] | config loading, GPT-NeoX and Llama forward passes with hook points, tokenizer, GGUF import |
 //! | [`data`] | prompt sources, tokenization into windows, token shards |
 //! | [`analysis`] | streaming Gram accumulation, eigen spectra and metrics, overlaps, weight spectra |
@@ -24,6 +25,7 @@
 
 pub mod analysis;
 pub mod data;
+pub mod exec;
 pub mod hub;
 pub mod ledger;
 pub mod model;

@@ -6,6 +6,7 @@
 mod capture;
 mod hub;
 mod inspect;
+mod run;
 mod spec;
 
 use std::io::IsTerminal as _;
@@ -14,7 +15,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hubsweep::spec::{DeviceSpec, Diagnostic, Loaded, diag::Rendered};
-
 
 /// Exit code: the command ran and the answer is positive.
 pub const EXIT_OK: u8 = 0;
@@ -47,6 +47,10 @@ enum Command {
     Capture(capture::CaptureArgs),
     /// Show a model's dimensions, dtype and hook names.
     Inspect(inspect::InspectArgs),
+    /// Run a sweep: capture, analyse, stream to the Hub, record the ledger; resumes by default.
+    Run(run::RunArgs),
+    /// Show a sweep's progress against its ledger: done, pending and failed per model.
+    Status(run::StatusArgs),
     /// Check spec files: every error at once, with locations and hints.
     Validate(spec::ValidateArgs),
     /// Expand a spec into its task DAG and show counts, sizes and estimates.
@@ -59,6 +63,12 @@ pub struct Env {
     hf_home: Option<PathBuf>,
     hf_hub_cache: Option<PathBuf>,
     home: Option<PathBuf>,
+    /// `HF_ENDPOINT`, default `https://huggingface.co`.
+    pub hf_endpoint: String,
+    /// `HF_TOKEN`.
+    pub hf_token: Option<String>,
+    /// `HUBSWEEP_HOME`.
+    hubsweep_home: Option<PathBuf>,
 }
 
 impl Env {
@@ -74,7 +84,24 @@ impl Env {
             hf_home: var("HF_HOME"),
             hf_hub_cache: var("HF_HUB_CACHE"),
             home: var("HOME"),
+            hf_endpoint: std::env::var("HF_ENDPOINT")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "https://huggingface.co".to_owned()),
+            hf_token: std::env::var("HF_TOKEN").ok().filter(|v| !v.is_empty()),
+            hubsweep_home: var("HUBSWEEP_HOME"),
         }
+    }
+
+    /// `HUBSWEEP_HOME`, default `~/.hubsweep`: the embedded hub's store is `hub/` in it, and
+    /// models fetched from that hub are cached in `cache/`.
+    pub fn hubsweep_home(&self) -> PathBuf {
+        self.hubsweep_home.clone().unwrap_or_else(|| {
+            self.home
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join(".hubsweep")
+        })
     }
 
     /// The HF hub cache: `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`.
@@ -142,6 +169,8 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Validate(args) => spec::validate(args, &env),
         Command::Plan(args) => spec::plan(args, &env),
+        Command::Run(args) => run::run(args, &env),
+        Command::Status(args) => run::status(args, &env),
         Command::Hub(args) => hub::run(args),
         Command::Capture(args) => exit_for(capture::run(&args, &hub_env)),
         Command::Inspect(args) => exit_for(inspect::run(&args, &hub_env)),

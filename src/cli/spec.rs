@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use hubsweep::plan::{self, LocalLookup, PlanOptions};
-use hubsweep::spec::{self, Severity};
+use hubsweep::spec::{self, ModelSource, Severity};
 
 use super::{EXIT_CANNOT_RUN, EXIT_OK, Env, render_diagnostics};
 
@@ -56,6 +56,31 @@ pub fn load(path: &Path, env: &Env) -> Option<spec::Loaded> {
     let loaded = spec::load(&name, &bytes);
     render_diagnostics(&loaded, &loaded.diagnostics, env);
     Some(loaded)
+}
+
+/// Answers for the bundled `local://hubsweep/…` models from their embedded configs, and for
+/// everything else as [`LocalLookup`] does.
+struct WithBundled(LocalLookup);
+
+impl plan::ModelLookup for WithBundled {
+    fn lookup(&self, source: &ModelSource, revision: &str) -> plan::ModelFacts {
+        if let ModelSource::Local(id) = source
+            && let Some(config) = hubsweep::exec::bundled::config(id)
+        {
+            let text = String::from_utf8_lossy(config);
+            return match plan::ModelDims::from_config_json(&text) {
+                Ok((_, dims)) => plan::ModelFacts {
+                    dims: Some(dims),
+                    ..plan::ModelFacts::default()
+                },
+                Err(problem) => plan::ModelFacts {
+                    problem: Some(problem),
+                    ..plan::ModelFacts::default()
+                },
+            };
+        }
+        self.0.lookup(source, revision)
+    }
 }
 
 /// Reads at most a little more than the spec limit, so a huge file is refused without
@@ -122,10 +147,10 @@ pub fn plan(args: PlanArgs, env: &Env) -> ExitCode {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let lookup = LocalLookup {
+    let lookup = WithBundled(LocalLookup {
         base_dir: base_dir.clone(),
         hf_cache: env.hf_hub_cache(),
-    };
+    });
     let options = PlanOptions {
         lookup: &lookup,
         data_hash: plan::lookup::local_data_hash(&spec.data.source, &base_dir),

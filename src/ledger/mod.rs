@@ -10,12 +10,14 @@
 //! line number in the error, and nothing panics. See docs/ledger.md.
 
 pub mod record;
+pub mod state;
 
 use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
 pub use record::{FileRecord, Manifest, Record, SCHEMA_VERSION, SpecText, Timing, Tolerance, Tool};
+pub use state::{LedgerState, RepoFile, StateError};
 
 /// Folder of the ledger in the output repo.
 pub const LEDGER_DIR: &str = "ledger";
@@ -190,6 +192,7 @@ mod tests {
                 seconds: 0.5,
             }),
             device: Some("cpu".into()),
+            error: None,
         };
         r.id = r.recomputed_id();
         r

@@ -117,6 +117,10 @@ pub struct Record {
     /// Device it ran on (`cpu`, `cuda:0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// Why the node failed; a record with an error marks a failure, not a result (a later
+    /// record of the same id without one supersedes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Serialize)]

@@ -210,9 +210,19 @@ fn plan_model(
         }
     }
     // Exact windows once the data is tokenized for this model; else the `max_tokens` bound.
-    let total_windows = facts.windows.or_else(|| spec.data.max_tokens.map(|t| t / u64::from(spec.data.seq_len)));
-    let (windows_per_shard, shards) =
-        estimate::shards(spec, total_windows, facts.dims.as_ref(), layers.as_deref(), &label, d);
+    let total_windows = facts.windows.or_else(|| {
+        spec.data
+            .max_tokens
+            .map(|t| t / u64::from(spec.data.seq_len))
+    });
+    let (windows_per_shard, shards) = estimate::shards(
+        spec,
+        total_windows,
+        facts.dims.as_ref(),
+        layers.as_deref(),
+        &label,
+        d,
+    );
     let slug = record::model_slug(&instance.source);
     PlannedModel {
         slug,
@@ -508,5 +518,18 @@ impl Plan {
             *counts.entry(node.kind).or_insert(0) += 1;
         }
         counts
+    }
+}
+
+/// The model a node belongs to, if one (overlaps and the final ledger commit span models).
+pub fn node_model(node: &Node) -> Option<u32> {
+    match &node.params {
+        Params::Resolve { model }
+        | Params::Capture { model, .. }
+        | Params::Artifact { model, .. }
+        | Params::Spectrum { model, .. }
+        | Params::WeightSpectrum { model, .. } => Some(*model),
+        Params::LedgerCommit { model } => *model,
+        Params::Overlap { .. } => None,
     }
 }

@@ -266,7 +266,10 @@ impl Plan {
             Params::Capture { model, .. } => {
                 let pins = CapturePins {
                     commit: commit_of(*model)?,
-                    data: self.models[*model as usize].data_hash.as_deref().or(self.data_hash.as_deref())?,
+                    data: self.models[*model as usize]
+                        .data_hash
+                        .as_deref()
+                        .or(self.data_hash.as_deref())?,
                     device: &self.device_class,
                     dtype: self.dtype,
                 };

@@ -115,6 +115,12 @@ pub struct Artifact {
 }
 
 impl Artifact {
+    /// An artifact from bytes serialized elsewhere (e.g. a spectrum); hashes them.
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        let sha256 = Sha256::digest(&bytes).into();
+        Self { bytes, sha256 }
+    }
+
     /// sha256 as lowercase hex.
     pub fn oid(&self) -> String {
         hex::encode(self.sha256)

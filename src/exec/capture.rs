@@ -1,0 +1,317 @@
+//! One model revision's forward passes: shard by shard, batch by batch, every requested hook
+//! feeding its artifact (bytes appended as they are produced) and its spectrum (Gram matrix
+//! accumulated as they stream past). Runs on a blocking thread; hands closed artifacts to the
+//! async sink through a bounded channel, so a slow upload holds capture back (backpressure),
+//! as does the memory budget reserved before each shard.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::{RunError, budget_permits};
+use crate::analysis::GramAccumulator;
+use crate::model::Model;
+use crate::sink::{ArtifactWriter, TensorDtype, TensorSpec, UploadJob};
+use crate::spec::{Dtype, Hook};
+
+/// One hook at one layer of a shard, to write and/or accumulate.
+pub struct Target {
+    /// The hook.
+    pub hook: Hook,
+    /// Its layer (`None` for `ln_final`).
+    pub layer: Option<u32>,
+    /// Upload this artifact (it is not in the ledger yet): its path and record.
+    pub upload: Option<(String, crate::ledger::Record)>,
+}
+
+/// One shard to run.
+pub struct ShardWork {
+    /// Shard number.
+    pub shard: u32,
+    /// Windows `[start, end)` of the model's token windows.
+    pub windows: (usize, usize),
+    /// Hooks and layers.
+    pub targets: Vec<Target>,
+    /// The capture node's record, sent once the shard's artifacts are closed.
+    pub capture_record: Option<crate::ledger::Record>,
+}
+
+/// Everything one model's capture needs.
+pub struct CaptureWork {
+    /// `repo@revision`, for messages.
+    pub label: String,
+    /// Loaded model.
+    pub model: Arc<Model>,
+    /// The model's token windows (row-major, `seq_len` each).
+    pub tokens: Arc<Vec<u32>>,
+    /// Tokens per window.
+    pub seq_len: usize,
+    /// Windows per forward pass.
+    pub batch_size: usize,
+    /// Stored dtype.
+    pub dtype: Dtype,
+    /// Shards to run, in order.
+    pub shards: Vec<ShardWork>,
+    /// Accumulate spectra for these (hook, layer), over every shard run.
+    pub spectra: Vec<(Hook, Option<u32>)>,
+    /// Metadata common to all artifacts (model, commit).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What a capture hands back: the Gram accumulators of the spectra it was asked for.
+pub type Grams = BTreeMap<(Hook, Option<u32>), GramAccumulator>;
+
+/// Reports of progress from the capture thread.
+pub enum CaptureEvent {
+    /// A shard's forward passes are done and its artifacts closed.
+    ShardDone {
+        /// Shard number.
+        shard: u32,
+        /// Tokens in it.
+        tokens: usize,
+    },
+}
+
+/// The element width of a hook's activation rows, from the tensor's shape.
+fn rows_and_width(hook: Hook, shape: &[usize]) -> (usize, usize) {
+    match (hook, shape) {
+        // [b, pos, heads, d_head] → one row per token.
+        (Hook::AttnZ, [b, t, h, d]) => (b * t, h * d),
+        // [b, heads, q, k] → one row per query token: heads × keys.
+        (Hook::AttnPattern, [b, h, q, k]) => (b * q, h * k),
+        (_, [b, t, d]) => (b * t, *d),
+        (_, dims) => (
+            dims.iter().take(dims.len().saturating_sub(1)).product(),
+            dims.last().copied().unwrap_or(0),
+        ),
+    }
+}
+
+/// Activations of one hook as `[rows, width]` f32 on the CPU, token-major.
+fn as_rows(hook: Hook, tensor: &Tensor) -> candle_core::Result<(Vec<f32>, usize, usize)> {
+    let tensor = if hook == Hook::AttnPattern {
+        tensor.transpose(1, 2)?.contiguous()?
+    } else {
+        tensor.clone()
+    };
+    let (rows, width) = rows_and_width(hook, tensor.dims());
+    let flat = tensor
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .reshape((rows, width))?;
+    Ok((flat.flatten_all()?.to_vec1::<f32>()?, rows, width))
+}
+
+fn to_bytes(values: &[f32], dtype: Dtype) -> Vec<u8> {
+    match dtype {
+        Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Dtype::F16 => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        Dtype::Bf16 => values
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+    }
+}
+
+fn tensor_dtype(dtype: Dtype) -> TensorDtype {
+    match dtype {
+        Dtype::F32 => TensorDtype::F32,
+        Dtype::F16 => TensorDtype::F16,
+        Dtype::Bf16 => TensorDtype::BF16,
+    }
+}
+
+/// Width of a hook's rows, from the model's config (for artifact headers, known before any
+/// forward pass).
+pub fn hook_width(hook: Hook, model: &Model, seq_len: usize) -> usize {
+    let c = model.config();
+    match hook {
+        Hook::MlpPost => c.d_mlp,
+        Hook::AttnPattern => c.n_heads * seq_len,
+        Hook::AttnZ => c.n_heads * c.head_dim,
+        _ => c.d_model,
+    }
+}
+
+/// Runs the capture. Blocking: call from `spawn_blocking`.
+pub fn run_capture(
+    work: CaptureWork,
+    budget: Arc<Semaphore>,
+    uploads: mpsc::Sender<UploadJob>,
+    records: mpsc::Sender<crate::sink::Committable>,
+    progress: impl Fn(CaptureEvent),
+    cancel: CancellationToken,
+) -> Result<Grams, RunError> {
+    let runtime = tokio::runtime::Handle::current();
+    let model = &work.model;
+    let tensor_err = |what: &str, source: candle_core::Error| RunError::Capture {
+        label: work.label.clone(),
+        reason: format!("{what}: {source}"),
+    };
+    let mut grams: Grams = BTreeMap::new();
+    let names: Vec<String> = {
+        let mut names: Vec<String> = work
+            .spectra
+            .iter()
+            .map(|(h, l)| h.full_name(l.map(|l| l as usize)))
+            .collect();
+        for shard in &work.shards {
+            names.extend(
+                shard
+                    .targets
+                    .iter()
+                    .map(|t| t.hook.full_name(t.layer.map(|l| l as usize))),
+            );
+        }
+        names.sort();
+        names.dedup();
+        names
+    };
+    let request = model.request(&names).map_err(|source| RunError::Model {
+        label: work.label.clone(),
+        source,
+    })?;
+    for shard in work.shards {
+        if cancel.is_cancelled() {
+            return Err(RunError::Interrupted);
+        }
+        let (first, last) = shard.windows;
+        let tokens = (last - first) * work.seq_len;
+        let shard_ids = &work.tokens[first * work.seq_len..last * work.seq_len];
+        // Open writers, reserving their memory first: capture waits here when the budget is used.
+        let mut writers = Vec::new();
+        for (index, target) in shard.targets.iter().enumerate() {
+            let Some((path, record)) = &target.upload else {
+                continue;
+            };
+            let width = hook_width(target.hook, model, work.seq_len);
+            let specs = vec![
+                TensorSpec {
+                    name: "token_ids".into(),
+                    dtype: TensorDtype::I32,
+                    shape: vec![tokens],
+                },
+                TensorSpec {
+                    name: "activations".into(),
+                    dtype: tensor_dtype(work.dtype),
+                    shape: vec![tokens, width],
+                },
+            ];
+            let mut metadata = work.metadata.clone();
+            metadata.insert("node_id".into(), record.id.clone());
+            metadata.insert(
+                "hook".into(),
+                target.hook.full_name(target.layer.map(|l| l as usize)),
+            );
+            metadata.insert("windows".into(), format!("{first}..{last}"));
+            metadata.insert("dtype".into(), work.dtype.as_str().into());
+            let size = crate::sink::safetensors::file_size(&specs, &metadata).map_err(|e| {
+                RunError::Capture {
+                    label: work.label.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            let permit = runtime
+                .block_on(
+                    budget
+                        .clone()
+                        .acquire_many_owned(budget_permits(size as u64)),
+                )
+                .map_err(|_| RunError::Interrupted)?;
+            let mut writer =
+                ArtifactWriter::new(specs, &metadata).map_err(|e| RunError::Capture {
+                    label: work.label.clone(),
+                    reason: e.to_string(),
+                })?;
+            let ids: Vec<u8> = shard_ids
+                .iter()
+                .flat_map(|&id| (id as i32).to_le_bytes())
+                .collect();
+            writer
+                .append("token_ids", &ids)
+                .map_err(|e| RunError::Capture {
+                    label: work.label.clone(),
+                    reason: e.to_string(),
+                })?;
+            writers.push((index, path.clone(), record.clone(), writer, permit));
+        }
+        for batch in shard_ids.chunks(work.batch_size.max(1) * work.seq_len) {
+            if cancel.is_cancelled() {
+                return Err(RunError::Interrupted);
+            }
+            let rows = batch.len() / work.seq_len;
+            let ids = Tensor::from_slice(batch, (rows, work.seq_len), model.device())
+                .map_err(|e| tensor_err("building the input", e))?;
+            let acts = model
+                .forward(&ids, &request)
+                .map_err(|source| RunError::Model {
+                    label: work.label.clone(),
+                    source,
+                })?;
+            for (index, target) in shard.targets.iter().enumerate() {
+                let name = target.hook.full_name(target.layer.map(|l| l as usize));
+                let Some(tensor) = acts.get(&name) else {
+                    return Err(RunError::Capture {
+                        label: work.label.clone(),
+                        reason: format!("the model produced no `{name}`"),
+                    });
+                };
+                let (values, n, width) =
+                    as_rows(target.hook, tensor).map_err(|e| tensor_err(&name, e))?;
+                let key = (target.hook, target.layer);
+                if work.spectra.contains(&key) {
+                    let gram = grams
+                        .entry(key)
+                        .or_insert_with(|| GramAccumulator::new(width));
+                    gram.push_rows(&values, n, width)
+                        .map_err(|e| RunError::Capture {
+                            label: work.label.clone(),
+                            reason: format!("{name}: {e}"),
+                        })?;
+                }
+                if let Some((_, _, _, writer, _)) = writers.iter_mut().find(|w| w.0 == index) {
+                    writer
+                        .append("activations", &to_bytes(&values, work.dtype))
+                        .map_err(|e| RunError::Capture {
+                            label: work.label.clone(),
+                            reason: e.to_string(),
+                        })?;
+                }
+            }
+        }
+        for (_, path, record, writer, permit) in writers {
+            let artifact = writer.finish().map_err(|e| RunError::Capture {
+                label: work.label.clone(),
+                reason: e.to_string(),
+            })?;
+            let job = UploadJob {
+                path,
+                artifact,
+                record,
+                permit: Some(permit),
+            };
+            uploads
+                .blocking_send(job)
+                .map_err(|_| RunError::Interrupted)?;
+        }
+        if let Some(record) = shard.capture_record {
+            records
+                .blocking_send(crate::sink::Committable {
+                    record,
+                    regular: Vec::new(),
+                })
+                .map_err(|_| RunError::Interrupted)?;
+        }
+        progress(CaptureEvent::ShardDone {
+            shard: shard.shard,
+            tokens,
+        });
+    }
+    Ok(grams)
+}

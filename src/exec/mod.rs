@@ -1,0 +1,885 @@
+//! The executor: `hubsweep run` as a library call.
+//!
+//! 1. Pin every model revision (files, commit sha, dimensions, token windows) and build the
+//!    pinned plan, where every node has its id.
+//! 2. Read the output repo's ledger; every node recorded there with its files present is done.
+//! 3. For each model revision with work left — loaded once, on one device — run its shards
+//!    (capture waits for memory from `limits.memory`), stream artifacts to the sink, accumulate
+//!    spectra; then spectra, overlaps, and the model's ledger record.
+//! 4. The sink uploads as artifacts close and commits in batches with their records; at the
+//!    end the compacted index is written. A rerun of a finished sweep commits nothing.
+//!
+//! Cancellation (Ctrl-C) stops new work at the next batch, lets the sink commit what is
+//! already uploaded, and reports `interrupted`.
+
+pub mod bundled;
+pub mod capture;
+pub mod pin;
+mod records;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::analysis::{Centring, Spectrum};
+use crate::hub::{HubClient, HubError, Repo, RepoId};
+use crate::ledger::{self, LedgerState, Manifest, Record};
+use crate::model::{DeviceSpec, Model, ModelError};
+use crate::plan::{self, NodeKind, Params, Plan, PlanOptions};
+use crate::sink::{
+    Artifact, CommitPolicy, Committable, Committer, SinkEvent, SinkEvents, SinkTotals, UploadJob,
+};
+use crate::spec::{Diagnostic, Hook, SweepSpec};
+
+pub use pin::{PinnedModel, Sources};
+pub use records::now_rfc3339;
+
+/// What to do when a node fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// Stop scheduling new work at the first failure (what is uploaded is still committed).
+    #[default]
+    FailFast,
+    /// Go on with everything that does not depend on the failure.
+    KeepGoing,
+}
+
+/// Settings of a run (the CLI builds them from flags and the environment).
+#[derive(Clone)]
+pub struct RunSettings {
+    /// Client for the output repo's Hub.
+    pub output_client: HubClient,
+    /// Where models and data come from.
+    pub sources: Sources,
+    /// The spec file's name and text, for the manifest.
+    pub spec_file: (String, String),
+    /// Failure policy.
+    pub failure: FailurePolicy,
+    /// Uploads in flight at once.
+    pub upload_slots: usize,
+    /// Commit batching and pacing.
+    pub commits: CommitPolicy,
+    /// Plan and compare with the ledger, run nothing.
+    pub dry_run: bool,
+}
+
+/// Progress of a run, for a progress bar or a log owned by the caller. Events arrive in order
+/// from one task or thread at a time; handlers must not block.
+#[derive(Debug, Clone)]
+pub enum RunEvent {
+    /// A model revision is pinned.
+    Pinned {
+        /// `repo@revision`.
+        label: String,
+        /// Commit sha (or folder hash).
+        commit: String,
+        /// Token windows the data makes for it.
+        windows: usize,
+    },
+    /// The pinned plan against the ledger.
+    Planned {
+        /// Nodes in the plan.
+        nodes: usize,
+        /// Already done.
+        done: usize,
+        /// Artifact bytes still to produce.
+        pending_bytes: u64,
+    },
+    /// A model revision starts capturing.
+    ModelStarted {
+        /// `repo@revision`.
+        label: String,
+        /// Shards to run.
+        shards: usize,
+    },
+    /// A shard's forward passes are done.
+    ShardDone {
+        /// `repo@revision`.
+        label: String,
+        /// Tokens in it.
+        tokens: usize,
+    },
+    /// Nothing left to do for a model revision.
+    ModelSkipped {
+        /// `repo@revision`.
+        label: String,
+    },
+    /// A model revision failed.
+    ModelFailed {
+        /// `repo@revision`.
+        label: String,
+        /// Why.
+        error: String,
+    },
+    /// The sink did something.
+    Sink(SinkEvent),
+}
+
+/// Callback for run events.
+pub type RunEvents = Arc<dyn Fn(&RunEvent) + Send + Sync>;
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// Nodes in the pinned plan.
+    pub nodes: usize,
+    /// Nodes skipped because the ledger has them.
+    pub skipped: usize,
+    /// Nodes executed and recorded by this run.
+    pub executed: usize,
+    /// Failures: label and reason.
+    pub failed: Vec<(String, String)>,
+    /// Sink totals (bytes sent, commits, head).
+    pub sink: SinkTotals,
+    /// Whether Ctrl-C stopped the run.
+    pub interrupted: bool,
+    /// The output repo.
+    pub output: String,
+    /// Pinned model revisions: label and commit.
+    pub pinned: Vec<(String, String)>,
+}
+
+/// Why a run could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The spec has `local://` repos but no embedded hub was started.
+    #[error("the spec uses `local://` repos but no embedded hub is running")]
+    NoLocalHub,
+    /// A model could not be found, downloaded or loaded.
+    #[error("model `{label}`")]
+    Model {
+        /// `repo@revision`.
+        label: String,
+        /// Cause.
+        #[source]
+        source: ModelError,
+    },
+    /// A model's config does not match the spec.
+    #[error("model `{label}`: {reason}")]
+    Config {
+        /// `repo@revision`.
+        label: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The prompt data could not be read.
+    #[error("prompt data")]
+    Data {
+        /// Cause.
+        #[source]
+        source: crate::data::DataError,
+    },
+    /// The pinned plan is refused.
+    #[error("the pinned plan is refused")]
+    Plan {
+        /// Why, pointing into the spec.
+        diagnostics: Vec<Diagnostic>,
+    },
+    /// The output repo could not be read or written.
+    #[error("output repo `{repo}`")]
+    Hub {
+        /// The repo.
+        repo: String,
+        /// Cause.
+        #[source]
+        source: HubError,
+    },
+    /// The output repo's ledger could not be read.
+    #[error("output repo `{repo}`")]
+    Ledger {
+        /// The repo.
+        repo: String,
+        /// Cause.
+        #[source]
+        source: ledger::StateError,
+    },
+    /// A local file could not be read.
+    #[error("cannot read `{}`", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A forward pass or its bookkeeping failed.
+    #[error("capture of `{label}` failed: {reason}")]
+    Capture {
+        /// `repo@revision`.
+        label: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The spec asks for something this version cannot run yet.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Ctrl-C.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Memory is reserved in KiB permits (a semaphore counts in `u32`).
+pub(crate) fn budget_permits(bytes: u64) -> u32 {
+    bytes.div_ceil(1024).clamp(1, u64::from(u32::MAX)) as u32
+}
+
+/// Node indices of one model revision.
+#[derive(Default)]
+struct ModelNodes {
+    resolve: Option<usize>,
+    captures: Vec<usize>,
+    artifacts: BTreeMap<u32, Vec<usize>>,
+    spectra: Vec<usize>,
+    commit: Option<usize>,
+}
+
+/// Pins models and builds the pinned plan (also used by `status` and `--dry-run`).
+pub async fn pin_and_plan(
+    spec: &SweepSpec,
+    sources: &Sources,
+    device_class: &str,
+    events: &RunEvents,
+) -> Result<(Plan, Vec<(crate::spec::ModelInstance, PinnedModel)>), RunError> {
+    let data = pin::fetch_data(spec, sources).await?;
+    let mut pinned = Vec::new();
+    for group in &spec.models {
+        for instance in crate::spec::expand_group(group, &mut Vec::new()) {
+            if pinned
+                .iter()
+                .any(|(i, _): &(crate::spec::ModelInstance, PinnedModel)| {
+                    i.source == instance.source && i.revision == instance.revision
+                })
+            {
+                continue;
+            }
+            let model = pin::pin_model(spec, &instance, &data, sources).await?;
+            events(&RunEvent::Pinned {
+                label: format!("{}@{}", instance.source, instance.revision),
+                commit: model.commit.clone(),
+                windows: model.windows.n_windows(),
+            });
+            pinned.push((instance, model));
+        }
+    }
+    let lookup = pin::PinnedLookup { models: &pinned };
+    let options = PlanOptions {
+        lookup: &lookup,
+        data_hash: None,
+        device_class: device_class.to_owned(),
+    };
+    let plan = plan::build(spec, &options);
+    if !plan.is_runnable() {
+        return Err(RunError::Plan {
+            diagnostics: plan.diagnostics,
+        });
+    }
+    if plan.nodes.iter().any(|n| n.id.is_none()) {
+        return Err(RunError::Plan {
+            diagnostics: vec![Diagnostic::error(
+                "",
+                "some nodes are still unpinned after pinning every model",
+            )],
+        });
+    }
+    Ok((plan, pinned))
+}
+
+/// The output repo of a spec as a client-side repo.
+pub fn output_repo(spec: &SweepSpec) -> Result<Repo, RunError> {
+    let (namespace, name) = spec
+        .output
+        .repo_id
+        .split_once('/')
+        .unwrap_or(("", &spec.output.repo_id));
+    let id = RepoId::new(namespace, name)
+        .map_err(|e| RunError::Unsupported(format!("invalid output repo: {e}")))?;
+    Ok(match spec.output.repo_type {
+        crate::spec::RepoType::Model => Repo::model(id),
+        crate::spec::RepoType::Dataset => Repo::dataset(id),
+    })
+}
+
+/// The manifest this run writes.
+pub fn manifest(spec: &SweepSpec, settings: &RunSettings) -> Manifest {
+    use sha2::{Digest, Sha256};
+    let (file_name, text) = &settings.spec_file;
+    let canonical = crate::spec::load(file_name, text.as_bytes())
+        .tree
+        .map(|t| plan::id::canonical_json(&t.to_json()))
+        .unwrap_or_default();
+    Manifest {
+        schema_version: ledger::SCHEMA_VERSION,
+        tool: ledger::Tool {
+            name: "hubsweep".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+        sweep: spec.name.clone(),
+        output: spec.output.to_string(),
+        spec: ledger::SpecText {
+            file_name: file_name.clone(),
+            text: text.clone(),
+            sha256: hex::encode(Sha256::digest(text.as_bytes())),
+            canonical_sha256: hex::encode(Sha256::digest(canonical.as_bytes())),
+        },
+        tolerances: records::default_tolerances(),
+    }
+}
+
+/// Runs a sweep. See the module docs.
+pub async fn run(
+    spec: &SweepSpec,
+    settings: &RunSettings,
+    device: DeviceSpec,
+    events: RunEvents,
+    cancel: CancellationToken,
+) -> Result<RunReport, RunError> {
+    let client = &settings.output_client;
+    let repo = output_repo(spec)?;
+    let repo_name = spec.output.to_string();
+    let hub_err = |source| RunError::Hub {
+        repo: repo_name.clone(),
+        source,
+    };
+    let device = device.open().map_err(|source| RunError::Model {
+        label: "device".into(),
+        source,
+    })?;
+    let device_class = if device.is_cuda() { "cuda" } else { "cpu" };
+    let (plan, pinned) = pin_and_plan(spec, &settings.sources, device_class, &events).await?;
+    if !settings.dry_run {
+        client
+            .create_repo(&repo, false, true)
+            .await
+            .map_err(hub_err)?;
+    }
+    let state = LedgerState::read(client, &repo, "main")
+        .await
+        .map_err(|source| RunError::Ledger {
+            repo: repo_name.clone(),
+            source,
+        })?;
+    let mut report = RunReport {
+        nodes: plan.nodes.len(),
+        output: repo_name.clone(),
+        pinned: pinned
+            .iter()
+            .map(|(i, p)| (format!("{}@{}", i.source, i.revision), p.commit.clone()))
+            .collect(),
+        ..RunReport::default()
+    };
+    let id = |i: usize| plan.nodes[i].id.map(|id| id.to_hex()).unwrap_or_default();
+    let done: HashSet<usize> = (0..plan.nodes.len())
+        .filter(|&i| state.is_done(&id(i)))
+        .collect();
+    report.skipped = done.len();
+    let pending_bytes = records::pending_artifact_bytes(spec, &plan, &done);
+    events(&RunEvent::Planned {
+        nodes: plan.nodes.len(),
+        done: done.len(),
+        pending_bytes,
+    });
+    if plan
+        .nodes
+        .iter()
+        .enumerate()
+        .any(|(i, n)| n.kind == NodeKind::WeightSpectrum && !done.contains(&i))
+    {
+        return Err(RunError::Unsupported("`weights` (weight spectroscopy) cannot be run by this version yet; remove the `weights` section".into()));
+    }
+    report.sink.head = state.head.clone();
+    if settings.dry_run || done.len() == plan.nodes.len() {
+        return Ok(report);
+    }
+
+    // The sink: uploader → committer, both async.
+    let sink_events: SinkEvents = {
+        let events = events.clone();
+        Arc::new(move |e: &SinkEvent| events(&RunEvent::Sink(e.clone())))
+    };
+    let (upload_tx, upload_rx) = mpsc::channel::<UploadJob>(4);
+    let (commit_tx, commit_rx) = mpsc::channel::<Committable>(1024);
+    let uploader = tokio::spawn(crate::sink::commit::upload_stage(
+        client.clone(),
+        repo.clone(),
+        "main".into(),
+        settings.upload_slots,
+        upload_rx,
+        commit_tx.clone(),
+        sink_events.clone(),
+    ));
+    let committed: HashSet<String> = state
+        .records
+        .iter()
+        .filter(|(_, r)| r.error.is_none())
+        .map(|(k, _)| k.clone())
+        .collect();
+    let committer = Committer::new(
+        client.clone(),
+        repo.clone(),
+        "main".into(),
+        state.head.clone(),
+        committed,
+        settings.commits.clone(),
+        sink_events,
+    );
+    let committer = tokio::spawn(committer.run(commit_rx));
+
+    // The manifest goes in with the first records.
+    let ours = manifest(spec, settings);
+    let mut manifest_file = (state.manifest.as_ref() != Some(&ours)).then(|| {
+        (
+            ledger::MANIFEST_PATH.to_owned(),
+            Bytes::from(serde_json::to_vec_pretty(&ours).unwrap_or_default()),
+        )
+    });
+
+    let by_model = group_nodes(&plan);
+    let budget = Arc::new(Semaphore::new(budget_permits(spec.limits.memory) as usize));
+    let mut spectra: HashMap<usize, Arc<Spectrum>> = HashMap::new();
+    for (m, nodes) in by_model.iter().enumerate() {
+        let (instance, pinned_model) = &pinned[m];
+        let label = format!("{}@{}", instance.source, instance.revision);
+        if let Some(r) = nodes.resolve.filter(|r| !done.contains(r)) {
+            let mut record = records::record(&plan, &plan.nodes[r], None);
+            record.metrics = Some(serde_json::json!({ "commit": pinned_model.commit }));
+            let regular = manifest_file.take().into_iter().collect();
+            let _ = commit_tx.send(Committable { record, regular }).await;
+            report.executed += 1;
+        }
+        if cancel.is_cancelled() {
+            report.interrupted = true;
+            break;
+        }
+        let outcome = run_model(
+            spec,
+            &plan,
+            m,
+            nodes,
+            pinned_model,
+            &label,
+            &done,
+            &device,
+            &budget,
+            &upload_tx,
+            &commit_tx,
+            &events,
+            &cancel,
+            &mut spectra,
+        )
+        .await;
+        match outcome {
+            Ok(executed) => report.executed += executed,
+            Err(RunError::Interrupted) => {
+                report.interrupted = true;
+                break;
+            }
+            Err(error) => {
+                let message = crate::hub::client::error_chain(&error);
+                events(&RunEvent::ModelFailed {
+                    label: label.clone(),
+                    error: message.clone(),
+                });
+                report.failed.push((label.clone(), message.clone()));
+                for &c in &nodes.captures {
+                    if !done.contains(&c) {
+                        let mut record = records::record(&plan, &plan.nodes[c], None);
+                        record.error = Some(message.clone());
+                        let _ = commit_tx
+                            .send(Committable {
+                                record,
+                                regular: Vec::new(),
+                            })
+                            .await;
+                    }
+                }
+                if settings.failure == FailurePolicy::FailFast {
+                    break;
+                }
+            }
+        }
+    }
+    if !report.interrupted && report.failed.is_empty()
+        || settings.failure == FailurePolicy::KeepGoing && !report.interrupted
+    {
+        report.executed += run_overlaps(
+            spec,
+            &plan,
+            &done,
+            &state,
+            client,
+            &repo,
+            &mut spectra,
+            &commit_tx,
+        )
+        .await?;
+        if let Some(last) = plan
+            .nodes
+            .len()
+            .checked_sub(1)
+            .filter(|l| !done.contains(l) && plan.nodes[*l].kind == NodeKind::LedgerCommit)
+        {
+            let record = records::record(&plan, &plan.nodes[last], None);
+            let _ = commit_tx
+                .send(Committable {
+                    record,
+                    regular: Vec::new(),
+                })
+                .await;
+            report.executed += 1;
+        }
+    }
+    drop(upload_tx);
+    let (bytes_sent, deduplicated) = uploader.await.unwrap_or_default();
+    drop(commit_tx);
+    let (mut committer, mut totals) = match committer.await {
+        Ok(result) => result.map_err(hub_err)?,
+        Err(join) => {
+            return Err(RunError::Unsupported(format!(
+                "the committer stopped: {join}"
+            )));
+        }
+    };
+    if !committer.written.is_empty() {
+        // The compacted index: every record once, sorted by id.
+        let mut all: Vec<Record> = state.records.values().cloned().collect();
+        all.extend(committer.written.iter().cloned());
+        let index = ledger::compact(all.iter());
+        committer
+            .commit_files(
+                "hubsweep: ledger index",
+                vec![(ledger::INDEX_PATH.to_owned(), Bytes::from(index))],
+            )
+            .await
+            .map_err(hub_err)?;
+        totals.commits += 1;
+        totals.head = committer.head().map(str::to_owned);
+    }
+    totals.head = totals.head.or(state.head.clone());
+    totals.bytes_sent = bytes_sent;
+    totals.objects_deduplicated = deduplicated;
+    for stranded in &totals.stranded {
+        report.failed.push((
+            stranded.clone(),
+            "not committed: an input of it was never committed".into(),
+        ));
+    }
+    report.sink = totals;
+    Ok(report)
+}
+
+fn group_nodes(plan: &Plan) -> Vec<ModelNodes> {
+    let mut by_model: Vec<ModelNodes> = (0..plan.models.len())
+        .map(|_| ModelNodes::default())
+        .collect();
+    for (i, node) in plan.nodes.iter().enumerate() {
+        match &node.params {
+            Params::Resolve { model } => by_model[*model as usize].resolve = Some(i),
+            Params::Capture { model, .. } => by_model[*model as usize].captures.push(i),
+            Params::Artifact { model, shard, .. } => by_model[*model as usize]
+                .artifacts
+                .entry(*shard)
+                .or_default()
+                .push(i),
+            Params::Spectrum { model, .. } => by_model[*model as usize].spectra.push(i),
+            Params::LedgerCommit { model: Some(m) } => by_model[*m as usize].commit = Some(i),
+            _ => {}
+        }
+    }
+    by_model
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_model(
+    spec: &SweepSpec,
+    plan: &Plan,
+    m: usize,
+    nodes: &ModelNodes,
+    pinned: &PinnedModel,
+    label: &str,
+    done: &HashSet<usize>,
+    device: &candle_core::Device,
+    budget: &Arc<Semaphore>,
+    uploads: &mpsc::Sender<UploadJob>,
+    commits: &mpsc::Sender<Committable>,
+    events: &RunEvents,
+    cancel: &CancellationToken,
+    spectra_out: &mut HashMap<usize, Arc<Spectrum>>,
+) -> Result<usize, RunError> {
+    let Some(capture_spec) = &spec.capture else {
+        return Ok(0);
+    };
+    let pending_spectra: Vec<usize> = nodes
+        .spectra
+        .iter()
+        .copied()
+        .filter(|s| !done.contains(s))
+        .collect();
+    let mut shards = Vec::new();
+    let mut executed = 0;
+    let model_info = &plan.models[m];
+    for &c in &nodes.captures {
+        let Params::Capture { shard, windows, .. } = plan.nodes[c].params else {
+            continue;
+        };
+        let artifacts = nodes.artifacts.get(&shard).cloned().unwrap_or_default();
+        let pending: Vec<usize> = artifacts
+            .iter()
+            .copied()
+            .filter(|a| !done.contains(a))
+            .collect();
+        if pending.is_empty() && pending_spectra.is_empty() && done.contains(&c) {
+            continue;
+        }
+        let (first, last) = match windows {
+            plan::Windows::Range([a, b]) => (a as usize, b as usize),
+            plan::Windows::All(_) => (0, pinned.windows.n_windows()),
+        };
+        let targets = artifacts
+            .iter()
+            .filter_map(|&a| {
+                let Params::Artifact { hook, layer, .. } = plan.nodes[a].params else {
+                    return None;
+                };
+                let upload = (!done.contains(&a)).then(|| {
+                    let record = records::record(plan, &plan.nodes[a], None);
+                    let path = plan.params_json(&plan.nodes[a])["path"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    (path, record)
+                });
+                Some(capture::Target {
+                    hook,
+                    layer,
+                    upload,
+                })
+            })
+            .collect();
+        let capture_record =
+            (!done.contains(&c)).then(|| records::record(plan, &plan.nodes[c], None));
+        executed += pending.len() + usize::from(capture_record.is_some());
+        shards.push(capture::ShardWork {
+            shard,
+            windows: (first, last),
+            targets,
+            capture_record,
+        });
+    }
+    if shards.is_empty() && pending_spectra.is_empty() {
+        if let Some(c) = nodes.commit.filter(|c| !done.contains(c)) {
+            let _ = commits
+                .send(Committable {
+                    record: records::record(plan, &plan.nodes[c], None),
+                    regular: Vec::new(),
+                })
+                .await;
+            executed += 1;
+        }
+        events(&RunEvent::ModelSkipped {
+            label: label.to_owned(),
+        });
+        return Ok(executed);
+    }
+    events(&RunEvent::ModelStarted {
+        label: label.to_owned(),
+        shards: shards.len(),
+    });
+    let files = pinned.files.clone();
+    let load_device = device.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        Model::load(&files, &load_device, candle_core::DType::F32)
+    })
+    .await
+    .map_err(|e| RunError::Capture {
+        label: label.to_owned(),
+        reason: e.to_string(),
+    })?
+    .map_err(|source| RunError::Model {
+        label: label.to_owned(),
+        source,
+    })?;
+    let spectra_keys: Vec<(Hook, Option<u32>)> = pending_spectra
+        .iter()
+        .filter_map(|&s| match plan.nodes[s].params {
+            Params::Spectrum { hook, layer, .. } => Some((hook, layer)),
+            _ => None,
+        })
+        .collect();
+    let mut metadata = BTreeMap::new();
+    metadata.insert("format".to_owned(), "hubsweep-activations-v1".to_owned());
+    metadata.insert(
+        "model".to_owned(),
+        format!("{}@{}", model_info.instance.source, pinned.commit),
+    );
+    metadata.insert("revision".to_owned(), model_info.instance.revision.clone());
+    let work = capture::CaptureWork {
+        label: label.to_owned(),
+        model: Arc::new(loaded),
+        tokens: Arc::new(pinned.windows.tokens().to_vec()),
+        seq_len: pinned.windows.seq_len(),
+        batch_size: spec.compute.batch_size as usize,
+        dtype: capture_spec.dtype,
+        shards,
+        spectra: spectra_keys,
+        metadata,
+    };
+    let (budget, uploads_tx, commits_tx, cancel_capture) = (
+        budget.clone(),
+        uploads.clone(),
+        commits.clone(),
+        cancel.clone(),
+    );
+    let progress_events = events.clone();
+    let progress_label = label.to_owned();
+    let started = Instant::now();
+    let grams = tokio::task::spawn_blocking(move || {
+        capture::run_capture(
+            work,
+            budget,
+            uploads_tx,
+            commits_tx,
+            |capture::CaptureEvent::ShardDone { tokens, .. }| {
+                progress_events(&RunEvent::ShardDone {
+                    label: progress_label.clone(),
+                    tokens,
+                })
+            },
+            cancel_capture,
+        )
+    })
+    .await
+    .map_err(|e| RunError::Capture {
+        label: label.to_owned(),
+        reason: e.to_string(),
+    })??;
+    // Spectra: decompose each accumulated Gram matrix (CPU-heavy, off the async threads).
+    for &s in &pending_spectra {
+        let Params::Spectrum {
+            hook, layer, top_k, ..
+        } = plan.nodes[s].params
+        else {
+            continue;
+        };
+        let Some(gram) = grams.get(&(hook, layer)) else {
+            continue;
+        };
+        let gram = gram.clone();
+        let spectrum = tokio::task::spawn_blocking(move || gram.finish(top_k as usize))
+            .await
+            .map_err(|e| RunError::Capture {
+                label: label.to_owned(),
+                reason: e.to_string(),
+            })?
+            .map_err(|e| RunError::Capture {
+                label: label.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let bytes = spectrum.to_safetensors().map_err(|e| RunError::Capture {
+            label: label.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let artifact = Artifact::from_bytes(Bytes::from(bytes));
+        let mut record = records::record(plan, &plan.nodes[s], Some(started));
+        record.metrics = serde_json::to_value(spectrum.metrics()).ok();
+        let path = records::spectrum_path(model_info, hook, layer);
+        uploads
+            .send(UploadJob {
+                path,
+                artifact,
+                record,
+                permit: None,
+            })
+            .await
+            .map_err(|_| RunError::Interrupted)?;
+        spectra_out.insert(s, Arc::new(spectrum));
+        executed += 1;
+    }
+    if let Some(c) = nodes.commit.filter(|c| !done.contains(c)) {
+        let _ = commits
+            .send(Committable {
+                record: records::record(plan, &plan.nodes[c], None),
+                regular: Vec::new(),
+            })
+            .await;
+        executed += 1;
+    }
+    Ok(executed)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_overlaps(
+    spec: &SweepSpec,
+    plan: &Plan,
+    done: &HashSet<usize>,
+    state: &LedgerState,
+    client: &HubClient,
+    repo: &Repo,
+    spectra: &mut HashMap<usize, Arc<Spectrum>>,
+    commits: &mpsc::Sender<Committable>,
+) -> Result<usize, RunError> {
+    let _ = spec;
+    let mut executed = 0;
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let Params::Overlap { k, .. } = &node.params else {
+            continue;
+        };
+        if done.contains(&i) {
+            continue;
+        }
+        let mut pair = Vec::new();
+        for &input in &node.inputs {
+            let input = input as usize;
+            let spectrum = match spectra.get(&input) {
+                Some(s) => s.clone(),
+                None => {
+                    let id = plan.nodes[input]
+                        .id
+                        .map(|id| id.to_hex())
+                        .unwrap_or_default();
+                    let Some(file) = state.records.get(&id).and_then(|r| r.files.first()) else {
+                        continue;
+                    };
+                    let bytes = client
+                        .download_bytes(repo, "main", &file.path)
+                        .await
+                        .map_err(|source| RunError::Hub {
+                            repo: spec.output.to_string(),
+                            source,
+                        })?;
+                    let s = Arc::new(
+                        Spectrum::from_safetensors(&bytes)
+                            .map_err(|e| RunError::Unsupported(e.to_string()))?,
+                    );
+                    spectra.insert(input, s.clone());
+                    s
+                }
+            };
+            pair.push(spectrum);
+        }
+        let [base, other] = pair.as_slice() else {
+            continue;
+        };
+        // Overlaps compare principal subspaces: the centred decompositions.
+        let overlaps = crate::analysis::overlaps(
+            base.part(Centring::Centred),
+            other.part(Centring::Centred),
+            k,
+        )
+        .map_err(|e| RunError::Unsupported(format!("overlap `{}`: {e}", plan.label(node))))?;
+        let mut record = records::record(plan, node, None);
+        record.metrics = Some(serde_json::json!({ "overlaps": overlaps, "centring": "centred" }));
+        let _ = commits
+            .send(Committable {
+                record,
+                regular: Vec::new(),
+            })
+            .await;
+        executed += 1;
+    }
+    Ok(executed)
+}

@@ -1,0 +1,235 @@
+//! Pinning: every (model, revision) resolved to exact bytes before anything runs — its files,
+//! the commit sha they come from, its dimensions, and the token windows its tokenizer makes of
+//! the data. The result feeds the planner, so every node of the pinned plan has its id.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::RunError;
+use crate::data::{HubDatasetFile, PromptSource, TextTokenizer, TokenWindows, WindowSettings};
+use crate::model::{HubSource, ModelConfig, ModelFiles};
+use crate::plan::{ModelDims, ModelFacts, ModelLookup};
+use crate::spec::{DataSource, HubKind, ModelInstance, ModelSource, SweepSpec};
+
+/// Where models and dataset files are fetched from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The Hub for `repo: NS/NAME` (`HF_ENDPOINT`), with its token and cache.
+    pub hf: HubSource,
+    /// The embedded hub for `local://` repos, with a cache of its own (the HF cache layout has
+    /// no endpoint in it, so the two must not share one).
+    pub local: Option<HubSource>,
+    /// Folder relative paths in the spec are resolved against.
+    pub spec_dir: PathBuf,
+}
+
+/// One model revision, pinned.
+#[derive(Debug, Clone)]
+pub struct PinnedModel {
+    /// Its files.
+    pub files: ModelFiles,
+    /// Its config.
+    pub config: ModelConfig,
+    /// Dimensions, as the planner reads them.
+    pub dims: ModelDims,
+    /// The commit sha of a Hub revision, or `sha256:…` of a local folder's files.
+    pub commit: String,
+    /// The token windows this model's tokenizer makes of the data.
+    pub windows: TokenWindows,
+}
+
+impl Sources {
+    fn for_hub(&self, hub: HubKind) -> Result<&HubSource, RunError> {
+        match hub {
+            HubKind::Hf => Ok(&self.hf),
+            HubKind::Local => self.local.as_ref().ok_or(RunError::NoLocalHub),
+        }
+    }
+}
+
+/// Fetches a Hub dataset file once per run (every model reads the same file).
+pub async fn fetch_data(spec: &SweepSpec, sources: &Sources) -> Result<PromptSource, RunError> {
+    Ok(match &spec.data.source {
+        DataSource::Texts(texts) => PromptSource::Texts(texts.clone()),
+        DataSource::TokenIds(ids) => PromptSource::TokenIds(ids.clone()),
+        DataSource::File { path, field } => {
+            let path = if path.is_absolute() {
+                path.clone()
+            } else {
+                sources.spec_dir.join(path)
+            };
+            PromptSource::File {
+                path,
+                field: field.clone(),
+            }
+        }
+        DataSource::HubFile {
+            hub,
+            repo_id,
+            path,
+            revision,
+            field,
+        } => {
+            let file = HubDatasetFile {
+                repo: repo_id.clone(),
+                revision: revision.clone(),
+                path: path.clone(),
+                field: field.clone(),
+            };
+            file.fetch(sources.for_hub(*hub)?)
+                .await
+                .map_err(|source| RunError::Data { source })?
+                .source
+        }
+    })
+}
+
+/// Pins one model revision and tokenizes the data for it.
+pub async fn pin_model(
+    spec: &SweepSpec,
+    instance: &ModelInstance,
+    data: &PromptSource,
+    sources: &Sources,
+) -> Result<PinnedModel, RunError> {
+    let label = format!("{}@{}", instance.source, instance.revision);
+    let files = match &instance.source {
+        ModelSource::Path(path) => {
+            let dir = if path.is_absolute() {
+                path.clone()
+            } else {
+                sources.spec_dir.join(path)
+            };
+            ModelFiles::from_dir(&dir).map_err(|source| RunError::Model {
+                label: label.clone(),
+                source,
+            })?
+        }
+        ModelSource::Hub(id) => ModelFiles::download(&sources.hf, id, &instance.revision)
+            .await
+            .map_err(|source| RunError::Model {
+                label: label.clone(),
+                source,
+            })?,
+        ModelSource::Local(id) => {
+            ModelFiles::download(sources.for_hub(HubKind::Local)?, id, &instance.revision)
+                .await
+                .map_err(|source| RunError::Model {
+                    label: label.clone(),
+                    source,
+                })?
+        }
+    };
+    let commit = match &files.commit {
+        Some(commit) => commit.clone(),
+        None => folder_hash(&files).map_err(|source| RunError::Io {
+            path: files.dir.clone(),
+            source,
+        })?,
+    };
+    let config = ModelConfig::from_file(&files.config).map_err(|source| RunError::Model {
+        label: label.clone(),
+        source,
+    })?;
+    let text = fs_err::read_to_string(&files.config).map_err(|source| RunError::Io {
+        path: files.config.clone(),
+        source,
+    })?;
+    let (family, dims) = ModelDims::from_config_json(&text).map_err(|reason| RunError::Config {
+        label: label.clone(),
+        reason,
+    })?;
+    if family != instance.family {
+        return Err(RunError::Config {
+            label,
+            reason: format!(
+                "the spec says `{}` but config.json says `{}`",
+                instance.family.as_str(),
+                family.as_str()
+            ),
+        });
+    }
+    let tokenizer = match (data, &files.tokenizer) {
+        (PromptSource::TokenIds(_), _) => None,
+        (_, Some(path)) => {
+            Some(TextTokenizer::from_file(path).map_err(|source| RunError::Data { source })?)
+        }
+        (_, None) => {
+            return Err(RunError::Config {
+                label,
+                reason: "text prompts need a tokenizer.json, and the model has none".into(),
+            });
+        }
+    };
+    let settings = WindowSettings {
+        seq_len: spec.data.seq_len as usize,
+        prepend_bos: if spec.data.prepend_bos {
+            config.bos_token_id
+        } else {
+            None
+        },
+        // Documents are joined with the BOS token, which is also the end-of-text token of
+        // GPT-NeoX; without one, documents simply follow each other.
+        separator: config.bos_token_id,
+        max_tokens: spec.data.max_tokens.map(|t| t as usize),
+    };
+    if spec.data.prepend_bos && config.bos_token_id.is_none() {
+        return Err(RunError::Config {
+            label,
+            reason: "`prepend_bos` is set but config.json has no `bos_token_id`".into(),
+        });
+    }
+    let windows = TokenWindows::build(data, tokenizer.as_ref(), &settings)
+        .map_err(|source| RunError::Data { source })?;
+    Ok(PinnedModel {
+        files,
+        config,
+        dims,
+        commit,
+        windows,
+    })
+}
+
+/// `sha256:` of a local folder's config, weights and tokenizer (name, length and bytes of each).
+fn folder_hash(files: &ModelFiles) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut paths: Vec<&Path> = vec![files.config.as_path()];
+    paths.extend(files.weights.iter().map(PathBuf::as_path));
+    paths.extend(files.tokenizer.as_deref());
+    for path in paths {
+        let bytes = fs_err::read(path)?;
+        hasher.update(
+            path.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+    }
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
+/// The planner's view of pinned models.
+pub struct PinnedLookup<'a> {
+    /// Pinned models, in plan order (the planner asks in the same order it expands).
+    pub models: &'a [(ModelInstance, PinnedModel)],
+}
+
+impl ModelLookup for PinnedLookup<'_> {
+    fn lookup(&self, source: &ModelSource, revision: &str) -> ModelFacts {
+        match self
+            .models
+            .iter()
+            .find(|(i, _)| &i.source == source && i.revision == revision)
+        {
+            Some((_, pinned)) => ModelFacts {
+                commit: Some(pinned.commit.clone()),
+                dims: Some(pinned.dims),
+                problem: None,
+                windows: Some(pinned.windows.n_windows() as u64),
+                data_hash: Some(pinned.windows.content_hash()),
+            },
+            None => ModelFacts::default(),
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Ledger records of plan nodes, paths of analysis files, and small helpers of the run.
+
+use std::collections::HashSet;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::ledger::{Record, Timing, Tolerance};
+use crate::plan::{Node, Params, Plan, PlannedModel, estimate};
+use crate::spec::{Hook, SweepSpec};
+
+/// The record of a node from its canonical plan record (same id, params, inputs and pins), with
+/// timing when `started` is given. Nodes reaching here are pinned (the run checks that first).
+pub fn record(plan: &Plan, node: &Node, started: Option<Instant>) -> Record {
+    let canonical: serde_json::Value = plan
+        .record(node)
+        .and_then(|r| serde_json::from_str(&r).ok())
+        .unwrap_or_default();
+    let inputs = canonical["inputs"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        id: node.id.map(|id| id.to_hex()).unwrap_or_default(),
+        kind: node.kind.as_str().to_owned(),
+        version: node.kind.version(),
+        params: canonical["params"].clone(),
+        inputs,
+        pins: canonical["pins"].clone(),
+        files: Vec::new(),
+        metrics: None,
+        timing: started.map(|s| Timing {
+            started: now_rfc3339_minus(s.elapsed()),
+            seconds: s.elapsed().as_secs_f64(),
+        }),
+        device: None,
+        error: None,
+    }
+}
+
+/// Where a spectrum file goes in the output repo.
+pub fn spectrum_path(model: &PlannedModel, hook: Hook, layer: Option<u32>) -> String {
+    let base = format!(
+        "spectra/{}/{}/{}",
+        model.slug,
+        model.instance.revision,
+        hook.name()
+    );
+    match layer {
+        Some(l) => format!("{base}/layer{l:03}.safetensors"),
+        None => format!("{base}/final.safetensors"),
+    }
+}
+
+/// Artifact bytes still to produce (for progress totals).
+pub fn pending_artifact_bytes(spec: &SweepSpec, plan: &Plan, done: &HashSet<usize>) -> u64 {
+    let (Some(capture), seq_len) = (&spec.capture, spec.data.seq_len) else {
+        return 0;
+    };
+    plan.nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !done.contains(i))
+        .filter_map(|(_, node)| {
+            let Params::Artifact { model, hook, .. } = node.params else {
+                return None;
+            };
+            let dims = plan.models[model as usize].dims?;
+            let windows = plan.nodes[node.inputs[0] as usize].params.windows_count()?;
+            Some(
+                windows
+                    * u64::from(seq_len)
+                    * estimate::width(hook, &dims, seq_len)
+                    * capture.dtype.size(),
+            )
+        })
+        .sum()
+}
+
+/// Tolerances `reproduce` applies by default, recorded in the manifest.
+pub fn default_tolerances() -> Vec<Tolerance> {
+    vec![
+        // The same binary on the same CPU is deterministic: artifacts must match bitwise.
+        Tolerance {
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            relative: 1e-9,
+            bitwise: true,
+        },
+        Tolerance {
+            device: "cpu".into(),
+            dtype: "f16".into(),
+            relative: 1e-9,
+            bitwise: true,
+        },
+        Tolerance {
+            device: "cpu".into(),
+            dtype: "bf16".into(),
+            relative: 1e-9,
+            bitwise: true,
+        },
+        // GPU kernels reorder sums: compare metrics, not bytes.
+        Tolerance {
+            device: "cuda".into(),
+            dtype: "f32".into(),
+            relative: 1e-4,
+            bitwise: false,
+        },
+        Tolerance {
+            device: "cuda".into(),
+            dtype: "f16".into(),
+            relative: 1e-2,
+            bitwise: false,
+        },
+        Tolerance {
+            device: "cuda".into(),
+            dtype: "bf16".into(),
+            relative: 2e-2,
+            bitwise: false,
+        },
+    ]
+}
+
+/// Now, in RFC 3339 UTC (seconds).
+pub fn now_rfc3339() -> String {
+    now_rfc3339_minus(std::time::Duration::ZERO)
+}
+
+fn now_rfc3339_minus(ago: std::time::Duration) -> String {
+    let secs = SystemTime::now()
+        .checked_sub(ago)
+        .unwrap_or(UNIX_EPOCH)
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

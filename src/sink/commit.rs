@@ -1,0 +1,467 @@
+//! The upload and commit stages of the sink.
+//!
+//! Artifacts arrive closed and hashed. The uploader sends each as an LFS object as soon as it
+//! arrives (a bounded number in flight; an object the Hub already has costs no transfer) and
+//! releases its memory. The committer batches finished files with their ledger records into
+//! commits: at most `max_files` files each, after `flush_after` of quiet, never more than
+//! `commits_per_hour` in any hour, each carrying a new ledger segment with the records of the
+//! files it adds, on top of the head it last saw (`parentCommit`; a moved branch is re-read and
+//! the commit re-sent). A record is committed only once all its inputs are committed, so the
+//! ledger's DAG is closed after every commit, whatever happens next.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use super::Artifact;
+use crate::hub::{
+    CommitOperation, CommitOptions, HubClient, HubError, LfsObject, LfsSource, Repo, UploadOutcome,
+};
+use crate::ledger::{FileRecord, Record, segment};
+
+/// How commits are batched and paced.
+#[derive(Debug, Clone)]
+pub struct CommitPolicy {
+    /// Files per commit at most (the Hub advises ≤ 100).
+    pub max_files: usize,
+    /// Commit what is ready after this long without a new file.
+    pub flush_after: Duration,
+    /// Commits per rolling hour at most (the Hub allows 128 per repo).
+    pub commits_per_hour: usize,
+    /// Attempts when the branch moved under us.
+    pub max_parent_retries: u32,
+}
+
+impl Default for CommitPolicy {
+    fn default() -> Self {
+        Self {
+            max_files: 100,
+            flush_after: Duration::from_secs(2),
+            commits_per_hour: 120,
+            max_parent_retries: 20,
+        }
+    }
+}
+
+/// What the sink reports, for progress and logs.
+#[derive(Debug, Clone)]
+pub enum SinkEvent {
+    /// An artifact reached the Hub (`sent`: bytes were transferred; else the Hub had them).
+    Uploaded {
+        /// Repo path.
+        path: String,
+        /// Size.
+        bytes: u64,
+        /// Whether bytes were sent.
+        sent: bool,
+    },
+    /// A commit landed.
+    Committed {
+        /// Commit id.
+        commit: String,
+        /// Files added.
+        files: usize,
+        /// Records added.
+        records: usize,
+    },
+    /// Waiting for the commit rate limit.
+    Throttled {
+        /// How long.
+        wait: Duration,
+    },
+    /// An upload failed for good; its record is replaced by a failure record.
+    UploadFailed {
+        /// Repo path.
+        path: String,
+        /// Why.
+        error: String,
+    },
+}
+
+/// An artifact to upload, with the record of the node that produced it.
+pub struct UploadJob {
+    /// Repo path.
+    pub path: String,
+    /// The bytes and their hash.
+    pub artifact: Artifact,
+    /// The record (its `files` are filled in by the sink).
+    pub record: Record,
+    /// Memory reserved for the artifact, released once it is uploaded.
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Something for the committer: a record and the files it adds.
+#[derive(Debug, Clone)]
+pub struct Committable {
+    /// The record.
+    pub record: Record,
+    /// Extra regular files to add in the same commit (e.g. the manifest).
+    pub regular: Vec<(String, Bytes)>,
+}
+
+/// Totals of a sink's work.
+#[derive(Debug, Clone, Default)]
+pub struct SinkTotals {
+    /// Bytes transferred.
+    pub bytes_sent: u64,
+    /// Objects the Hub already had.
+    pub objects_deduplicated: u64,
+    /// Commits made.
+    pub commits: u64,
+    /// Records committed.
+    pub records: u64,
+    /// The branch head after the last commit.
+    pub head: Option<String>,
+    /// Records never committed because an input never was (their ids).
+    pub stranded: Vec<String>,
+}
+
+/// A callback for sink events.
+pub type SinkEvents = Arc<dyn Fn(&SinkEvent) + Send + Sync>;
+
+/// Uploads every job (at most `slots` at once) and forwards the results to `commits`.
+pub async fn upload_stage(
+    client: HubClient,
+    repo: Repo,
+    revision: String,
+    slots: usize,
+    mut jobs: mpsc::Receiver<UploadJob>,
+    commits: mpsc::Sender<Committable>,
+    events: SinkEvents,
+) -> (u64, u64) {
+    let limit = Arc::new(Semaphore::new(slots.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some(job) = jobs.recv().await {
+        let Ok(slot) = limit.clone().acquire_owned().await else {
+            break;
+        };
+        let (client, repo, revision, commits, events) = (
+            client.clone(),
+            repo.clone(),
+            revision.clone(),
+            commits.clone(),
+            events.clone(),
+        );
+        tasks.spawn(async move {
+            let _slot = slot;
+            let UploadJob {
+                path,
+                artifact,
+                mut record,
+                permit,
+            } = job;
+            let object = LfsObject {
+                sha256: artifact.oid(),
+                size: artifact.size(),
+                source: LfsSource::Bytes(artifact.bytes.clone()),
+            };
+            let outcome = client.upload_lfs_object(&repo, &revision, &object).await;
+            // The bytes are on the Hub (or never will be): give the memory back now.
+            drop(artifact);
+            drop(permit);
+            match outcome {
+                Ok(outcome) => {
+                    let sent = outcome == UploadOutcome::Uploaded;
+                    events(&SinkEvent::Uploaded {
+                        path: path.clone(),
+                        bytes: object.size,
+                        sent,
+                    });
+                    record.files.push(FileRecord {
+                        path,
+                        size: object.size,
+                        sha256: object.sha256,
+                    });
+                    let _ = commits
+                        .send(Committable {
+                            record,
+                            regular: Vec::new(),
+                        })
+                        .await;
+                    if sent { (object.size, 0) } else { (0, 1) }
+                }
+                Err(error) => {
+                    let error = crate::hub::client::error_chain(&error);
+                    events(&SinkEvent::UploadFailed {
+                        path,
+                        error: error.clone(),
+                    });
+                    record.error = Some(format!("upload failed: {error}"));
+                    let _ = commits
+                        .send(Committable {
+                            record,
+                            regular: Vec::new(),
+                        })
+                        .await;
+                    (0, 0)
+                }
+            }
+        });
+    }
+    let (mut sent, mut deduplicated) = (0, 0);
+    while let Some(result) = tasks.join_next().await {
+        if let Ok((bytes, dedup)) = result {
+            sent += bytes;
+            deduplicated += dedup;
+        }
+    }
+    (sent, deduplicated)
+}
+
+/// The committer: see the module docs. `committed` holds the ids already in the ledger.
+pub struct Committer {
+    client: HubClient,
+    repo: Repo,
+    revision: String,
+    policy: CommitPolicy,
+    events: SinkEvents,
+    head: Option<String>,
+    committed: HashSet<String>,
+    waiting: VecDeque<Committable>,
+    ready: Vec<Committable>,
+    recent: VecDeque<Instant>,
+    totals: SinkTotals,
+    /// Every record this run committed, for the index.
+    pub written: Vec<Record>,
+}
+
+impl Committer {
+    /// A committer on top of `head`, knowing the ids already committed.
+    pub fn new(
+        client: HubClient,
+        repo: Repo,
+        revision: String,
+        head: Option<String>,
+        committed: HashSet<String>,
+        policy: CommitPolicy,
+        events: SinkEvents,
+    ) -> Self {
+        Self {
+            client,
+            repo,
+            revision,
+            policy,
+            events,
+            head,
+            committed,
+            waiting: VecDeque::new(),
+            ready: Vec::new(),
+            recent: VecDeque::new(),
+            totals: SinkTotals::default(),
+            written: Vec::new(),
+        }
+    }
+
+    /// Runs until `incoming` closes, then commits what is ready and returns the totals.
+    pub async fn run(
+        mut self,
+        mut incoming: mpsc::Receiver<Committable>,
+    ) -> Result<(Self, SinkTotals), HubError> {
+        let mut last_arrival = Instant::now();
+        loop {
+            let timeout = self
+                .policy
+                .flush_after
+                .saturating_sub(last_arrival.elapsed());
+            tokio::select! {
+                item = incoming.recv() => match item {
+                    Some(item) => {
+                        last_arrival = Instant::now();
+                        self.waiting.push_back(item);
+                        self.promote();
+                        if self.ready_files() >= self.policy.max_files {
+                            self.commit_ready().await?;
+                        }
+                    }
+                    None => break,
+                },
+                () = tokio::time::sleep(timeout), if !self.ready.is_empty() => {
+                    self.commit_ready().await?;
+                    last_arrival = Instant::now();
+                }
+            }
+        }
+        self.promote();
+        while !self.ready.is_empty() {
+            self.commit_ready().await?;
+            self.promote();
+        }
+        self.totals.stranded = self.waiting.iter().map(|c| c.record.id.clone()).collect();
+        let totals = self.totals.clone();
+        Ok((self, totals))
+    }
+
+    fn ready_files(&self) -> usize {
+        self.ready
+            .iter()
+            .map(|c| c.record.files.len() + c.regular.len())
+            .sum()
+    }
+
+    /// Moves records whose inputs are all committed (or committed in a ready batch) to ready.
+    fn promote(&mut self) {
+        let mut scheduled: HashSet<String> =
+            self.ready.iter().map(|c| c.record.id.clone()).collect();
+        loop {
+            let before = self.waiting.len();
+            let mut still = VecDeque::new();
+            while let Some(item) = self.waiting.pop_front() {
+                // A failure record claims nothing about its inputs; results need theirs.
+                let inputs_done = item.record.error.is_some()
+                    || item
+                        .record
+                        .inputs
+                        .iter()
+                        .all(|i| self.committed.contains(i) || scheduled.contains(i));
+                if inputs_done {
+                    scheduled.insert(item.record.id.clone());
+                    self.ready.push(item);
+                } else {
+                    still.push_back(item);
+                }
+            }
+            self.waiting = still;
+            if self.waiting.len() == before || self.waiting.is_empty() {
+                break;
+            }
+        }
+    }
+
+    /// Commits everything ready, in batches of at most `max_files` files (records keep their
+    /// order, so inputs always land in the same or an earlier commit).
+    async fn commit_ready(&mut self) -> Result<(), HubError> {
+        let mut ready = std::mem::take(&mut self.ready);
+        while !ready.is_empty() {
+            let mut files = 0;
+            let mut take = 0;
+            for item in &ready {
+                let n = item.record.files.len() + item.regular.len();
+                if take > 0 && files + n > self.policy.max_files {
+                    break;
+                }
+                files += n;
+                take += 1;
+            }
+            let batch: Vec<Committable> = ready.drain(..take).collect();
+            self.commit_batch(&batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Extra files (an updated index) for the last commit of a run.
+    pub async fn commit_files(
+        &mut self,
+        summary: &str,
+        regular: Vec<(String, Bytes)>,
+    ) -> Result<(), HubError> {
+        let operations: Vec<CommitOperation> = regular
+            .into_iter()
+            .map(|(path, content)| CommitOperation::AddRegular { path, content })
+            .collect();
+        self.commit_operations(summary, &operations).await
+    }
+
+    async fn commit_batch(&mut self, batch: &[Committable]) -> Result<(), HubError> {
+        let records: Vec<Record> = batch.iter().map(|c| c.record.clone()).collect();
+        let seg = segment(&records);
+        let mut operations = Vec::new();
+        for item in batch {
+            for (path, content) in &item.regular {
+                operations.push(CommitOperation::AddRegular {
+                    path: path.clone(),
+                    content: content.clone(),
+                });
+            }
+            for file in &item.record.files {
+                operations.push(CommitOperation::AddLfs {
+                    path: file.path.clone(),
+                    sha256: file.sha256.clone(),
+                    size: file.size,
+                });
+            }
+        }
+        operations.push(CommitOperation::AddRegular {
+            path: seg.path.clone(),
+            content: Bytes::from(seg.content),
+        });
+        let files = operations.len() - 1;
+        let summary = format!("hubsweep: {} records, {files} files", records.len());
+        self.commit_operations(&summary, &operations).await?;
+        for record in records {
+            if record.error.is_none() {
+                self.committed.insert(record.id.clone());
+            }
+            self.written.push(record);
+        }
+        self.totals.records += batch.len() as u64;
+        (self.events)(&SinkEvent::Committed {
+            commit: self.head.clone().unwrap_or_default(),
+            files,
+            records: batch.len(),
+        });
+        Ok(())
+    }
+
+    async fn commit_operations(
+        &mut self,
+        summary: &str,
+        operations: &[CommitOperation],
+    ) -> Result<(), HubError> {
+        self.throttle().await;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let options = CommitOptions {
+                summary: summary.to_owned(),
+                description: String::new(),
+                parent_commit: self.head.clone(),
+                create_pr: false,
+            };
+            match self
+                .client
+                .commit(&self.repo, &self.revision, operations, &options)
+                .await
+            {
+                Ok(info) => {
+                    self.head = Some(info.commit_oid);
+                    self.recent.push_back(Instant::now());
+                    self.totals.commits += 1;
+                    self.totals.head = self.head.clone();
+                    return Ok(());
+                }
+                // Another writer moved the branch: our files do not conflict with theirs
+                // (content-named segments, node-named artifacts), so re-read and re-send.
+                Err(HubError::ParentMismatch { .. })
+                    if attempt < self.policy.max_parent_retries =>
+                {
+                    self.head = Some(self.client.head(&self.repo, &self.revision).await?);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Waits while this run has made `commits_per_hour` commits in the last hour.
+    async fn throttle(&mut self) {
+        let hour = Duration::from_secs(3600);
+        while self.recent.front().is_some_and(|t| t.elapsed() >= hour) {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= self.policy.commits_per_hour
+            && let Some(oldest) = self.recent.front()
+        {
+            let wait = hour.saturating_sub(oldest.elapsed());
+            (self.events)(&SinkEvent::Throttled { wait });
+            tokio::time::sleep(wait).await;
+            self.recent.pop_front();
+        }
+    }
+
+    /// The branch head after the last commit.
+    pub fn head(&self) -> Option<&str> {
+        self.head.as_deref()
+    }
+}
