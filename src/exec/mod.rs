@@ -418,12 +418,14 @@ pub async fn run(
         .filter(|(_, r)| r.error.is_none())
         .map(|(k, _)| k.clone())
         .collect();
+    let seen: HashSet<String> = state.segments.iter().cloned().collect();
     let committer = Committer::new(
         client.clone(),
         repo.clone(),
         "main".into(),
         state.head.clone(),
         committed,
+        seen,
         settings.commits.clone(),
         sink_events,
     );
@@ -647,10 +649,7 @@ async fn run_model(
                 };
                 let upload = (!done.contains(&a)).then(|| {
                     let record = records::record(plan, &plan.nodes[a], None);
-                    let path = plan.params_json(&plan.nodes[a])["path"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned();
+                    let path = plan.file_path(&plan.nodes[a]).unwrap_or_default();
                     (path, record)
                 });
                 Some(capture::Target {
@@ -786,7 +785,7 @@ async fn run_model(
         let artifact = Artifact::from_bytes(Bytes::from(bytes));
         let mut record = records::record(plan, &plan.nodes[s], Some(started));
         record.metrics = serde_json::to_value(spectrum.metrics()).ok();
-        let path = records::spectrum_path(model_info, hook, layer);
+        let path = plan.file_path(&plan.nodes[s]).unwrap_or_default();
         uploads
             .send(UploadJob {
                 path,

@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::ledger::{Record, Timing, Tolerance};
-use crate::plan::{Node, Params, Plan, PlannedModel, estimate};
-use crate::spec::{Hook, SweepSpec};
+use crate::plan::{Node, Params, Plan, estimate};
+use crate::spec::SweepSpec;
 
 /// The record of a node from its canonical plan record (same id, params, inputs and pins), with
 /// timing when `started` is given. Nodes reaching here are pinned (the run checks that first).
@@ -37,20 +37,6 @@ pub fn record(plan: &Plan, node: &Node, started: Option<Instant>) -> Record {
         }),
         device: None,
         error: None,
-    }
-}
-
-/// Where a spectrum file goes in the output repo.
-pub fn spectrum_path(model: &PlannedModel, hook: Hook, layer: Option<u32>) -> String {
-    let base = format!(
-        "spectra/{}/{}/{}",
-        model.slug,
-        model.instance.revision,
-        hook.name()
-    );
-    match layer {
-        Some(l) => format!("{base}/layer{l:03}.safetensors"),
-        None => format!("{base}/final.safetensors"),
     }
 }
 

@@ -29,7 +29,6 @@ struct ArtifactParams {
     dtype: &'static str,
     hook: &'static str,
     layer: Option<u32>,
-    path: String,
     shard: u32,
 }
 
@@ -81,19 +80,24 @@ struct CapturePins<'a> {
     dtype: &'a str,
 }
 
-/// Path of an artifact in the output repo (documented in docs/layout.md).
+/// Path of an artifact in the output repo (docs/layout.md): readable folders, and a file name
+/// ending in the first 12 hex digits of the node id, so different nodes (say, the same shard
+/// under another model commit or data hash) never share a place, and the same node always
+/// lands in the same one.
 pub fn artifact_path(
     model_slug: &str,
     revision: &str,
     hook: &str,
     layer: Option<u32>,
     shard: u32,
+    id: &NodeId,
 ) -> String {
+    let id = &id.to_hex()[..12];
     match layer {
-        Some(l) => {
-            format!("acts/{model_slug}/{revision}/{hook}/layer{l:03}/shard{shard:05}.safetensors")
-        }
-        None => format!("acts/{model_slug}/{revision}/{hook}/shard{shard:05}.safetensors"),
+        Some(l) => format!(
+            "acts/{model_slug}/{revision}/{hook}/layer{l:03}/shard{shard:05}-{id}.safetensors"
+        ),
+        None => format!("acts/{model_slug}/{revision}/{hook}/shard{shard:05}-{id}.safetensors"),
     }
 }
 
@@ -127,6 +131,39 @@ pub fn model_slug(source: &ModelSource) -> String {
 }
 
 impl Plan {
+    /// Where a node's file goes in the output repo: artifacts under `acts/`, spectra under
+    /// `spectra/`; `None` for kinds without a file, or while the node is unpinned.
+    pub fn file_path(&self, node: &Node) -> Option<String> {
+        let id = node.id.as_ref()?;
+        match &node.params {
+            Params::Artifact {
+                model,
+                shard,
+                hook,
+                layer,
+            } => Some(artifact_path(
+                &self.models[*model as usize].slug,
+                self.revision(*model),
+                hook.name(),
+                *layer,
+                *shard,
+                id,
+            )),
+            Params::Spectrum {
+                model, hook, layer, ..
+            } => {
+                let m = &self.models[*model as usize];
+                let base = format!("spectra/{}/{}/{}", m.slug, m.instance.revision, hook.name());
+                let short = &id.to_hex()[..12];
+                Some(match layer {
+                    Some(l) => format!("{base}/layer{l:03}-{short}.safetensors"),
+                    None => format!("{base}/final-{short}.safetensors"),
+                })
+            }
+            _ => None,
+        }
+    }
+
     fn model_name(&self, m: u32) -> String {
         self.models[m as usize].instance.source.to_string()
     }
@@ -211,21 +248,11 @@ impl Plan {
                 windows: *windows,
             }),
             Params::Artifact {
-                model,
-                shard,
-                hook,
-                layer,
+                shard, hook, layer, ..
             } => AnyParams::Artifact(ArtifactParams {
                 dtype: self.dtype,
                 hook: hook.name(),
                 layer: *layer,
-                path: artifact_path(
-                    &self.models[*model as usize].slug,
-                    self.revision(*model),
-                    hook.name(),
-                    *layer,
-                    *shard,
-                ),
                 shard: *shard,
             }),
             Params::Spectrum {

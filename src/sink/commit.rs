@@ -224,6 +224,8 @@ pub struct Committer {
     ready: Vec<Committable>,
     recent: VecDeque<Instant>,
     totals: SinkTotals,
+    /// Segments whose records are known (read at start or committed by us).
+    seen_segments: HashSet<String>,
     /// Every record this run committed, for the index.
     pub written: Vec<Record>,
 }
@@ -236,6 +238,7 @@ impl Committer {
         revision: String,
         head: Option<String>,
         committed: HashSet<String>,
+        seen_segments: HashSet<String>,
         policy: CommitPolicy,
         events: SinkEvents,
     ) -> Self {
@@ -252,6 +255,7 @@ impl Committer {
             recent: VecDeque::new(),
             totals: SinkTotals::default(),
             written: Vec::new(),
+            seen_segments,
         }
     }
 
@@ -361,10 +365,67 @@ impl Committer {
             .into_iter()
             .map(|(path, content)| CommitOperation::AddRegular { path, content })
             .collect();
-        self.commit_operations(summary, &operations).await
+        self.commit_operations(summary, &operations, true).await
     }
 
     async fn commit_batch(&mut self, batch: &[Committable]) -> Result<(), HubError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // Records another writer committed meanwhile are not recorded twice.
+            let batch: Vec<&Committable> = batch
+                .iter()
+                .filter(|c| c.record.error.is_some() || !self.committed.contains(&c.record.id))
+                .collect();
+            if batch.is_empty() {
+                return Ok(());
+            }
+            match self.try_commit_batch(&batch).await {
+                Err(HubError::ParentMismatch { .. })
+                    if attempt < self.policy.max_parent_retries =>
+                {
+                    self.head = Some(self.client.head(&self.repo, &self.revision).await?);
+                    self.read_new_segments().await?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Reads the segments committed by others since we last looked.
+    async fn read_new_segments(&mut self) -> Result<(), HubError> {
+        let head = self.head.clone().unwrap_or_else(|| self.revision.clone());
+        let entries = match self
+            .client
+            .list_tree(&self.repo, &head, crate::ledger::SEGMENTS_DIR, false)
+            .await
+        {
+            Ok(entries) => entries,
+            Err(HubError::EntryNotFound { .. }) => return Ok(()),
+            Err(err) => return Err(err),
+        };
+        for entry in entries {
+            if !crate::ledger::is_segment_path(&entry.path)
+                || self.seen_segments.contains(&entry.path)
+            {
+                continue;
+            }
+            let bytes = self
+                .client
+                .download_bytes(&self.repo, &head, &entry.path)
+                .await?;
+            // A damaged segment of another writer is verify's business, not a reason to stop.
+            for record in crate::ledger::parse_records(&entry.path, &bytes).unwrap_or_default() {
+                if record.error.is_none() {
+                    self.committed.insert(record.id);
+                }
+            }
+            self.seen_segments.insert(entry.path);
+        }
+        Ok(())
+    }
+
+    async fn try_commit_batch(&mut self, batch: &[&Committable]) -> Result<(), HubError> {
         let records: Vec<Record> = batch.iter().map(|c| c.record.clone()).collect();
         let seg = segment(&records);
         let mut operations = Vec::new();
@@ -389,7 +450,8 @@ impl Committer {
         });
         let files = operations.len() - 1;
         let summary = format!("hubsweep: {} records, {files} files", records.len());
-        self.commit_operations(&summary, &operations).await?;
+        self.commit_operations(&summary, &operations, false).await?;
+        self.seen_segments.insert(seg.path.clone());
         for record in records {
             if record.error.is_none() {
                 self.committed.insert(record.id.clone());
@@ -405,10 +467,14 @@ impl Committer {
         Ok(())
     }
 
+    /// Commits on top of the last head seen. With `reparent`, a moved branch is re-read and the
+    /// commit re-sent (for files that do not depend on what others wrote, like the index); without,
+    /// the mismatch goes back to the caller, which re-reads what others recorded first.
     async fn commit_operations(
         &mut self,
         summary: &str,
         operations: &[CommitOperation],
+        reparent: bool,
     ) -> Result<(), HubError> {
         self.throttle().await;
         let mut attempt = 0;
@@ -432,10 +498,10 @@ impl Committer {
                     self.totals.head = self.head.clone();
                     return Ok(());
                 }
-                // Another writer moved the branch: our files do not conflict with theirs
-                // (content-named segments, node-named artifacts), so re-read and re-send.
+                // Another writer moved the branch: these files do not conflict with theirs, so
+                // re-read the head and re-send.
                 Err(HubError::ParentMismatch { .. })
-                    if attempt < self.policy.max_parent_retries =>
+                    if reparent && attempt < self.policy.max_parent_retries =>
                 {
                     self.head = Some(self.client.head(&self.repo, &self.revision).await?);
                 }

@@ -5,4 +5,5 @@ mod common;
 mod hub;
 mod model;
 mod plan;
+mod run;
 mod spec;

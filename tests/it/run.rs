@@ -1,0 +1,704 @@
+//! `hubsweep run` through the binary: the quickstart end to end, resume, crashes, faults,
+//! concurrent writers, no local artifact bytes, bounded memory, and bad input at run time.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command as StdCommand, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hubsweep::hub::server::{Faults, Server, ServerConfig, ServerHandle};
+use hubsweep::hub::{HubClient, Repo, RepoId};
+use hubsweep::ledger::{LedgerState, Record};
+
+use crate::common::{TestContext, peers_required, repo_root};
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hubsweep"))
+}
+
+/// The binary with an isolated environment (as `TestContext::command`, but std's `Command`,
+/// which can be spawned and killed).
+fn hubsweep(ctx: &TestContext) -> StdCommand {
+    let mut cmd = StdCommand::new(bin());
+    cmd.current_dir(ctx.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", ctx.child("home"))
+        .env("HF_HOME", ctx.child("hf-home"))
+        .env("HUBSWEEP_HOME", ctx.child("hubsweep-home"))
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+fn run_json(ctx: &TestContext, spec: &Path, extra: &[(&str, &str)]) -> (Output, serde_json::Value) {
+    let mut cmd = hubsweep(ctx);
+    cmd.args(["run", "--format", "json"]).arg(spec);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let output = cmd.output().expect("run hubsweep");
+    let json = serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+    (output, json)
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Opens the store a run wrote (its process has exited) with an in-process server.
+async fn open_store(home: &Path) -> (ServerHandle, HubClient) {
+    let mut config = ServerConfig::new(home.join("hub"));
+    config.addr = "127.0.0.1:0".parse().unwrap();
+    let server = Server::start(config).await.expect("open the store");
+    let client = HubClient::builder(server.base_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    (server, client)
+}
+
+fn dataset(id: &str) -> Repo {
+    let (ns, name) = id.split_once('/').unwrap();
+    Repo::dataset(RepoId::new(ns, name).unwrap())
+}
+
+/// Checks what every ledger must satisfy: each successful record's files are in the repo with
+/// the recorded sha256 and size, node ids recompute, no id is recorded twice, the DAG is closed.
+fn check_ledger(state: &LedgerState, records: &[Record]) {
+    let mut seen = HashSet::new();
+    for record in records.iter().filter(|r| r.error.is_none()) {
+        assert!(
+            seen.insert(record.id.clone()),
+            "node {} recorded twice",
+            record.id
+        );
+        assert_eq!(
+            record.recomputed_id(),
+            record.id,
+            "record of {} does not hash to its id",
+            record.kind
+        );
+        for file in &record.files {
+            let have = state
+                .files
+                .get(&file.path)
+                .unwrap_or_else(|| panic!("{} is recorded but not in the repo", file.path));
+            assert_eq!(
+                have.sha256.as_deref(),
+                Some(file.sha256.as_str()),
+                "{}",
+                file.path
+            );
+            assert_eq!(have.size, file.size, "{}", file.path);
+        }
+        for input in &record.inputs {
+            assert!(
+                state.records.contains_key(input),
+                "{} has an input {input} that is not recorded",
+                record.kind
+            );
+        }
+    }
+}
+
+/// Every record of the repo's segments, in order (duplicates kept, to detect them).
+async fn segment_records(client: &HubClient, repo: &Repo, state: &LedgerState) -> Vec<Record> {
+    let mut all = Vec::new();
+    for path in &state.segments {
+        let bytes = client.download_bytes(repo, "main", path).await.unwrap();
+        all.extend(hubsweep::ledger::parse_records(path, &bytes).unwrap());
+    }
+    all
+}
+
+fn quickstart(ctx: &TestContext) -> PathBuf {
+    let path = ctx.child("quickstart.yaml");
+    std::fs::copy(repo_root().join("sweeps/quickstart.yaml"), &path).unwrap();
+    path
+}
+
+#[test]
+fn quickstart_end_to_end_then_rerun_does_nothing() {
+    let ctx = TestContext::new();
+    let spec = quickstart(&ctx);
+    let (output, first) = run_json(&ctx, &spec, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(first["executed"], 43, "{first}");
+    assert!(first["bytes_uploaded"].as_u64().unwrap() > 100_000);
+    assert!(
+        stderr(&output).contains("results: local://datasets/hubsweep/quickstart"),
+        "{}",
+        stderr(&output)
+    );
+
+    let (output, second) = run_json(&ctx, &spec, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(second["executed"], 0, "rerun executed nodes: {second}");
+    assert_eq!(second["bytes_uploaded"], 0);
+    assert_eq!(second["commits"], 0);
+    assert_eq!(second["head"], first["head"]);
+
+    let status = hubsweep(&ctx)
+        .args(["status", "--format", "json"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["complete"], true, "{status}");
+
+    runtime().block_on(async {
+        let (server, client) = open_store(&ctx.child("hubsweep-home")).await;
+        let repo = dataset("hubsweep/quickstart");
+        let state = LedgerState::read(&client, &repo, "main").await.unwrap();
+        let records = segment_records(&client, &repo, &state).await;
+        check_ledger(&state, &records);
+        assert_eq!(records.len(), 43);
+        let index = client
+            .download_bytes(&repo, "main", "ledger/index.jsonl")
+            .await
+            .unwrap();
+        assert_eq!(
+            hubsweep::ledger::parse_records("index", &index)
+                .unwrap()
+                .len(),
+            43
+        );
+        let manifest = state.manifest.as_ref().expect("manifest");
+        assert_eq!(manifest.spec.text, std::fs::read_to_string(&spec).unwrap());
+        spectra_match_an_svd_of_the_activations(&client, &repo, &records).await;
+        server.shutdown().await;
+    });
+}
+
+/// Spectra equal the singular values of the concatenated activations, within 1e-6 relative.
+async fn spectra_match_an_svd_of_the_activations(
+    client: &HubClient,
+    repo: &Repo,
+    records: &[Record],
+) {
+    let by_id: HashMap<&str, &Record> = records.iter().map(|r| (r.id.as_str(), r)).collect();
+    let mut checked = 0;
+    for spectrum in records.iter().filter(|r| r.kind == "spectrum") {
+        let mut rows: Vec<f64> = Vec::new();
+        let mut width = 0;
+        for input in &spectrum.inputs {
+            let artifact = by_id[input.as_str()];
+            let bytes = client
+                .download_bytes(repo, "main", &artifact.files[0].path)
+                .await
+                .unwrap();
+            let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let acts = file.tensor("activations").unwrap();
+            width = acts.shape()[1];
+            rows.extend(
+                acts.data()
+                    .chunks_exact(4)
+                    .map(|b| f64::from(f32::from_le_bytes(b.try_into().unwrap()))),
+            );
+        }
+        let n = rows.len() / width;
+        let matrix = faer::Mat::from_fn(n, width, |i, j| rows[i * width + j]);
+        let mut expected: Vec<f64> = matrix.singular_values().unwrap();
+        expected.sort_by(|a, b| b.total_cmp(a));
+        let bytes = client
+            .download_bytes(repo, "main", &spectrum.files[0].path)
+            .await
+            .unwrap();
+        let stored = hubsweep::analysis::Spectrum::from_safetensors(&bytes).unwrap();
+        let got = &stored.raw.singular_values;
+        let scale = expected[0];
+        for (g, e) in got.iter().zip(&expected) {
+            assert!(
+                (g - e).abs() <= 1e-6 * scale,
+                "singular value {g} vs {e} (largest {scale})"
+            );
+        }
+        let metrics = spectrum.metrics.as_ref().unwrap();
+        let srank = metrics["raw"]["stable_rank"].as_f64().unwrap();
+        let frob: f64 = expected.iter().map(|s| s * s).sum();
+        assert!(
+            (srank - frob / (scale * scale)).abs() <= 1e-6 * srank,
+            "stable rank {srank}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 18, "2 models × 3 layers × 3 hooks");
+}
+
+#[test]
+fn the_official_client_downloads_what_the_ledger_states() {
+    let Some(python) = crate::hub::hub_python() else {
+        return;
+    };
+    let ctx = TestContext::new();
+    let spec = quickstart(&ctx);
+    let (output, _) = run_json(&ctx, &spec, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    runtime().block_on(async {
+        let (server, client) = open_store(&ctx.child("hubsweep-home")).await;
+        let repo = dataset("hubsweep/quickstart");
+        let state = LedgerState::read(&client, &repo, "main").await.unwrap();
+        let expected: BTreeMap<String, String> = state
+            .records
+            .values()
+            .flat_map(|r| r.files.iter().map(|f| (f.path.clone(), f.sha256.clone())))
+            .collect();
+        let script = r#"
+import hashlib, json, sys
+from huggingface_hub import hf_hub_download
+expected = json.load(sys.stdin)
+for path, sha in expected.items():
+    local = hf_hub_download("hubsweep/quickstart", path, repo_type="dataset")
+    got = hashlib.sha256(open(local, "rb").read()).hexdigest()
+    assert got == sha, (path, got, sha)
+print(len(expected))
+"#;
+        let mut child = StdCommand::new(&python)
+            .args(["-c", script])
+            .env("HF_ENDPOINT", server.base_url())
+            .env("HF_HUB_DISABLE_XET", "1")
+            .env("HF_HOME", ctx.child("py-hf-home"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(serde_json::to_string(&expected).unwrap().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            expected.len().to_string()
+        );
+        server.shutdown().await;
+    });
+}
+
+/// A longer sweep (many shards and commits) over the bundled models.
+fn long_spec(
+    ctx: &TestContext,
+    output: &str,
+    tokens: usize,
+    memory: &str,
+    artifact: &str,
+) -> PathBuf {
+    let ids: Vec<String> = (0..tokens)
+        .map(|i| ((i * 7919 + 13) % 300 + 1).to_string())
+        .collect();
+    let text = format!(
+        "name: long\noutput: {output}\nmodels:\n  - family: gpt_neox\n    repo: local://hubsweep/tiny-gpt-neox\n  - family: llama\n    repo: local://hubsweep/tiny-llama\ndata:\n  token_ids: [[{}]]\n  max_tokens: {tokens}\n  seq_len: 16\ncapture:\n  hooks: [hook_resid_pre, hook_resid_post, hook_mlp_out]\n  layers: all\nanalyses:\n  - spectrum: {{top_k: 8}}\nlimits:\n  memory: {memory}\n  artifact_bytes: {artifact}\ncompute:\n  device: cpu\n  batch_size: 4\n",
+        ids.join(", ")
+    );
+    let path = ctx.child("long.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn killed_at_random_moments_then_rerun_completes_without_duplicates() {
+    let ctx = TestContext::new();
+    // How long an uninterrupted run takes, so kills can be spread over it.
+    let probe = long_spec(&ctx, "local://alice/crash-probe", 4096, "2MiB", "64KiB");
+    let started = Instant::now();
+    let (output, _) = run_json(&ctx, &probe, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let full = started.elapsed().as_millis() as u64;
+    let trials = 20;
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut killed_mid_run = 0;
+    for trial in 0..trials {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let spec = long_spec(
+            &ctx,
+            &format!("local://alice/crash-{trial}"),
+            4096,
+            "2MiB",
+            "64KiB",
+        );
+        let mut child = hubsweep(&ctx)
+            .arg("run")
+            .arg(&spec)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(seed % full.max(1)));
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_run += 1;
+        }
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let (output, report) = run_json(&ctx, &spec, &[]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "trial {trial}: {}",
+            stderr(&output)
+        );
+        let (_, again) = run_json(&ctx, &spec, &[]);
+        assert_eq!(
+            again["executed"], 0,
+            "trial {trial}: after {report}, a rerun still executed: {again}"
+        );
+        runtime().block_on(async {
+            let (server, client) = open_store(&ctx.child("hubsweep-home")).await;
+            let repo = dataset(&format!("alice/crash-{trial}"));
+            let state = LedgerState::read(&client, &repo, "main").await.unwrap();
+            let records = segment_records(&client, &repo, &state).await;
+            check_ledger(&state, &records);
+            let nodes = report["nodes"].as_u64().unwrap() as usize;
+            assert_eq!(
+                records.iter().filter(|r| r.error.is_none()).count(),
+                nodes,
+                "trial {trial}"
+            );
+            server.shutdown().await;
+        });
+    }
+    assert!(
+        killed_mid_run >= trials / 2,
+        "only {killed_mid_run} of {trials} kills landed mid-run"
+    );
+}
+
+/// A server on loopback for `hf://` outputs, with faults switched on.
+async fn faulty_server(ctx: &TestContext, faults: Faults) -> ServerHandle {
+    let mut config = ServerConfig::new(ctx.child("remote-store"));
+    config.addr = "127.0.0.1:0".parse().unwrap();
+    // Small thresholds so artifacts go multipart and part faults apply.
+    config.limits.multipart_threshold = 16 << 10;
+    config.limits.part_size = 8 << 10;
+    config.faults = faults;
+    Server::start(config).await.unwrap()
+}
+
+#[test]
+fn injected_faults_during_a_run_change_nothing_in_the_result() {
+    let ctx = TestContext::new();
+    let spec = long_spec(&ctx, "hf://datasets/alice/faults", 1024, "4MiB", "64KiB");
+    let rt = runtime();
+    let server = rt.block_on(faulty_server(
+        &ctx,
+        Faults {
+            fail_part_once: Some(2),
+            drop_connection_part_once: Some(3),
+            rate_limit_next_commit: true,
+            commit_applied_then_500: true,
+            expire_next_batches: 1,
+            slow_ms: 0,
+        },
+    ));
+    let (output, report) = run_json(&ctx, &spec, &[("HF_ENDPOINT", server.base_url())]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let stats = server.stats();
+    assert!(
+        stats.commit_posts > stats.commits_applied,
+        "no commit was refused or lost: {stats:?}"
+    );
+    rt.block_on(async {
+        let client = HubClient::builder(server.base_url())
+            .unwrap()
+            .build()
+            .unwrap();
+        let repo = dataset("alice/faults");
+        let state = LedgerState::read(&client, &repo, "main").await.unwrap();
+        let records = segment_records(&client, &repo, &state).await;
+        check_ledger(&state, &records);
+        assert_eq!(records.len(), report["nodes"].as_u64().unwrap() as usize);
+    });
+    let (output, again) = run_json(&ctx, &spec, &[("HF_ENDPOINT", server.base_url())]);
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(again["executed"], 0);
+    rt.block_on(server.shutdown());
+}
+
+#[test]
+fn two_concurrent_runs_record_every_node_once() {
+    let ctx = TestContext::new();
+    // Both writers must pin the same models: committed folders hash the same everywhere.
+    let fixtures = repo_root().join("tests/fixtures");
+    let text = std::fs::read_to_string(long_spec(
+        &ctx,
+        "hf://datasets/alice/race",
+        1024,
+        "4MiB",
+        "64KiB",
+    ))
+    .unwrap()
+    .replace(
+        "local://hubsweep/tiny-gpt-neox",
+        &fixtures.join("gpt_neox_tiny").display().to_string(),
+    )
+    .replace(
+        "local://hubsweep/tiny-llama",
+        &fixtures.join("llama_tiny").display().to_string(),
+    );
+    let spec = ctx.child("race.yaml");
+    std::fs::write(&spec, text).unwrap();
+    let rt = runtime();
+    let server = rt.block_on(faulty_server(&ctx, Faults::default()));
+    let spawn = |home: &str| {
+        hubsweep(&ctx)
+            .env("HF_ENDPOINT", server.base_url())
+            .env("HUBSWEEP_HOME", ctx.child(home))
+            .arg("run")
+            .arg(&spec)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("home-a"), spawn("home-b"));
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    rt.block_on(async {
+        let client = HubClient::builder(server.base_url())
+            .unwrap()
+            .build()
+            .unwrap();
+        let repo = dataset("alice/race");
+        let state = LedgerState::read(&client, &repo, "main").await.unwrap();
+        let records = segment_records(&client, &repo, &state).await;
+        check_ledger(&state, &records);
+    });
+    rt.block_on(server.shutdown());
+}
+
+#[test]
+fn no_artifact_byte_touches_the_local_disk() {
+    // HOME, TMPDIR and the working directory are read-only mounts (enforced even for root, in a
+    // mount namespace of our own); the store lives elsewhere. The run must still succeed.
+    if StdCommand::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        assert!(
+            !peers_required(),
+            "mount namespaces are needed for this test (unshare -m)"
+        );
+        eprintln!("skip: no mount namespaces here");
+        return;
+    }
+    let ctx = TestContext::new();
+    let spec = quickstart(&ctx);
+    let ro = ctx.child("ro");
+    for dir in ["home", "tmp", "cwd"] {
+        std::fs::create_dir_all(ro.join(dir)).unwrap();
+    }
+    let script = format!(
+        "set -e; for d in home tmp cwd; do mount -t tmpfs -o ro,size=64k tmpfs {ro}/$d; done; \
+         ! touch {ro}/tmp/probe 2>/dev/null; cd {ro}/cwd; \
+         HOME={ro}/home TMPDIR={ro}/tmp exec {bin} run --format json {spec}",
+        ro = ro.display(),
+        bin = bin().display(),
+        spec = spec.display()
+    );
+    let output = StdCommand::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HUBSWEEP_HOME", ctx.child("store"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["executed"], 43);
+    // And the store holds only hub state and the model cache: no stray artifact files.
+    for entry in walk(&ctx.child("store")) {
+        let name = entry.to_string_lossy();
+        assert!(
+            !name.contains("acts/") && !name.contains("spectra/"),
+            "artifact written as a plain file: {name}"
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// Peak RSS of a child, sampled from /proc until it exits.
+fn peak_rss_kib(mut child: std::process::Child) -> (std::process::ExitStatus, u64) {
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status_path)
+            && let Some(kib) = text
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, peak);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn memory_stays_within_the_budget_when_artifacts_are_ten_times_larger() {
+    let ctx = TestContext::new();
+    let memory = 1u64 << 20;
+    // 4,608 tokens × 9 (hook, layer) pairs × 64 floats × 4 bytes ≈ 10.6 MiB per model.
+    let spec = long_spec(&ctx, "local://alice/memory", 4608, "1MiB", "64KiB");
+    let started = Instant::now();
+    let child = hubsweep(&ctx)
+        .args(["run", "--format", "json"])
+        .arg(&spec)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (status, peak_kib) = peak_rss_kib(child);
+    assert!(status.success());
+    let (_, report) = run_json(&ctx, &spec, &[]);
+    assert_eq!(report["executed"], 0);
+    runtime().block_on(async {
+        let (server, client) = open_store(&ctx.child("hubsweep-home")).await;
+        let state = LedgerState::read(&client, &dataset("alice/memory"), "main")
+            .await
+            .unwrap();
+        let total: u64 = state
+            .records
+            .values()
+            .filter(|r| r.kind == "artifact")
+            .flat_map(|r| &r.files)
+            .map(|f| f.size)
+            .sum();
+        assert!(
+            total >= 10 * memory,
+            "artifacts total {total} bytes, not ≥ 10× the budget"
+        );
+        server.shutdown().await;
+    });
+    let model_bytes = 400 << 10;
+    let limit = memory + model_bytes + (150 << 20);
+    eprintln!(
+        "peak RSS {} MiB in {:?}",
+        peak_kib / 1024,
+        started.elapsed()
+    );
+    assert!(
+        peak_kib * 1024 <= limit,
+        "peak RSS {peak_kib} KiB over {} KiB",
+        limit / 1024
+    );
+}
+
+#[test]
+fn bad_input_at_run_time_is_a_clear_error_and_leaves_the_ledger_intact() {
+    let ctx = TestContext::new();
+    let spec = quickstart(&ctx);
+    let (output, first) = run_json(&ctx, &spec, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let write = |name: &str, text: String| {
+        let path = ctx.child(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let base = std::fs::read_to_string(&spec).unwrap();
+    let cases = [
+        ("unknown-repo.yaml", base.replace("local://hubsweep/tiny-llama", "local://hubsweep/no-such-model"), "no-such-model"),
+        ("unknown-revision.yaml", base.replace("    repo: local://hubsweep/tiny-llama", "    repo: local://hubsweep/tiny-llama\n    revision: no-such-branch"), "no-such-branch"),
+        (
+            "missing-data.yaml",
+            base.replace(
+                "  texts:\n    - \"The quick brown fox jumps over the lazy dog.\"",
+                "  source: local://datasets/hubsweep/nothing/prompts.txt@main\n  max_tokens: 64\n  texts_unused:\n    - \"x\"",
+            )
+            .replace("  texts_unused:\n    - \"x\"\n", "")
+            .replace(
+                "    - \"Interpretability asks what a network computes, and how.\"\n    - \"Checkpoints along training show representations forming.\"\n    - \"A ledger on the Hub lets anyone check the results.\"\n",
+                "",
+            ),
+            "prompts.txt",
+        ),
+    ];
+    for (name, text, mention) in cases {
+        let path = write(name, text);
+        let (output, _) = run_json(&ctx, &path, &[]);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{name}: {err}");
+        assert!(
+            err.contains(mention),
+            "{name}: the error does not name `{mention}`:\n{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // A rejected token: an `hf://` output on a hub that wants another token.
+    let rt = runtime();
+    let server = rt.block_on(async {
+        let mut config = ServerConfig::new(ctx.child("guarded"));
+        config.addr = "127.0.0.1:0".parse().unwrap();
+        config.token = Some(hubsweep::hub::Token::new("right-token"));
+        Server::start(config).await.unwrap()
+    });
+    let guarded = write(
+        "guarded.yaml",
+        base.replace(
+            "output: local://hubsweep/quickstart",
+            "output: hf://datasets/alice/guarded",
+        ),
+    );
+    let (output, _) = run_json(
+        &ctx,
+        &guarded,
+        &[
+            ("HF_ENDPOINT", server.base_url()),
+            ("HF_TOKEN", "wrong-token"),
+        ],
+    );
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(err.contains("not authorized"), "{err}");
+    assert!(
+        !err.contains("wrong-token"),
+        "the token leaked into the message: {err}"
+    );
+    rt.block_on(server.shutdown());
+    // The quickstart's ledger is as it was.
+    let (_, again) = run_json(&ctx, &spec, &[]);
+    assert_eq!(again["executed"], 0);
+    assert_eq!(again["head"], first["head"]);
+}
