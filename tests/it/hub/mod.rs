@@ -1,6 +1,7 @@
 //! The Hub client and the embedded server, against each other and against peers nobody here
 //! wrote (the official Python client, the `hf-hub` crate).
 
+mod cli;
 mod client;
 mod download;
 mod faults;
