@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+use hubsweep::hub::download::{DownloadSettings, Downloader};
 use hubsweep::hub::server::{Limits, Server, ServerConfig};
 use hubsweep::hub::{FolderUpload, HubClient, HubEvent, Repo, RepoId, RepoType, Token};
 
@@ -32,6 +33,23 @@ enum HubCommand {
     /// prints a JSON summary on stdout. Tokens: HF_TOKEN for --to, HUBSWEEP_MIRROR_FROM_TOKEN
     /// for --from.
     Mirror(MirrorArgs),
+    /// Download one file into the HF cache (shared with Python) via the hf-hub crate; prints its
+    /// local path on stdout. Reads HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE / HF_HOME, HF_HUB_OFFLINE.
+    Download(DownloadArgs),
+}
+
+#[derive(Debug, Args)]
+struct DownloadArgs {
+    /// The repo, `namespace/name`.
+    repo: RepoId,
+    /// Path of the file in the repo.
+    file: String,
+    /// Branch, tag or commit.
+    #[arg(long, default_value = "main")]
+    revision: String,
+    /// Repo type.
+    #[arg(long = "type", value_enum, default_value = "model")]
+    kind: KindArg,
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +150,7 @@ pub fn run(args: HubArgs) -> ExitCode {
         HubCommand::Serve(serve) => runtime.block_on(run_serve(serve)),
         HubCommand::Import(import) => runtime.block_on(interruptible(run_import(import))),
         HubCommand::Mirror(mirror) => runtime.block_on(interruptible(run_mirror(mirror))),
+        HubCommand::Download(download) => runtime.block_on(interruptible(run_download(download))),
     }
 }
 
@@ -308,4 +327,53 @@ async fn run_serve(args: ServeArgs) -> ExitCode {
     eprintln!("hub: shutting down");
     handle.shutdown().await;
     ExitCode::from(EXIT_OK)
+}
+
+/// The HF cache folder as the Python client finds it: `HF_HUB_CACHE`, else `HF_HOME/hub`, else
+/// `~/.cache/huggingface/hub`.
+fn hf_cache_dir() -> PathBuf {
+    if let Some(cache) = std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty()) {
+        return PathBuf::from(cache);
+    }
+    if let Some(home) = std::env::var_os("HF_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home).join("hub");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("huggingface").join("hub")
+}
+
+/// `HF_HUB_OFFLINE` as the Python client reads it (`1`, `true`, `yes`, `on`).
+fn hf_offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+/// The download settings the environment asks for.
+fn download_settings_from_env() -> DownloadSettings {
+    DownloadSettings {
+        endpoint: std::env::var("HF_ENDPOINT")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned()),
+        token: env_token("HF_TOKEN"),
+        cache_dir: hf_cache_dir(),
+        offline: hf_offline(),
+    }
+}
+
+async fn run_download(args: DownloadArgs) -> ExitCode {
+    let downloader = match Downloader::new(download_settings_from_env()) {
+        Ok(downloader) => downloader,
+        Err(error) => return fail(&error),
+    };
+    let repo = args.kind.repo(args.repo);
+    match downloader.get(&repo, &args.revision, &args.file).await {
+        Ok(path) => {
+            println!("{}", path.display());
+            ExitCode::from(EXIT_OK)
+        }
+        Err(error) => fail(&error),
+    }
 }

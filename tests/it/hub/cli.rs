@@ -218,4 +218,39 @@ async fn import_then_mirror_through_the_binary() {
     let output = tokio::task::block_in_place(|| run(mirror_args, None));
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("not authorized"));
+
+    // `hub download` honours HF_ENDPOINT and HF_HUB_CACHE, and HF_HUB_OFFLINE afterwards.
+    let download = |offline: &str, file: &str| {
+        let mut command = context.command();
+        command
+            .args(["hub", "download", "org/tiny", file])
+            .env("HF_ENDPOINT", target.base_url())
+            .env("HF_HUB_CACHE", context.child("hf-cache"))
+            .env("HF_HUB_OFFLINE", offline);
+        command.output().unwrap()
+    };
+    let output = tokio::task::block_in_place(|| download("0", "model.safetensors"));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let path = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        path.trim().starts_with(
+            context
+                .child("hf-cache/models--org--tiny/snapshots")
+                .to_str()
+                .unwrap()
+        ),
+        "{path}"
+    );
+    assert_eq!(
+        sha256_hex(&std::fs::read(path.trim()).unwrap()),
+        sha256_hex(&weights)
+    );
+    let offline = tokio::task::block_in_place(|| download("1", "model.safetensors"));
+    assert_eq!(String::from_utf8(offline.stdout).unwrap(), path);
+    let missing = tokio::task::block_in_place(|| download("1", "config.json"));
+    assert_eq!(missing.status.code(), Some(2));
 }
