@@ -310,6 +310,9 @@ pub async fn put_part(
         .await?;
     file.seek(std::io::SeekFrom::Start(chunk * (u64::from(n) - 1)))
         .await?;
+    state
+        .hashes
+        .started(folder.join("data"), &oid, size, chunk, u64::from(n));
     let (_, received) = receive_into(file, body, expected, false, drop_after).await?;
     if received != expected {
         return Err(ApiError::bad_request(format!(
@@ -320,6 +323,7 @@ pub async fn put_part(
     // written only after the part's bytes are.
     let etag = format!("{n}-{expected}-{:016x}", rand::random::<u64>());
     tokio::fs::File::create(folder.join(format!("{n}.{etag}"))).await?;
+    state.hashes.done(&oid, u64::from(n));
     Ok((StatusCode::OK, [(header::ETAG, format!("\"{etag}\""))]).into_response())
 }
 
@@ -414,11 +418,13 @@ pub async fn complete(
         .iter()
         .map(|p| folder.join(format!("{}.{}", p.part_number, p.etag.trim_matches('"'))))
         .collect();
+    let incremental = state.hashes.finish(&oid).await;
     let worker = state.clone();
-    let result =
-        tokio::task::spawn_blocking(move || assemble(&worker, &oid, size, &part_files, &folder))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let result = tokio::task::spawn_blocking(move || {
+        assemble(&worker, &oid, size, &part_files, &folder, incremental)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     result?;
     FaultState::bump(&state.faults.completions);
     Ok(Json(json!({"success": true})).into_response())
@@ -430,6 +436,7 @@ fn assemble(
     size: u64,
     markers: &[PathBuf],
     folder: &std::path::Path,
+    incremental: Option<String>,
 ) -> Result<(), ApiError> {
     if let Some(missing) = markers.iter().find(|p| !p.is_file()) {
         let name = missing
@@ -441,10 +448,16 @@ fn assemble(
         )));
     }
     let data = folder.join("data");
-    let mut input = fs_err::File::open(&data)?;
-    let mut hasher = Sha256::new();
-    let total = std::io::copy(&mut input, &mut hasher)?;
-    let digest = hex::encode(hasher.finalize());
+    let total = fs_err::metadata(&data)?.len();
+    // Usually the parts were hashed in order as they arrived; otherwise hash the file now.
+    let digest = match incremental {
+        Some(digest) => digest,
+        None => {
+            let mut hasher = Sha256::new();
+            std::io::copy(&mut fs_err::File::open(&data)?, &mut hasher)?;
+            hex::encode(hasher.finalize())
+        }
+    };
     if digest != oid || total != size {
         // Keep the parts: a client may re-send the wrong ones and complete again.
         return Err(ApiError::bad_request(format!(

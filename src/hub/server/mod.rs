@@ -12,6 +12,7 @@
 
 mod commit_api;
 pub mod faults;
+mod hashing;
 mod lfs_api;
 mod paths;
 mod repo_api;
