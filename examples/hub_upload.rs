@@ -3,6 +3,7 @@
 //! Prints one JSON line with timings and this process's peak RSS.
 //!
 //! Usage: hub_upload ENDPOINT FILE REPO_ID
+#![allow(clippy::print_stdout)]
 
 use std::time::Instant;
 

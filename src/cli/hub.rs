@@ -206,10 +206,10 @@ fn cli_client(endpoint: &str, token: Option<Token>) -> Result<HubClient, hubswee
         }
         HubEvent::ObjectStarted { .. } | HubEvent::PartUploaded { .. } => {}
     });
-    Ok(HubClient::builder(endpoint)?
+    HubClient::builder(endpoint)?
         .token(token)
         .events(events)
-        .build()?)
+        .build()
 }
 
 fn summary_json(repo: &Repo, upload: &FolderUpload) -> serde_json::Value {

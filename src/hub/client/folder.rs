@@ -70,7 +70,7 @@ impl HubClient {
                 path: file.clone(),
                 source,
             };
-            let size = fs_err::metadata(&file).map_err(|e| io(e.into()))?.len();
+            let size = fs_err::metadata(&file).map_err(io)?.len();
             let sample = read_prefix(&file, 512).map_err(io)?;
             candidates.push(Candidate {
                 path,
