@@ -132,6 +132,10 @@ struct ServeArgs {
     /// Commits per repo per hour before 429 (the real Hub: 128).
     #[arg(long)]
     commits_per_hour: Option<u32>,
+    /// URL clients use to reach this server when it is not the bound loopback address
+    /// (e.g. `http://hubhost:8080` with `--addr 0.0.0.0:8080`).
+    #[arg(long)]
+    public_url: Option<String>,
 }
 
 /// Runs a `hub` subcommand.
@@ -300,6 +304,7 @@ async fn run_serve(args: ServeArgs) -> ExitCode {
     let mut config = ServerConfig::new(args.dir.unwrap_or_else(default_store_dir));
     config.addr = args.addr;
     config.token = args.token.map(Token::new);
+    config.public_url = args.public_url;
     let defaults = Limits::default();
     config.limits = Limits {
         part_size: args.part_size.unwrap_or(defaults.part_size),

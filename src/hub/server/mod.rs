@@ -91,6 +91,10 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Faults armed from the start.
     pub faults: Faults,
+    /// The URL clients reach this server at (e.g. `http://hubhost:8080` on a cluster), used in
+    /// every URL the server hands out; `None` = derived from the bound address. With it, storage
+    /// URLs share the Hub origin (clients still withhold the token from them by path).
+    pub public_url: Option<String>,
 }
 
 impl ServerConfig {
@@ -102,6 +106,7 @@ impl ServerConfig {
             token: None,
             limits: Limits::default(),
             faults: Faults::default(),
+            public_url: None,
         }
     }
 }
@@ -151,7 +156,13 @@ impl Server {
             addr: config.addr,
             source,
         })?;
-        let (base_url, storage_url) = origins(local_addr);
+        let (base_url, storage_url) = match &config.public_url {
+            Some(url) => (
+                url.trim_end_matches('/').to_owned(),
+                url.trim_end_matches('/').to_owned(),
+            ),
+            None => origins(local_addr),
+        };
         let state = Arc::new(AppState::new(
             store,
             config.limits,

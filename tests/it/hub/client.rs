@@ -104,6 +104,12 @@ async fn upload_commit_list_and_resolve_round_trip() {
         .unwrap();
     assert_eq!(entries.len(), 2);
     assert_eq!(entries[0].lfs.as_ref().unwrap().oid, big.sha256);
+    // More paths than one call may carry (the server refuses > 1000): the client batches 500.
+    let many: Vec<String> = (0..1200)
+        .map(|n| format!("missing/{n}"))
+        .chain(["ledger/run.json".to_owned()])
+        .collect();
+    assert_eq!(hub.paths_info(&repo, "main", &many).await.unwrap().len(), 1);
     assert!(entries[1].lfs.is_none());
     // Page size 2 forces the client through several Link pages.
     let tree = hub.list_tree(&repo, "main", "", true).await.unwrap();
