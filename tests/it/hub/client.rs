@@ -294,3 +294,79 @@ async fn folder_upload_skips_unchanged_files() {
     assert_eq!(entries[0].lfs.as_ref().unwrap().oid, sha256_hex(&weights));
     assert_eq!(entries[1].size, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_bounded_when_the_hub_is_gone() {
+    let context = TestContext::new();
+    let server = start_server(context.path(), |_| {}).await;
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let hub = client_with_events(
+        &server,
+        None,
+        Some(Arc::new(move |e: &HubEvent| {
+            sink.lock().unwrap().push(e.clone())
+        })),
+    );
+    server.shutdown().await;
+    let error = hub
+        .create_repo(&model("org/gone"), false, true)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, HubError::RetriesExhausted { attempts: 5, .. }),
+        "{error:?}"
+    );
+    assert_eq!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, HubEvent::Retrying { .. }))
+            .count(),
+        4
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dataset_repos_work_like_model_repos() {
+    let context = TestContext::new();
+    let server = start_server(context.path(), |_| {}).await;
+    let hub = client(&server, None);
+    let repo = hubsweep::hub::Repo::dataset("org/acts".parse().unwrap());
+    hub.create_repo(&repo, false, true).await.unwrap();
+    let object = LfsObject::from_bytes(pseudo_random(100_000, 21));
+    hub.upload_lfs_object(&repo, "main", &object).await.unwrap();
+    let operations = [
+        CommitOperation::AddLfs {
+            path: "data/train.safetensors".into(),
+            sha256: object.sha256.clone(),
+            size: object.size,
+        },
+        CommitOperation::AddRegular {
+            path: "README.md".into(),
+            content: "# acts\n".into(),
+        },
+    ];
+    hub.commit(&repo, "main", &operations, &CommitOptions::default())
+        .await
+        .unwrap();
+    let metadata = hub
+        .file_metadata(&repo, "main", "data/train.safetensors")
+        .await
+        .unwrap();
+    assert_eq!(metadata.etag, object.sha256);
+    assert_eq!(
+        sha256_hex(
+            &hub.download_bytes(&repo, "main", "data/train.safetensors")
+                .await
+                .unwrap()
+        ),
+        object.sha256
+    );
+    // A model repo of the same name does not exist.
+    assert!(matches!(
+        hub.repo_info(&model("org/acts"), "main").await,
+        Err(HubError::RepoNotFound { .. })
+    ));
+}
