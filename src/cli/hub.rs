@@ -136,6 +136,9 @@ struct ServeArgs {
     /// (e.g. `http://hubhost:8080` with `--addr 0.0.0.0:8080`).
     #[arg(long)]
     public_url: Option<String>,
+    /// Serve the fault-injection and counter endpoints (`/_admin/faults`, `/_admin/stats`).
+    #[arg(long)]
+    admin: bool,
 }
 
 /// Runs a `hub` subcommand.
@@ -305,6 +308,7 @@ async fn run_serve(args: ServeArgs) -> ExitCode {
     config.addr = args.addr;
     config.token = args.token.map(Token::new);
     config.public_url = args.public_url;
+    config.admin = args.admin;
     let defaults = Limits::default();
     config.limits = Limits {
         part_size: args.part_size.unwrap_or(defaults.part_size),

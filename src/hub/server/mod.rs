@@ -95,6 +95,9 @@ pub struct ServerConfig {
     /// every URL the server hands out; `None` = derived from the bound address. With it, storage
     /// URLs share the Hub origin (clients still withhold the token from them by path).
     pub public_url: Option<String>,
+    /// Serve `/_admin/faults` and `/_admin/stats` (tests, benchmarks). Off by default: on a
+    /// shared network anyone could otherwise switch faults on (or, with a token, whoever holds it).
+    pub admin: bool,
 }
 
 impl ServerConfig {
@@ -107,6 +110,7 @@ impl ServerConfig {
             limits: Limits::default(),
             faults: Faults::default(),
             public_url: None,
+            admin: false,
         }
     }
 }
@@ -171,7 +175,7 @@ impl Server {
             storage_url,
             faults::FaultState::new(config.faults),
         ));
-        let router = router(state.clone());
+        let router = router(state.clone(), config.admin);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(accept_loop(listener, router, shutdown.clone()));
         Ok(ServerHandle {
@@ -309,7 +313,7 @@ type P2 = Path<(String, String)>;
 type P3 = Path<(String, String, String)>;
 type P4 = Path<(String, String, String, String)>;
 
-fn router(state: Arc<AppState>) -> Router {
+fn router(state: Arc<AppState>, admin: bool) -> Router {
     let mut app = Router::new()
         .route(
             "/api/repos/create",
