@@ -332,12 +332,15 @@ fn router(state: Arc<AppState>, admin: bool) -> Router {
             "/_lfs/complete/{oid}/{size}/{chunk}",
             post(lfs_api::complete),
         )
-        .route("/_lfs/blobs/{oid}", get(resolve::blob))
-        .route(
-            "/_admin/faults",
-            get(admin_get_faults).put(admin_set_faults),
-        )
-        .route("/_admin/stats", get(admin_stats));
+        .route("/_lfs/blobs/{oid}", get(resolve::blob));
+    if admin {
+        app = app
+            .route(
+                "/_admin/faults",
+                get(admin_get_faults).put(admin_set_faults),
+            )
+            .route("/_admin/stats", get(admin_stats));
+    }
     for kind in [RepoType::Model, RepoType::Dataset] {
         let api = format!("/api/{}/{{ns}}/{{name}}", kind.api_plural());
         let git = format!("/{}{{ns}}/{{name}}", kind.git_prefix());

@@ -140,6 +140,12 @@ async fn hostile_requests_get_4xx_and_change_nothing() {
         ("tampered presigned URL", http.put(format!("{base}/_lfs/objects/{missing_oid}/4?exp=99999999999&sig=00")).body("abcd"), 403),
     ]);
 
+    cases.push((
+        "admin endpoints are off unless enabled",
+        http.put(format!("{base}/_admin/faults"))
+            .json(&json!({"slow_ms": 1})),
+        404,
+    ));
     // A PUT whose bytes do not match the oid, on a correctly signed URL.
     let real = pseudo_random(1000, 5);
     let batch: serde_json::Value = http
