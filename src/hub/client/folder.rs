@@ -279,7 +279,7 @@ impl HubClient {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|source| HubError::Transport {
                 url: redact(&location),
-                source,
+                source: source.without_url(),
             })?;
             hasher.update(&chunk);
             file.write_all(&chunk).await.map_err(io)?;
