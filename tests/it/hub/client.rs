@@ -336,7 +336,12 @@ async fn dataset_repos_work_like_model_repos() {
     let repo = hubsweep::hub::Repo::dataset("org/acts".parse().unwrap());
     hub.create_repo(&repo, false, true).await.unwrap();
     let object = LfsObject::from_bytes(pseudo_random(100_000, 21));
-    hub.upload_lfs_object(&repo, "main", &object).await.unwrap();
+    // Uploads run on spawned tasks in the sink, so the future must be `Send`.
+    let upload = {
+        let (hub, repo, object) = (hub.clone(), repo.clone(), object.clone());
+        tokio::spawn(async move { hub.upload_lfs_object(&repo, "main", &object).await })
+    };
+    upload.await.unwrap().unwrap();
     let operations = [
         CommitOperation::AddLfs {
             path: "data/train.safetensors".into(),
