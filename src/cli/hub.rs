@@ -6,10 +6,14 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use hubsweep::hub::Token;
+use hubsweep::hub::download::{DownloadSettings, Downloader};
 use hubsweep::hub::server::{Limits, Server, ServerConfig};
+use hubsweep::hub::{FolderUpload, HubClient, HubEvent, Repo, RepoId, RepoType, Token};
 
-use super::{EXIT_CANNOT_RUN, EXIT_OK};
+use super::{EXIT_CANNOT_RUN, EXIT_INTERRUPTED, EXIT_OK};
+
+/// The public Hub, used when neither `--endpoint` nor `HF_ENDPOINT` says otherwise.
+const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
 /// `hubsweep hub`.
 #[derive(Debug, Args)]
@@ -22,6 +26,90 @@ pub struct HubArgs {
 enum HubCommand {
     /// Serve a Hub-compatible API over a local store until Ctrl-C (prints its URL on stdout).
     Serve(ServeArgs),
+    /// Upload a local HF-layout folder (config, tokenizer, safetensors…) to a repo, as one
+    /// commit; prints a JSON summary on stdout. Token: HF_TOKEN.
+    Import(ImportArgs),
+    /// Copy the head of a repo from one Hub to another (e.g. an offline run to huggingface.co);
+    /// prints a JSON summary on stdout. Tokens: HF_TOKEN for --to, HUBSWEEP_MIRROR_FROM_TOKEN
+    /// for --from.
+    Mirror(MirrorArgs),
+    /// Download one file into the HF cache (shared with Python) via the hf-hub crate; prints its
+    /// local path on stdout. Reads HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE / HF_HOME, HF_HUB_OFFLINE.
+    Download(DownloadArgs),
+}
+
+#[derive(Debug, Args)]
+struct DownloadArgs {
+    /// The repo, `namespace/name`.
+    repo: RepoId,
+    /// Path of the file in the repo.
+    file: String,
+    /// Branch, tag or commit.
+    #[arg(long, default_value = "main")]
+    revision: String,
+    /// Repo type.
+    #[arg(long = "type", value_enum, default_value = "model")]
+    kind: KindArg,
+}
+
+#[derive(Debug, Args)]
+struct ImportArgs {
+    /// The folder to upload.
+    dir: PathBuf,
+    /// Target repo, `namespace/name`.
+    #[arg(long)]
+    repo: RepoId,
+    /// Hub endpoint (default: HF_ENDPOINT, else https://huggingface.co).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Branch to commit to.
+    #[arg(long, default_value = "main")]
+    revision: String,
+    /// Repo type.
+    #[arg(long = "type", value_enum, default_value = "model")]
+    kind: KindArg,
+    /// Commit message.
+    #[arg(long)]
+    message: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct MirrorArgs {
+    /// The repo, `namespace/name` (same id on both sides).
+    repo: RepoId,
+    /// Source Hub endpoint.
+    #[arg(long)]
+    from: String,
+    /// Target Hub endpoint.
+    #[arg(long)]
+    to: String,
+    /// Branch to copy (its head on the source becomes its head on the target).
+    #[arg(long, default_value = "main")]
+    revision: String,
+    /// Repo type.
+    #[arg(long = "type", value_enum, default_value = "model")]
+    kind: KindArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum KindArg {
+    Model,
+    Dataset,
+}
+
+impl KindArg {
+    fn repo(self, id: RepoId) -> Repo {
+        match self {
+            KindArg::Model => Repo {
+                kind: RepoType::Model,
+                id,
+            },
+            KindArg::Dataset => Repo {
+                kind: RepoType::Dataset,
+                id,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -44,6 +132,13 @@ struct ServeArgs {
     /// Commits per repo per hour before 429 (the real Hub: 128).
     #[arg(long)]
     commits_per_hour: Option<u32>,
+    /// URL clients use to reach this server when it is not the bound loopback address
+    /// (e.g. `http://hubhost:8080` with `--addr 0.0.0.0:8080`).
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Serve the fault-injection and counter endpoints (`/_admin/faults`, `/_admin/stats`).
+    #[arg(long)]
+    admin: bool,
 }
 
 /// Runs a `hub` subcommand.
@@ -60,6 +155,141 @@ pub fn run(args: HubArgs) -> ExitCode {
     };
     match args.command {
         HubCommand::Serve(serve) => runtime.block_on(run_serve(serve)),
+        HubCommand::Import(import) => runtime.block_on(interruptible(run_import(import))),
+        HubCommand::Mirror(mirror) => runtime.block_on(interruptible(run_mirror(mirror))),
+        HubCommand::Download(download) => runtime.block_on(interruptible(run_download(download))),
+    }
+}
+
+/// Runs a command until it ends or Ctrl-C (exit 130; nothing half-committed: a commit is one
+/// request, and uploaded-but-uncommitted objects are invisible).
+async fn interruptible(command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    tokio::select! {
+        code = command => code,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("hub: interrupted");
+            ExitCode::from(EXIT_INTERRUPTED)
+        }
+    }
+}
+
+fn env_token(name: &str) -> Option<Token> {
+    std::env::var(name)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(Token::new)
+}
+
+/// A client for `endpoint` whose progress goes to stderr as plain lines.
+fn cli_client(endpoint: &str, token: Option<Token>) -> Result<HubClient, hubsweep::hub::HubError> {
+    let events = std::sync::Arc::new(|event: &HubEvent| match event {
+        HubEvent::ObjectUploaded { oid, size } => {
+            eprintln!("hub: uploaded {} ({size} bytes)", &oid[..12])
+        }
+        HubEvent::ObjectSkipped { oid, .. } => eprintln!("hub: already there {}", &oid[..12]),
+        HubEvent::Retrying {
+            url,
+            attempt,
+            delay,
+            reason,
+        } => {
+            eprintln!(
+                "hub: retry {attempt} of {url} in {:.1}s: {reason}",
+                delay.as_secs_f64()
+            )
+        }
+        HubEvent::BatchRenewed { oid } => {
+            eprintln!("hub: presigned URLs expired, renewed for {}", &oid[..12])
+        }
+        HubEvent::Committed { commit, recovered } => {
+            eprintln!(
+                "hub: committed {commit}{}",
+                if *recovered {
+                    " (answer lost, confirmed from the hub)"
+                } else {
+                    ""
+                }
+            )
+        }
+        HubEvent::ObjectStarted { .. } | HubEvent::PartUploaded { .. } => {}
+    });
+    HubClient::builder(endpoint)?
+        .token(token)
+        .events(events)
+        .build()
+}
+
+fn summary_json(repo: &Repo, upload: &FolderUpload) -> serde_json::Value {
+    serde_json::json!({
+        "repo": repo.id.to_string(),
+        "commit": upload.commit.as_ref().map(|c| c.commit_oid.clone()),
+        "changed": upload.changed,
+        "unchanged": upload.unchanged,
+        "deleted": upload.deleted,
+        "lfs_uploaded": upload.lfs_uploaded,
+        "lfs_skipped": upload.lfs_skipped,
+    })
+}
+
+fn fail(error: &dyn std::error::Error) -> ExitCode {
+    eprintln!("error: {}", super::error_chain(error));
+    ExitCode::from(EXIT_CANNOT_RUN)
+}
+
+/// `hub import`: one library call, [`HubClient::upload_folder`], after creating the repo.
+async fn run_import(args: ImportArgs) -> ExitCode {
+    if !args.dir.is_dir() {
+        eprintln!("error: `{}` is not a folder", args.dir.display());
+        return ExitCode::from(EXIT_CANNOT_RUN);
+    }
+    let endpoint = args
+        .endpoint
+        .or_else(|| std::env::var("HF_ENDPOINT").ok())
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
+    let client = match cli_client(&endpoint, env_token("HF_TOKEN")) {
+        Ok(client) => client,
+        Err(error) => return fail(&error),
+    };
+    let repo = args.kind.repo(args.repo);
+    let message = args
+        .message
+        .unwrap_or_else(|| format!("Import {}", args.dir.display()));
+    let result = async {
+        client.create_repo(&repo, false, true).await?;
+        client
+            .upload_folder(&repo, &args.revision, &args.dir, &message)
+            .await
+    }
+    .await;
+    match result {
+        Ok(upload) => {
+            println!("{}", summary_json(&repo, &upload));
+            ExitCode::from(EXIT_OK)
+        }
+        Err(error) => fail(&error),
+    }
+}
+
+/// `hub mirror`: [`HubClient::mirror_from`], LFS objects staged in the temp folder.
+async fn run_mirror(args: MirrorArgs) -> ExitCode {
+    let clients = cli_client(&args.from, env_token("HUBSWEEP_MIRROR_FROM_TOKEN"))
+        .and_then(|from| Ok((from, cli_client(&args.to, env_token("HF_TOKEN"))?)));
+    let (from, to) = match clients {
+        Ok(clients) => clients,
+        Err(error) => return fail(&error),
+    };
+    let repo = args.kind.repo(args.repo);
+    match to
+        .mirror_from(&from, &repo, &args.revision, &std::env::temp_dir())
+        .await
+    {
+        Ok(report) => {
+            let mut summary = summary_json(&repo, &report.upload);
+            summary["source_commit"] = serde_json::json!(report.source_commit);
+            println!("{summary}");
+            ExitCode::from(EXIT_OK)
+        }
+        Err(error) => fail(&error),
     }
 }
 
@@ -77,6 +307,8 @@ async fn run_serve(args: ServeArgs) -> ExitCode {
     let mut config = ServerConfig::new(args.dir.unwrap_or_else(default_store_dir));
     config.addr = args.addr;
     config.token = args.token.map(Token::new);
+    config.public_url = args.public_url;
+    config.admin = args.admin;
     let defaults = Limits::default();
     config.limits = Limits {
         part_size: args.part_size.unwrap_or(defaults.part_size),
@@ -104,4 +336,53 @@ async fn run_serve(args: ServeArgs) -> ExitCode {
     eprintln!("hub: shutting down");
     handle.shutdown().await;
     ExitCode::from(EXIT_OK)
+}
+
+/// The HF cache folder as the Python client finds it: `HF_HUB_CACHE`, else `HF_HOME/hub`, else
+/// `~/.cache/huggingface/hub`.
+fn hf_cache_dir() -> PathBuf {
+    if let Some(cache) = std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty()) {
+        return PathBuf::from(cache);
+    }
+    if let Some(home) = std::env::var_os("HF_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home).join("hub");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("huggingface").join("hub")
+}
+
+/// `HF_HUB_OFFLINE` as the Python client reads it (`1`, `true`, `yes`, `on`).
+fn hf_offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+/// The download settings the environment asks for.
+fn download_settings_from_env() -> DownloadSettings {
+    DownloadSettings {
+        endpoint: std::env::var("HF_ENDPOINT")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned()),
+        token: env_token("HF_TOKEN"),
+        cache_dir: hf_cache_dir(),
+        offline: hf_offline(),
+    }
+}
+
+async fn run_download(args: DownloadArgs) -> ExitCode {
+    let downloader = match Downloader::new(download_settings_from_env()) {
+        Ok(downloader) => downloader,
+        Err(error) => return fail(&error),
+    };
+    let repo = args.kind.repo(args.repo);
+    match downloader.get(&repo, &args.revision, &args.file).await {
+        Ok(path) => {
+            println!("{}", path.display());
+            ExitCode::from(EXIT_OK)
+        }
+        Err(error) => fail(&error),
+    }
 }

@@ -146,7 +146,7 @@ impl HubClient {
                 Err(source) => (
                     HubError::Transport {
                         url: redact(&url),
-                        source,
+                        source: source.without_url(),
                     },
                     None,
                 ),

@@ -61,7 +61,8 @@ pub enum HubError {
         /// `X-Error-Message` or the body's `error`.
         message: String,
     },
-    /// The request could not be sent or the answer not read.
+    /// The request could not be sent or the answer not read. The source carries no URL (a
+    /// presigned URL's signature must not reach logs); `url` is the redacted one.
     #[error("request to `{url}` failed")]
     Transport {
         /// The request URL (redacted).

@@ -70,7 +70,7 @@ impl HubClient {
                 path: file.clone(),
                 source,
             };
-            let size = fs_err::metadata(&file).map_err(|e| io(e.into()))?.len();
+            let size = fs_err::metadata(&file).map_err(io)?.len();
             let sample = read_prefix(&file, 512).map_err(io)?;
             candidates.push(Candidate {
                 path,
@@ -279,7 +279,7 @@ impl HubClient {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|source| HubError::Transport {
                 url: redact(&location),
-                source,
+                source: source.without_url(),
             })?;
             hasher.update(&chunk);
             file.write_all(&chunk).await.map_err(io)?;

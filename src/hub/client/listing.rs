@@ -351,7 +351,7 @@ impl HubClient {
             .await
             .map_err(|source| HubError::Transport {
                 url: redact(&location),
-                source,
+                source: source.without_url(),
             })
     }
 

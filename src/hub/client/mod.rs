@@ -172,7 +172,7 @@ impl HubClientBuilder {
             .build()
             .map_err(|source| HubError::Transport {
                 url: self.endpoint.to_string(),
-                source,
+                source: source.without_url(),
             })?;
         Ok(HubClient {
             inner: Arc::new(Inner {
@@ -306,7 +306,7 @@ impl HubClient {
                 Err(source) => (
                     HubError::Transport {
                         url: error::redact(url),
-                        source,
+                        source: source.without_url(),
                     },
                     None,
                 ),
@@ -345,7 +345,7 @@ impl HubClient {
             .await
             .map_err(|source| HubError::Transport {
                 url: error::redact(url),
-                source,
+                source: source.without_url(),
             })?;
         serde_json::from_slice(&bytes).map_err(|e| HubError::InvalidResponse {
             url: error::redact(url),

@@ -1,7 +1,6 @@
 //! The LFS side of an upload: preupload (which files go to LFS), the batch API, presigned
 //! object and part PUTs, multipart completion, and verify (hub-protocol.md §4.1–4.5).
 
-use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -15,7 +14,7 @@ use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 
 use super::faults::{self, FaultState};
 use super::paths;
@@ -237,7 +236,16 @@ pub async fn put_object(
     body: Body,
 ) -> Result<Response, ApiError> {
     state.check_signature(&format!("put|{oid}|{size}"), signed.exp, &signed.sig)?;
-    let (temp, digest, received) = receive(&state, body, size, true, None).await?;
+    let temp = state.store.temp_path();
+    let file = tokio::fs::File::create(&temp).await?;
+    let received = receive_into(file, body, size, true, None).await;
+    let (digest, received) = match received {
+        Ok(done) => done,
+        Err(error) => {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(error);
+        }
+    };
     let digest = digest.expect("whole-object receive hashes");
     if received != size || digest != oid {
         let _ = tokio::fs::remove_file(&temp).await;
@@ -290,50 +298,59 @@ pub async fn put_part(
     } else {
         None
     };
-    let (temp, _, received) = receive(&state, body, expected, false, drop_after).await?;
+    // Parts are written in place, at their offset in one data file per object, so completion
+    // only has to hash it (no second copy of the whole object).
+    let folder = state.store.upload_dir(&oid);
+    tokio::fs::create_dir_all(&folder).await?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(folder.join("data"))
+        .await?;
+    file.seek(std::io::SeekFrom::Start(chunk * (u64::from(n) - 1)))
+        .await?;
+    state
+        .hashes
+        .started(folder.join("data"), &oid, size, chunk, u64::from(n));
+    let (_, received) = receive_into(file, body, expected, false, drop_after).await?;
     if received != expected {
-        let _ = tokio::fs::remove_file(&temp).await;
         return Err(ApiError::bad_request(format!(
             "part {n} has {received} bytes, expected {expected}"
         )));
     }
-    // The ETag only has to tie the completion call to this exact stored part.
+    // The ETag ties the completion call to this exact upload of the part: its marker is
+    // written only after the part's bytes are.
     let etag = format!("{n}-{expected}-{:016x}", rand::random::<u64>());
-    let folder = state.store.upload_dir(&oid);
-    tokio::fs::create_dir_all(&folder).await?;
-    tokio::fs::rename(&temp, folder.join(format!("{n}.{etag}"))).await?;
+    tokio::fs::File::create(folder.join(format!("{n}.{etag}"))).await?;
+    state.hashes.done(&oid, u64::from(n));
     Ok((StatusCode::OK, [(header::ETAG, format!("\"{etag}\""))]).into_response())
 }
 
-/// Streams a request body into a temp file, hashing it when asked (whole objects; parts are
-/// checked when the assembled object is hashed). Refuses bodies longer than `limit`.
-async fn receive(
-    state: &AppState,
+/// Streams a request body into `file` (already positioned), hashing it when asked (whole
+/// objects; parts are checked when the whole object is hashed at completion). Refuses a body
+/// longer than `limit` before writing the excess.
+async fn receive_into(
+    file: tokio::fs::File,
     body: Body,
     limit: u64,
     hash: bool,
     drop_after: Option<(ConnectionKill, u64)>,
-) -> Result<(PathBuf, Option<String>, u64), ApiError> {
-    let temp = state.store.temp_path();
-    let mut file =
-        tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(&temp).await?);
+) -> Result<(Option<String>, u64), ApiError> {
+    let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
     let mut hasher = Sha256::new();
     let mut received = 0u64;
     let mut stream = body.into_data_stream();
     while let Some(frame) = stream.next().await {
         let Ok(data) = frame else {
-            drop(file);
-            let _ = tokio::fs::remove_file(&temp).await;
             return Err(ApiError::bad_request("request body ended early"));
         };
-        received += data.len() as u64;
-        if received > limit {
-            drop(file);
-            let _ = tokio::fs::remove_file(&temp).await;
+        if received + data.len() as u64 > limit {
             return Err(ApiError::bad_request(format!(
                 "body is longer than the expected {limit} bytes"
             )));
         }
+        received += data.len() as u64;
         if hash {
             hasher.update(&data);
         }
@@ -341,15 +358,13 @@ async fn receive(
         if let Some((kill, after)) = &drop_after
             && received >= *after
         {
-            drop(file);
-            let _ = tokio::fs::remove_file(&temp).await;
             kill.0.cancel();
             // The connection task drops this future; never answer.
             match std::future::pending::<std::convert::Infallible>().await {}
         }
     }
     file.flush().await?;
-    Ok((temp, hash.then(|| hex::encode(hasher.finalize())), received))
+    Ok((hash.then(|| hex::encode(hasher.finalize())), received))
 }
 
 #[derive(Deserialize)]
@@ -403,11 +418,13 @@ pub async fn complete(
         .iter()
         .map(|p| folder.join(format!("{}.{}", p.part_number, p.etag.trim_matches('"'))))
         .collect();
+    let incremental = state.hashes.finish(&oid).await;
     let worker = state.clone();
-    let result =
-        tokio::task::spawn_blocking(move || assemble(&worker, &oid, size, &part_files, &folder))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let result = tokio::task::spawn_blocking(move || {
+        assemble(&worker, &oid, size, &part_files, &folder, incremental)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     result?;
     FaultState::bump(&state.faults.completions);
     Ok(Json(json!({"success": true})).into_response())
@@ -417,10 +434,11 @@ fn assemble(
     state: &AppState,
     oid: &str,
     size: u64,
-    parts: &[PathBuf],
+    markers: &[PathBuf],
     folder: &std::path::Path,
+    incremental: Option<String>,
 ) -> Result<(), ApiError> {
-    if let Some(missing) = parts.iter().find(|p| !p.is_file()) {
+    if let Some(missing) = markers.iter().find(|p| !p.is_file()) {
         let name = missing
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -429,33 +447,24 @@ fn assemble(
             "part `{name}` was not uploaded or its etag is wrong"
         )));
     }
-    let temp = state.store.temp_path();
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, fs_err::File::create(&temp)?);
-    let mut hasher = Sha256::new();
-    let mut total = 0u64;
-    let mut buffer = vec![0u8; 1 << 20];
-    for part in parts {
-        let mut input = fs_err::File::open(part)?;
-        loop {
-            let n = input.read(&mut buffer)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buffer[..n]);
-            out.write_all(&buffer[..n])?;
-            total += n as u64;
+    let data = folder.join("data");
+    let total = fs_err::metadata(&data)?.len();
+    // Usually the parts were hashed in order as they arrived; otherwise hash the file now.
+    let digest = match incremental {
+        Some(digest) => digest,
+        None => {
+            let mut hasher = Sha256::new();
+            std::io::copy(&mut fs_err::File::open(&data)?, &mut hasher)?;
+            hex::encode(hasher.finalize())
         }
-    }
-    out.flush()?;
-    drop(out);
-    let digest = hex::encode(hasher.finalize());
+    };
     if digest != oid || total != size {
-        let _ = fs_err::remove_file(&temp);
+        // Keep the parts: a client may re-send the wrong ones and complete again.
         return Err(ApiError::bad_request(format!(
             "assembled object does not match: expected sha256 `{oid}` and {size} bytes, got `{digest}` and {total} bytes"
         )));
     }
-    state.store.install_object(&temp, oid)?;
+    state.store.install_object(&data, oid)?;
     let _ = fs_err::remove_dir_all(folder);
     Ok(())
 }

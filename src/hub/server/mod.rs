@@ -12,6 +12,7 @@
 
 mod commit_api;
 pub mod faults;
+mod hashing;
 mod lfs_api;
 mod paths;
 mod repo_api;
@@ -90,6 +91,13 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Faults armed from the start.
     pub faults: Faults,
+    /// The URL clients reach this server at (e.g. `http://hubhost:8080` on a cluster), used in
+    /// every URL the server hands out; `None` = derived from the bound address. With it, storage
+    /// URLs share the Hub origin (clients still withhold the token from them by path).
+    pub public_url: Option<String>,
+    /// Serve `/_admin/faults` and `/_admin/stats` (tests, benchmarks). Off by default: on a
+    /// shared network anyone could otherwise switch faults on (or, with a token, whoever holds it).
+    pub admin: bool,
 }
 
 impl ServerConfig {
@@ -101,6 +109,8 @@ impl ServerConfig {
             token: None,
             limits: Limits::default(),
             faults: Faults::default(),
+            public_url: None,
+            admin: false,
         }
     }
 }
@@ -150,7 +160,13 @@ impl Server {
             addr: config.addr,
             source,
         })?;
-        let (base_url, storage_url) = origins(local_addr);
+        let (base_url, storage_url) = match &config.public_url {
+            Some(url) => (
+                url.trim_end_matches('/').to_owned(),
+                url.trim_end_matches('/').to_owned(),
+            ),
+            None => origins(local_addr),
+        };
         let state = Arc::new(AppState::new(
             store,
             config.limits,
@@ -159,7 +175,7 @@ impl Server {
             storage_url,
             faults::FaultState::new(config.faults),
         ));
-        let router = router(state.clone());
+        let router = router(state.clone(), config.admin);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(accept_loop(listener, router, shutdown.clone()));
         Ok(ServerHandle {
@@ -297,7 +313,7 @@ type P2 = Path<(String, String)>;
 type P3 = Path<(String, String, String)>;
 type P4 = Path<(String, String, String, String)>;
 
-fn router(state: Arc<AppState>) -> Router {
+fn router(state: Arc<AppState>, admin: bool) -> Router {
     let mut app = Router::new()
         .route(
             "/api/repos/create",
@@ -316,12 +332,15 @@ fn router(state: Arc<AppState>) -> Router {
             "/_lfs/complete/{oid}/{size}/{chunk}",
             post(lfs_api::complete),
         )
-        .route("/_lfs/blobs/{oid}", get(resolve::blob))
-        .route(
-            "/_admin/faults",
-            get(admin_get_faults).put(admin_set_faults),
-        )
-        .route("/_admin/stats", get(admin_stats));
+        .route("/_lfs/blobs/{oid}", get(resolve::blob));
+    if admin {
+        app = app
+            .route(
+                "/_admin/faults",
+                get(admin_get_faults).put(admin_set_faults),
+            )
+            .route("/_admin/stats", get(admin_stats));
+    }
     for kind in [RepoType::Model, RepoType::Dataset] {
         let api = format!("/api/{}/{{ns}}/{{name}}", kind.api_plural());
         let git = format!("/{}{{ns}}/{{name}}", kind.git_prefix());

@@ -327,6 +327,20 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, an accepted path joined under a root stays under it.
+        #[test]
+        fn accepted_paths_never_escape_the_root(path in "[a-z./\\\\\\x00-]{0,12}") {
+            if check_file_path(&path).is_ok() {
+                let root = std::path::Path::new("/root/store");
+                let joined = root.join(&path);
+                proptest::prop_assert!(joined.starts_with(root));
+                proptest::prop_assert!(joined.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::RootDir)));
+                proptest::prop_assert!(!path.contains('\0'));
+            }
+        }
+    }
+
     #[test]
     fn timestamps_are_calendar_correct() {
         assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");

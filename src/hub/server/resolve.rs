@@ -103,21 +103,19 @@ async fn serve_file(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(text) => Some(parse_range(text, size).ok_or_else(|| {
-            let mut error =
-                ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable")
-                    .into_response();
-            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                error.headers_mut().insert(header::CONTENT_RANGE, value);
+        None => None,
+        Some(text) => match parse_range(text, size) {
+            Some(range) => Some(range),
+            None => {
+                let mut error =
+                    ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable")
+                        .into_response();
+                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    error.headers_mut().insert(header::CONTENT_RANGE, value);
+                }
+                return Ok(error);
             }
-            error
-        })),
-        None => None,
-    };
-    let range = match range {
-        Some(Err(response)) => return Ok(response),
-        Some(Ok(range)) => Some(range),
-        None => None,
+        },
     };
     let (status, start, length) = match range {
         Some((start, end)) => (StatusCode::PARTIAL_CONTENT, start, end + 1 - start),

@@ -32,6 +32,8 @@ pub struct AppState {
     pub signing_key: [u8; 32],
     /// Fault switches and counters.
     pub faults: FaultState,
+    /// Incremental sha256 of multipart uploads in progress.
+    pub hashes: super::hashing::IncrementalHashes,
     repo_locks: Mutex<HashMap<RepoKey, Arc<tokio::sync::Mutex<()>>>>,
     commit_times: Mutex<HashMap<RepoKey, VecDeque<Instant>>>,
 }
@@ -54,6 +56,7 @@ impl AppState {
             storage_url,
             signing_key: rand::random(),
             faults,
+            hashes: super::hashing::IncrementalHashes::default(),
             repo_locks: Mutex::default(),
             commit_times: Mutex::default(),
         }

@@ -104,6 +104,12 @@ async fn upload_commit_list_and_resolve_round_trip() {
         .unwrap();
     assert_eq!(entries.len(), 2);
     assert_eq!(entries[0].lfs.as_ref().unwrap().oid, big.sha256);
+    // More paths than one call may carry (the server refuses > 1000): the client batches 500.
+    let many: Vec<String> = (0..1200)
+        .map(|n| format!("missing/{n}"))
+        .chain(["ledger/run.json".to_owned()])
+        .collect();
+    assert_eq!(hub.paths_info(&repo, "main", &many).await.unwrap().len(), 1);
     assert!(entries[1].lfs.is_none());
     // Page size 2 forces the client through several Link pages.
     let tree = hub.list_tree(&repo, "main", "", true).await.unwrap();
@@ -287,4 +293,85 @@ async fn folder_upload_skips_unchanged_files() {
         .unwrap();
     assert_eq!(entries[0].lfs.as_ref().unwrap().oid, sha256_hex(&weights));
     assert_eq!(entries[1].size, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_bounded_when_the_hub_is_gone() {
+    let context = TestContext::new();
+    let server = start_server(context.path(), |_| {}).await;
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let hub = client_with_events(
+        &server,
+        None,
+        Some(Arc::new(move |e: &HubEvent| {
+            sink.lock().unwrap().push(e.clone())
+        })),
+    );
+    server.shutdown().await;
+    let error = hub
+        .create_repo(&model("org/gone"), false, true)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, HubError::RetriesExhausted { attempts: 5, .. }),
+        "{error:?}"
+    );
+    assert_eq!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, HubEvent::Retrying { .. }))
+            .count(),
+        4
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dataset_repos_work_like_model_repos() {
+    let context = TestContext::new();
+    let server = start_server(context.path(), |_| {}).await;
+    let hub = client(&server, None);
+    let repo = hubsweep::hub::Repo::dataset("org/acts".parse().unwrap());
+    hub.create_repo(&repo, false, true).await.unwrap();
+    let object = LfsObject::from_bytes(pseudo_random(100_000, 21));
+    // Uploads run on spawned tasks in the sink, so the future must be `Send`.
+    let upload = {
+        let (hub, repo, object) = (hub.clone(), repo.clone(), object.clone());
+        tokio::spawn(async move { hub.upload_lfs_object(&repo, "main", &object).await })
+    };
+    upload.await.unwrap().unwrap();
+    let operations = [
+        CommitOperation::AddLfs {
+            path: "data/train.safetensors".into(),
+            sha256: object.sha256.clone(),
+            size: object.size,
+        },
+        CommitOperation::AddRegular {
+            path: "README.md".into(),
+            content: "# acts\n".into(),
+        },
+    ];
+    hub.commit(&repo, "main", &operations, &CommitOptions::default())
+        .await
+        .unwrap();
+    let metadata = hub
+        .file_metadata(&repo, "main", "data/train.safetensors")
+        .await
+        .unwrap();
+    assert_eq!(metadata.etag, object.sha256);
+    assert_eq!(
+        sha256_hex(
+            &hub.download_bytes(&repo, "main", "data/train.safetensors")
+                .await
+                .unwrap()
+        ),
+        object.sha256
+    );
+    // A model repo of the same name does not exist.
+    assert!(matches!(
+        hub.repo_info(&model("org/acts"), "main").await,
+        Err(HubError::RepoNotFound { .. })
+    ));
 }

@@ -1,6 +1,6 @@
 //! The `hf-hub` crate (0.5), an independent downloader, fetches what our client uploaded —
 //! regular and LFS files (basic and multipart) — with equal sha256, into the standard HF cache;
-//! offline mode answers from that cache.
+//! offline mode answers from that cache, and the official Python client reads it too.
 
 use hubsweep::hub::download::{DownloadError, DownloadSettings, Downloader};
 use hubsweep::hub::{CommitOperation, CommitOptions, LfsObject};

@@ -44,6 +44,7 @@ async fn upload_and_commit(
 async fn client_survives_every_fault_without_duplicates() {
     let context = TestContext::new();
     let server = start_server(context.path(), |config| {
+        config.admin = true;
         config.limits.multipart_threshold = 512 << 10;
         config.limits.part_size = 256 << 10;
     })

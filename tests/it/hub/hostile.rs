@@ -140,6 +140,12 @@ async fn hostile_requests_get_4xx_and_change_nothing() {
         ("tampered presigned URL", http.put(format!("{base}/_lfs/objects/{missing_oid}/4?exp=99999999999&sig=00")).body("abcd"), 403),
     ]);
 
+    cases.push((
+        "admin endpoints are off unless enabled",
+        http.put(format!("{base}/_admin/faults"))
+            .json(&json!({"slow_ms": 1})),
+        404,
+    ));
     // A PUT whose bytes do not match the oid, on a correctly signed URL.
     let real = pseudo_random(1000, 5);
     let batch: serde_json::Value = http
@@ -264,4 +270,68 @@ async fn concurrent_commits_to_one_branch_lose_no_update() {
             .len(),
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewritten_parts_cannot_slip_past_the_completion_hash() {
+    let context = TestContext::new();
+    let server = start_server(context.path(), |config| {
+        config.limits.multipart_threshold = 1024;
+        config.limits.part_size = 1024;
+    })
+    .await;
+    client(&server, None)
+        .create_repo(&model("org/parts"), false, true)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let content = pseudo_random(4096, 11);
+    let oid = sha256_hex(&content);
+    let batch: serde_json::Value = http
+        .post(format!("{}/org/parts.git/info/lfs/objects/batch", server.base_url()))
+        .json(&json!({"operation": "upload", "transfers": ["basic", "multipart"], "objects": [{"oid": oid, "size": 4096}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let upload = &batch["objects"][0]["actions"]["upload"];
+    let put = |n: usize, body: bytes::Bytes| {
+        let url = upload["header"][n.to_string()].as_str().unwrap().to_owned();
+        let http = http.clone();
+        async move {
+            let response = http.put(url).body(body).send().await.unwrap();
+            assert!(response.status().is_success());
+            response.headers()["etag"].to_str().unwrap().to_owned()
+        }
+    };
+    let mut etags = Vec::new();
+    for n in 1..=4 {
+        etags.push(put(n, content.slice((n - 1) * 1024..n * 1024)).await);
+    }
+    // Part 2 was hashed already; now it is overwritten with other bytes of the same length.
+    etags[1] = put(2, pseudo_random(1024, 12)).await;
+    let complete = |etags: Vec<String>| {
+        let body = json!({"oid": oid, "parts": etags.iter().enumerate().map(|(i, e)| json!({"partNumber": i + 1, "etag": e})).collect::<Vec<_>>()});
+        http.post(upload["href"].as_str().unwrap())
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        complete(etags.clone()).await.unwrap().status().as_u16(),
+        400
+    );
+    // Put the right bytes back: completion now hashes the whole file and accepts it.
+    etags[1] = put(2, content.slice(1024..2048)).await;
+    assert!(complete(etags).await.unwrap().status().is_success());
+    let blob = http
+        .get(format!("{}/_lfs/blobs/{oid}", server.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(sha256_hex(&blob), oid);
 }

@@ -1,6 +1,7 @@
 //! The Hub client and the embedded server, against each other and against peers nobody here
 //! wrote (the official Python client, the `hf-hub` crate).
 
+mod cli;
 mod client;
 mod download;
 mod faults;
@@ -21,6 +22,7 @@ pub async fn start_server(
 
 /// The venv Python with `huggingface_hub==2.4.0` (scripts/test.d/10-python-hub.sh), or `None`
 /// after a skip note when peers are optional.
+#[allow(clippy::print_stderr)] // the skip note the conventions ask for
 pub fn hub_python() -> Option<std::path::PathBuf> {
     match std::env::var_os("HUBSWEEP_HUB_PYTHON") {
         Some(path) => Some(path.into()),

@@ -17,6 +17,8 @@ async fn official_python_client_round_trips_through_the_server() {
     let server = start_server(context.path(), |config| {
         config.token = Some(hubsweep::hub::Token::new(token));
         config.limits.multipart_threshold = 50_000_000;
+        // Tiny tree pages: list_repo_files and snapshot_download must follow `Link` pagination.
+        config.limits.tree_page_size = 2;
     })
     .await;
     let work = context.child("work");
