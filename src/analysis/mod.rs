@@ -33,7 +33,7 @@ pub use overlap::{SubspaceOverlap, overlap_k_values, overlaps, subspace_overlap}
 pub use spectrum::{ActivationMetrics, Centring, Decomposition, Eigenbasis, Spectrum};
 pub use store::{SPECTRUM_FORMAT, SPECTRUM_FORMAT_VERSION};
 pub use weights::{
-    Precision, QkvSplit, WeightMatch, WeightMatrix, WeightSpectrum, match_weight_modules,
+    QkvSplit, SvdMethod, WeightMatch, WeightMatrix, WeightSpectrum, match_weight_modules,
     split_fused_qkv, weight_delta_spectrum, weight_spectrum,
 };
 

@@ -6,8 +6,8 @@
 use faer::Mat;
 use half::{bf16, f16};
 use hubsweep::analysis::{
-    AnalysisError, Centring, Decomposition, Eigenbasis, GramAccumulator, Parallelism, Precision,
-    Spectrum, SpectrumMetrics, WeightMatrix, match_weight_modules, overlaps, split_fused_qkv,
+    AnalysisError, Centring, Decomposition, Eigenbasis, GramAccumulator, Parallelism, Spectrum,
+    SpectrumMetrics, SvdMethod, WeightMatrix, match_weight_modules, overlaps, split_fused_qkv,
     subspace_overlap, weight_delta_spectrum, weight_spectrum,
 };
 use hubsweep::spec::OverlapK;
@@ -678,7 +678,7 @@ fn weight_spectra_match_jacobi_svd() {
         let values = random_matrix(rows, cols, seed);
         let expected = jacobi_singular_values(&values, rows, cols);
         let matrix = WeightMatrix::new(&values, rows, cols).unwrap();
-        let spectrum = weight_spectrum(matrix, Precision::F64, Parallelism::Sequential).unwrap();
+        let spectrum = weight_spectrum(matrix, SvdMethod::SvdF64, Parallelism::Sequential).unwrap();
         assert_eq!((spectrum.rows, spectrum.cols), (rows, cols));
         // Both are backward stable in f64 and these matrices are well conditioned
         // (σ₁/σ_min < 1e3), so every value agrees far below 1e-9 relative.
@@ -693,12 +693,21 @@ fn weight_spectra_match_jacobi_svd() {
         let singles: Vec<f32> = values.iter().map(|&x| x as f32).collect();
         let single = weight_spectrum(
             WeightMatrix::new(&singles, rows, cols).unwrap(),
-            Precision::F32,
+            SvdMethod::SvdF32,
             Parallelism::Rayon { threads: 2 },
         )
         .unwrap();
         for (a, b) in single.singular_values.iter().zip(&expected) {
             assert!((a - b).abs() <= 1e-5 * expected[0], "f32: {a} vs {b}");
+        }
+
+        // Through the Gram matrix: eigenvalue error ~1e-16·σ₁² becomes ~1e-16·σ₁²/σᵢ in σᵢ
+        // (1e-13 leaves a factor of ~100 for the dimension-dependent constants).
+        let gram = weight_spectrum(matrix, SvdMethod::GramF64, Parallelism::Sequential).unwrap();
+        assert_eq!(gram.singular_values.len(), rows.min(cols));
+        for (a, b) in gram.singular_values.iter().zip(&expected) {
+            let tolerance = 1e-13 * expected[0] * expected[0] / b;
+            assert!((a - b).abs() <= tolerance, "gram: {a} vs {b}");
         }
     }
 }
@@ -713,7 +722,7 @@ fn weight_delta_spectrum_is_the_spectrum_of_the_difference() {
     let spectrum = weight_delta_spectrum(
         WeightMatrix::new(&weight, rows, cols).unwrap(),
         WeightMatrix::new(&base, rows, cols).unwrap(),
-        Precision::F64,
+        SvdMethod::SvdF64,
         Parallelism::Sequential,
     )
     .unwrap();
@@ -735,7 +744,7 @@ fn weight_delta_spectrum_is_the_spectrum_of_the_difference() {
     let spectrum16 = weight_delta_spectrum(
         WeightMatrix::new(&weight16, rows, cols).unwrap(),
         WeightMatrix::new(&base16, rows, cols).unwrap(),
-        Precision::F64,
+        SvdMethod::SvdF64,
         Parallelism::Sequential,
     )
     .unwrap();
@@ -751,7 +760,7 @@ fn weight_delta_spectrum_is_the_spectrum_of_the_difference() {
         weight_delta_spectrum(
             WeightMatrix::new(&weight, rows, cols).unwrap(),
             WeightMatrix::new(&other, cols, rows).unwrap(),
-            Precision::F64,
+            SvdMethod::SvdF64,
             Parallelism::Sequential,
         ),
         Err(AnalysisError::WeightShapeMismatch { .. })
@@ -765,7 +774,7 @@ fn weight_delta_spectrum_is_the_spectrum_of_the_difference() {
     assert!(matches!(
         weight_spectrum(
             WeightMatrix::new(&poisoned, rows, cols).unwrap(),
-            Precision::F64,
+            SvdMethod::SvdF64,
             Parallelism::Sequential,
         ),
         Err(AnalysisError::NonFinite {
@@ -783,7 +792,7 @@ fn weight_metrics_on_hand_checkable_matrices() {
         .collect();
     let metrics = weight_spectrum(
         WeightMatrix::new(&identity, 6, 6).unwrap(),
-        Precision::F64,
+        SvdMethod::SvdF64,
         Parallelism::Sequential,
     )
     .unwrap()
@@ -800,7 +809,7 @@ fn weight_metrics_on_hand_checkable_matrices() {
         .collect();
     let spectrum = weight_spectrum(
         WeightMatrix::new(&outer, 3, 2).unwrap(),
-        Precision::F64,
+        SvdMethod::SvdF64,
         Parallelism::Sequential,
     )
     .unwrap();
