@@ -5,7 +5,7 @@
 # thread count, in one run. Prints both times, the ratio (torch / faer: > 1 means faer is
 # faster) and the largest deviation from torch's f64 singular values.
 #
-# Env: THREADS (default: nproc), LAYERS (default 30), BENCH_VENV (a venv with torch and
+# Env: THREADS (default: nproc), LAYERS (default 30), OMP_WAIT_POLICY (default PASSIVE), BENCH_VENV (a venv with torch and
 # safetensors; default /work/.venv-bench, else /work/.venv-ref, else created at BENCH_VENV).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,6 +26,10 @@ if [ -z "$python" ]; then
 fi
 
 export THREADS="${THREADS:-$(nproc)}"
+# Without this, torch's OpenMP threads spin while waiting; on a machine whose cores are busy
+# with other work that made torch's 2-thread svdvals 5-25× slower than its 1-thread one here,
+# a figure about the machine, not about torch.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 cargo build --release --quiet --example weight_spectra
 target="${CARGO_TARGET_DIR:-target}"
 "$python" scripts/bench/weight_spectra.py "$target/release/examples/weight_spectra"

@@ -89,7 +89,8 @@ def main():
 
         print(f"threads: {THREADS}, matrices: {len(weights)} "
               f"({LAYERS} layers × 7 + embed 49152×576), torch {torch.__version__}, "
-              f"load average before: {os.getloadavg()[0]:.1f}")
+              f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}, "
+              f"load average now: {os.getloadavg()[0]:.1f}")
         print(f"{'faer method':11} {'mode':6} {'faer s':>8} {'torch dtype':>11} "
               f"{'torch loop s':>12} {'torch batched s':>15} {'best torch/faer':>15} "
               f"{'max |Δσ|/σ₁ vs torch f64':>26}")

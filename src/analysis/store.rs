@@ -28,6 +28,9 @@ pub const SPECTRUM_FORMAT: &str = "hubsweep.spectrum";
 /// The layout version written by [`Spectrum::to_safetensors`].
 pub const SPECTRUM_FORMAT_VERSION: u32 = 1;
 
+/// A tensor read back: shape and values.
+type Tensor = (Vec<usize>, Vec<f64>);
+
 #[derive(Serialize, Deserialize)]
 struct Header {
     version: u32,
@@ -144,7 +147,7 @@ impl Spectrum {
                 what: "read tensors".into(),
                 source: Some(source),
             })?;
-        let read = |name: &str| -> Result<Option<(Vec<usize>, Vec<f64>)>, AnalysisError> {
+        let read = |name: &str| -> Result<Option<Tensor>, AnalysisError> {
             match file.tensor(name) {
                 Ok(view) if view.dtype() == Dtype::F64 => {
                     Ok(Some((view.shape().to_vec(), from_bytes(view.data()))))

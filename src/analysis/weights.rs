@@ -282,7 +282,7 @@ pub fn split_fused_qkv<T: Copy>(
     }
     let rows = heads * head_dim;
     let fused_rows = fused.len() / cols;
-    if fused.len() % cols != 0 || fused_rows != 3 * rows {
+    if !fused.len().is_multiple_of(cols) || fused_rows != 3 * rows {
         return Err(AnalysisError::FusedQkvShape {
             rows: fused_rows,
             heads,
