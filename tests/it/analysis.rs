@@ -581,6 +581,39 @@ fn spectrum_safetensors_round_trip_with_documented_names() {
     assert_eq!(Spectrum::from_safetensors(&lean_bytes).unwrap(), lean);
 }
 
+#[test]
+fn partial_gram_state_round_trips_and_merges() {
+    let (rows, width) = (90, 7);
+    let data = activations(rows, width, 8);
+    let mut first = GramAccumulator::new(width);
+    first.push_rows(&data[..40 * width], 40, width).unwrap();
+    let bytes = first.to_safetensors().unwrap();
+    assert_eq!(bytes, first.to_safetensors().unwrap(), "deterministic");
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(file.tensor("gram").unwrap().shape(), [width, width]);
+    assert_eq!(file.tensor("column_sums").unwrap().shape(), [width]);
+
+    let restored = GramAccumulator::from_safetensors(&bytes).unwrap();
+    assert_eq!(restored.rows(), 40);
+    assert_eq!(restored.finish(2).unwrap(), first.finish(2).unwrap());
+
+    // A restored shard merges with a live one like the original would.
+    let mut second = GramAccumulator::new(width);
+    second
+        .push_rows(&data[40 * width..], rows - 40, width)
+        .unwrap();
+    let mut from_store = restored;
+    from_store.merge(&second).unwrap();
+    let mut live = first;
+    live.merge(&second).unwrap();
+    assert_eq!(from_store.finish(0).unwrap(), live.finish(0).unwrap());
+
+    assert!(
+        GramAccumulator::from_safetensors(&live.finish(0).unwrap().to_safetensors().unwrap())
+            .is_err()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Overlaps
 
