@@ -153,7 +153,7 @@ impl GramAccumulator {
         check("column sums", column_sums, self.width)?;
         for column in 0..self.width {
             for row in column..self.width {
-                // Row-major (row, column) of a symmetric matrix equals (column, row).
+                // `row ≥ column`: the lower triangle, read from the row-major buffer.
                 self.gram[(row, column)] += gram[row * self.width + column];
             }
         }
