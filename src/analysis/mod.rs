@@ -35,7 +35,7 @@ pub use spectrum::{ActivationMetrics, Centring, Decomposition, Eigenbasis, Spect
 pub use store::{GRAM_FORMAT, SPECTRUM_FORMAT, SPECTRUM_FORMAT_VERSION, WEIGHT_SPECTRUM_FORMAT};
 pub use weights::{
     QkvSplit, SvdMethod, WeightMatch, WeightMatrix, WeightSpectrum, match_weight_modules,
-    split_fused_qkv, weight_delta_spectrum, weight_spectrum,
+    split_fused_qkv, weight_delta_spectrum, weight_spectra, weight_spectrum,
 };
 
 /// How a decomposition or product may use threads.

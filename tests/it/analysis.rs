@@ -8,7 +8,7 @@ use half::{bf16, f16};
 use hubsweep::analysis::{
     AnalysisError, Centring, Decomposition, Eigenbasis, GramAccumulator, Parallelism, Spectrum,
     SpectrumMetrics, SvdMethod, WeightMatrix, WeightSpectrum, match_weight_modules, overlaps,
-    split_fused_qkv, subspace_overlap, weight_delta_spectrum, weight_spectrum,
+    split_fused_qkv, subspace_overlap, weight_delta_spectrum, weight_spectra, weight_spectrum,
 };
 use hubsweep::spec::OverlapK;
 use proptest::prelude::*;
@@ -781,6 +781,36 @@ fn weight_spectra_match_jacobi_svd() {
             assert!((a - b).abs() <= tolerance, "gram: {a} vs {b}");
         }
     }
+}
+
+#[test]
+fn many_weights_in_parallel_match_one_by_one() {
+    let shapes = [(8, 5), (30, 12), (3, 3), (12, 30)];
+    let values: Vec<Vec<f64>> = shapes
+        .iter()
+        .enumerate()
+        .map(|(seed, &(rows, cols))| random_matrix(rows, cols, 40 + seed as u64))
+        .collect();
+    let mut weights: Vec<WeightMatrix<'_, f64>> = values
+        .iter()
+        .zip(shapes)
+        .map(|(data, (rows, cols))| WeightMatrix::new(data, rows, cols).unwrap())
+        .collect();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let together = pool.install(|| weight_spectra(&weights, SvdMethod::SvdF64));
+    for (weight, result) in weights.iter().zip(&together) {
+        let alone = weight_spectrum(*weight, SvdMethod::SvdF64, Parallelism::Sequential).unwrap();
+        assert_eq!(result.as_ref().unwrap(), &alone);
+    }
+    // A bad matrix fails alone; the others still come back.
+    let poisoned = vec![f64::NAN; 4];
+    weights.push(WeightMatrix::new(&poisoned, 2, 2).unwrap());
+    let results = weight_spectra(&weights, SvdMethod::SvdF64);
+    assert!(results[..4].iter().all(Result::is_ok));
+    assert!(matches!(results[4], Err(AnalysisError::NonFinite { .. })));
 }
 
 #[test]
