@@ -153,7 +153,7 @@ impl GramAccumulator {
         check("column sums", column_sums, self.width)?;
         for column in 0..self.width {
             for row in column..self.width {
-                // Row-major (row, column) of a symmetric matrix equals (column, row).
+                // `row ≥ column`: the lower triangle, read from the row-major buffer.
                 self.gram[(row, column)] += gram[row * self.width + column];
             }
         }
@@ -210,9 +210,21 @@ impl GramAccumulator {
         centred
     }
 
-    /// Decomposes the accumulated Gram matrices (raw and centred) into a [`Spectrum`], keeping
-    /// the top `top_k` eigenvectors of each (`0` keeps none, and skips computing them).
+    /// Decomposes the accumulated Gram matrices (raw and centred) into a [`Spectrum`] whose
+    /// metrics record the top `top_k` eigenvalues, keeping as many eigenvectors of each
+    /// (`0` keeps none, and skips computing them).
     pub fn finish(&self, top_k: usize) -> Result<Spectrum, AnalysisError> {
+        self.finish_with(top_k, top_k)
+    }
+
+    /// Like [`finish`](GramAccumulator::finish), with the number of eigenvectors kept chosen
+    /// apart from `top_k`: an overlap with `k: srank` needs up to `d` of them, a spectrum that
+    /// feeds no overlap needs none.
+    pub fn finish_with(
+        &self,
+        top_k: usize,
+        eigenvectors: usize,
+    ) -> Result<Spectrum, AnalysisError> {
         if self.width == 0 {
             return Err(AnalysisError::Empty { what: "width" });
         }
@@ -230,6 +242,7 @@ impl GramAccumulator {
             mean,
             self.rows,
             top_k,
+            eigenvectors,
             self.parallelism,
         )
     }

@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! activations [tokens, d] ─► GramAccumulator::push_rows ─┐ (one per shard, merged)
+//!                         to_safetensors (partial state) │
 //!                                                        ▼
 //!                              GramAccumulator::finish ─► Spectrum ─► SpectrumMetrics (ledger)
 //!                                                           │      └► to_safetensors (artifact)
@@ -31,10 +32,10 @@ pub use gram::GramAccumulator;
 pub use metrics::SpectrumMetrics;
 pub use overlap::{SubspaceOverlap, overlap_k_values, overlaps, subspace_overlap};
 pub use spectrum::{ActivationMetrics, Centring, Decomposition, Eigenbasis, Spectrum};
-pub use store::{SPECTRUM_FORMAT, SPECTRUM_FORMAT_VERSION};
+pub use store::{GRAM_FORMAT, SPECTRUM_FORMAT, SPECTRUM_FORMAT_VERSION, WEIGHT_SPECTRUM_FORMAT};
 pub use weights::{
-    Precision, QkvSplit, WeightMatch, WeightMatrix, WeightSpectrum, match_weight_modules,
-    split_fused_qkv, weight_delta_spectrum, weight_spectrum,
+    QkvSplit, SvdMethod, WeightMatch, WeightMatrix, WeightSpectrum, match_weight_modules,
+    split_fused_qkv, weight_delta_spectrum, weight_spectra, weight_spectrum,
 };
 
 /// How a decomposition or product may use threads.

@@ -36,7 +36,7 @@ impl Eigenbasis {
         if width == 0 {
             return Err(AnalysisError::Empty { what: "width" });
         }
-        if values.len() % width != 0 {
+        if !values.len().is_multiple_of(width) {
             return Err(AnalysisError::ShapeMismatch {
                 what: "eigenvectors",
                 len: values.len(),
@@ -200,7 +200,7 @@ pub struct Spectrum {
     pub rows: u64,
     /// Column means `μ`.
     pub mean: Vec<f64>,
-    /// How many top eigenvalues the metrics record (and eigenvectors were kept, if any).
+    /// How many top eigenvalues the metrics record.
     pub top_k: usize,
     /// Decomposition of `XᵀX`.
     pub raw: Decomposition,
@@ -222,21 +222,22 @@ pub struct ActivationMetrics {
 }
 
 impl Spectrum {
-    /// Decomposes both Gram matrices; see [`crate::analysis::GramAccumulator::finish`].
+    /// Decomposes both Gram matrices; see [`crate::analysis::GramAccumulator::finish_with`].
     pub(crate) fn from_grams(
         gram: MatRef<'_, f64>,
         centred_gram: MatRef<'_, f64>,
         mean: Vec<f64>,
         rows: u64,
         top_k: usize,
+        eigenvectors: usize,
         parallelism: Parallelism,
     ) -> Result<Self, AnalysisError> {
         Ok(Self {
             rows,
             mean,
             top_k,
-            raw: Decomposition::from_gram(gram, top_k, parallelism)?,
-            centred: Decomposition::from_gram(centred_gram, top_k, parallelism)?,
+            raw: Decomposition::from_gram(gram, eigenvectors, parallelism)?,
+            centred: Decomposition::from_gram(centred_gram, eigenvectors, parallelism)?,
         })
     }
 

@@ -1,6 +1,7 @@
-//! A spectrum as a small safetensors buffer (in memory; the sink uploads it).
+//! Spectra and Gram accumulators as small safetensors buffers (in memory; the sink uploads
+//! them). All tensors are F64, little-endian.
 //!
-//! Layout (all tensors F64, little-endian):
+//! A spectrum ([`Spectrum::to_safetensors`]):
 //!
 //! | tensor | shape | holds |
 //! | --- | --- | --- |
@@ -10,30 +11,67 @@
 //! | `raw.eigenvectors` | `[d, k]` | top-`k` eigenvectors of `XᵀX` as columns (only if kept) |
 //! | `centred.eigenvectors` | `[d, k]` | same for the centred Gram matrix (only if kept) |
 //!
-//! The header's `__metadata__` holds exactly one key, [`SPECTRUM_FORMAT`], whose value is a
-//! JSON object `{"version": 1, "rows": N, "top_k": K}`. One key keeps the bytes deterministic:
-//! the safetensors crate writes metadata from a `HashMap`, whose order varies between runs.
+//! with `__metadata__` `{"hubsweep.spectrum": "{\"version\":1,\"rows\":N,\"top_k\":K}"}`.
+//!
+//! A Gram accumulator ([`GramAccumulator::to_safetensors`], a shard's partial state):
+//!
+//! | tensor | shape | holds |
+//! | --- | --- | --- |
+//! | `gram` | `[d, d]` | `XᵀX`, full symmetric |
+//! | `column_sums` | `[d]` | `Xᵀ1` |
+//!
+//! with `__metadata__` `{"hubsweep.gram": "{\"version\":1,\"rows\":N}"}`.
+//!
+//! A weight spectrum ([`WeightSpectrum::to_safetensors`]): `singular_values` `[min(r, c)]`,
+//! with `__metadata__` `{"hubsweep.weight_spectrum": "{\"version\":1,\"rows\":R,\"cols\":C}"}`.
+//!
+//! The metadata holds exactly one key: the safetensors crate writes metadata from a
+//! `HashMap`, whose order varies between runs, and one key keeps the bytes deterministic.
 
 use std::collections::HashMap;
 
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::gram::GramAccumulator;
 use super::spectrum::{Decomposition, Eigenbasis, Spectrum};
+use super::weights::WeightSpectrum;
 use super::{AnalysisError, check_shape};
 
 /// The metadata key of a stored spectrum.
 pub const SPECTRUM_FORMAT: &str = "hubsweep.spectrum";
-/// The layout version written by [`Spectrum::to_safetensors`].
+/// The metadata key of a stored Gram accumulator.
+pub const GRAM_FORMAT: &str = "hubsweep.gram";
+/// The metadata key of a stored weight spectrum.
+pub const WEIGHT_SPECTRUM_FORMAT: &str = "hubsweep.weight_spectrum";
+/// The layout version written by [`Spectrum::to_safetensors`] and
+/// [`GramAccumulator::to_safetensors`].
 pub const SPECTRUM_FORMAT_VERSION: u32 = 1;
 
 #[derive(Serialize, Deserialize)]
-struct Header {
+struct SpectrumHeader {
     version: u32,
     rows: u64,
     top_k: usize,
 }
+
+#[derive(Serialize, Deserialize)]
+struct WeightHeader {
+    version: u32,
+    rows: usize,
+    cols: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct GramHeader {
+    version: u32,
+    rows: u64,
+}
+
+/// A tensor read back: shape and values.
+type Tensor = (Vec<usize>, Vec<f64>);
 
 fn error(what: impl Into<String>) -> AnalysisError {
     AnalysisError::Safetensors {
@@ -42,18 +80,119 @@ fn error(what: impl Into<String>) -> AnalysisError {
     }
 }
 
-fn to_bytes(values: &[f64]) -> Vec<u8> {
-    values
+/// Serializes F64 tensors `(name, shape, values)` with one metadata entry.
+fn write(
+    tensors: Vec<(String, Vec<usize>, Vec<f64>)>,
+    key: &str,
+    header: &impl Serialize,
+) -> Result<Vec<u8>, AnalysisError> {
+    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(name, shape, values)| {
+            let bytes = values
+                .iter()
+                .flat_map(|value| value.to_le_bytes())
+                .collect();
+            (name, shape, bytes)
+        })
+        .collect();
+    let views = encoded
         .iter()
-        .flat_map(|value| value.to_le_bytes())
-        .collect()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(Dtype::F64, shape.clone(), bytes)
+                .map(|view| (name.clone(), view))
+                .map_err(|source| AnalysisError::Safetensors {
+                    what: format!("tensor `{name}`"),
+                    source: Some(source),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let metadata = HashMap::from([(
+        key.to_string(),
+        serde_json::to_string(header).expect("plain struct serializes"),
+    )]);
+    safetensors::serialize(views, Some(metadata)).map_err(|source| AnalysisError::Safetensors {
+        what: "serialize".into(),
+        source: Some(source),
+    })
 }
 
-fn from_bytes(bytes: &[u8]) -> Vec<f64> {
-    bytes
-        .chunks_exact(8)
-        .map(|chunk| f64::from_le_bytes(chunk.try_into().expect("chunks of 8")))
-        .collect()
+/// A parsed buffer: its header under `key` and its F64 tensors by name.
+struct Reader<'data> {
+    file: SafeTensors<'data>,
+}
+
+impl<'data> Reader<'data> {
+    fn open<H: DeserializeOwned>(
+        bytes: &'data [u8],
+        key: &str,
+    ) -> Result<(Self, H), AnalysisError> {
+        let (_, metadata) =
+            SafeTensors::read_metadata(bytes).map_err(|source| AnalysisError::Safetensors {
+                what: "read header".into(),
+                source: Some(source),
+            })?;
+        let header_text = metadata
+            .metadata()
+            .as_ref()
+            .and_then(|map| map.get(key))
+            .ok_or_else(|| error(format!("no `{key}` metadata")))?;
+        let header: H = serde_json::from_str(header_text)
+            .map_err(|err| error(format!("bad `{key}` metadata: {err}")))?;
+        let file =
+            SafeTensors::deserialize(bytes).map_err(|source| AnalysisError::Safetensors {
+                what: "read tensors".into(),
+                source: Some(source),
+            })?;
+        Ok((Self { file }, header))
+    }
+
+    fn optional(&self, name: &str) -> Result<Option<Tensor>, AnalysisError> {
+        match self.file.tensor(name) {
+            Ok(view) if view.dtype() == Dtype::F64 => {
+                let values = view
+                    .data()
+                    .chunks_exact(8)
+                    .map(|chunk| f64::from_le_bytes(chunk.try_into().expect("chunks of 8")))
+                    .collect();
+                Ok(Some((view.shape().to_vec(), values)))
+            }
+            Ok(view) => Err(error(format!(
+                "tensor `{name}` is `{:?}`, not `F64`",
+                view.dtype()
+            ))),
+            Err(safetensors::SafeTensorError::TensorNotFound(_)) => Ok(None),
+            Err(source) => Err(AnalysisError::Safetensors {
+                what: format!("tensor `{name}`"),
+                source: Some(source),
+            }),
+        }
+    }
+
+    /// A tensor that must be present, with exactly `shape` (`None` in a position: any).
+    fn required(&self, name: &str, shape: &[Option<usize>]) -> Result<Tensor, AnalysisError> {
+        let (found, values) = self
+            .optional(name)?
+            .ok_or_else(|| error(format!("tensor `{name}` is missing")))?;
+        let fits = found.len() == shape.len()
+            && found
+                .iter()
+                .zip(shape)
+                .all(|(size, expected)| expected.is_none_or(|expected| expected == *size));
+        if !fits {
+            return Err(error(format!("tensor `{name}` has shape {found:?}")));
+        }
+        Ok((found, values))
+    }
+}
+
+fn check_version(version: u32) -> Result<(), AnalysisError> {
+    if version != SPECTRUM_FORMAT_VERSION {
+        return Err(error(format!(
+            "layout version `{version}` is not `{SPECTRUM_FORMAT_VERSION}`"
+        )));
+    }
+    Ok(())
 }
 
 /// Column-major `width × k` → row-major `[width, k]`.
@@ -67,112 +206,50 @@ fn basis_to_row_major(basis: &Eigenbasis) -> Vec<f64> {
 }
 
 impl Spectrum {
-    /// The spectrum as safetensors bytes (layout in the module docs). The same spectrum always
-    /// gives the same bytes.
+    /// The spectrum as safetensors bytes (layout in `docs/analysis.md`). The same spectrum
+    /// always gives the same bytes.
     pub fn to_safetensors(&self) -> Result<Vec<u8>, AnalysisError> {
         let width = self.width();
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![
+        let mut tensors = vec![
             (
-                "raw.singular_values".into(),
+                "raw.singular_values".to_string(),
                 vec![width],
-                to_bytes(&self.raw.singular_values),
+                self.raw.singular_values.clone(),
             ),
             (
-                "centred.singular_values".into(),
+                "centred.singular_values".to_string(),
                 vec![width],
-                to_bytes(&self.centred.singular_values),
+                self.centred.singular_values.clone(),
             ),
-            ("mean".into(), vec![width], to_bytes(&self.mean)),
+            ("mean".to_string(), vec![width], self.mean.clone()),
         ];
         for (name, part) in [("raw", &self.raw), ("centred", &self.centred)] {
             if let Some(basis) = &part.eigenvectors {
                 tensors.push((
                     format!("{name}.eigenvectors"),
                     vec![width, basis.len()],
-                    to_bytes(&basis_to_row_major(basis)),
+                    basis_to_row_major(basis),
                 ));
             }
         }
-        let views = tensors
-            .iter()
-            .map(|(name, shape, bytes)| {
-                TensorView::new(Dtype::F64, shape.clone(), bytes)
-                    .map(|view| (name.clone(), view))
-                    .map_err(|source| AnalysisError::Safetensors {
-                        what: format!("tensor `{name}`"),
-                        source: Some(source),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let header = Header {
+        let header = SpectrumHeader {
             version: SPECTRUM_FORMAT_VERSION,
             rows: self.rows,
             top_k: self.top_k,
         };
-        let metadata = HashMap::from([(
-            SPECTRUM_FORMAT.to_string(),
-            serde_json::to_string(&header).expect("plain struct serializes"),
-        )]);
-        safetensors::serialize(views, Some(metadata)).map_err(|source| AnalysisError::Safetensors {
-            what: "serialize".into(),
-            source: Some(source),
-        })
+        write(tensors, SPECTRUM_FORMAT, &header)
     }
 
     /// Reads a spectrum written by [`Spectrum::to_safetensors`].
     pub fn from_safetensors(bytes: &[u8]) -> Result<Self, AnalysisError> {
-        let (_, metadata) =
-            SafeTensors::read_metadata(bytes).map_err(|source| AnalysisError::Safetensors {
-                what: "read header".into(),
-                source: Some(source),
-            })?;
-        let header_text = metadata
-            .metadata()
-            .as_ref()
-            .and_then(|map| map.get(SPECTRUM_FORMAT))
-            .ok_or_else(|| error(format!("no `{SPECTRUM_FORMAT}` metadata")))?;
-        let header: Header = serde_json::from_str(header_text)
-            .map_err(|err| error(format!("bad `{SPECTRUM_FORMAT}` metadata: {err}")))?;
-        if header.version != SPECTRUM_FORMAT_VERSION {
-            return Err(error(format!(
-                "layout version `{}` is not `{SPECTRUM_FORMAT_VERSION}`",
-                header.version
-            )));
-        }
-        let file =
-            SafeTensors::deserialize(bytes).map_err(|source| AnalysisError::Safetensors {
-                what: "read tensors".into(),
-                source: Some(source),
-            })?;
-        let read = |name: &str| -> Result<Option<(Vec<usize>, Vec<f64>)>, AnalysisError> {
-            match file.tensor(name) {
-                Ok(view) if view.dtype() == Dtype::F64 => {
-                    Ok(Some((view.shape().to_vec(), from_bytes(view.data()))))
-                }
-                Ok(view) => Err(error(format!(
-                    "tensor `{name}` is `{:?}`, not `F64`",
-                    view.dtype()
-                ))),
-                Err(safetensors::SafeTensorError::TensorNotFound(_)) => Ok(None),
-                Err(source) => Err(AnalysisError::Safetensors {
-                    what: format!("tensor `{name}`"),
-                    source: Some(source),
-                }),
-            }
-        };
-        let vector = |name: &str| -> Result<Vec<f64>, AnalysisError> {
-            match read(name)? {
-                Some((shape, values)) if shape.len() == 1 => Ok(values),
-                Some((shape, _)) => Err(error(format!("tensor `{name}` has shape {shape:?}"))),
-                None => Err(error(format!("tensor `{name}` is missing"))),
-            }
-        };
-        let mean = vector("mean")?;
+        let (reader, header): (_, SpectrumHeader) = Reader::open(bytes, SPECTRUM_FORMAT)?;
+        check_version(header.version)?;
+        let (_, mean) = reader.required("mean", &[None])?;
         let width = mean.len();
         let part = |name: &str| -> Result<Decomposition, AnalysisError> {
-            let singular_values = vector(&format!("{name}.singular_values"))?;
-            check_shape("singular values", singular_values.len(), 1, width)?;
-            let eigenvectors = match read(&format!("{name}.eigenvectors"))? {
+            let (_, singular_values) =
+                reader.required(&format!("{name}.singular_values"), &[Some(width)])?;
+            let eigenvectors = match reader.optional(&format!("{name}.eigenvectors"))? {
                 Some((shape, values)) if shape.len() == 2 && shape[0] == width => {
                     let k = shape[1];
                     let mut columns = Vec::with_capacity(values.len());
@@ -199,6 +276,77 @@ impl Spectrum {
             raw: part("raw")?,
             centred: part("centred")?,
             mean,
+        })
+    }
+}
+
+impl GramAccumulator {
+    /// The accumulated state as safetensors bytes (layout in `docs/analysis.md`): a shard's
+    /// partial Gram matrix, to be merged later or elsewhere. Deterministic.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, AnalysisError> {
+        let width = self.width();
+        let gram = self.gram();
+        let flat = (0..width)
+            .flat_map(|row| (0..width).map(move |column| (row, column)))
+            .map(|(row, column)| gram[(row, column)])
+            .collect();
+        let tensors = vec![
+            ("gram".to_string(), vec![width, width], flat),
+            (
+                "column_sums".to_string(),
+                vec![width],
+                self.column_sums().to_vec(),
+            ),
+        ];
+        let header = GramHeader {
+            version: SPECTRUM_FORMAT_VERSION,
+            rows: self.rows(),
+        };
+        write(tensors, GRAM_FORMAT, &header)
+    }
+
+    /// Reads an accumulator written by [`GramAccumulator::to_safetensors`] (with the default
+    /// parallelism).
+    pub fn from_safetensors(bytes: &[u8]) -> Result<Self, AnalysisError> {
+        let (reader, header): (_, GramHeader) = Reader::open(bytes, GRAM_FORMAT)?;
+        check_version(header.version)?;
+        let (_, column_sums) = reader.required("column_sums", &[None])?;
+        let width = column_sums.len();
+        let (_, gram) = reader.required("gram", &[Some(width), Some(width)])?;
+        check_shape("gram", gram.len(), width, width)?;
+        let mut accumulator = GramAccumulator::new(width);
+        accumulator.push_gram(&gram, &column_sums, header.rows)?;
+        Ok(accumulator)
+    }
+}
+
+impl WeightSpectrum {
+    /// The singular values as safetensors bytes (layout in `docs/analysis.md`).
+    /// Deterministic.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, AnalysisError> {
+        let header = WeightHeader {
+            version: SPECTRUM_FORMAT_VERSION,
+            rows: self.rows,
+            cols: self.cols,
+        };
+        let tensors = vec![(
+            "singular_values".to_string(),
+            vec![self.singular_values.len()],
+            self.singular_values.clone(),
+        )];
+        write(tensors, WEIGHT_SPECTRUM_FORMAT, &header)
+    }
+
+    /// Reads a weight spectrum written by [`WeightSpectrum::to_safetensors`].
+    pub fn from_safetensors(bytes: &[u8]) -> Result<Self, AnalysisError> {
+        let (reader, header): (_, WeightHeader) = Reader::open(bytes, WEIGHT_SPECTRUM_FORMAT)?;
+        check_version(header.version)?;
+        let count = header.rows.min(header.cols);
+        let (_, singular_values) = reader.required("singular_values", &[Some(count)])?;
+        Ok(WeightSpectrum {
+            rows: header.rows,
+            cols: header.cols,
+            singular_values,
         })
     }
 }

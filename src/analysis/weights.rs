@@ -4,26 +4,33 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use faer::MatRef;
 use faer::diag::Diag;
 use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::matmul::triangular::{BlockStructure, matmul};
 use faer::linalg::svd::{self, ComputeSvdVectors};
 use faer::traits::RealField;
+use faer::{Accum, Mat, MatRef};
 use serde::{Deserialize, Serialize};
 
 use super::metrics::SpectrumMetrics;
+use super::spectrum::Decomposition;
 use super::{AnalysisError, Element, Parallelism, UnmatchedPattern, check_shape};
 
-/// Floating-point type the SVD runs in.
+/// How singular values of a weight are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// Single precision: about twice as fast; singular values accurate to roughly
-    /// `1e-6 · σ₁`.
-    F32,
-    /// Double precision: singular values accurate to roughly `1e-15 · σ₁`.
+#[serde(rename_all = "snake_case")]
+pub enum SvdMethod {
+    /// SVD in double precision: every singular value accurate to about `1e-15 · σ₁`.
     #[default]
-    F64,
+    SvdF64,
+    /// SVD in single precision: about `1e-6 · σ₁`; faster for square matrices.
+    SvdF32,
+    /// Eigenvalues of the smaller Gram matrix (`WᵀW` or `WWᵀ`), formed and decomposed in
+    /// f64. The product runs at matmul speed, several times faster than the SVD's QR step on
+    /// tall matrices such as embeddings, but squaring the matrix costs accuracy in the small
+    /// singular values: `σᵢ` is off by about `1e-16 · σ₁² / σᵢ` (still better than
+    /// [`SvdMethod::SvdF32`] unless `σ₁/σᵢ > 1e8`).
+    GramF64,
 }
 
 /// A borrowed row-major weight matrix `[rows, cols]` (the checkpoint's `[out, in]`).
@@ -82,42 +89,24 @@ impl WeightSpectrum {
     }
 }
 
-/// Singular values of `weight`, computed in `precision` (the values are converted from their
-/// stored dtype first; f16 and bf16 convert exactly).
+/// Singular values of `weight` by `method` (the values are converted from their stored dtype
+/// first; f16 and bf16 convert exactly).
 pub fn weight_spectrum<T: Element>(
     weight: WeightMatrix<'_, T>,
-    precision: Precision,
+    method: SvdMethod,
     parallelism: Parallelism,
 ) -> Result<WeightSpectrum, AnalysisError> {
     check_finite("weight", weight.data, weight.cols)?;
-    let (rows, cols) = (weight.rows, weight.cols);
-    let singular_values = match precision {
-        Precision::F32 => singular_values(
-            weight.data.iter().map(|value| value.to_f32()).collect(),
-            rows,
-            cols,
-            parallelism,
-        )?,
-        Precision::F64 => singular_values(
-            weight.data.iter().map(|value| value.to_f64()).collect(),
-            rows,
-            cols,
-            parallelism,
-        )?,
-    };
-    Ok(WeightSpectrum {
-        rows,
-        cols,
-        singular_values,
-    })
+    let values = weight.data.iter().map(|value| value.to_f64());
+    spectrum_of(values, weight.rows, weight.cols, method, parallelism)
 }
 
 /// Singular values of `weight − base` (the change from a base checkpoint). The difference is
-/// formed in f64 from the stored values, then rounded to `precision` for the SVD.
+/// formed in f64 from the stored values, then rounded to the method's precision.
 pub fn weight_delta_spectrum<T: Element, B: Element>(
     weight: WeightMatrix<'_, T>,
     base: WeightMatrix<'_, B>,
-    precision: Precision,
+    method: SvdMethod,
     parallelism: Parallelism,
 ) -> Result<WeightSpectrum, AnalysisError> {
     if (weight.rows, weight.cols) != (base.rows, base.cols) {
@@ -135,21 +124,86 @@ pub fn weight_delta_spectrum<T: Element, B: Element>(
         .iter()
         .zip(base.data)
         .map(|(value, base)| value.to_f64() - base.to_f64());
-    let (rows, cols) = (weight.rows, weight.cols);
-    let singular_values = match precision {
-        Precision::F32 => singular_values(
-            delta.map(|value| value as f32).collect(),
+    spectrum_of(delta, weight.rows, weight.cols, method, parallelism)
+}
+
+/// Singular values of many weights at once, on the calling rayon pool: the matrices run in
+/// parallel (largest first), each decomposition on one thread. On the SmolLM2-135M benchmark
+/// this beat one-matrix-at-a-time with a parallel SVD (`docs/analysis.md`). Results are in
+/// input order, bitwise equal to [`weight_spectrum`] with [`Parallelism::Sequential`].
+pub fn weight_spectra<T: Element>(
+    weights: &[WeightMatrix<'_, T>],
+    method: SvdMethod,
+) -> Vec<Result<WeightSpectrum, AnalysisError>> {
+    use rayon::prelude::*;
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    // Largest first, so the pool does not end waiting on one big straggler.
+    order.sort_by_key(|&index| std::cmp::Reverse(weights[index].rows * weights[index].cols));
+    let mut results: Vec<(usize, Result<WeightSpectrum, AnalysisError>)> = order
+        .into_par_iter()
+        .map(|index| {
+            let result = weight_spectrum(weights[index], method, Parallelism::Sequential);
+            (index, result)
+        })
+        .collect();
+    results.sort_by_key(|(index, _)| *index);
+    results.into_iter().map(|(_, result)| result).collect()
+}
+
+fn spectrum_of(
+    values: impl Iterator<Item = f64>,
+    rows: usize,
+    cols: usize,
+    method: SvdMethod,
+    parallelism: Parallelism,
+) -> Result<WeightSpectrum, AnalysisError> {
+    let singular_values = match method {
+        SvdMethod::SvdF64 => singular_values(values.collect(), rows, cols, parallelism)?,
+        SvdMethod::SvdF32 => singular_values(
+            values.map(|value| value as f32).collect(),
             rows,
             cols,
             parallelism,
         )?,
-        Precision::F64 => singular_values(delta.collect(), rows, cols, parallelism)?,
+        SvdMethod::GramF64 => gram_singular_values(values.collect(), rows, cols, parallelism)?,
     };
     Ok(WeightSpectrum {
         rows,
         cols,
         singular_values,
     })
+}
+
+/// Singular values from the eigenvalues of the smaller Gram matrix of the row-major
+/// `[rows, cols]` matrix in `values`.
+fn gram_singular_values(
+    values: Vec<f64>,
+    rows: usize,
+    cols: usize,
+    parallelism: Parallelism,
+) -> Result<Vec<f64>, AnalysisError> {
+    // The buffer is the column-major `cols × rows` matrix `M = Wᵀ`; `M Mᵀ = WᵀW` is
+    // `cols × cols`, `Mᵀ M = WWᵀ` is `rows × rows`: take the smaller.
+    let transposed = MatRef::from_column_major_slice(&values, cols, rows);
+    let factor = if rows >= cols {
+        transposed
+    } else {
+        transposed.transpose()
+    };
+    let size = factor.nrows();
+    let mut gram = Mat::<f64>::zeros(size, size);
+    matmul(
+        gram.as_mut(),
+        BlockStructure::TriangularLower,
+        Accum::Replace,
+        factor,
+        BlockStructure::Rectangular,
+        factor.transpose(),
+        BlockStructure::Rectangular,
+        1.0,
+        parallelism.to_faer(),
+    );
+    Ok(Decomposition::from_gram(gram.as_ref(), 0, parallelism)?.singular_values)
 }
 
 fn check_finite<T: Element>(
@@ -251,7 +305,7 @@ pub fn split_fused_qkv<T: Copy>(
     }
     let rows = heads * head_dim;
     let fused_rows = fused.len() / cols;
-    if fused.len() % cols != 0 || fused_rows != 3 * rows {
+    if !fused.len().is_multiple_of(cols) || fused_rows != 3 * rows {
         return Err(AnalysisError::FusedQkvShape {
             rows: fused_rows,
             heads,
