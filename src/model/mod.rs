@@ -284,10 +284,13 @@ impl Model {
             embed,
             blocks,
             final_norm,
-            unembed: Linear {
-                weight: unembed_weight,
-                bias: None,
-            },
+            // A transposed view: a contiguous copy would cost a vocab-sized buffer per model.
+            unembed: Linear::new(&unembed_weight, None, false).map_err(|source| {
+                ModelError::Tensor {
+                    context: "preparing the unembedding".into(),
+                    source,
+                }
+            })?,
         })
     }
 
