@@ -268,13 +268,26 @@ impl Block {
         let k = ctx.rotary.apply(&k)?;
         rec.put(BlockHook::RotQ, &q);
         rec.put(BlockHook::RotK, &k);
-        let keep_scores = ctx.request.wants(HookPoint::Block {
-            layer: self.layer,
-            hook: BlockHook::AttnScores,
-        });
-        let att = ops::attention(&q, &k, &v, ctx.mask, keep_scores)?;
-        rec.put(BlockHook::AttnScores, &att.scores);
-        rec.put(BlockHook::Pattern, &att.pattern);
+        let wants = |hook| {
+            ctx.request.wants(HookPoint::Block {
+                layer: self.layer,
+                hook,
+            })
+        };
+        let att = ops::attention(
+            &q,
+            &k,
+            &v,
+            ctx.mask,
+            wants(BlockHook::AttnScores),
+            wants(BlockHook::Pattern),
+        )?;
+        if let Some(scores) = &att.scores {
+            rec.put(BlockHook::AttnScores, scores);
+        }
+        if let Some(pattern) = &att.pattern {
+            rec.put(BlockHook::Pattern, pattern);
+        }
         rec.put(BlockHook::Z, &att.z);
         self.out_proj.forward(&att.z.reshape((b, t, h * hd))?)
     }
