@@ -23,6 +23,22 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// CPU seconds (user + system, all threads) this process has used, from /proc/self/stat in
+/// USER_HZ ticks (100 per second on Linux). Less disturbed by other load than wall time.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 5 {
@@ -57,7 +73,11 @@ fn main() {
     let request = model.request(&names).expect("hooks");
 
     let mut times = Vec::with_capacity(runs);
+    let mut cpu = 0.0;
     for run in 0..=runs {
+        if run == 1 {
+            cpu = cpu_seconds();
+        }
         let t = Instant::now();
         let acts = model.forward(&ids, &request).expect("forward");
         assert_eq!(acts.len(), names.len());
@@ -65,10 +85,11 @@ fn main() {
             times.push(t.elapsed().as_secs_f64());
         }
     }
+    let cpu_per_pass = (cpu_seconds() - cpu) / runs as f64;
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     println!(
-        "{{\"impl\": \"hubsweep-candle\", \"load_s\": {load_s:.3}, \"median_s\": {median:.4}, \"min_s\": {:.4}, \"tokens_per_s\": {:.1}, \"peak_rss_mib\": {:.0}, \"threads\": {}}}",
+        "{{\"impl\": \"hubsweep-candle\", \"load_s\": {load_s:.3}, \"median_s\": {median:.4}, \"min_s\": {:.4}, \"tokens_per_s\": {:.1}, \"cpu_s\": {cpu_per_pass:.3}, \"peak_rss_mib\": {:.0}, \"threads\": {}}}",
         times[0],
         (batch * seq) as f64 / median,
         peak_rss_mib(),

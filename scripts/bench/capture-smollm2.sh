@@ -54,5 +54,7 @@ for r in rows:
 a, b = best["ours"], best["torch"]
 print(f"best of {len(rows) // 2} rounds, {a['threads']} threads: hubsweep {a['tokens_per_s']:.0f} tokens/s "
       f"(median {a['median_s']:.3f} s), torch {b['tokens_per_s']:.0f} tokens/s (median {b['median_s']:.3f} s); "
-      f"ratio {a['tokens_per_s'] / b['tokens_per_s']:.2f}x; peak RSS {a['peak_rss_mib']:.0f} vs {b['peak_rss_mib']:.0f} MiB")
+      f"ratio {a['tokens_per_s'] / b['tokens_per_s']:.2f}x; CPU seconds per pass {a['cpu_s']:.2f} vs {b['cpu_s']:.2f} "
+      f"({b['cpu_s'] / a['cpu_s']:.2f}x, less disturbed by other load); "
+      f"peak RSS {a['peak_rss_mib']:.0f} vs {b['peak_rss_mib']:.0f} MiB")
 PY
