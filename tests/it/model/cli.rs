@@ -134,9 +134,8 @@ fn capture_refuses_bad_requests_with_exit_code_2() {
     run(&["--hooks", "hook_resid_mid"]).stderr(predicate::str::contains("parallel-residual"));
     run(&["--hooks", "hook_resid_post", "--layers", "7"])
         .stderr(predicate::str::contains("layer `7` is out of range"));
-    run(&["--hooks", "attn.hook_zz"]).stderr(predicate::str::contains(
-        "did you mean `attn.hook_z`",
-    ));
+    run(&["--hooks", "attn.hook_zz"])
+        .stderr(predicate::str::contains("did you mean `attn.hook_z`"));
     #[cfg(not(feature = "cuda"))]
     run(&["--hooks", "hook_resid_post", "--device", "cuda:0"])
         .stderr(predicate::str::contains("--features cuda"));
