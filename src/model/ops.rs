@@ -32,9 +32,9 @@ impl Linear {
     /// `x · Wᵀ + b` over the last axis of `x` (any leading shape), as one 2-D matmul.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
-        let (last, lead) = dims
-            .split_last()
-            .expect("linear input has at least one axis");
+        let Some((last, lead)) = dims.split_last() else {
+            candle_core::bail!("a linear layer needs an input with at least one axis")
+        };
         let rows: usize = lead.iter().product();
         let x2 = x.reshape((rows, *last))?;
         let y = x2.matmul(&self.weight_t)?;
