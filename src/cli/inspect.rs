@@ -56,10 +56,7 @@ pub fn run(args: &InspectArgs, env: &HubEnv) -> Result<(), String> {
         candle_core::DType::F32,
     )
     .map_err(chain)?;
-    let stored = weights
-        .stored_dtype()
-        .map(|d| format!("{d:?}"))
-        .unwrap_or_else(|| "unknown".into());
+    let stored = weights.stored_dtype().unwrap_or("unknown").to_string();
     let mut hooks: Vec<(String, String)> = Vec::new();
     hooks.push(("hook_embed".into(), hook_shape(HookPoint::Embed, &cfg)));
     for (suffix, hook) in BLOCK_HOOKS {

@@ -55,6 +55,36 @@ impl Norm {
     }
 }
 
+/// Several `[out_i, in]` projections (with optional biases) concatenated into one layer, so
+/// that one gemm replaces several smaller ones.
+fn linear_stack(
+    w: &Weights,
+    prefixes: &[(&str, usize)],
+    inp: usize,
+    bias: bool,
+) -> std::result::Result<Linear, ModelError> {
+    let mut weights = Vec::with_capacity(prefixes.len());
+    let mut biases = Vec::with_capacity(prefixes.len());
+    for (prefix, out) in prefixes {
+        weights.push(w.get(&format!("{prefix}.weight"), &[*out, inp])?);
+        if bias {
+            biases.push(w.get(&format!("{prefix}.bias"), &[*out])?);
+        }
+    }
+    let build = || -> candle_core::Result<Linear> {
+        let bias = if bias {
+            Some(Tensor::cat(&biases, 0)?)
+        } else {
+            None
+        };
+        Linear::new(&Tensor::cat(&weights, 0)?, bias, true)
+    };
+    build().map_err(|source| ModelError::Tensor {
+        context: format!("preparing `{}`", prefixes[0].0),
+        source,
+    })
+}
+
 fn linear(
     w: &Weights,
     prefix: &str,
@@ -62,14 +92,7 @@ fn linear(
     inp: usize,
     bias: bool,
 ) -> std::result::Result<Linear, ModelError> {
-    Ok(Linear {
-        weight: w.get(&format!("{prefix}.weight"), &[out, inp])?,
-        bias: if bias {
-            Some(w.get(&format!("{prefix}.bias"), &[out])?)
-        } else {
-            None
-        },
-    })
+    linear_stack(w, &[(prefix, out)], inp, bias)
 }
 
 /// Query/key/value projections.
@@ -77,8 +100,8 @@ fn linear(
 enum Qkv {
     /// GPT-NeoX `query_key_value`: output viewed as `[b, t, heads, 3·head_dim]`, then split.
     Fused(Linear),
-    /// Llama `q_proj`, `k_proj`, `v_proj`.
-    Separate { q: Linear, k: Linear, v: Linear },
+    /// Llama `q_proj`, `k_proj`, `v_proj`, stacked into one `[in, (h + 2·kv)·dh]` layer.
+    Stacked(Linear),
 }
 
 /// The MLP.
@@ -86,12 +109,8 @@ enum Qkv {
 enum Mlp {
     /// `down(act(up(x)))`.
     Plain { up: Linear, down: Linear },
-    /// `down(act(gate(x)) · up(x))`.
-    Gated {
-        gate: Linear,
-        up: Linear,
-        down: Linear,
-    },
+    /// `down(act(gate(x)) · up(x))`, gate and up stacked into one layer.
+    Gated { gate_up: Linear, down: Linear },
 }
 
 /// One transformer block.
@@ -143,15 +162,27 @@ impl Block {
                     layer,
                     ln1: Norm::load(w, &format!("{p}.input_layernorm"), cfg.family, d)?,
                     ln2: Norm::load(w, &format!("{p}.post_attention_layernorm"), cfg.family, d)?,
-                    qkv: Qkv::Separate {
-                        q: linear(w, &format!("{p}.self_attn.q_proj"), h * hd, d, ab)?,
-                        k: linear(w, &format!("{p}.self_attn.k_proj"), kvh * hd, d, ab)?,
-                        v: linear(w, &format!("{p}.self_attn.v_proj"), kvh * hd, d, ab)?,
-                    },
+                    qkv: Qkv::Stacked(linear_stack(
+                        w,
+                        &[
+                            (&format!("{p}.self_attn.q_proj"), h * hd),
+                            (&format!("{p}.self_attn.k_proj"), kvh * hd),
+                            (&format!("{p}.self_attn.v_proj"), kvh * hd),
+                        ],
+                        d,
+                        ab,
+                    )?),
                     out_proj: linear(w, &format!("{p}.self_attn.o_proj"), d, h * hd, ab)?,
                     mlp: Mlp::Gated {
-                        gate: linear(w, &format!("{p}.mlp.gate_proj"), m, d, mb)?,
-                        up: linear(w, &format!("{p}.mlp.up_proj"), m, d, mb)?,
+                        gate_up: linear_stack(
+                            w,
+                            &[
+                                (&format!("{p}.mlp.gate_proj"), m),
+                                (&format!("{p}.mlp.up_proj"), m),
+                            ],
+                            d,
+                            mb,
+                        )?,
                         down: linear(w, &format!("{p}.mlp.down_proj"), d, m, mb)?,
                     },
                 })
@@ -220,11 +251,15 @@ impl Block {
                     qkv.narrow(3, 2 * hd, hd)?,
                 )
             }
-            Qkv::Separate { q, k, v } => (
-                q.forward(x)?.reshape((b, t, h, hd))?,
-                k.forward(x)?.reshape((b, t, kvh, hd))?,
-                v.forward(x)?.reshape((b, t, kvh, hd))?,
-            ),
+            Qkv::Stacked(lin) => {
+                let qkv = lin.forward(x)?;
+                (
+                    qkv.narrow(2, 0, h * hd)?.reshape((b, t, h, hd))?,
+                    qkv.narrow(2, h * hd, kvh * hd)?.reshape((b, t, kvh, hd))?,
+                    qkv.narrow(2, (h + kvh) * hd, kvh * hd)?
+                        .reshape((b, t, kvh, hd))?,
+                )
+            }
         };
         rec.put(BlockHook::Q, &q);
         rec.put(BlockHook::K, &k);
@@ -233,9 +268,26 @@ impl Block {
         let k = ctx.rotary.apply(&k)?;
         rec.put(BlockHook::RotQ, &q);
         rec.put(BlockHook::RotK, &k);
-        let att = ops::attention(&q, &k, &v, ctx.mask)?;
-        rec.put(BlockHook::AttnScores, &att.scores);
-        rec.put(BlockHook::Pattern, &att.pattern);
+        let wants = |hook| {
+            ctx.request.wants(HookPoint::Block {
+                layer: self.layer,
+                hook,
+            })
+        };
+        let att = ops::attention(
+            &q,
+            &k,
+            &v,
+            ctx.mask,
+            wants(BlockHook::AttnScores),
+            wants(BlockHook::Pattern),
+        )?;
+        if let Some(scores) = &att.scores {
+            rec.put(BlockHook::AttnScores, scores);
+        }
+        if let Some(pattern) = &att.pattern {
+            rec.put(BlockHook::Pattern, pattern);
+        }
         rec.put(BlockHook::Z, &att.z);
         self.out_proj.forward(&att.z.reshape((b, t, h * hd))?)
     }
@@ -247,9 +299,11 @@ impl Block {
                 rec.put(BlockHook::MlpPre, &pre);
                 activate(&pre, act)?
             }
-            Mlp::Gated { gate, up, .. } => {
-                let pre = gate.forward(x)?;
-                let pre_linear = up.forward(x)?;
+            Mlp::Gated { gate_up, .. } => {
+                let both = gate_up.forward(x)?;
+                let m = both.dim(2)? / 2;
+                let pre = both.narrow(2, 0, m)?;
+                let pre_linear = both.narrow(2, m, m)?;
                 rec.put(BlockHook::MlpPre, &pre);
                 rec.put(BlockHook::MlpPreLinear, &pre_linear);
                 (activate(&pre, act)? * pre_linear)?

@@ -219,6 +219,18 @@ pub fn convert_to_dir(gguf: &Path, out: &Path) -> Result<Converted, GgufError> {
             .usize("llama.attention.key_length")
             .unwrap_or(d_model / n_heads.max(1)),
     };
+    // llama.cpp stores Llama 3.1-style frequency scaling as a `rope_freqs` tensor (or names a
+    // scaling type); converting without it would silently give wrong activations.
+    let scaling = meta.string("llama.rope.scaling.type").unwrap_or("none");
+    if content.tensor_infos.contains_key("rope_freqs.weight") || !matches!(scaling, "none" | "") {
+        return Err(GgufError::Tensor {
+            path: gguf.to_path_buf(),
+            name: "rope_freqs.weight".into(),
+            reason: format!(
+                "or rope scaling `{scaling}` is present: GGUF rope scaling is not supported"
+            ),
+        });
+    }
     fs_err::create_dir_all(out).map_err(io(out))?;
 
     let mut tensors: HashMap<String, Tensor> = HashMap::new();

@@ -82,13 +82,12 @@ pub enum ModelError {
         rope_type: String,
     },
     /// A safetensors file is truncated or its header is invalid.
-    #[error("`{path}` is not a valid safetensors file (truncated or corrupt)")]
+    #[error("`{path}` is not a valid safetensors file: {reason}")]
     Safetensors {
         /// The file.
         path: PathBuf,
-        /// The parse cause.
-        #[source]
-        source: safetensors::SafeTensorError,
+        /// What is wrong (names the tensor key where one is involved).
+        reason: String,
     },
     /// The checkpoint lacks a tensor the forward pass needs.
     #[error("weight `{key}` is missing from `{path}`")]
@@ -284,10 +283,13 @@ impl Model {
             embed,
             blocks,
             final_norm,
-            unembed: Linear {
-                weight: unembed_weight,
-                bias: None,
-            },
+            // A transposed view: a contiguous copy would cost a vocab-sized buffer per model.
+            unembed: Linear::new(&unembed_weight, None, false).map_err(|source| {
+                ModelError::Tensor {
+                    context: "preparing the unembedding".into(),
+                    source,
+                }
+            })?,
         })
     }
 

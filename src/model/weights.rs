@@ -1,65 +1,139 @@
 //! Checkpoint tensors from an HF layout: one `model.safetensors` or a sharded
 //! `model.safetensors.index.json`, in F16, BF16 or F32, converted once to the compute dtype.
 //!
-//! Only the keys the forward pass asks for are converted, so keys transformers ignores on load
+//! Only the keys the forward pass asks for are read, so keys transformers ignores on load
 //! (`attention.bias`, `attention.masked_bias`, `attention.rotary_emb.inv_freq` in older NeoX
 //! checkpoints) never matter. Every error names the file and the key.
 
 use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
-use safetensors::SafeTensors;
+use serde::Deserialize;
 
 use super::ModelError;
 
-/// The safetensors files of a checkpoint, read into memory, with a key → file routing.
+/// Where one tensor's bytes live.
+#[derive(Debug, Clone)]
+struct Entry {
+    file: usize,
+    /// The dtype name in the header (`F16`, `I64`, …).
+    stored: String,
+    /// The candle dtype, for the float dtypes hubsweep accepts.
+    dtype: Option<DType>,
+    shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    start: u64,
+    end: u64,
+}
+
+/// The safetensors files of a checkpoint. Only headers are read up front (and checked against
+/// the file sizes, which catches truncation); each tensor's bytes are read when fetched, so
+/// peak memory is the converted model, not the model plus its files.
+#[derive(Debug)]
 pub struct Weights {
-    /// Raw bytes per file (kept so tensors are converted lazily, one at a time).
-    files: Vec<(PathBuf, Vec<u8>)>,
-    /// Which file holds each key.
-    routing: HashMap<String, usize>,
+    files: Vec<PathBuf>,
+    entries: HashMap<String, Entry>,
     device: Device,
     dtype: DType,
 }
 
-impl std::fmt::Debug for Weights {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Weights")
-            .field(
-                "files",
-                &self.files.iter().map(|(p, _)| p).collect::<Vec<_>>(),
-            )
-            .field("tensors", &self.routing.len())
-            .finish()
+#[derive(Deserialize)]
+struct HeaderEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: (u64, u64),
+}
+
+/// Safetensors headers are capped at 100 MB by the format's reference implementation.
+const MAX_HEADER: u64 = 100_000_000;
+
+fn storage_dtype(name: &str) -> Option<DType> {
+    Some(match name {
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "F32" => DType::F32,
+        "F64" => DType::F64,
+        _ => return None,
+    })
+}
+
+fn read_header(
+    path: &Path,
+    index: usize,
+    entries: &mut HashMap<String, Entry>,
+) -> Result<(), ModelError> {
+    let invalid = |reason: String| ModelError::Safetensors {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let read_err = |source| ModelError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = fs_err::File::open(path).map_err(read_err)?;
+    let file_len = file.metadata().map_err(read_err)?.len();
+    let mut len_bytes = [0u8; 8];
+    file.read_exact(&mut len_bytes)
+        .map_err(|_| invalid("shorter than its 8-byte header length".into()))?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > MAX_HEADER || 8 + header_len > file_len {
+        return Err(invalid(format!(
+            "header length `{header_len}` exceeds the file size `{file_len}` (truncated?)"
+        )));
     }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(read_err)?;
+    let parsed: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| invalid(format!("header is not JSON ({e})")))?;
+    let data_start = 8 + header_len;
+    let data_len = file_len - data_start;
+    for (key, value) in parsed {
+        if key == "__metadata__" {
+            continue;
+        }
+        let raw: HeaderEntry = serde_json::from_value(value)
+            .map_err(|e| invalid(format!("tensor `{key}` has a bad header entry ({e})")))?;
+        let (begin, end) = raw.data_offsets;
+        if end > data_len {
+            return Err(invalid(format!(
+                "tensor `{key}` ends at byte `{end}` but the file holds `{data_len}` data bytes (truncated?)"
+            )));
+        }
+        // Integer and exotic dtypes are recorded and refused on use, naming the key.
+        let dtype = storage_dtype(&raw.dtype);
+        let elements: usize = raw.shape.iter().product();
+        let expected = dtype.map(|d| (elements * d.size_in_bytes()) as u64);
+        if end < begin || expected.is_some_and(|n| n != end - begin) {
+            return Err(invalid(format!(
+                "tensor `{key}` has offsets that do not match its shape and dtype"
+            )));
+        }
+        let entry = Entry {
+            file: index,
+            stored: raw.dtype,
+            dtype,
+            shape: raw.shape,
+            start: data_start + begin,
+            end: data_start + end,
+        };
+        entries.insert(key, entry);
+    }
+    Ok(())
 }
 
 impl Weights {
-    /// Reads and validates the headers of `paths`; tensors are converted to `dtype` on `device`
-    /// as they are fetched with [`Weights::get`].
+    /// Reads and validates the headers of `paths`; tensors are read and converted to `dtype`
+    /// on `device` as they are fetched with [`Weights::get`].
     pub fn read(paths: &[PathBuf], device: &Device, dtype: DType) -> Result<Self, ModelError> {
-        let mut files = Vec::with_capacity(paths.len());
-        let mut routing = HashMap::new();
+        let mut entries = HashMap::new();
         for (index, path) in paths.iter().enumerate() {
-            let bytes = fs_err::read(path).map_err(|source| ModelError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let parsed =
-                SafeTensors::deserialize(&bytes).map_err(|source| ModelError::Safetensors {
-                    path: path.clone(),
-                    source,
-                })?;
-            for name in parsed.names() {
-                routing.insert(name.to_string(), index);
-            }
-            files.push((path.clone(), bytes));
+            read_header(path, index, &mut entries)?;
         }
         Ok(Self {
-            files,
-            routing,
+            files: paths.to_vec(),
+            entries,
             device: device.clone(),
             dtype,
         })
@@ -67,34 +141,31 @@ impl Weights {
 
     /// Whether the checkpoint has `key`.
     pub fn contains(&self, key: &str) -> bool {
-        self.routing.contains_key(key)
+        self.entries.contains_key(key)
     }
 
     /// All keys, sorted.
     pub fn keys(&self) -> Vec<&str> {
-        let mut keys: Vec<&str> = self.routing.keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = self.entries.keys().map(String::as_str).collect();
         keys.sort_unstable();
         keys
     }
 
-    /// The storage dtype of the first tensor (the checkpoint's dtype in practice).
-    pub fn stored_dtype(&self) -> Option<safetensors::Dtype> {
-        let key = self.keys().first().map(|k| k.to_string())?;
-        let (_, bytes) = &self.files[self.routing[&key]];
-        SafeTensors::deserialize(bytes)
-            .ok()?
-            .tensor(&key)
-            .ok()
-            .map(|v| v.dtype())
+    /// The storage dtype name (`F16`, `BF16`, …) of the first tensor by name (the
+    /// checkpoint's dtype in practice).
+    pub fn stored_dtype(&self) -> Option<&str> {
+        self.keys()
+            .first()
+            .map(|k| self.entries[*k].stored.as_str())
     }
 
     fn location(&self) -> PathBuf {
         match self.files.as_slice() {
-            [(path, _)] => path.clone(),
+            [path] => path.clone(),
             _ => self
                 .files
                 .first()
-                .and_then(|(p, _)| p.parent())
+                .and_then(|p| p.parent())
                 .map(Path::to_path_buf)
                 .unwrap_or_default(),
         }
@@ -102,46 +173,42 @@ impl Weights {
 
     /// Fetches `key`, checks it has `shape`, converts it to the compute dtype.
     pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
-        let Some(&index) = self.routing.get(key) else {
+        let Some(entry) = self.entries.get(key) else {
             return Err(ModelError::MissingWeight {
                 path: self.location(),
                 key: key.to_string(),
             });
         };
-        let (path, bytes) = &self.files[index];
-        // The header was validated in `read`, so this only re-walks it.
-        let parsed = SafeTensors::deserialize(bytes).map_err(|source| ModelError::Safetensors {
-            path: path.clone(),
-            source,
-        })?;
-        let view = parsed
-            .tensor(key)
-            .map_err(|source| ModelError::Safetensors {
+        let path = &self.files[entry.file];
+        let Some(dtype) = entry.dtype else {
+            return Err(ModelError::WeightDtype {
                 path: path.clone(),
-                source,
-            })?;
-        if view.shape() != shape {
+                key: key.to_string(),
+                dtype: entry.stored.clone(),
+            });
+        };
+        if entry.shape != shape {
             return Err(ModelError::WeightShape {
                 path: path.clone(),
                 key: key.to_string(),
                 expected: shape.to_vec(),
-                found: view.shape().to_vec(),
+                found: entry.shape.clone(),
             });
         }
-        use safetensors::Dtype as S;
-        if !matches!(view.dtype(), S::F16 | S::BF16 | S::F32 | S::F64) {
-            return Err(ModelError::WeightDtype {
-                path: path.clone(),
-                key: key.to_string(),
-                dtype: format!("{:?}", view.dtype()),
-            });
-        }
-        let tensor = view
-            .load(&self.device)
-            .map_err(|source| ModelError::Tensor {
+        let read_err = |source| ModelError::Read {
+            path: path.clone(),
+            source,
+        };
+        let mut file = fs_err::File::open(path).map_err(read_err)?;
+        file.seek(SeekFrom::Start(entry.start)).map_err(read_err)?;
+        let mut bytes = vec![0u8; (entry.end - entry.start) as usize];
+        file.read_exact(&mut bytes).map_err(read_err)?;
+        let tensor = Tensor::from_raw_buffer(&bytes, dtype, &entry.shape, &self.device).map_err(
+            |source| ModelError::Tensor {
                 context: format!("loading `{key}` from `{}`", path.display()),
                 source,
-            })?;
+            },
+        )?;
         tensor
             .to_dtype(self.dtype)
             .map_err(|source| ModelError::Tensor {

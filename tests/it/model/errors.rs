@@ -163,3 +163,32 @@ fn bad_input_ids_are_refused() {
     let flat = Tensor::new(&[1u32, 2], &Device::Cpu).unwrap();
     assert!(model.forward(&flat, &request).is_err());
 }
+
+#[test]
+fn gguf_import_refuses_other_architectures_and_non_gguf_files() {
+    use candle_core::quantized::gguf_file::{self, Value};
+    use hubsweep::model::gguf::{GgufError, convert_to_dir};
+    let ctx = TestContext::new();
+    let path = ctx.child("gpt2.gguf");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let arch = Value::String("gpt2".into());
+    gguf_file::write(&mut file, &[("general.architecture", &arch)], &[]).unwrap();
+    drop(file);
+    let err = convert_to_dir(&path, &ctx.child("out")).unwrap_err();
+    assert!(
+        matches!(err, GgufError::UnsupportedArchitecture { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("`gpt2`") && err.to_string().contains("gpt2.gguf"),
+        "{err}"
+    );
+
+    let not_gguf = ctx.child("model.gguf");
+    std::fs::write(&not_gguf, b"definitely not a gguf file").unwrap();
+    let err = convert_to_dir(&not_gguf, &ctx.child("out2")).unwrap_err();
+    assert!(
+        matches!(err, GgufError::Read { .. }) && err.to_string().contains("model.gguf"),
+        "{err}"
+    );
+}

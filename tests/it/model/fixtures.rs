@@ -90,25 +90,35 @@ fn only_requested_hooks_are_kept_and_later_blocks_skipped() {
 fn reduced_precision_stays_close() {
     // bf16 keeps 8 bits of mantissa: through 3 blocks errors grow to a few percent of the
     // activation scale, so compare relative to each tensor's max with 5e-2 (f16: 1e-2).
-    let refs = reference("llama_tiny");
-    for (dtype, tol) in [(DType::BF16, 5e-2f32), (DType::F16, 1e-2)] {
-        let files = ModelFiles::from_dir(&fixture("llama_tiny")).unwrap();
-        let model = Model::load(&files, &Device::Cpu, dtype).unwrap();
-        let request = model
-            .request(&["blocks.2.hook_resid_post", "logits"])
-            .unwrap();
-        let acts = model.forward(&refs["input_ids"], &request).unwrap();
-        for name in ["blocks.2.hook_resid_post", "logits"] {
-            let expected = &refs[name];
-            let scale = expected
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let over = excess(acts.get(name).unwrap(), expected, tol * scale, 0.0);
-            assert!(over <= 0.0, "{dtype:?} {name}: over by {over}");
+    for fixture_name in ["llama_tiny", "gpt_neox_tiny"] {
+        let refs = reference(fixture_name);
+        for (dtype, tol) in [(DType::BF16, 5e-2f32), (DType::F16, 1e-2)] {
+            let files = ModelFiles::from_dir(&fixture(fixture_name)).unwrap();
+            let model = Model::load(&files, &Device::Cpu, dtype).unwrap();
+            let names = [
+                "blocks.2.hook_resid_post",
+                "blocks.1.attn.hook_pattern",
+                "logits",
+            ];
+            let request = model.request(&names).unwrap();
+            let acts = model.forward(&refs["input_ids"], &request).unwrap();
+            for name in names {
+                let expected = &refs[name];
+                let scale = expected
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let got = acts.get(name).unwrap();
+                assert_eq!(got.dtype(), dtype);
+                let over = excess(got, expected, tol * scale, 0.0);
+                assert!(
+                    over <= 0.0,
+                    "{fixture_name} {dtype:?} {name}: over by {over}"
+                );
+            }
         }
     }
 }

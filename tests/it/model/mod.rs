@@ -2,6 +2,7 @@
 
 mod cli;
 mod data;
+mod download;
 mod errors;
 mod fixtures;
 mod real;

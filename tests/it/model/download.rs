@@ -1,0 +1,168 @@
+//! `ModelFiles::download` and `HubDatasetFile::fetch` against a minimal Hub-like HTTP peer
+//! (the `resolve` route with ranged GETs, as hf-hub 0.5 uses it), including the fallback from
+//! `model.safetensors` to a sharded index, the bearer token, and cache reuse afterwards.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hubsweep::data::HubDatasetFile;
+use hubsweep::model::{HubSource, Model, ModelFiles};
+
+use super::fixture;
+use crate::common::TestContext;
+
+const COMMIT: &str = "1111111111111111111111111111111111111111";
+
+#[derive(Clone, Default)]
+struct Peer {
+    /// "repo/path" → bytes.
+    files: Arc<HashMap<String, Vec<u8>>>,
+    /// Every "repo/path" requested, in order.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+async fn resolve(
+    State(peer): State<Peer>,
+    UrlPath(path): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    if headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        != Some("Bearer secret")
+    {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    // {datasets/}ns/name/resolve/rev/file…
+    let Some((repo, rest)) = path.split_once("/resolve/") else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let file = rest.split_once('/').map(|(_, f)| f).unwrap_or_default();
+    let key = format!("{repo}/{file}");
+    peer.log.lock().unwrap().push(key.clone());
+    let Some(bytes) = peer.files.get(&key) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let total = bytes.len();
+    let (start, end) = headers
+        .get(header::RANGE)
+        .and_then(|r| r.to_str().ok())
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+        .unwrap_or((0, total - 1));
+    let end = end.min(total - 1);
+    (
+        StatusCode::PARTIAL_CONTENT,
+        [
+            ("x-repo-commit", COMMIT.to_string()),
+            // Like the Hub's LFS oid: the blob name in the cache, so it must be unique per content.
+            (
+                "etag",
+                format!(
+                    "\"{}\"",
+                    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+                ),
+            ),
+            ("content-range", format!("bytes {start}-{end}/{total}")),
+        ],
+        bytes[start..=end].to_vec(),
+    )
+        .into_response()
+}
+
+fn add_dir(files: &mut HashMap<String, Vec<u8>>, repo: &str, dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name != "reference.safetensors" {
+            files.insert(
+                format!("{repo}/{name}"),
+                std::fs::read(entry.path()).unwrap(),
+            );
+        }
+    }
+}
+
+#[test]
+fn sharded_model_and_dataset_download_through_hf_hub() {
+    let ctx = TestContext::new();
+    let mut files = HashMap::new();
+    add_dir(&mut files, "tiny/llama3", &fixture("llama_tiny_llama3"));
+    files.insert(
+        "datasets/ns/prompts/data/p.jsonl".into(),
+        b"{\"text\": \"The quick brown fox.\"}\n".to_vec(),
+    );
+    let peer = Peer {
+        files: Arc::new(files),
+        log: Arc::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .route("/{*path}", axum::routing::get(resolve))
+            .with_state(peer.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    });
+    let source = HubSource {
+        endpoint: format!("http://{addr}"),
+        token: Some("secret".into()),
+        cache_dir: ctx.child("hub-cache"),
+    };
+
+    let downloaded = runtime
+        .block_on(ModelFiles::download(&source, "tiny/llama3", "main"))
+        .unwrap();
+    assert_eq!(downloaded.commit.as_deref(), Some(COMMIT));
+    assert_eq!(downloaded.weights.len(), 4, "shards from the index");
+    let requested = peer.log.lock().unwrap().clone();
+    assert!(
+        requested.contains(&"tiny/llama3/model.safetensors".to_string()),
+        "{requested:?}"
+    );
+    assert!(requested.contains(&"tiny/llama3/model.safetensors.index.json".to_string()));
+    // The download filled the standard cache layout: it now resolves offline.
+    let cached = ModelFiles::from_cache(&source.cache_dir, "tiny/llama3", "main").unwrap();
+    assert_eq!(cached.commit.as_deref(), Some(COMMIT));
+    let model = Model::load(&cached, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+    let refs = super::reference("llama_tiny_llama3");
+    let request = model.request(&["blocks.2.hook_resid_post"]).unwrap();
+    let acts = model.forward(&refs["input_ids"], &request).unwrap();
+    let got = acts.get("blocks.2.hook_resid_post").unwrap();
+    assert!(super::excess(got, &refs["blocks.2.hook_resid_post"], 1e-4, 1e-4) <= 0.0);
+
+    let dataset = HubDatasetFile {
+        repo: "ns/prompts".into(),
+        revision: "main".into(),
+        path: "data/p.jsonl".into(),
+        field: None,
+    };
+    let fetched = runtime.block_on(dataset.fetch(&source)).unwrap();
+    assert_eq!(fetched.commit.as_deref(), Some(COMMIT));
+
+    let anonymous = HubSource {
+        token: None,
+        cache_dir: ctx.child("other-cache"),
+        ..source
+    };
+    let err = runtime
+        .block_on(ModelFiles::download(&anonymous, "tiny/llama3", "main"))
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("`tiny/llama3`") && text.contains("config.json"),
+        "{text}"
+    );
+    assert!(!text.contains("secret"));
+}
