@@ -289,7 +289,11 @@ mod tests {
         let hooks = ["hook_resid_post".to_string(), "logits".to_string()];
         assert_eq!(
             hook_names(&hooks, &[1, 3]),
-            ["blocks.1.hook_resid_post", "blocks.3.hook_resid_post", "logits"]
+            [
+                "blocks.1.hook_resid_post",
+                "blocks.3.hook_resid_post",
+                "logits"
+            ]
         );
     }
 }
