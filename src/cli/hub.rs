@@ -54,8 +54,17 @@ struct DownloadArgs {
 
 #[derive(Debug, Args)]
 struct ImportArgs {
-    /// The folder to upload.
-    dir: PathBuf,
+    /// The folder to upload (HF layout: config.json, weights, tokenizer.json).
+    #[arg(required_unless_present = "gguf", conflicts_with = "gguf")]
+    dir: Option<PathBuf>,
+    /// A Llama-architecture GGUF file instead: dequantized to an HF layout first (weights,
+    /// config.json, a tokenizer.json from the GGUF metadata), then uploaded.
+    #[arg(long, value_name = "FILE")]
+    gguf: Option<PathBuf>,
+    /// Import into the embedded hub's store (`$HUBSWEEP_HOME/hub`), so a spec can use the model
+    /// as `local://NS/NAME`.
+    #[arg(long, conflicts_with = "endpoint")]
+    local: bool,
     /// Target repo, `namespace/name`.
     #[arg(long)]
     repo: RepoId,
@@ -238,29 +247,89 @@ fn fail(error: &dyn std::error::Error) -> ExitCode {
 
 /// `hub import`: one library call, [`HubClient::upload_folder`], after creating the repo.
 async fn run_import(args: ImportArgs) -> ExitCode {
-    if !args.dir.is_dir() {
-        eprintln!("error: `{}` is not a folder", args.dir.display());
+    // A GGUF becomes an HF-layout folder first (model files, not artifacts: a temp folder is
+    // fine), removed again when the import is done.
+    let converted = match &args.gguf {
+        Some(gguf) => {
+            let out = std::env::temp_dir().join(format!("hubsweep-gguf-{}", std::process::id()));
+            match hubsweep::model::gguf::convert_to_dir(gguf, &out) {
+                Ok(_) => Some(out),
+                Err(error) => {
+                    let _ = fs_err::remove_dir_all(&out);
+                    eprintln!(
+                        "error: cannot convert `{}`: {}",
+                        gguf.display(),
+                        super::error_chain(&error)
+                    );
+                    return ExitCode::from(EXIT_CANNOT_RUN);
+                }
+            }
+        }
+        None => None,
+    };
+    let dir = match (&converted, &args.dir) {
+        (Some(out), _) => out.clone(),
+        (None, Some(dir)) => dir.clone(),
+        (None, None) => {
+            eprintln!("error: give a folder or `--gguf FILE`");
+            return ExitCode::from(EXIT_CANNOT_RUN);
+        }
+    };
+    let code = import_dir(&args, &dir).await;
+    if let Some(out) = converted {
+        let _ = fs_err::remove_dir_all(out);
+    }
+    code
+}
+
+async fn import_dir(args: &ImportArgs, dir: &std::path::Path) -> ExitCode {
+    if !dir.is_dir() {
+        eprintln!("error: `{}` is not a folder", dir.display());
         return ExitCode::from(EXIT_CANNOT_RUN);
     }
-    let endpoint = args
-        .endpoint
-        .or_else(|| std::env::var("HF_ENDPOINT").ok())
-        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
-    let client = match cli_client(&endpoint, env_token("HF_TOKEN")) {
+    let mut embedded = None;
+    let endpoint = if args.local {
+        let mut config = ServerConfig::new(default_store_dir());
+        config.addr = ([127, 0, 0, 1], 0).into();
+        match Server::start(config).await {
+            Ok(server) => {
+                let url = server.base_url().to_owned();
+                embedded = Some(server);
+                url
+            }
+            Err(error) => return fail(&error),
+        }
+    } else {
+        args.endpoint
+            .clone()
+            .or_else(|| std::env::var("HF_ENDPOINT").ok())
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned())
+    };
+    let token = if args.local {
+        None
+    } else {
+        env_token("HF_TOKEN")
+    };
+    let client = match cli_client(&endpoint, token) {
         Ok(client) => client,
         Err(error) => return fail(&error),
     };
-    let repo = args.kind.repo(args.repo);
+    let repo = args.kind.repo(args.repo.clone());
+    let source = args.gguf.as_deref().unwrap_or(dir);
     let message = args
         .message
-        .unwrap_or_else(|| format!("Import {}", args.dir.display()));
+        .clone()
+        .unwrap_or_else(|| format!("Import {}", source.display()));
     let result = async {
         client.create_repo(&repo, false, true).await?;
         client
-            .upload_folder(&repo, &args.revision, &args.dir, &message)
+            .upload_folder(&repo, &args.revision, dir, &message)
             .await
     }
     .await;
+    if let Some(server) = embedded {
+        server.shutdown().await;
+    }
     match result {
         Ok(upload) => {
             println!("{}", summary_json(&repo, &upload));

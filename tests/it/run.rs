@@ -702,3 +702,77 @@ fn bad_input_at_run_time_is_a_clear_error_and_leaves_the_ledger_intact() {
     assert_eq!(again["executed"], 0);
     assert_eq!(again["head"], first["head"]);
 }
+
+#[test]
+fn a_gguf_imported_into_the_embedded_hub_runs_as_a_local_model() {
+    let Some(gguf) = std::env::var_os("HUBSWEEP_SMOLLM2_GGUF") else {
+        assert!(
+            !peers_required(),
+            "HUBSWEEP_SMOLLM2_GGUF is not set: source scripts/test.d/20-models.sh"
+        );
+        eprintln!("skip: HUBSWEEP_SMOLLM2_GGUF not set");
+        return;
+    };
+    let ctx = TestContext::new();
+    let import = hubsweep(&ctx)
+        .args([
+            "hub",
+            "import",
+            "--local",
+            "--repo",
+            "hubsweep/smollm2-135m",
+            "--gguf",
+        ])
+        .arg(&gguf)
+        .output()
+        .unwrap();
+    assert!(import.status.success(), "{}", stderr(&import));
+    let spec = ctx.child("smollm2.yaml");
+    std::fs::write(
+        &spec,
+        "name: smol\noutput: local://alice/smol\nmodels:\n  - family: llama\n    repo: local://hubsweep/smollm2-135m\ndata:\n  texts: [\"The capital of France is Paris, and the capital of Italy is Rome.\"]\n  seq_len: 8\ncapture:\n  hooks: [hook_resid_post]\n  layers: [0, -1]\nanalyses:\n  - spectrum: {top_k: 4}\n",
+    )
+    .unwrap();
+    let (output, report) = run_json(&ctx, &spec, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(report["executed"].as_u64().unwrap() >= 6, "{report}");
+    assert!(report["pinned"][0]["commit"].as_str().unwrap().len() == 40);
+}
+
+#[test]
+fn the_python_snippet_in_the_docs_reads_a_run() {
+    let Some(python) = crate::hub::hub_python() else {
+        return;
+    };
+    let ctx = TestContext::new();
+    let spec = quickstart(&ctx);
+    let (output, _) = run_json(&ctx, &spec, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let docs = std::fs::read_to_string(repo_root().join("docs/ledger.md")).unwrap();
+    let snippet = docs
+        .split("```python")
+        .filter_map(|block| block.split("```").next())
+        .find(|block| block.contains("hf_hub_download"))
+        .expect("a Python snippet that reads results");
+    let rt = runtime();
+    let (server, _) = rt.block_on(open_store(&ctx.child("hubsweep-home")));
+    let out = StdCommand::new(&python)
+        .args(["-c", snippet])
+        .env("HF_ENDPOINT", server.base_url())
+        .env("HF_HUB_DISABLE_XET", "1")
+        .env("HF_HOME", ctx.child("py-hf-home"))
+        .output()
+        .unwrap();
+    rt.block_on(server.shutdown());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("hook_resid_post"), "{text}");
+    assert!(
+        text.contains("(16, 64)") || text.contains(", 64)"),
+        "no activations shape in:\n{text}"
+    );
+}
