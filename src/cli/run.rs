@@ -321,6 +321,9 @@ fn print_report(report: &exec::RunReport, spec: &SweepSpec, args: &RunArgs, env:
             "objects_deduplicated": sink.objects_deduplicated,
             "commits": sink.commits,
             "interrupted": report.interrupted,
+            "wall_seconds": report.wall_seconds,
+            "capture_seconds": report.capture_seconds,
+            "upload_busy_seconds": sink.upload_busy.as_secs_f64(),
             "dry_run": args.dry_run,
             "pinned": report.pinned.iter().map(|(l, c)| serde_json::json!({"model": l, "commit": c})).collect::<Vec<_>>(),
         });

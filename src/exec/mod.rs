@@ -142,6 +142,10 @@ pub struct RunReport {
     pub output: String,
     /// Pinned model revisions: label and commit.
     pub pinned: Vec<(String, String)>,
+    /// Wall time spent in forward passes and artifact writing (capture threads).
+    pub capture_seconds: f64,
+    /// Wall time of the whole run, pinning included.
+    pub wall_seconds: f64,
 }
 
 /// Why a run could not run at all.
@@ -338,6 +342,7 @@ pub async fn run(
     events: RunEvents,
     cancel: CancellationToken,
 ) -> Result<RunReport, RunError> {
+    let run_started = Instant::now();
     let client = &settings.output_client;
     let repo = output_repo(spec)?;
     let repo_name = spec.output.to_string();
@@ -475,7 +480,10 @@ pub async fn run(
         )
         .await;
         match outcome {
-            Ok(executed) => report.executed += executed,
+            Ok((executed, seconds)) => {
+                report.executed += executed;
+                report.capture_seconds += seconds;
+            }
             Err(RunError::Interrupted) => {
                 report.interrupted = true;
                 break;
@@ -536,7 +544,7 @@ pub async fn run(
         }
     }
     drop(upload_tx);
-    let (bytes_sent, deduplicated) = uploader.await.unwrap_or_default();
+    let uploads = uploader.await.unwrap_or_default();
     drop(commit_tx);
     let (mut committer, mut totals) = match committer.await {
         Ok(result) => result.map_err(hub_err)?,
@@ -562,8 +570,9 @@ pub async fn run(
         totals.head = committer.head().map(str::to_owned);
     }
     totals.head = totals.head.or(state.head.clone());
-    totals.bytes_sent = bytes_sent;
-    totals.objects_deduplicated = deduplicated;
+    totals.bytes_sent = uploads.bytes_sent;
+    totals.objects_deduplicated = uploads.deduplicated;
+    totals.upload_busy = uploads.busy;
     for stranded in &totals.stranded {
         report.failed.push((
             stranded.clone(),
@@ -571,6 +580,7 @@ pub async fn run(
         ));
     }
     report.sink = totals;
+    report.wall_seconds = run_started.elapsed().as_secs_f64();
     Ok(report)
 }
 
@@ -611,9 +621,9 @@ async fn run_model(
     events: &RunEvents,
     cancel: &CancellationToken,
     spectra_out: &mut HashMap<usize, Arc<Spectrum>>,
-) -> Result<usize, RunError> {
+) -> Result<(usize, f64), RunError> {
     let Some(capture_spec) = &spec.capture else {
-        return Ok(0);
+        return Ok((0, 0.0));
     };
     let pending_spectra: Vec<usize> = nodes
         .spectra
@@ -682,7 +692,7 @@ async fn run_model(
         events(&RunEvent::ModelSkipped {
             label: label.to_owned(),
         });
-        return Ok(executed);
+        return Ok((executed, 0.0));
     }
     events(&RunEvent::ModelStarted {
         label: label.to_owned(),
@@ -756,6 +766,7 @@ async fn run_model(
         label: label.to_owned(),
         reason: e.to_string(),
     })??;
+    let capture_seconds = started.elapsed().as_secs_f64();
     // Spectra: decompose each accumulated Gram matrix (CPU-heavy, off the async threads).
     for &s in &pending_spectra {
         let Params::Spectrum {
@@ -807,7 +818,7 @@ async fn run_model(
             .await;
         executed += 1;
     }
-    Ok(executed)
+    Ok((executed, capture_seconds))
 }
 
 #[allow(clippy::too_many_arguments)]

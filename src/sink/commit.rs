@@ -117,6 +117,8 @@ pub struct SinkTotals {
     pub head: Option<String>,
     /// Records never committed because an input never was (their ids).
     pub stranded: Vec<String>,
+    /// Wall time with at least one upload in flight.
+    pub upload_busy: Duration,
 }
 
 /// A callback for sink events.
@@ -131,9 +133,10 @@ pub async fn upload_stage(
     mut jobs: mpsc::Receiver<UploadJob>,
     commits: mpsc::Sender<Committable>,
     events: SinkEvents,
-) -> (u64, u64) {
+) -> UploadTotals {
     let limit = Arc::new(Semaphore::new(slots.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
+    let busy = Arc::new(std::sync::Mutex::new(BusyClock::default()));
     while let Some(job) = jobs.recv().await {
         let Ok(slot) = limit.clone().acquire_owned().await else {
             break;
@@ -145,8 +148,10 @@ pub async fn upload_stage(
             commits.clone(),
             events.clone(),
         );
+        let busy = busy.clone();
         tasks.spawn(async move {
             let _slot = slot;
+            let _busy = BusyGuard::enter(busy);
             let UploadJob {
                 path,
                 artifact,
@@ -201,14 +206,61 @@ pub async fn upload_stage(
             }
         });
     }
-    let (mut sent, mut deduplicated) = (0, 0);
+    let mut totals = UploadTotals::default();
     while let Some(result) = tasks.join_next().await {
         if let Ok((bytes, dedup)) = result {
-            sent += bytes;
-            deduplicated += dedup;
+            totals.bytes_sent += bytes;
+            totals.deduplicated += dedup;
         }
     }
-    (sent, deduplicated)
+    totals.busy = busy.lock().map(|b| b.total).unwrap_or_default();
+    totals
+}
+
+/// What the upload stage did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UploadTotals {
+    /// Bytes transferred.
+    pub bytes_sent: u64,
+    /// Objects the Hub already had.
+    pub deduplicated: u64,
+    /// Wall time during which at least one upload was in flight.
+    pub busy: Duration,
+}
+
+/// Measures the union of the intervals during which any upload is in flight.
+#[derive(Default)]
+struct BusyClock {
+    active: usize,
+    since: Option<Instant>,
+    total: Duration,
+}
+
+struct BusyGuard(Arc<std::sync::Mutex<BusyClock>>);
+
+impl BusyGuard {
+    fn enter(clock: Arc<std::sync::Mutex<BusyClock>>) -> Self {
+        if let Ok(mut c) = clock.lock() {
+            if c.active == 0 {
+                c.since = Some(Instant::now());
+            }
+            c.active += 1;
+        }
+        Self(clock)
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.0.lock() {
+            c.active -= 1;
+            if c.active == 0
+                && let Some(since) = c.since.take()
+            {
+                c.total += since.elapsed();
+            }
+        }
+    }
 }
 
 /// The committer: see the module docs. `committed` holds the ids already in the ledger.
