@@ -680,15 +680,7 @@ async fn run_model(
         });
     }
     if shards.is_empty() && pending_spectra.is_empty() {
-        if let Some(c) = nodes.commit.filter(|c| !done.contains(c)) {
-            let _ = commits
-                .send(Committable {
-                    record: records::record(plan, &plan.nodes[c], None),
-                    regular: Vec::new(),
-                })
-                .await;
-            executed += 1;
-        }
+        executed += send_model_commit(plan, nodes, done, commits).await;
         events(&RunEvent::ModelSkipped {
             label: label.to_owned(),
         });
@@ -809,16 +801,29 @@ async fn run_model(
         spectra_out.insert(s, Arc::new(spectrum));
         executed += 1;
     }
-    if let Some(c) = nodes.commit.filter(|c| !done.contains(c)) {
-        let _ = commits
-            .send(Committable {
-                record: records::record(plan, &plan.nodes[c], None),
-                regular: Vec::new(),
-            })
-            .await;
-        executed += 1;
-    }
+    executed += send_model_commit(plan, nodes, done, commits).await;
     Ok((executed, capture_seconds))
+}
+
+/// Records the model's ledger-commit node (its inputs are the model's results, so the
+/// committer holds it until they are all committed). Returns how many nodes it recorded.
+async fn send_model_commit(
+    plan: &Plan,
+    nodes: &ModelNodes,
+    done: &HashSet<usize>,
+    commits: &mpsc::Sender<Committable>,
+) -> usize {
+    let Some(c) = nodes.commit.filter(|c| !done.contains(c)) else {
+        return 0;
+    };
+    let record = records::record(plan, &plan.nodes[c], None);
+    let _ = commits
+        .send(Committable {
+            record,
+            regular: Vec::new(),
+        })
+        .await;
+    1
 }
 
 #[allow(clippy::too_many_arguments)]

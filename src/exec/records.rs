@@ -109,7 +109,7 @@ pub fn default_tolerances() -> Vec<Tolerance> {
     ]
 }
 
-/// Now, in RFC 3339 UTC (seconds).
+/// Now, in RFC 3339 UTC (the Hub's timestamp shape).
 pub fn now_rfc3339() -> String {
     now_rfc3339_minus(std::time::Duration::ZERO)
 }
@@ -120,21 +120,5 @@ fn now_rfc3339_minus(ago: std::time::Duration) -> String {
         .unwrap_or(UNIX_EPOCH)
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    crate::hub::server::iso8601(secs)
 }

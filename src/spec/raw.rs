@@ -134,37 +134,8 @@ pub struct RawCapture {
     pub dtype: Option<RawDtype>,
 }
 
-/// A hook point name (TransformerLens naming).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-pub enum RawHook {
-    /// Block input.
-    #[serde(rename = "hook_resid_pre")]
-    ResidPre,
-    /// Residual after attention (sequential blocks only).
-    #[serde(rename = "hook_resid_mid")]
-    ResidMid,
-    /// Block output.
-    #[serde(rename = "hook_resid_post")]
-    ResidPost,
-    /// Attention output.
-    #[serde(rename = "hook_attn_out")]
-    AttnOut,
-    /// MLP output.
-    #[serde(rename = "hook_mlp_out")]
-    MlpOut,
-    /// Per-head attention output before the output projection.
-    #[serde(rename = "attn.hook_z")]
-    AttnZ,
-    /// Attention probabilities.
-    #[serde(rename = "attn.hook_pattern")]
-    AttnPattern,
-    /// MLP activation (post non-linearity).
-    #[serde(rename = "mlp.hook_post")]
-    MlpPost,
-    /// Final norm output (before its weight), not per layer.
-    #[serde(rename = "ln_final.hook_normalized")]
-    LnFinalNormalized,
-}
+/// A hook point name (TransformerLens naming): the validated type is used as is.
+pub use super::types::Hook as RawHook;
 
 /// Layer selection as written.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

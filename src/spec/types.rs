@@ -199,7 +199,19 @@ pub struct CaptureSpec {
 }
 
 /// A hook point, named as TransformerLens names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 pub enum Hook {
     /// `hook_resid_pre`: block input.
     #[serde(rename = "hook_resid_pre")]

@@ -610,7 +610,7 @@ fn capture_spec(
     let mut ok = true;
     let mut hooks = Vec::new();
     for (i, hook) in raw.hooks.iter().enumerate() {
-        let hook = to_hook(*hook);
+        let hook = *hook;
         if hooks.contains(&hook) {
             d.push(Diagnostic::warning(
                 format!("/capture/hooks/{i}"),
@@ -651,20 +651,6 @@ fn capture_spec(
         layers,
         dtype,
     })
-}
-
-fn to_hook(raw: RawHook) -> Hook {
-    match raw {
-        RawHook::ResidPre => Hook::ResidPre,
-        RawHook::ResidMid => Hook::ResidMid,
-        RawHook::ResidPost => Hook::ResidPost,
-        RawHook::AttnOut => Hook::AttnOut,
-        RawHook::MlpOut => Hook::MlpOut,
-        RawHook::AttnZ => Hook::AttnZ,
-        RawHook::AttnPattern => Hook::AttnPattern,
-        RawHook::MlpPost => Hook::MlpPost,
-        RawHook::LnFinalNormalized => Hook::LnFinalNormalized,
-    }
 }
 
 /// Parses `all`, `start..end`, `start..end:step`, `start..` (to the last layer).

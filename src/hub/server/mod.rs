@@ -15,6 +15,9 @@ pub mod faults;
 mod hashing;
 mod lfs_api;
 mod paths;
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SS.000Z`, the Hub's timestamp shape (also used in ledger records).
+pub use paths::iso8601;
 mod repo_api;
 mod resolve;
 mod state;
