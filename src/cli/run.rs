@@ -430,6 +430,11 @@ pub fn status(args: StatusArgs, env: &Env) -> ExitCode {
                 return ExitCode::from(EXIT_CANNOT_RUN);
             }
         };
+        // A sweep submitted to Slurm: its units per Slurm state too.
+        let slurm = match (spec.output.hub, exec::output_repo(&spec)) {
+            (HubKind::Hf, Ok(repo)) => super::worker::slurm_states(&hubs.output, &repo, &state, &plan).await,
+            _ => None,
+        };
         let mut rows: Vec<(String, usize, usize, usize)> = plan.models.iter().map(|m| (m.label(), 0, 0, 0)).collect();
         let mut other = (0, 0, 0);
         for node in &plan.nodes {
@@ -453,7 +458,10 @@ pub fn status(args: StatusArgs, env: &Env) -> ExitCode {
         match args.format {
             SummaryFormat::Json => {
                 let models: Vec<_> = rows.iter().map(|(l, d, p, f)| serde_json::json!({"model": l, "done": d, "pending": p, "failed": f})).collect();
-                let json = serde_json::json!({"output": spec.output.to_string(), "models": models, "cross_model": {"done": other.0, "pending": other.1, "failed": other.2}, "complete": all_done});
+                let mut json = serde_json::json!({"output": spec.output.to_string(), "models": models, "cross_model": {"done": other.0, "pending": other.1, "failed": other.2}, "complete": all_done});
+                if let Some((hash, units)) = &slurm {
+                    json["slurm"] = serde_json::json!({"plan": hash, "units": units});
+                }
                 println!("{}", serde_json::to_string_pretty(&json).unwrap_or_default());
             }
             SummaryFormat::Text => {
@@ -462,6 +470,10 @@ pub fn status(args: StatusArgs, env: &Env) -> ExitCode {
                     println!("{label:<56} {done:>7} {pending:>8} {failed:>7}");
                 }
                 println!("{:<56} {:>7} {:>8} {:>7}", "(overlaps and final ledger)", other.0, other.1, other.2);
+                if let Some((hash, units)) = &slurm {
+                    let line: Vec<String> = units.iter().map(|(state, n)| format!("{n} {state}")).collect();
+                    println!("slurm units (job name hubsweep-{hash}): {}", line.join(", "));
+                }
                 println!("{}", if all_done { "complete" } else { "incomplete: `hubsweep run` resumes where it stopped" });
             }
         }

@@ -365,10 +365,11 @@ enum Tracked {
     Failed(String),
 }
 
-/// Follows a sweep's jobs with one `squeue` per poll: every 5 s while things change, backing
+/// Follows a sweep's jobs with one `squeue` per poll: every 6 s while things change, backing
 /// off to a minute while nothing does (≤ 12 commands a minute). Ctrl-C offers to cancel.
 async fn track(slurm: &Slurm, job_name: &str) -> Tracked {
-    let (min, max) = (Duration::from_secs(5), Duration::from_secs(60));
+    // 6 s at the fastest: 10 polls a minute, leaving room for the submission's own commands.
+    let (min, max) = (Duration::from_secs(6), Duration::from_secs(60));
     let mut interval = min;
     let mut last = BTreeMap::new();
     let mut polls = 0;
@@ -708,4 +709,77 @@ async fn resubmit(
             ExitCode::from(EXIT_CANNOT_RUN)
         }
     }
+}
+
+/// Units per Slurm state for `status`, when the repo records a submission of this plan: the
+/// plan's hash and the count of units per state (`done` from the ledger; otherwise the state of
+/// the unit's task in its latest attempt, one `squeue` call for all).
+pub(super) async fn slurm_states(
+    client: &HubClient,
+    repo: &Repo,
+    state: &LedgerState,
+    plan: &Plan,
+) -> Option<(String, BTreeMap<String, usize>)> {
+    let (planned, _) = planned_units(plan);
+    let hashes: Vec<String> = state
+        .files
+        .keys()
+        .filter_map(|p| p.strip_prefix("ledger/slurm/")?.strip_suffix("/plan.json"))
+        .map(str::to_owned)
+        .collect();
+    for hash in hashes {
+        let Ok(bytes) = client
+            .download_bytes(repo, "main", &SubmittedPlan::path(&hash))
+            .await
+        else {
+            continue;
+        };
+        let Ok(submitted) = serde_json::from_slice::<SubmittedPlan>(&bytes) else {
+            continue;
+        };
+        if submitted.units != planned {
+            continue;
+        }
+        // The latest attempt of each unit: its array job and task index.
+        let mut task_of: BTreeMap<usize, (String, usize)> = BTreeMap::new();
+        for n in 1..=attempts_in(state, &hash) {
+            let Ok(bytes) = client
+                .download_bytes(repo, "main", &Attempt::path(&hash, n))
+                .await
+            else {
+                continue;
+            };
+            let Ok(attempt) = serde_json::from_slice::<Attempt>(&bytes) else {
+                continue;
+            };
+            if let Some(job) = &attempt.array_job {
+                for (task, unit) in attempt.units.iter().enumerate() {
+                    task_of.insert(*unit, (job.clone(), task));
+                }
+            }
+        }
+        let rows = Slurm::new()
+            .jobs_named(&SubmittedPlan::job_name(&hash))
+            .unwrap_or_default();
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for unit in exec::unit::units(plan) {
+            let label = if unit.is_done(plan, state) {
+                "done".to_owned()
+            } else {
+                task_of
+                    .get(&unit.index)
+                    .and_then(|(job, task)| {
+                        rows.iter()
+                            .find(|r| &r.job == job && r.task == Some(*task))
+                            // A pending range (`12_[4-7]`) is not split into tasks yet.
+                            .or_else(|| rows.iter().find(|r| &r.job == job && r.task.is_none()))
+                            .map(|r| r.state.to_lowercase())
+                    })
+                    .unwrap_or_else(|| "not known to slurm".to_owned())
+            };
+            *counts.entry(label).or_default() += 1;
+        }
+        return Some((hash, counts));
+    }
+    None
 }
