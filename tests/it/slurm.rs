@@ -183,6 +183,21 @@ fn slurm_sweep_equals_a_local_run_then_resubmission_submits_nothing() {
     assert_eq!(report["pending_units"], 4, "{report}");
     assert!(report["array_job"].is_string(), "{report}");
 
+    // `status` knows the submission: every unit done.
+    let out = hubsweep(&ctx, &server)
+        .args(["status", "--format", "json"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    let status = json_of(&out);
+    assert_eq!(status["complete"], true, "{status}");
+    assert_eq!(status["slurm"]["plan"], report["plan"], "{status}");
+    assert_eq!(
+        status["slurm"]["units"],
+        serde_json::json!({"done": 4}),
+        "{status}"
+    );
+
     // The same spec run locally into another repo.
     let local_spec = four_units(&ctx, "hf://datasets/alice/four-local");
     let out = hubsweep(&ctx, &server)
