@@ -21,6 +21,7 @@
 //! | [`sink`] | in-memory safetensors serialization with sha256, upload pipeline, commit batching |
 //! | [`hub`] | Hub HTTP client, downloads through hf-hub, and the embedded Hub-compatible server |
 //! | [`ledger`] | manifest, per-node records, segments and the compacted index on the Hub |
+//! | [`slurm`] | work units submitted to a Slurm cluster as a job array, tracked and resubmitted |
 #![deny(missing_docs)]
 
 pub mod analysis;
@@ -31,4 +32,5 @@ pub mod ledger;
 pub mod model;
 pub mod plan;
 pub mod sink;
+pub mod slurm;
 pub mod spec;

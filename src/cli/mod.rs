@@ -8,6 +8,7 @@ mod hub;
 mod inspect;
 mod run;
 mod spec;
+mod worker;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -55,6 +56,8 @@ enum Command {
     Validate(spec::ValidateArgs),
     /// Expand a spec into its task DAG and show counts, sizes and estimates.
     Plan(spec::PlanArgs),
+    /// Run one work unit (or the final step) of a sweep submitted to Slurm; jobs call this.
+    Worker(worker::WorkerArgs),
 }
 
 /// The environment, read once here and passed down as explicit settings.
@@ -171,6 +174,7 @@ pub fn main() -> ExitCode {
         Command::Plan(args) => spec::plan(args, &env),
         Command::Run(args) => run::run(args, &env),
         Command::Status(args) => run::status(args, &env),
+        Command::Worker(args) => worker::worker(args, &env),
         Command::Hub(args) => hub::run(args),
         Command::Capture(args) => exit_for(capture::run(&args, &hub_env)),
         Command::Inspect(args) => exit_for(inspect::run(&args, &hub_env)),

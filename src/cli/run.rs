@@ -23,6 +23,8 @@ use super::{
 pub enum Executor {
     /// On this machine.
     Local,
+    /// On a Slurm cluster: one array task per work unit (docs/slurm.md).
+    Slurm,
 }
 
 /// Output format of a summary.
@@ -55,6 +57,9 @@ pub struct RunArgs {
     /// Summary format.
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
     format: SummaryFormat,
+    /// Options of `--executor slurm`.
+    #[command(flatten)]
+    slurm: super::worker::SlurmArgs,
 }
 
 /// Arguments of `status`.
@@ -70,10 +75,10 @@ pub struct StatusArgs {
 
 /// The hubs a spec talks to: the embedded one (started in-process when the spec uses
 /// `local://`) and a client for the output repo.
-struct Hubs {
-    local: Option<ServerHandle>,
-    output: HubClient,
-    sources: Sources,
+pub(super) struct Hubs {
+    pub(super) local: Option<ServerHandle>,
+    pub(super) output: HubClient,
+    pub(super) sources: Sources,
 }
 
 fn uses_local(spec: &SweepSpec) -> bool {
@@ -88,7 +93,11 @@ fn uses_local(spec: &SweepSpec) -> bool {
         )
 }
 
-async fn open_hubs(spec: &SweepSpec, spec_path: &Path, env: &Env) -> Result<Hubs, String> {
+pub(super) async fn open_hubs(
+    spec: &SweepSpec,
+    spec_path: &Path,
+    env: &Env,
+) -> Result<Hubs, String> {
     let home = env.hubsweep_home();
     let hf_client = || {
         HubClient::builder(&env.hf_endpoint)
@@ -154,7 +163,7 @@ async fn open_hubs(spec: &SweepSpec, spec_path: &Path, env: &Env) -> Result<Hubs
     })
 }
 
-fn device_of(spec: &SweepSpec) -> hubsweep::model::DeviceSpec {
+pub(super) fn device_of(spec: &SweepSpec) -> hubsweep::model::DeviceSpec {
     match spec.compute.device {
         DeviceSpec::Auto => hubsweep::model::DeviceSpec::Auto,
         DeviceSpec::Cpu => hubsweep::model::DeviceSpec::Cpu,
@@ -163,7 +172,7 @@ fn device_of(spec: &SweepSpec) -> hubsweep::model::DeviceSpec {
 }
 
 /// Prints progress: one line per notable event (a terminal gets the same lines; they are few).
-fn progress_printer() -> RunEvents {
+pub(super) fn progress_printer() -> RunEvents {
     let tokens = Arc::new(Mutex::new(0usize));
     Arc::new(move |event: &RunEvent| match event {
         RunEvent::Pinned {
@@ -216,7 +225,7 @@ fn progress_printer() -> RunEvents {
     })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -226,7 +235,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn report_run_error(error: &exec::RunError, loaded: &hubsweep::spec::Loaded, env: &Env) {
+pub(super) fn report_run_error(error: &exec::RunError, loaded: &hubsweep::spec::Loaded, env: &Env) {
     if let exec::RunError::Plan { diagnostics } = error {
         let located: Vec<_> = diagnostics
             .iter()
@@ -240,7 +249,9 @@ fn report_run_error(error: &exec::RunError, loaded: &hubsweep::spec::Loaded, env
 
 /// `hubsweep run SPEC`.
 pub fn run(args: RunArgs, env: &Env) -> ExitCode {
-    let Executor::Local = args.executor;
+    if let Executor::Slurm = args.executor {
+        return super::worker::submit(&args.spec, &args.slurm, args.format, env);
+    }
     let Some(loaded) = load(&args.spec, env) else {
         return ExitCode::from(EXIT_CANNOT_RUN);
     };
@@ -422,6 +433,11 @@ pub fn status(args: StatusArgs, env: &Env) -> ExitCode {
                 return ExitCode::from(EXIT_CANNOT_RUN);
             }
         };
+        // A sweep submitted to Slurm: its units per Slurm state too.
+        let slurm = match (spec.output.hub, exec::output_repo(&spec)) {
+            (HubKind::Hf, Ok(repo)) => super::worker::slurm_states(&hubs.output, &repo, &state, &plan).await,
+            _ => None,
+        };
         let mut rows: Vec<(String, usize, usize, usize)> = plan.models.iter().map(|m| (m.label(), 0, 0, 0)).collect();
         let mut other = (0, 0, 0);
         for node in &plan.nodes {
@@ -445,7 +461,10 @@ pub fn status(args: StatusArgs, env: &Env) -> ExitCode {
         match args.format {
             SummaryFormat::Json => {
                 let models: Vec<_> = rows.iter().map(|(l, d, p, f)| serde_json::json!({"model": l, "done": d, "pending": p, "failed": f})).collect();
-                let json = serde_json::json!({"output": spec.output.to_string(), "models": models, "cross_model": {"done": other.0, "pending": other.1, "failed": other.2}, "complete": all_done});
+                let mut json = serde_json::json!({"output": spec.output.to_string(), "models": models, "cross_model": {"done": other.0, "pending": other.1, "failed": other.2}, "complete": all_done});
+                if let Some((hash, units)) = &slurm {
+                    json["slurm"] = serde_json::json!({"plan": hash, "units": units});
+                }
                 println!("{}", serde_json::to_string_pretty(&json).unwrap_or_default());
             }
             SummaryFormat::Text => {
@@ -454,6 +473,10 @@ pub fn status(args: StatusArgs, env: &Env) -> ExitCode {
                     println!("{label:<56} {done:>7} {pending:>8} {failed:>7}");
                 }
                 println!("{:<56} {:>7} {:>8} {:>7}", "(overlaps and final ledger)", other.0, other.1, other.2);
+                if let Some((hash, units)) = &slurm {
+                    let line: Vec<String> = units.iter().map(|(state, n)| format!("{n} {state}")).collect();
+                    println!("slurm units (job name hubsweep-{hash}): {}", line.join(", "));
+                }
                 println!("{}", if all_done { "complete" } else { "incomplete: `hubsweep run` resumes where it stopped" });
             }
         }

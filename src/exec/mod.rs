@@ -16,6 +16,7 @@ pub mod bundled;
 pub mod capture;
 pub mod pin;
 mod records;
+pub mod unit;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ use crate::spec::{Diagnostic, Hook, SweepSpec};
 
 pub use pin::{PinnedModel, Sources};
 pub use records::now_rfc3339;
+pub use unit::{UnitSelection, WorkUnit};
 
 /// What to do when a node fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -342,6 +344,19 @@ pub async fn run(
     events: RunEvents,
     cancel: CancellationToken,
 ) -> Result<RunReport, RunError> {
+    run_units(spec, settings, device, events, cancel, &UnitSelection::All).await
+}
+
+/// Runs the selected work units of a sweep (and the final step if selected) through the same
+/// sink and ledger as a full run: what a cluster worker does (see [`unit`]).
+pub async fn run_units(
+    spec: &SweepSpec,
+    settings: &RunSettings,
+    device: DeviceSpec,
+    events: RunEvents,
+    cancel: CancellationToken,
+    selection: &UnitSelection,
+) -> Result<RunReport, RunError> {
     let run_started = Instant::now();
     let client = &settings.output_client;
     let repo = output_repo(spec)?;
@@ -397,7 +412,7 @@ pub async fn run(
         return Err(RunError::Unsupported("`weights` (weight spectroscopy) cannot be run by this version yet; remove the `weights` section".into()));
     }
     report.sink.head = state.head.clone();
-    if settings.dry_run || done.len() == plan.nodes.len() {
+    if settings.dry_run || done.len() == plan.nodes.len() || selection.all_done(&plan, &done) {
         return Ok(report);
     }
 
@@ -449,6 +464,9 @@ pub async fn run(
     let budget = Arc::new(Semaphore::new(budget_permits(spec.limits.memory) as usize));
     let mut spectra: HashMap<usize, Arc<Spectrum>> = HashMap::new();
     for (m, nodes) in by_model.iter().enumerate() {
+        if !selection.has_unit(m) {
+            continue;
+        }
         let (instance, pinned_model) = &pinned[m];
         let label = format!("{}@{}", instance.source, instance.revision);
         if let Some(r) = nodes.resolve.filter(|r| !done.contains(r)) {
@@ -513,8 +531,9 @@ pub async fn run(
             }
         }
     }
-    if !report.interrupted && report.failed.is_empty()
-        || settings.failure == FailurePolicy::KeepGoing && !report.interrupted
+    if selection.has_final()
+        && (!report.interrupted && report.failed.is_empty()
+            || settings.failure == FailurePolicy::KeepGoing && !report.interrupted)
     {
         report.executed += run_overlaps(
             spec,
@@ -554,7 +573,8 @@ pub async fn run(
             )));
         }
     };
-    if !committer.written.is_empty() {
+    // Units leave the index to the final step (one commit, not one per unit).
+    if selection.has_final() && !committer.written.is_empty() {
         // The compacted index: every record once, sorted by id.
         let mut all: Vec<Record> = state.records.values().cloned().collect();
         all.extend(committer.written.iter().cloned());

@@ -7,4 +7,5 @@ mod hub;
 mod model;
 mod plan;
 mod run;
+mod slurm;
 mod spec;
