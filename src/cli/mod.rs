@@ -8,6 +8,7 @@ mod hub;
 mod inspect;
 mod run;
 mod spec;
+mod verify;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -55,6 +56,8 @@ enum Command {
     Validate(spec::ValidateArgs),
     /// Expand a spec into its task DAG and show counts, sizes and estimates.
     Plan(spec::PlanArgs),
+    /// Check a published ledger: records, ids, DAG, index, files (and with --deep, content).
+    Verify(verify::VerifyArgs),
 }
 
 /// The environment, read once here and passed down as explicit settings.
@@ -174,6 +177,7 @@ pub fn main() -> ExitCode {
         Command::Hub(args) => hub::run(args),
         Command::Capture(args) => exit_for(capture::run(&args, &hub_env)),
         Command::Inspect(args) => exit_for(inspect::run(&args, &hub_env)),
+        Command::Verify(args) => verify::run(args, &env),
     }
 }
 
