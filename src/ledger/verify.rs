@@ -346,8 +346,15 @@ pub async fn verify(
     let mut all: Vec<(String, Record)> = from_segments.clone();
     if let Some(index) = &index {
         check_index(index, &from_segments, &mut report);
+        let mut segment_ids: HashMap<&str, Vec<&Record>> = HashMap::new();
+        for (_, r) in &from_segments {
+            segment_ids.entry(r.id.as_str()).or_default().push(r);
+        }
         for record in index {
-            if !from_segments.iter().any(|(_, r)| r == record) {
+            let known = segment_ids
+                .get(record.id.as_str())
+                .is_some_and(|rs| rs.iter().any(|r| *r == record));
+            if !known {
                 all.push((INDEX_PATH.to_owned(), record.clone()));
             }
         }
