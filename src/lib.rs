@@ -20,13 +20,15 @@
 //! | [`analysis`] | streaming Gram accumulation, eigen spectra and metrics, overlaps, weight spectra |
 //! | [`sink`] | in-memory safetensors serialization with sha256, upload pipeline, commit batching |
 //! | [`hub`] | Hub HTTP client, downloads through hf-hub, and the embedded Hub-compatible server |
-//! | [`ledger`] | manifest, per-node records, segments and the compacted index on the Hub |
 //! | [`slurm`] | work units submitted to a Slurm cluster as a job array, tracked and resubmitted |
+//! | [`ledger`] | manifest, per-node records, segments and the compacted index on the Hub; `verify` |
+//! | [`fuzzing`] | fuzz target bodies for the hostile-input parsers (run by `fuzz/` and the tests) |
 #![deny(missing_docs)]
 
 pub mod analysis;
 pub mod data;
 pub mod exec;
+pub mod fuzzing;
 pub mod hub;
 pub mod ledger;
 pub mod model;

@@ -9,6 +9,7 @@ mod inspect;
 mod run;
 mod spec;
 mod worker;
+mod verify;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -58,6 +59,8 @@ enum Command {
     Plan(spec::PlanArgs),
     /// Run one work unit (or the final step) of a sweep submitted to Slurm; jobs call this.
     Worker(worker::WorkerArgs),
+    /// Check a published ledger: records, ids, DAG, index, files (and with --deep, content).
+    Verify(verify::VerifyArgs),
 }
 
 /// The environment, read once here and passed down as explicit settings.
@@ -178,6 +181,7 @@ pub fn main() -> ExitCode {
         Command::Hub(args) => hub::run(args),
         Command::Capture(args) => exit_for(capture::run(&args, &hub_env)),
         Command::Inspect(args) => exit_for(inspect::run(&args, &hub_env)),
+        Command::Verify(args) => verify::run(args, &env),
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod record;
 pub mod state;
+pub mod verify;
 
 use std::collections::BTreeMap;
 

@@ -9,3 +9,4 @@ mod plan;
 mod run;
 mod slurm;
 mod spec;
+mod verify;

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# verify benchmark (not a test).
+#   1. Shallow verify of a ledger of N file records (default 100,000) on the embedded hub;
+#      target < 10 s. The ledger is built by examples/verify_ledger.rs: N records, each with
+#      its own path, committed as LFS pointers to 16 shared objects in commits of 10,000 files
+#      (shallow verify reads only the tree's oid and size per path, never object contents, so
+#      shared objects change nothing it measures; N distinct uploads would only time the
+#      uploader).
+#   2. Deep verify throughput over MIB mebibytes (default 1024) of real activation artifacts,
+#      one file at a time (--jobs 1), against this machine's single-core sha256 speed measured
+#      in the same run (Python hashlib = OpenSSL); target ≥ 80%.
+# Usage: scripts/bench/verify.sh [N] [MIB]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+n="${1:-100000}"
+mib="${2:-1024}"
+export HUBSWEEP_CACHE="${HUBSWEEP_CACHE:-$HOME/.cache/hubsweep-ci}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HUBSWEEP_CACHE/target}"
+cargo build --release --quiet --bin hubsweep --example verify_ledger
+bin="$CARGO_TARGET_DIR/release"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+export HUBSWEEP_HOME="$work/home"
+
+echo "building a ledger of $n records…" >&2
+"$bin/examples/verify_ledger" "$HUBSWEEP_HOME/hub" shallow "$n"
+start=$(date +%s.%N)
+"$bin/hubsweep" verify local://bench/verify-shallow >/dev/null
+end=$(date +%s.%N)
+shallow=$(echo "$end - $start" | bc)
+echo "shallow verify of $n records: ${shallow}s (target < 10 s)"
+
+echo "building $mib MiB of artifacts…" >&2
+"$bin/examples/verify_ledger" "$HUBSWEEP_HOME/hub" deep "$mib"
+deep_line=$("$bin/hubsweep" verify --deep --jobs 1 local://bench/verify-deep 2>&1 >/dev/null | grep '^hashed')
+deep_mbs=$(echo "$deep_line" | sed -E 's/.*\(([0-9.]+) MB\/s\).*/\1/')
+sha_mbs=$(python3 -c "
+import hashlib, time
+data = bytes(256 << 20)
+best = 0
+for _ in range(3):
+    t = time.perf_counter(); hashlib.sha256(data).digest(); s = time.perf_counter() - t
+    best = max(best, len(data) / s / 1e6)
+print(f'{best:.1f}')")
+echo "deep verify: $deep_line"
+echo "single-core sha256 (hashlib/OpenSSL): ${sha_mbs} MB/s"
+echo "deep / sha256 = $(echo "scale=2; $deep_mbs / $sha_mbs" | bc) (target ≥ 0.80)"
