@@ -16,6 +16,7 @@ pub mod bundled;
 pub mod capture;
 pub mod pin;
 mod records;
+pub mod weights;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -266,6 +267,13 @@ pub async fn pin_and_plan(
             pinned.push((instance, model));
         }
     }
+    // Module patterns are checked against the checkpoints' keys now, before anything runs.
+    let module_errors = weights::check_modules(spec, &pinned)?;
+    if !module_errors.is_empty() {
+        return Err(RunError::Plan {
+            diagnostics: module_errors,
+        });
+    }
     let lookup = pin::PinnedLookup { models: &pinned };
     let options = PlanOptions {
         lookup: &lookup,
@@ -383,14 +391,6 @@ pub async fn run(
         done: done.len(),
         pending_bytes,
     });
-    if plan
-        .nodes
-        .iter()
-        .enumerate()
-        .any(|(i, n)| n.kind == NodeKind::WeightSpectrum && !done.contains(&i))
-    {
-        return Err(RunError::Unsupported("`weights` (weight spectroscopy) cannot be run by this version yet; remove the `weights` section".into()));
-    }
     report.sink.head = state.head.clone();
     if settings.dry_run || done.len() == plan.nodes.len() {
         return Ok(report);
@@ -456,6 +456,21 @@ pub async fn run(
         if cancel.is_cancelled() {
             report.interrupted = true;
             break;
+        }
+        let outcome = run_weight_nodes(spec, &plan, m, &pinned, &done, &upload_tx, &commit_tx)
+            .await
+            .map(|executed| report.executed += executed);
+        if let Err(error) = outcome {
+            let message = crate::hub::client::error_chain(&error);
+            events(&RunEvent::ModelFailed {
+                label: label.clone(),
+                error: message.clone(),
+            });
+            report.failed.push((label.clone(), message));
+            if settings.failure == FailurePolicy::FailFast {
+                break;
+            }
+            continue;
         }
         let outcome = run_model(
             spec,
@@ -875,6 +890,62 @@ async fn run_overlaps(
         let _ = commits
             .send(Committable {
                 record,
+                regular: Vec::new(),
+            })
+            .await;
+        executed += 1;
+    }
+    Ok(executed)
+}
+
+/// Weight-spectrum nodes of model `m` (see [`weights`]); for a spec without `capture`, also the
+/// model's ledger record, which `run_model` writes otherwise.
+async fn run_weight_nodes(
+    spec: &SweepSpec,
+    plan: &Plan,
+    m: usize,
+    pinned: &[(crate::spec::ModelInstance, PinnedModel)],
+    done: &HashSet<usize>,
+    uploads: &mpsc::Sender<UploadJob>,
+    commits: &mpsc::Sender<Committable>,
+) -> Result<usize, RunError> {
+    let mut executed = 0;
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let Params::WeightSpectrum { model, .. } = node.params else {
+            continue;
+        };
+        if model as usize != m || done.contains(&i) {
+            continue;
+        }
+        let Some(job) = weights::WeightJob::of(plan, node, pinned) else {
+            continue;
+        };
+        let started = Instant::now();
+        let (metrics, bytes) = tokio::task::spawn_blocking(move || weights::compute_node(&job))
+            .await
+            .map_err(|e| RunError::Capture {
+                label: plan.label(node),
+                reason: e.to_string(),
+            })??;
+        let mut record = records::record(plan, node, Some(started));
+        record.metrics = serde_json::to_value(&metrics).ok();
+        uploads
+            .send(UploadJob {
+                path: plan.file_path(node).unwrap_or_default(),
+                artifact: weights::artifact(bytes),
+                record,
+                permit: None,
+            })
+            .await
+            .map_err(|_| RunError::Interrupted)?;
+        executed += 1;
+    }
+    if spec.capture.is_none()
+        && let Some(c) = group_nodes(plan)[m].commit.filter(|c| !done.contains(c))
+    {
+        let _ = commits
+            .send(Committable {
+                record: records::record(plan, &plan.nodes[c], None),
                 regular: Vec::new(),
             })
             .await;

@@ -8,3 +8,4 @@ mod model;
 mod plan;
 mod run;
 mod spec;
+mod spectro;

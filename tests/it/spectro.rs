@@ -1,0 +1,213 @@
+//! Spectroscopy in a run: weight spectra of the bundled tiny models (checked against a direct
+//! SVD of the checkpoint's matrices, and the fused QKV split by hand), module patterns checked
+//! before anything runs, the metrics tables, and `report`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use hubsweep::exec::weights::{WeightNodeMetrics, read_node_file};
+use hubsweep::ledger::{LedgerState, Record};
+
+use crate::common::{TestContext, repo_root};
+use crate::run::{check_ledger, dataset, open_store, run_json, runtime, segment_records, stderr};
+
+/// The two bundled tiny models (one per family) with spectra and weight spectra; each family's
+/// patterns match only its own checkpoint.
+pub(crate) const WEIGHTS_SPEC: &str = r#"
+name: spectro
+output: local://hubsweep/spectro
+models:
+  - family: gpt_neox
+    repo: local://hubsweep/tiny-gpt-neox
+  - family: llama
+    repo: local://hubsweep/tiny-llama
+data:
+  texts:
+    - "The quick brown fox jumps over the lazy dog."
+    - "Checkpoints along training show representations forming."
+  seq_len: 16
+capture:
+  hooks: [hook_resid_post]
+  layers: all
+analyses:
+  - spectrum: {top_k: 64}
+weights:
+  modules: [attention.query_key_value, "mlp.*", "self_attn.*_proj", gpt_neox.embed_in]
+limits:
+  memory: 64MiB
+  artifact_bytes: 1MiB
+compute:
+  device: cpu
+"#;
+
+pub(crate) fn write_spec(ctx: &TestContext, name: &str, text: &str) -> PathBuf {
+    let path = ctx.child(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Reads a 2-D tensor of a fixture checkpoint as f64.
+fn fixture_matrix(model: &str, key: &str) -> (Vec<f64>, usize, usize) {
+    let bytes = std::fs::read(
+        repo_root()
+            .join("tests/fixtures")
+            .join(model)
+            .join("model.safetensors"),
+    )
+    .unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = tensors.tensor(key).unwrap();
+    let values: Vec<f64> = match view.dtype() {
+        safetensors::Dtype::F16 => view
+            .data()
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        safetensors::Dtype::BF16 => view
+            .data()
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        other => panic!("fixture dtype {other:?}"),
+    };
+    (values, view.shape()[0], view.shape()[1])
+}
+
+fn svd_values(values: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    let matrix = faer::Mat::from_fn(rows, cols, |i, j| values[i * cols + j]);
+    let mut sigma: Vec<f64> = matrix.singular_values().unwrap();
+    sigma.sort_by(|a, b| b.total_cmp(a));
+    sigma
+}
+
+fn assert_close(got: &[f64], expected: &[f64], what: &str) {
+    assert_eq!(got.len(), expected.len(), "{what}");
+    // faer's Jacobi-free SVD vs our f64 thin SVD: both backward stable, so singular values
+    // agree to a few ulps of σ₁; 1e-9 relative to σ₁ is the issue's acceptance bound.
+    let scale = expected[0].max(f64::MIN_POSITIVE);
+    for (g, e) in got.iter().zip(expected) {
+        assert!(
+            (g - e).abs() <= 1e-9 * scale,
+            "{what}: {g} vs {e} (σ₁ {scale})"
+        );
+    }
+}
+
+async fn weight_records(
+    client: &hubsweep::hub::HubClient,
+    repo: &hubsweep::hub::Repo,
+    records: &[Record],
+) -> BTreeMap<String, (Record, BTreeMap<String, Vec<f64>>)> {
+    let mut out = BTreeMap::new();
+    for record in records.iter().filter(|r| r.kind == "weight_spectrum") {
+        let file = &record.files[0];
+        assert!(file.path.starts_with("weights/"), "{}", file.path);
+        let bytes = client
+            .download_bytes(repo, "main", &file.path)
+            .await
+            .unwrap();
+        let values = read_node_file(&bytes).unwrap();
+        let module = record.params["module"].as_str().unwrap().to_owned();
+        let model = record.pins["commit"].as_str().unwrap().to_owned();
+        out.insert(format!("{model} {module}"), (record.clone(), values));
+    }
+    out
+}
+
+#[test]
+fn weight_spectra_in_a_run_match_a_direct_svd_of_each_matrix() {
+    let ctx = TestContext::new();
+    let spec = write_spec(&ctx, "spectro.yaml", WEIGHTS_SPEC);
+    let (output, report) = run_json(&ctx, &spec, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    runtime().block_on(async {
+        let (server, client) = open_store(&ctx.child("hubsweep-home")).await;
+        let repo = dataset("hubsweep/spectro");
+        let state = LedgerState::read(&client, &repo, "main").await.unwrap();
+        let records = segment_records(&client, &repo, &state).await;
+        check_ledger(&state, &records);
+        let weights = weight_records(&client, &repo, &records).await;
+        // 4 patterns × 2 models; patterns of the other family record no matrix.
+        assert_eq!(weights.len(), 8, "{report}");
+        let mut checked = 0;
+        for (record, values) in weights.values() {
+            let metrics: WeightNodeMetrics =
+                serde_json::from_value(record.metrics.clone().unwrap()).unwrap();
+            let model = if metrics
+                .matrices
+                .iter()
+                .any(|m| m.key.starts_with("gpt_neox"))
+            {
+                "gpt_neox_tiny"
+            } else {
+                "llama_tiny"
+            };
+            for matrix in &metrics.matrices {
+                let stored = &values[&matrix.tensor];
+                let (weight, rows, cols) = fixture_matrix(model, &matrix.key);
+                let (part_values, part_rows) = match matrix.part.as_deref() {
+                    None => (weight, rows),
+                    // GPT-NeoX's fused rows are [head][q|k|v][head_dim]: 4 heads of 16 here.
+                    Some(part) => {
+                        let offset = ["query", "key", "value"]
+                            .iter()
+                            .position(|p| *p == part)
+                            .unwrap();
+                        let (heads, head_dim) = (4, 16);
+                        let mut picked = Vec::new();
+                        for head in 0..heads {
+                            let first = (3 * head + offset) * head_dim;
+                            picked.extend_from_slice(
+                                &weight[first * cols..(first + head_dim) * cols],
+                            );
+                        }
+                        (picked, heads * head_dim)
+                    }
+                };
+                assert_eq!((matrix.rows, matrix.cols), (part_rows, cols));
+                let expected = svd_values(&part_values, part_rows, cols);
+                assert_close(stored, &expected, &matrix.tensor);
+                let stable_rank =
+                    expected.iter().map(|s| s * s).sum::<f64>() / (expected[0] * expected[0]);
+                assert!((matrix.metrics.stable_rank - stable_rank).abs() < 1e-9 * stable_rank);
+                checked += 1;
+            }
+        }
+        // GPT-NeoX: 3 layers × (qkv + 3 parts) + 2 layers × 2 mlp + embed_in;
+        // Llama: 3 layers × (3 mlp + 4 attention projections).
+        let neox_layers = 3;
+        let llama_layers = 3;
+        assert_eq!(
+            checked,
+            neox_layers * 6 + 1 + llama_layers * 7,
+            "{weights:?}"
+        );
+        server.shutdown().await;
+    });
+}
+
+#[test]
+fn a_module_pattern_matching_nothing_is_refused_before_anything_runs() {
+    let ctx = TestContext::new();
+    let text = WEIGHTS_SPEC.replace("attention.query_key_value,", "attention.query_key_valu,");
+    let spec = write_spec(&ctx, "typo.yaml", &text);
+    let (output, _) = run_json(&ctx, &spec, &[]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(err.contains("attention.query_key_valu"), "{err}");
+    assert!(
+        err.contains("did you mean `attention.query_key_value`"),
+        "{err}"
+    );
+    // The location: line 20 of the spec (the `modules:` list), and nothing was written.
+    assert!(err.contains("typo.yaml:20"), "{err}");
+    runtime().block_on(async {
+        let (server, client) = open_store(&ctx.child("hubsweep-home")).await;
+        let state = LedgerState::read(&client, &dataset("hubsweep/spectro"), "main").await;
+        assert!(
+            state.map(|s| s.records.is_empty()).unwrap_or(true),
+            "a refused run recorded nodes"
+        );
+        server.shutdown().await;
+    });
+}
