@@ -16,6 +16,7 @@ pub mod bundled;
 pub mod capture;
 pub mod pin;
 mod records;
+pub mod tables;
 pub mod weights;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -566,11 +567,16 @@ pub async fn run(
         let mut all: Vec<Record> = state.records.values().cloned().collect();
         all.extend(committer.written.iter().cloned());
         let index = ledger::compact(all.iter());
+        let mut files = vec![(ledger::INDEX_PATH.to_owned(), Bytes::from(index))];
+        // The flat metrics tables go in the same commit, derived from the same records.
+        let by_id: HashMap<String, &Record> = all.iter().map(|r| (r.id.clone(), r)).collect();
+        files.extend(
+            tables::tables(&plan, &by_id)
+                .into_iter()
+                .map(|(path, bytes)| (path, Bytes::from(bytes))),
+        );
         committer
-            .commit_files(
-                "hubsweep: ledger index",
-                vec![(ledger::INDEX_PATH.to_owned(), Bytes::from(index))],
-            )
+            .commit_files("hubsweep: ledger index and metrics tables", files)
             .await
             .map_err(hub_err)?;
         totals.commits += 1;

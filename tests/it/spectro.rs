@@ -11,8 +11,9 @@ use hubsweep::ledger::{LedgerState, Record};
 use crate::common::{TestContext, repo_root};
 use crate::run::{check_ledger, dataset, open_store, run_json, runtime, segment_records, stderr};
 
-/// The two bundled tiny models (one per family) with spectra and weight spectra; each family's
-/// patterns match only its own checkpoint.
+/// The two bundled tiny models (one per family, both 64 wide) with spectra, overlaps of the
+/// Llama's subspaces with the GPT-NeoX's, and weight spectra; each family's patterns match only
+/// its own checkpoint.
 pub(crate) const WEIGHTS_SPEC: &str = r#"
 name: spectro
 output: local://hubsweep/spectro
@@ -31,6 +32,7 @@ capture:
   layers: all
 analyses:
   - spectrum: {top_k: 64}
+  - overlap: {between: model, base: "local://hubsweep/tiny-gpt-neox", k: [4, 8]}
 weights:
   modules: [attention.query_key_value, "mlp.*", "self_attn.*_proj", gpt_neox.embed_in]
 limits:
@@ -115,7 +117,7 @@ async fn weight_records(
 }
 
 #[test]
-fn weight_spectra_in_a_run_match_a_direct_svd_of_each_matrix() {
+fn weight_spectra_match_a_direct_svd_and_metrics_tables_match_the_ledger() {
     let ctx = TestContext::new();
     let spec = write_spec(&ctx, "spectro.yaml", WEIGHTS_SPEC);
     let (output, report) = run_json(&ctx, &spec, &[]);
@@ -173,6 +175,7 @@ fn weight_spectra_in_a_run_match_a_direct_svd_of_each_matrix() {
                 checked += 1;
             }
         }
+        metrics_tables_agree_with_the_ledger(&client, &repo, &records).await;
         // GPT-NeoX: 3 layers × (qkv + 3 parts) + 2 layers × 2 mlp + embed_in;
         // Llama: 3 layers × (3 mlp + 4 attention projections).
         let neox_layers = 3;
@@ -199,8 +202,8 @@ fn a_module_pattern_matching_nothing_is_refused_before_anything_runs() {
         err.contains("did you mean `attention.query_key_value`"),
         "{err}"
     );
-    // The location: line 20 of the spec (the `modules:` list), and nothing was written.
-    assert!(err.contains("typo.yaml:20"), "{err}");
+    // The location: line 21 of the spec (the `modules:` list), and nothing was written.
+    assert!(err.contains("typo.yaml:21"), "{err}");
     runtime().block_on(async {
         let (server, client) = open_store(&ctx.child("hubsweep-home")).await;
         let state = LedgerState::read(&client, &dataset("hubsweep/spectro"), "main").await;
@@ -210,4 +213,90 @@ fn a_module_pattern_matching_nothing_is_refused_before_anything_runs() {
         );
         server.shutdown().await;
     });
+}
+
+fn parse_jsonl(bytes: &[u8]) -> Vec<serde_json::Value> {
+    std::str::from_utf8(bytes)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// `metrics/*.jsonl` exist, parse, and hold exactly the ledger's numbers.
+async fn metrics_tables_agree_with_the_ledger(
+    client: &hubsweep::hub::HubClient,
+    repo: &hubsweep::hub::Repo,
+    records: &[Record],
+) {
+    let table = |path: &'static str| async move {
+        parse_jsonl(&client.download_bytes(repo, "main", path).await.unwrap())
+    };
+    let by_id: BTreeMap<&str, &Record> = records.iter().map(|r| (r.id.as_str(), r)).collect();
+
+    let spectra = table("metrics/spectra.jsonl").await;
+    let spectrum_records = records.iter().filter(|r| r.kind == "spectrum").count();
+    // 2 models × 3 layers of hook_resid_post, raw and centred.
+    assert_eq!(spectrum_records, 6);
+    assert_eq!(spectra.len(), 2 * spectrum_records);
+    for row in &spectra {
+        let record = by_id[row["node"].as_str().unwrap()];
+        let centring = row["centring"].as_str().unwrap();
+        let metrics = &record.metrics.as_ref().unwrap()[centring];
+        for field in [
+            "stable_rank",
+            "effective_rank",
+            "k90",
+            "k99",
+            "spectral_norm",
+        ] {
+            assert_eq!(row[field], metrics[field], "{field} of {row}");
+        }
+        assert_eq!(row["hook"], "hook_resid_post");
+        assert_eq!(row["layer"], record.params["layer"]);
+        assert_eq!(row["file"].as_str(), Some(record.files[0].path.as_str()));
+    }
+
+    let overlaps = table("metrics/overlaps.jsonl").await;
+    let overlap_records: Vec<&Record> = records.iter().filter(|r| r.kind == "overlap").collect();
+    assert_eq!(overlap_records.len(), 3, "llama vs gpt-neox at 3 layers");
+    assert_eq!(overlaps.len(), 2 * overlap_records.len(), "k = 4 and 8");
+    for row in &overlaps {
+        let record = by_id[row["node"].as_str().unwrap()];
+        let values = record.metrics.as_ref().unwrap()["overlaps"]
+            .as_array()
+            .unwrap();
+        let value = values.iter().find(|v| v["k"] == row["k"]).unwrap();
+        assert_eq!(row["gamma"], value["gamma"]);
+        assert_eq!(row["ratio"], value["ratio"]);
+        assert_eq!(row["base_model"], "local://hubsweep/tiny-gpt-neox");
+        assert_eq!(row["model"], "local://hubsweep/tiny-llama");
+        let baseline = row["k"].as_f64().unwrap() / 64.0;
+        assert!((row["baseline"].as_f64().unwrap() - baseline).abs() < 1e-15);
+    }
+
+    let weights = table("metrics/weights.jsonl").await;
+    let matrices: usize = records
+        .iter()
+        .filter(|r| r.kind == "weight_spectrum")
+        .map(|r| {
+            r.metrics.as_ref().unwrap()["matrices"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(weights.len(), matrices);
+    for row in &weights {
+        let record = by_id[row["node"].as_str().unwrap()];
+        let matrix = record.metrics.as_ref().unwrap()["matrices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["tensor"] == row["tensor"])
+            .unwrap();
+        assert_eq!(row["stable_rank"], matrix["metrics"]["stable_rank"]);
+        assert_eq!(row["k99"], matrix["metrics"]["k99"]);
+        assert_eq!(row["rows"], matrix["rows"]);
+    }
 }
