@@ -21,6 +21,7 @@
 //! | [`sink`] | in-memory safetensors serialization with sha256, upload pipeline, commit batching |
 //! | [`hub`] | Hub HTTP client, downloads through hf-hub, and the embedded Hub-compatible server |
 //! | [`ledger`] | manifest, per-node records, segments and the compacted index on the Hub |
+//! | [`report`] | the metrics tables drawn as a self-contained HTML page (inline SVG), CSV, JSON |
 #![deny(missing_docs)]
 
 pub mod analysis;
@@ -30,5 +31,6 @@ pub mod hub;
 pub mod ledger;
 pub mod model;
 pub mod plan;
+pub mod report;
 pub mod sink;
 pub mod spec;
