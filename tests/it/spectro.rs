@@ -176,6 +176,9 @@ fn weight_spectra_match_a_direct_svd_and_metrics_tables_match_the_ledger() {
             }
         }
         metrics_tables_agree_with_the_ledger(&client, &repo, &records).await;
+        server.shutdown().await;
+        report_draws_the_run(&ctx);
+        let (server, _) = open_store(&ctx.child("hubsweep-home")).await;
         // GPT-NeoX: 3 layers × (qkv + 3 parts) + 2 layers × 2 mlp + embed_in;
         // Llama: 3 layers × (3 mlp + 4 attention projections).
         let neox_layers = 3;
@@ -299,4 +302,78 @@ async fn metrics_tables_agree_with_the_ledger(
         assert_eq!(row["k99"], matrix["metrics"]["k99"]);
         assert_eq!(row["rows"], matrix["rows"]);
     }
+}
+
+/// `hubsweep report` of the run: the page's plots hold one line per series, with axis labels;
+/// CSV and JSON hold the tables' rows.
+fn report_draws_the_run(ctx: &TestContext) {
+    let out = ctx.child("report.html");
+    let output = crate::run::hubsweep(ctx)
+        .args(["report", "local://hubsweep/spectro", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let html = std::fs::read_to_string(&out).unwrap();
+    let figure = |id: &str| {
+        let start = html
+            .find(&format!("<figure id=\"{id}\">"))
+            .unwrap_or_else(|| panic!("no {id} plot"));
+        let end = start + html[start..].find("</figure>").unwrap();
+        html[start..end].to_owned()
+    };
+    // Stable and effective rank: one line per model (one hook); overlap: one per k; the middle
+    // layer's spectrum: one per model.
+    for (id, lines, y_label) in [
+        ("stable-rank", 2, "stable rank"),
+        ("effective-rank", 2, "effective rank"),
+        ("overlap", 2, "γ (baseline k/d)"),
+        ("spectrum", 2, "σ (log scale)"),
+    ] {
+        let svg = figure(id);
+        assert_eq!(svg.matches("<polyline").count(), lines, "{id}: {svg}");
+        assert!(svg.contains(&format!(">{y_label}</text>")), "{id} y label");
+        assert!(
+            svg.contains(">layer</text>") || id == "spectrum",
+            "{id} x label"
+        );
+    }
+    assert!(
+        !html.contains("<script") && !html.contains("src=\"http"),
+        "self-contained"
+    );
+    assert_eq!(html.matches("<tr>").count() - 3, 12 + 6 + 40, "table rows");
+
+    let csv = crate::run::hubsweep(ctx)
+        .args([
+            "report",
+            "local://hubsweep/spectro",
+            "--format",
+            "csv",
+            "--out",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(csv.status.code(), Some(0), "{}", stderr(&csv));
+    let csv = String::from_utf8(csv.stdout).unwrap();
+    assert_eq!(
+        csv.lines()
+            .filter(|l| l.contains("hook_resid_post"))
+            .count(),
+        12 + 6
+    );
+    let json = crate::run::hubsweep(ctx)
+        .args([
+            "report",
+            "local://hubsweep/spectro@main",
+            "--format",
+            "json",
+            "--out",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["weights"].as_array().unwrap().len(), 40);
 }
