@@ -23,6 +23,7 @@
 //! | [`slurm`] | work units submitted to a Slurm cluster as a job array, tracked and resubmitted |
 //! | [`ledger`] | manifest, per-node records, segments and the compacted index on the Hub; `verify` |
 //! | [`fuzzing`] | fuzz target bodies for the hostile-input parsers (run by `fuzz/` and the tests) |
+//! | [`report`] | the metrics tables drawn as a self-contained HTML page (inline SVG), CSV, JSON |
 #![deny(missing_docs)]
 
 pub mod analysis;
@@ -33,6 +34,7 @@ pub mod hub;
 pub mod ledger;
 pub mod model;
 pub mod plan;
+pub mod report;
 pub mod sink;
 pub mod slurm;
 pub mod spec;

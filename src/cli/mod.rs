@@ -6,10 +6,11 @@
 mod capture;
 mod hub;
 mod inspect;
+mod report;
 mod run;
 mod spec;
-mod worker;
 mod verify;
+mod worker;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -49,6 +50,8 @@ enum Command {
     Capture(capture::CaptureArgs),
     /// Show a model's dimensions, dtype and hook names.
     Inspect(inspect::InspectArgs),
+    /// Draw an output repo's metrics: HTML with plots, or CSV / JSON.
+    Report(report::ReportArgs),
     /// Run a sweep: capture, analyse, stream to the Hub, record the ledger; resumes by default.
     Run(run::RunArgs),
     /// Show a sweep's progress against its ledger: done, pending and failed per model.
@@ -176,6 +179,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => spec::validate(args, &env),
         Command::Plan(args) => spec::plan(args, &env),
         Command::Run(args) => run::run(args, &env),
+        Command::Report(args) => report::run(args, &env),
         Command::Status(args) => run::status(args, &env),
         Command::Worker(args) => worker::worker(args, &env),
         Command::Hub(args) => hub::run(args),

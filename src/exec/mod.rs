@@ -16,7 +16,9 @@ pub mod bundled;
 pub mod capture;
 pub mod pin;
 mod records;
+pub mod tables;
 pub mod unit;
+pub mod weights;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -272,6 +274,13 @@ pub async fn pin_and_plan(
             pinned.push((instance, model));
         }
     }
+    // Module patterns are checked against the checkpoints' keys now, before anything runs.
+    let module_errors = weights::check_modules(spec, &pinned)?;
+    if !module_errors.is_empty() {
+        return Err(RunError::Plan {
+            diagnostics: module_errors,
+        });
+    }
     let lookup = pin::PinnedLookup { models: &pinned };
     let options = PlanOptions {
         lookup: &lookup,
@@ -403,14 +412,6 @@ pub async fn run_units(
         done: done.len(),
         pending_bytes,
     });
-    if plan
-        .nodes
-        .iter()
-        .enumerate()
-        .any(|(i, n)| n.kind == NodeKind::WeightSpectrum && !done.contains(&i))
-    {
-        return Err(RunError::Unsupported("`weights` (weight spectroscopy) cannot be run by this version yet; remove the `weights` section".into()));
-    }
     report.sink.head = state.head.clone();
     if settings.dry_run || done.len() == plan.nodes.len() || selection.all_done(&plan, &done) {
         return Ok(report);
@@ -479,6 +480,21 @@ pub async fn run_units(
         if cancel.is_cancelled() {
             report.interrupted = true;
             break;
+        }
+        let outcome = run_weight_nodes(spec, &plan, m, &pinned, &done, &upload_tx, &commit_tx)
+            .await
+            .map(|executed| report.executed += executed);
+        if let Err(error) = outcome {
+            let message = crate::hub::client::error_chain(&error);
+            events(&RunEvent::ModelFailed {
+                label: label.clone(),
+                error: message.clone(),
+            });
+            report.failed.push((label.clone(), message));
+            if settings.failure == FailurePolicy::FailFast {
+                break;
+            }
+            continue;
         }
         let outcome = run_model(
             spec,
@@ -579,11 +595,16 @@ pub async fn run_units(
         let mut all: Vec<Record> = state.records.values().cloned().collect();
         all.extend(committer.written.iter().cloned());
         let index = ledger::compact(all.iter());
+        let mut files = vec![(ledger::INDEX_PATH.to_owned(), Bytes::from(index))];
+        // The flat metrics tables go in the same commit, derived from the same records.
+        let by_id: HashMap<String, &Record> = all.iter().map(|r| (r.id.clone(), r)).collect();
+        files.extend(
+            tables::tables(&plan, &by_id)
+                .into_iter()
+                .map(|(path, bytes)| (path, Bytes::from(bytes))),
+        );
         committer
-            .commit_files(
-                "hubsweep: ledger index",
-                vec![(ledger::INDEX_PATH.to_owned(), Bytes::from(index))],
-            )
+            .commit_files("hubsweep: ledger index and metrics tables", files)
             .await
             .map_err(hub_err)?;
         totals.commits += 1;
@@ -911,6 +932,62 @@ async fn run_overlaps(
         let _ = commits
             .send(Committable {
                 record,
+                regular: Vec::new(),
+            })
+            .await;
+        executed += 1;
+    }
+    Ok(executed)
+}
+
+/// Weight-spectrum nodes of model `m` (see [`weights`]); for a spec without `capture`, also the
+/// model's ledger record, which `run_model` writes otherwise.
+async fn run_weight_nodes(
+    spec: &SweepSpec,
+    plan: &Plan,
+    m: usize,
+    pinned: &[(crate::spec::ModelInstance, PinnedModel)],
+    done: &HashSet<usize>,
+    uploads: &mpsc::Sender<UploadJob>,
+    commits: &mpsc::Sender<Committable>,
+) -> Result<usize, RunError> {
+    let mut executed = 0;
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let Params::WeightSpectrum { model, .. } = node.params else {
+            continue;
+        };
+        if model as usize != m || done.contains(&i) {
+            continue;
+        }
+        let Some(job) = weights::WeightJob::of(plan, node, pinned) else {
+            continue;
+        };
+        let started = Instant::now();
+        let (metrics, bytes) = tokio::task::spawn_blocking(move || weights::compute_node(&job))
+            .await
+            .map_err(|e| RunError::Capture {
+                label: plan.label(node),
+                reason: e.to_string(),
+            })??;
+        let mut record = records::record(plan, node, Some(started));
+        record.metrics = serde_json::to_value(&metrics).ok();
+        uploads
+            .send(UploadJob {
+                path: plan.file_path(node).unwrap_or_default(),
+                artifact: weights::artifact(bytes),
+                record,
+                permit: None,
+            })
+            .await
+            .map_err(|_| RunError::Interrupted)?;
+        executed += 1;
+    }
+    if spec.capture.is_none()
+        && let Some(c) = group_nodes(plan)[m].commit.filter(|c| !done.contains(c))
+    {
+        let _ = commits
+            .send(Committable {
+                record: records::record(plan, &plan.nodes[c], None),
                 regular: Vec::new(),
             })
             .await;

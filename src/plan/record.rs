@@ -160,6 +160,24 @@ impl Plan {
                     None => format!("{base}/final-{short}.safetensors"),
                 })
             }
+            Params::WeightSpectrum {
+                model,
+                module,
+                delta_from,
+            } => {
+                let m = &self.models[*model as usize];
+                // `*` is legal in Hub paths but awkward in shells and URLs.
+                let module = module.replace('*', "_");
+                let delta = match delta_from {
+                    Some(b) => format!("-delta-{}", self.revision(*b)),
+                    None => String::new(),
+                };
+                let short = &id.to_hex()[..12];
+                Some(format!(
+                    "weights/{}/{}/{module}{delta}-{short}.safetensors",
+                    m.slug, m.instance.revision
+                ))
+            }
             _ => None,
         }
     }

@@ -9,4 +9,5 @@ mod plan;
 mod run;
 mod slurm;
 mod spec;
+mod spectro;
 mod verify;

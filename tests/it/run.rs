@@ -18,7 +18,7 @@ fn bin() -> PathBuf {
 
 /// The binary with an isolated environment (as `TestContext::command`, but std's `Command`,
 /// which can be spawned and killed).
-fn hubsweep(ctx: &TestContext) -> StdCommand {
+pub(crate) fn hubsweep(ctx: &TestContext) -> StdCommand {
     let mut cmd = StdCommand::new(bin());
     cmd.current_dir(ctx.path())
         .env_clear()
@@ -30,7 +30,11 @@ fn hubsweep(ctx: &TestContext) -> StdCommand {
     cmd
 }
 
-fn run_json(ctx: &TestContext, spec: &Path, extra: &[(&str, &str)]) -> (Output, serde_json::Value) {
+pub(crate) fn run_json(
+    ctx: &TestContext,
+    spec: &Path,
+    extra: &[(&str, &str)],
+) -> (Output, serde_json::Value) {
     let mut cmd = hubsweep(ctx);
     cmd.args(["run", "--format", "json"]).arg(spec);
     for (k, v) in extra {
@@ -41,11 +45,11 @@ fn run_json(ctx: &TestContext, spec: &Path, extra: &[(&str, &str)]) -> (Output, 
     (output, json)
 }
 
-fn stderr(output: &Output) -> String {
+pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -53,7 +57,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Opens the store a run wrote (its process has exited) with an in-process server.
-async fn open_store(home: &Path) -> (ServerHandle, HubClient) {
+pub(crate) async fn open_store(home: &Path) -> (ServerHandle, HubClient) {
     let mut config = ServerConfig::new(home.join("hub"));
     config.addr = "127.0.0.1:0".parse().unwrap();
     let server = Server::start(config).await.expect("open the store");
@@ -64,14 +68,14 @@ async fn open_store(home: &Path) -> (ServerHandle, HubClient) {
     (server, client)
 }
 
-fn dataset(id: &str) -> Repo {
+pub(crate) fn dataset(id: &str) -> Repo {
     let (ns, name) = id.split_once('/').unwrap();
     Repo::dataset(RepoId::new(ns, name).unwrap())
 }
 
 /// Checks what every ledger must satisfy: each successful record's files are in the repo with
 /// the recorded sha256 and size, node ids recompute, no id is recorded twice, the DAG is closed.
-fn check_ledger(state: &LedgerState, records: &[Record]) {
+pub(crate) fn check_ledger(state: &LedgerState, records: &[Record]) {
     let mut seen = HashSet::new();
     for record in records.iter().filter(|r| r.error.is_none()) {
         assert!(
@@ -109,7 +113,11 @@ fn check_ledger(state: &LedgerState, records: &[Record]) {
 }
 
 /// Every record of the repo's segments, in order (duplicates kept, to detect them).
-async fn segment_records(client: &HubClient, repo: &Repo, state: &LedgerState) -> Vec<Record> {
+pub(crate) async fn segment_records(
+    client: &HubClient,
+    repo: &Repo,
+    state: &LedgerState,
+) -> Vec<Record> {
     let mut all = Vec::new();
     for path in &state.segments {
         let bytes = client.download_bytes(repo, "main", path).await.unwrap();

@@ -1,0 +1,404 @@
+//! Reports: the metrics tables of an output repo drawn as one self-contained HTML page (inline
+//! SVG, no script, no network asset), or the numbers as CSV or JSON. Pure string building; the
+//! CLI fetches the tables and files.
+
+mod svg;
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::exec::tables::{OverlapRow, SpectrumRow, WeightRow};
+
+pub use svg::{Plot, Series};
+
+/// What a report draws.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReportData {
+    /// The repo as written (`local://ns/name@rev`).
+    pub repo: String,
+    /// Base URL of the repo's files, for links (`…/resolve/REV/`); empty for no links.
+    pub file_base: String,
+    /// Rows of `metrics/spectra.jsonl`.
+    pub spectra: Vec<SpectrumRow>,
+    /// Rows of `metrics/overlaps.jsonl`.
+    pub overlaps: Vec<OverlapRow>,
+    /// Rows of `metrics/weights.jsonl`.
+    pub weights: Vec<WeightRow>,
+    /// The chosen layer.
+    pub layer: Option<u32>,
+    /// Singular values of the chosen layer's spectra: label and values (non-increasing).
+    pub layer_spectra: Vec<(String, Vec<f64>)>,
+}
+
+/// Why rows could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// A table line is not a row of the documented schema.
+    #[error("`{path}` line {line} is not a valid row")]
+    Row {
+        /// Table path.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Parses a JSONL table.
+pub fn parse_rows<T: serde::de::DeserializeOwned>(
+    path: &str,
+    bytes: &[u8],
+) -> Result<Vec<T>, ReportError> {
+    let text = String::from_utf8_lossy(bytes);
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line).map_err(|source| ReportError::Row {
+                path: path.to_owned(),
+                line: i + 1,
+                source,
+            })
+        })
+        .collect()
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// One line per (model, revision, hook) of the centred spectra, `metric` against layer.
+fn metric_plot(data: &ReportData, title: &str, metric: fn(&SpectrumRow) -> f64) -> Plot {
+    let mut series: Vec<Series> = Vec::new();
+    for row in data
+        .spectra
+        .iter()
+        .filter(|r| r.centring == "centred" && r.layer.is_some())
+    {
+        let label = format!("{}@{} {}", row.model, row.revision, row.hook);
+        let point = (f64::from(row.layer.unwrap_or(0)), metric(row));
+        match series.iter_mut().find(|s| s.label == label) {
+            Some(s) => s.points.push(point),
+            None => series.push(Series {
+                label,
+                points: vec![point],
+            }),
+        }
+    }
+    Plot {
+        title: title.to_owned(),
+        x_label: "layer".to_owned(),
+        y_label: title.to_owned(),
+        log_y: false,
+        series,
+    }
+}
+
+fn overlap_plot(data: &ReportData) -> Plot {
+    let mut series: Vec<Series> = Vec::new();
+    for row in data.overlaps.iter().filter(|r| r.layer.is_some()) {
+        let label = format!(
+            "{}@{} vs {}@{} {} k={}",
+            row.model, row.revision, row.base_model, row.base_revision, row.hook, row.k
+        );
+        let point = (f64::from(row.layer.unwrap_or(0)), row.gamma);
+        match series.iter_mut().find(|s| s.label == label) {
+            Some(s) => s.points.push(point),
+            None => series.push(Series {
+                label,
+                points: vec![point],
+            }),
+        }
+    }
+    Plot {
+        title: "subspace overlap γ".to_owned(),
+        x_label: "layer".to_owned(),
+        y_label: "γ (baseline k/d)".to_owned(),
+        log_y: false,
+        series,
+    }
+}
+
+fn spectrum_plot(data: &ReportData) -> Plot {
+    Plot {
+        title: format!(
+            "singular values at layer {}",
+            data.layer.map_or("–".to_owned(), |l| l.to_string())
+        ),
+        x_label: "index".to_owned(),
+        y_label: "σ (log scale)".to_owned(),
+        log_y: true,
+        series: data
+            .layer_spectra
+            .iter()
+            .map(|(label, values)| Series {
+                label: label.clone(),
+                points: values
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| **v > 0.0)
+                    .map(|(i, v)| (i as f64 + 1.0, *v))
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// The HTML page: plots of stable and effective rank against layer, overlap against layer, the
+/// chosen layer's spectrum on a log scale, and the tables with links to the files.
+pub fn render_html(data: &ReportData) -> String {
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>hubsweep report: {repo}</title><style>\
+         body{{font-family:sans-serif;margin:16px;color:#222}}\
+         figure{{margin:8px 0}} table{{border-collapse:collapse;font-size:12px}}\
+         td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}\
+         th{{background:#eee}} td.l{{text-align:left}}\
+         </style></head><body>\n<h1>hubsweep report</h1><p>{repo}</p>\n",
+        repo = escape(&data.repo)
+    );
+    let plots = [
+        (
+            "stable-rank",
+            metric_plot(data, "stable rank", |r| r.metrics.stable_rank),
+        ),
+        (
+            "effective-rank",
+            metric_plot(data, "effective rank", |r| r.metrics.effective_rank),
+        ),
+        ("overlap", overlap_plot(data)),
+        ("spectrum", spectrum_plot(data)),
+    ];
+    for (id, plot) in &plots {
+        if plot.series.is_empty() {
+            continue;
+        }
+        let _ = write!(
+            html,
+            "<figure id=\"{id}\">{}</figure>\n",
+            svg::render(plot, 1100, 360)
+        );
+    }
+    let link = |file: &Option<String>| match file {
+        Some(f) if !data.file_base.is_empty() => format!(
+            "<a href=\"{}{}\">{}</a>",
+            escape(&data.file_base),
+            escape(f),
+            escape(f.rsplit('/').next().unwrap_or(f))
+        ),
+        Some(f) => escape(f),
+        None => String::new(),
+    };
+    if !data.spectra.is_empty() {
+        html.push_str("<h2>spectra</h2><table id=\"spectra\"><tr><th>model</th><th>revision</th><th>hook</th><th>layer</th><th>centring</th><th>stable rank</th><th>effective rank</th><th>k90</th><th>k99</th><th>file</th></tr>\n");
+        for r in &data.spectra {
+            let _ = writeln!(
+                html,
+                "<tr><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td>{}</td><td class=l>{}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td><td>{}</td><td class=l>{}</td></tr>",
+                escape(&r.model),
+                escape(&r.revision),
+                escape(&r.hook),
+                r.layer.map_or("final".into(), |l| l.to_string()),
+                r.centring,
+                r.metrics.stable_rank,
+                r.metrics.effective_rank,
+                r.metrics.k90,
+                r.metrics.k99,
+                link(&r.file)
+            );
+        }
+        html.push_str("</table>\n");
+    }
+    if !data.overlaps.is_empty() {
+        html.push_str("<h2>overlaps</h2><table id=\"overlaps\"><tr><th>model</th><th>base</th><th>hook</th><th>layer</th><th>k</th><th>γ</th><th>baseline</th><th>ratio</th></tr>\n");
+        for r in &data.overlaps {
+            let _ = writeln!(
+                html,
+                "<tr><td class=l>{}@{}</td><td class=l>{}@{}</td><td class=l>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.2}</td></tr>",
+                escape(&r.model),
+                escape(&r.revision),
+                escape(&r.base_model),
+                escape(&r.base_revision),
+                escape(&r.hook),
+                r.layer.map_or("final".into(), |l| l.to_string()),
+                r.k,
+                r.gamma,
+                r.baseline,
+                r.ratio
+            );
+        }
+        html.push_str("</table>\n");
+    }
+    if !data.weights.is_empty() {
+        html.push_str("<h2>weights</h2><table id=\"weights\"><tr><th>model</th><th>revision</th><th>delta from</th><th>key</th><th>part</th><th>shape</th><th>stable rank</th><th>effective rank</th><th>k90</th><th>k99</th><th>file</th></tr>\n");
+        for r in &data.weights {
+            let _ = writeln!(
+                html,
+                "<tr><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td>{}×{}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td><td>{}</td><td class=l>{}</td></tr>",
+                escape(&r.model),
+                escape(&r.revision),
+                escape(r.delta_from.as_deref().unwrap_or("")),
+                escape(&r.key),
+                escape(r.part.as_deref().unwrap_or("")),
+                r.rows,
+                r.cols,
+                r.metrics.stable_rank,
+                r.metrics.effective_rank,
+                r.metrics.k90,
+                r.metrics.k99,
+                link(&r.file)
+            );
+        }
+        html.push_str("</table>\n");
+    }
+    html.push_str("</body></html>\n");
+    html
+}
+
+/// The spectra, overlaps and weights rows as JSON.
+pub fn render_json(data: &ReportData) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({
+        "repo": data.repo,
+        "spectra": data.spectra,
+        "overlaps": data.overlaps,
+        "weights": data.weights,
+    }))
+    .unwrap_or_default()
+}
+
+/// The spectra rows as CSV (the table the plots draw), then the overlaps and weights, each
+/// section headed by a `# table` line.
+pub fn render_csv(data: &ReportData) -> String {
+    let mut out = String::from(
+        "# spectra\nmodel,revision,hook,layer,centring,rows,width,stable_rank,effective_rank,participation_ratio,k90,k99,spectral_norm,file\n",
+    );
+    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let layer = |l: Option<u32>| l.map_or(String::new(), |l| l.to_string());
+    for r in &data.spectra {
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            q(&r.model),
+            q(&r.revision),
+            q(&r.hook),
+            layer(r.layer),
+            r.centring,
+            r.rows,
+            r.width,
+            r.metrics.stable_rank,
+            r.metrics.effective_rank,
+            r.metrics.participation_ratio,
+            r.metrics.k90,
+            r.metrics.k99,
+            r.metrics.spectral_norm,
+            q(r.file.as_deref().unwrap_or(""))
+        );
+    }
+    out.push_str(
+        "# overlaps\nmodel,revision,base_model,base_revision,hook,layer,k,gamma,baseline,ratio\n",
+    );
+    for r in &data.overlaps {
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{},{},{},{}",
+            q(&r.model),
+            q(&r.revision),
+            q(&r.base_model),
+            q(&r.base_revision),
+            q(&r.hook),
+            layer(r.layer),
+            r.k,
+            r.gamma,
+            r.baseline,
+            r.ratio
+        );
+    }
+    out.push_str("# weights\nmodel,revision,delta_from,key,part,rows,cols,stable_rank,effective_rank,k90,k99,spectral_norm\n");
+    for r in &data.weights {
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{},{},{},{},{},{}",
+            q(&r.model),
+            q(&r.revision),
+            q(r.delta_from.as_deref().unwrap_or("")),
+            q(&r.key),
+            q(r.part.as_deref().unwrap_or("")),
+            r.rows,
+            r.cols,
+            r.metrics.stable_rank,
+            r.metrics.effective_rank,
+            r.metrics.k90,
+            r.metrics.k99,
+            r.metrics.spectral_norm
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::tables::ScalarMetrics;
+
+    fn row(model: &str, layer: u32, stable_rank: f64) -> SpectrumRow {
+        SpectrumRow {
+            model: model.into(),
+            revision: "main".into(),
+            hook: "hook_resid_post".into(),
+            layer: Some(layer),
+            centring: "centred".into(),
+            rows: 10,
+            width: 4,
+            metrics: ScalarMetrics {
+                count: 4,
+                frobenius_norm_sq: 1.0,
+                spectral_norm: 1.0,
+                stable_rank,
+                effective_rank: stable_rank + 0.5,
+                participation_ratio: 1.0,
+                k90: 2,
+                k99: 3,
+            },
+            node: "ab".into(),
+            file: Some("spectra/x/layer000.safetensors".into()),
+        }
+    }
+
+    #[test]
+    fn the_page_draws_one_line_per_model_in_each_rank_plot() {
+        let data = ReportData {
+            repo: "local://ns/<name>".into(),
+            file_base: "http://hub/ns/name/resolve/main/".into(),
+            spectra: vec![
+                row("a", 0, 1.5),
+                row("a", 1, 2.5),
+                row("b", 0, 3.0),
+                row("b", 1, 1.0),
+            ],
+            layer: Some(1),
+            layer_spectra: vec![("a".into(), vec![10.0, 1.0, 0.1, 0.0])],
+            ..ReportData::default()
+        };
+        let html = render_html(&data);
+        // Two rank plots × two models, plus the spectrum's one line.
+        assert_eq!(html.matches("<polyline").count(), 5);
+        assert!(html.contains("local://ns/&lt;name&gt;"), "text is escaped");
+        assert!(html.contains(">stable rank</text>"));
+        assert!(
+            html.contains(
+                "href=\"http://hub/ns/name/resolve/main/spectra/x/layer000.safetensors\""
+            )
+        );
+        assert!(!html.contains("http-equiv") && !html.contains("<script"));
+        let csv = render_csv(&data);
+        assert_eq!(csv.lines().filter(|l| l.starts_with("\"a\"")).count(), 2);
+    }
+}
