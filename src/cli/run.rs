@@ -171,57 +171,100 @@ pub(super) fn device_of(spec: &SweepSpec) -> hubsweep::model::DeviceSpec {
     }
 }
 
-/// Prints progress: one line per notable event (a terminal gets the same lines; they are few).
+/// Prints progress: one line per notable event, and on a terminal (and without `NO_COLOR`
+/// forcing plain output) a bar of artifact bytes uploaded, with throughput and ETA.
 pub(super) fn progress_printer() -> RunEvents {
+    use std::io::IsTerminal as _;
     let tokens = Arc::new(Mutex::new(0usize));
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::hidden();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {bytes}/{total_bytes} uploaded ({bytes_per_sec}, ETA {eta}) {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    // Lines go above the bar (through it) on a terminal, straight to stderr otherwise.
+    let say = {
+        let bar = bar.clone();
+        move |line: String| match &bar {
+            Some(bar) if !bar.is_hidden() => bar.println(line),
+            _ => eprintln!("{line}"),
+        }
+    };
     Arc::new(move |event: &RunEvent| match event {
+        RunEvent::Planned { pending_bytes, .. } if bar.is_some() => {
+            if let Some(bar) = &bar {
+                bar.set_length(*pending_bytes);
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
+            say(describe(event).unwrap_or_default());
+        }
+        RunEvent::Sink(SinkEvent::Uploaded { bytes, .. }) => {
+            if let Some(bar) = &bar {
+                bar.inc(*bytes);
+            }
+        }
+        RunEvent::ShardDone { tokens: t, .. } => {
+            if let Ok(mut total) = tokens.lock() {
+                *total += t;
+                if let Some(bar) = &bar {
+                    bar.set_message(format!("{total} tokens captured"));
+                }
+            }
+        }
+        other => {
+            if let Some(line) = describe(other) {
+                say(line);
+            }
+        }
+    })
+}
+
+/// The log line of an event, if it gets one.
+fn describe(event: &RunEvent) -> Option<String> {
+    let short = |text: &str, n: usize| text[..text.len().min(n)].to_owned();
+    Some(match event {
         RunEvent::Pinned {
             label,
             commit,
             windows,
         } => {
-            eprintln!(
+            format!(
                 "pinned   {label} → {} ({windows} windows)",
-                &commit[..commit.len().min(19)]
-            );
+                short(commit, 19)
+            )
         }
         RunEvent::Planned {
             nodes,
             done,
             pending_bytes,
-        } => {
-            eprintln!(
-                "plan     {nodes} nodes, {done} already in the ledger, {} of artifacts to make",
-                format_bytes(*pending_bytes)
-            );
-        }
-        RunEvent::ModelStarted { label, shards } => {
-            eprintln!("capture  {label}: {shards} shard(s)")
-        }
-        RunEvent::ShardDone { tokens: t, .. } => {
-            if let Ok(mut total) = tokens.lock() {
-                *total += t;
-            }
-        }
-        RunEvent::ModelSkipped { label } => eprintln!("skip     {label}: already in the ledger"),
-        RunEvent::ModelFailed { label, error } => eprintln!("FAILED   {label}: {error}"),
+        } => format!(
+            "plan     {nodes} nodes, {done} already in the ledger, {} of artifacts to make",
+            format_bytes(*pending_bytes)
+        ),
+        RunEvent::ModelStarted { label, shards } => format!("capture  {label}: {shards} shard(s)"),
+        RunEvent::ModelSkipped { label } => format!("skip     {label}: already in the ledger"),
+        RunEvent::ModelFailed { label, error } => format!("FAILED   {label}: {error}"),
         RunEvent::Sink(SinkEvent::Committed {
             commit,
             files,
             records,
         }) => {
-            eprintln!(
+            format!(
                 "commit   {} ({files} files, {records} records)",
-                &commit[..commit.len().min(12)]
-            );
+                short(commit, 12)
+            )
         }
         RunEvent::Sink(SinkEvent::Throttled { wait }) => {
-            eprintln!("waiting  {}s for the commit rate limit", wait.as_secs());
+            format!("waiting  {}s for the commit rate limit", wait.as_secs())
         }
         RunEvent::Sink(SinkEvent::UploadFailed { path, error }) => {
-            eprintln!("FAILED   upload of {path}: {error}")
+            format!("FAILED   upload of {path}: {error}")
         }
-        RunEvent::Sink(SinkEvent::Uploaded { .. }) => {}
+        RunEvent::ShardDone { .. } | RunEvent::Sink(SinkEvent::Uploaded { .. }) => return None,
     })
 }
 
