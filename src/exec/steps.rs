@@ -1,0 +1,392 @@
+//! The steps of a run, per model revision and across models: grouping the plan's nodes by
+//! model, a model's capture and spectra, its weight spectra, and the overlaps between spectra.
+//! [`super::run_units`] drives them in order.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::analysis::{Centring, Spectrum};
+use crate::hub::{HubClient, Repo};
+use crate::ledger::LedgerState;
+use crate::model::Model;
+use crate::plan::{self, Params, Plan};
+use crate::sink::{Artifact, Committable, UploadJob};
+use crate::spec::{Hook, SweepSpec};
+
+use super::{ModelNodes, PinnedModel, RunError, RunEvent, RunEvents, capture, records, weights};
+
+pub(super) fn group_nodes(plan: &Plan) -> Vec<ModelNodes> {
+    let mut by_model: Vec<ModelNodes> = (0..plan.models.len())
+        .map(|_| ModelNodes::default())
+        .collect();
+    for (i, node) in plan.nodes.iter().enumerate() {
+        match &node.params {
+            Params::Resolve { model } => by_model[*model as usize].resolve = Some(i),
+            Params::Capture { model, .. } => by_model[*model as usize].captures.push(i),
+            Params::Artifact { model, shard, .. } => by_model[*model as usize]
+                .artifacts
+                .entry(*shard)
+                .or_default()
+                .push(i),
+            Params::Spectrum { model, .. } => by_model[*model as usize].spectra.push(i),
+            Params::LedgerCommit { model: Some(m) } => by_model[*m as usize].commit = Some(i),
+            _ => {}
+        }
+    }
+    by_model
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run_model(
+    spec: &SweepSpec,
+    plan: &Plan,
+    m: usize,
+    nodes: &ModelNodes,
+    pinned: &PinnedModel,
+    label: &str,
+    done: &HashSet<usize>,
+    device: &candle_core::Device,
+    budget: &Arc<Semaphore>,
+    uploads: &mpsc::Sender<UploadJob>,
+    commits: &mpsc::Sender<Committable>,
+    events: &RunEvents,
+    cancel: &CancellationToken,
+    spectra_out: &mut HashMap<usize, Arc<Spectrum>>,
+) -> Result<(usize, f64), RunError> {
+    let Some(capture_spec) = &spec.capture else {
+        return Ok((0, 0.0));
+    };
+    let pending_spectra: Vec<usize> = nodes
+        .spectra
+        .iter()
+        .copied()
+        .filter(|s| !done.contains(s))
+        .collect();
+    let mut shards = Vec::new();
+    let mut executed = 0;
+    let model_info = &plan.models[m];
+    for &c in &nodes.captures {
+        let Params::Capture { shard, windows, .. } = plan.nodes[c].params else {
+            continue;
+        };
+        let artifacts = nodes.artifacts.get(&shard).cloned().unwrap_or_default();
+        let pending: Vec<usize> = artifacts
+            .iter()
+            .copied()
+            .filter(|a| !done.contains(a))
+            .collect();
+        if pending.is_empty() && pending_spectra.is_empty() && done.contains(&c) {
+            continue;
+        }
+        let (first, last) = match windows {
+            plan::Windows::Range([a, b]) => (a as usize, b as usize),
+            plan::Windows::All(_) => (0, pinned.windows.n_windows()),
+        };
+        let targets = artifacts
+            .iter()
+            .filter_map(|&a| {
+                let Params::Artifact { hook, layer, .. } = plan.nodes[a].params else {
+                    return None;
+                };
+                let upload = (!done.contains(&a)).then(|| {
+                    let record = records::record(plan, &plan.nodes[a], None);
+                    let path = plan.file_path(&plan.nodes[a]).unwrap_or_default();
+                    (path, record)
+                });
+                Some(capture::Target {
+                    hook,
+                    layer,
+                    upload,
+                })
+            })
+            .collect();
+        let capture_record =
+            (!done.contains(&c)).then(|| records::record(plan, &plan.nodes[c], None));
+        executed += pending.len() + usize::from(capture_record.is_some());
+        shards.push(capture::ShardWork {
+            shard,
+            windows: (first, last),
+            targets,
+            capture_record,
+        });
+    }
+    if shards.is_empty() && pending_spectra.is_empty() {
+        executed += send_model_commit(plan, nodes, done, commits).await;
+        events(&RunEvent::ModelSkipped {
+            label: label.to_owned(),
+        });
+        return Ok((executed, 0.0));
+    }
+    events(&RunEvent::ModelStarted {
+        label: label.to_owned(),
+        shards: shards.len(),
+    });
+    let files = pinned.files.clone();
+    let load_device = device.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        Model::load(&files, &load_device, candle_core::DType::F32)
+    })
+    .await
+    .map_err(|e| RunError::Capture {
+        label: label.to_owned(),
+        reason: e.to_string(),
+    })?
+    .map_err(|source| RunError::Model {
+        label: label.to_owned(),
+        source,
+    })?;
+    let spectra_keys: Vec<(Hook, Option<u32>)> = pending_spectra
+        .iter()
+        .filter_map(|&s| match plan.nodes[s].params {
+            Params::Spectrum { hook, layer, .. } => Some((hook, layer)),
+            _ => None,
+        })
+        .collect();
+    let mut metadata = BTreeMap::new();
+    metadata.insert("format".to_owned(), "hubsweep-activations-v1".to_owned());
+    metadata.insert(
+        "model".to_owned(),
+        format!("{}@{}", model_info.instance.source, pinned.commit),
+    );
+    metadata.insert("revision".to_owned(), model_info.instance.revision.clone());
+    let work = capture::CaptureWork {
+        label: label.to_owned(),
+        model: Arc::new(loaded),
+        tokens: Arc::new(pinned.windows.tokens().to_vec()),
+        seq_len: pinned.windows.seq_len(),
+        batch_size: spec.compute.batch_size as usize,
+        dtype: capture_spec.dtype,
+        shards,
+        spectra: spectra_keys,
+        metadata,
+    };
+    let (budget, uploads_tx, commits_tx, cancel_capture) = (
+        budget.clone(),
+        uploads.clone(),
+        commits.clone(),
+        cancel.clone(),
+    );
+    let progress_events = events.clone();
+    let progress_label = label.to_owned();
+    let started = Instant::now();
+    let grams = tokio::task::spawn_blocking(move || {
+        capture::run_capture(
+            work,
+            budget,
+            uploads_tx,
+            commits_tx,
+            |capture::CaptureEvent::ShardDone { tokens, .. }| {
+                progress_events(&RunEvent::ShardDone {
+                    label: progress_label.clone(),
+                    tokens,
+                })
+            },
+            cancel_capture,
+        )
+    })
+    .await
+    .map_err(|e| RunError::Capture {
+        label: label.to_owned(),
+        reason: e.to_string(),
+    })??;
+    let capture_seconds = started.elapsed().as_secs_f64();
+    // Spectra: decompose each accumulated Gram matrix (CPU-heavy, off the async threads).
+    for &s in &pending_spectra {
+        let Params::Spectrum {
+            hook, layer, top_k, ..
+        } = plan.nodes[s].params
+        else {
+            continue;
+        };
+        let Some(gram) = grams.get(&(hook, layer)) else {
+            continue;
+        };
+        let gram = gram.clone();
+        let spectrum = tokio::task::spawn_blocking(move || gram.finish(top_k as usize))
+            .await
+            .map_err(|e| RunError::Capture {
+                label: label.to_owned(),
+                reason: e.to_string(),
+            })?
+            .map_err(|e| RunError::Capture {
+                label: label.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let bytes = spectrum.to_safetensors().map_err(|e| RunError::Capture {
+            label: label.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let artifact = Artifact::from_bytes(Bytes::from(bytes));
+        let mut record = records::record(plan, &plan.nodes[s], Some(started));
+        record.metrics = serde_json::to_value(spectrum.metrics()).ok();
+        let path = plan.file_path(&plan.nodes[s]).unwrap_or_default();
+        uploads
+            .send(UploadJob {
+                path,
+                artifact,
+                record,
+                permit: None,
+            })
+            .await
+            .map_err(|_| RunError::Interrupted)?;
+        spectra_out.insert(s, Arc::new(spectrum));
+        executed += 1;
+    }
+    executed += send_model_commit(plan, nodes, done, commits).await;
+    Ok((executed, capture_seconds))
+}
+
+/// Records the model's ledger-commit node (its inputs are the model's results, so the
+/// committer holds it until they are all committed). Returns how many nodes it recorded.
+async fn send_model_commit(
+    plan: &Plan,
+    nodes: &ModelNodes,
+    done: &HashSet<usize>,
+    commits: &mpsc::Sender<Committable>,
+) -> usize {
+    let Some(c) = nodes.commit.filter(|c| !done.contains(c)) else {
+        return 0;
+    };
+    let record = records::record(plan, &plan.nodes[c], None);
+    let _ = commits
+        .send(Committable {
+            record,
+            regular: Vec::new(),
+        })
+        .await;
+    1
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run_overlaps(
+    spec: &SweepSpec,
+    plan: &Plan,
+    done: &HashSet<usize>,
+    state: &LedgerState,
+    client: &HubClient,
+    repo: &Repo,
+    spectra: &mut HashMap<usize, Arc<Spectrum>>,
+    commits: &mpsc::Sender<Committable>,
+) -> Result<usize, RunError> {
+    let _ = spec;
+    let mut executed = 0;
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let Params::Overlap { k, .. } = &node.params else {
+            continue;
+        };
+        if done.contains(&i) {
+            continue;
+        }
+        let mut pair = Vec::new();
+        for &input in &node.inputs {
+            let input = input as usize;
+            let spectrum = match spectra.get(&input) {
+                Some(s) => s.clone(),
+                None => {
+                    let id = plan.nodes[input]
+                        .id
+                        .map(|id| id.to_hex())
+                        .unwrap_or_default();
+                    let Some(file) = state.records.get(&id).and_then(|r| r.files.first()) else {
+                        continue;
+                    };
+                    let bytes = client
+                        .download_bytes(repo, "main", &file.path)
+                        .await
+                        .map_err(|source| RunError::Hub {
+                            repo: spec.output.to_string(),
+                            source,
+                        })?;
+                    let s = Arc::new(
+                        Spectrum::from_safetensors(&bytes)
+                            .map_err(|e| RunError::Unsupported(e.to_string()))?,
+                    );
+                    spectra.insert(input, s.clone());
+                    s
+                }
+            };
+            pair.push(spectrum);
+        }
+        let [base, other] = pair.as_slice() else {
+            continue;
+        };
+        // Overlaps compare principal subspaces: the centred decompositions.
+        let overlaps = crate::analysis::overlaps(
+            base.part(Centring::Centred),
+            other.part(Centring::Centred),
+            k,
+        )
+        .map_err(|e| RunError::Unsupported(format!("overlap `{}`: {e}", plan.label(node))))?;
+        let mut record = records::record(plan, node, None);
+        record.metrics = Some(serde_json::json!({ "overlaps": overlaps, "centring": "centred" }));
+        let _ = commits
+            .send(Committable {
+                record,
+                regular: Vec::new(),
+            })
+            .await;
+        executed += 1;
+    }
+    Ok(executed)
+}
+
+/// Weight-spectrum nodes of model `m` (see [`weights`]); for a spec without `capture`, also the
+/// model's ledger record, which `run_model` writes otherwise.
+pub(super) async fn run_weight_nodes(
+    spec: &SweepSpec,
+    plan: &Plan,
+    m: usize,
+    pinned: &[(crate::spec::ModelInstance, PinnedModel)],
+    done: &HashSet<usize>,
+    uploads: &mpsc::Sender<UploadJob>,
+    commits: &mpsc::Sender<Committable>,
+) -> Result<usize, RunError> {
+    let mut executed = 0;
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let Params::WeightSpectrum { model, .. } = node.params else {
+            continue;
+        };
+        if model as usize != m || done.contains(&i) {
+            continue;
+        }
+        let Some(job) = weights::WeightJob::of(plan, node, pinned) else {
+            continue;
+        };
+        let started = Instant::now();
+        let (metrics, bytes) = tokio::task::spawn_blocking(move || weights::compute_node(&job))
+            .await
+            .map_err(|e| RunError::Capture {
+                label: plan.label(node),
+                reason: e.to_string(),
+            })??;
+        let mut record = records::record(plan, node, Some(started));
+        record.metrics = serde_json::to_value(&metrics).ok();
+        uploads
+            .send(UploadJob {
+                path: plan.file_path(node).unwrap_or_default(),
+                artifact: weights::artifact(bytes),
+                record,
+                permit: None,
+            })
+            .await
+            .map_err(|_| RunError::Interrupted)?;
+        executed += 1;
+    }
+    if spec.capture.is_none()
+        && let Some(c) = group_nodes(plan)[m].commit.filter(|c| !done.contains(c))
+    {
+        let _ = commits
+            .send(Committable {
+                record: records::record(plan, &plan.nodes[c], None),
+                regular: Vec::new(),
+            })
+            .await;
+        executed += 1;
+    }
+    Ok(executed)
+}
