@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use hubsweep::analysis::Spectrum;
 use hubsweep::exec::tables::{OVERLAPS_PATH, SPECTRA_PATH, WEIGHTS_PATH};
 use hubsweep::hub::server::{Server, ServerConfig};
-use hubsweep::hub::{HubClient, Repo, RepoId, Token};
+use hubsweep::hub::{HubClient, Token};
 use hubsweep::report::{self, ReportData};
 
 use super::{EXIT_CANNOT_RUN, EXIT_OK, Env};
@@ -41,51 +41,9 @@ pub struct ReportArgs {
     pub layer: Option<u32>,
 }
 
-struct Target {
-    local: bool,
-    repo: Repo,
-    revision: String,
-    display: String,
-}
-
-fn parse_repo(text: &str) -> Result<Target, String> {
-    let (body, revision) = match text.rsplit_once('@') {
-        Some((body, rev)) if !rev.is_empty() => (body, rev.to_owned()),
-        _ => (text, "main".to_owned()),
-    };
-    let (local, rest) = if let Some(rest) = body.strip_prefix("local://") {
-        (true, rest)
-    } else if let Some(rest) = body.strip_prefix("hf://") {
-        (false, rest)
-    } else {
-        return Err(format!(
-            "`{text}` is not a repo: write `local://NS/NAME` or `hf://datasets/NS/NAME`"
-        ));
-    };
-    let (models, rest) = if let Some(r) = rest.strip_prefix("models/") {
-        (true, r)
-    } else {
-        (false, rest.strip_prefix("datasets/").unwrap_or(rest))
-    };
-    let (namespace, name) = rest
-        .split_once('/')
-        .ok_or_else(|| format!("`{text}` needs a namespace and a name"))?;
-    let id = RepoId::new(namespace, name).map_err(|e| format!("`{text}`: {e}"))?;
-    let repo = if models {
-        Repo::model(id)
-    } else {
-        Repo::dataset(id)
-    };
-    Ok(Target {
-        local,
-        repo,
-        revision,
-        display: text.to_owned(),
-    })
-}
-
 async fn gather(args: &ReportArgs, env: &Env) -> Result<String, String> {
-    let target = parse_repo(&args.repo)?;
+    // The same `REPO[@REV]` syntax as `verify` (and a spec's `output:`).
+    let target = super::verify::parse_repo(&args.repo)?;
     let mut server = None;
     let (client, file_base) = if target.local {
         let mut config = ServerConfig::new(env.hubsweep_home().join("hub"));
