@@ -30,7 +30,9 @@ for _ in range(4):
     rows.append(row)
 json.dump(rows, open('$ids', 'w'))"
 
-export RAYON_NUM_THREADS="$threads" CANDLE_NUM_THREADS="$threads" OMP_NUM_THREADS="$threads"
+# CANDLE_NUM_THREADS=1: element-wise ops on the calling thread, as the hubsweep binary runs them
+# (src/main.rs); the matrix products use RAYON_NUM_THREADS threads.
+export RAYON_NUM_THREADS="$threads" CANDLE_NUM_THREADS="${CANDLE_NUM_THREADS:-1}" OMP_NUM_THREADS="$threads"
 cargo bench --locked --bench capture_smollm2 --no-run >&2
 # Alternate the two sides for ROUNDS rounds so both see the same background load; the summary
 # uses each side's best round (the least disturbed one).

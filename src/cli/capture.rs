@@ -9,6 +9,8 @@ use hubsweep::data::{TextTokenizer, TokenWindows};
 use hubsweep::model::hooks::{self, HookPoint};
 use hubsweep::model::{ComputeDtype, DeviceSpec, HubSource, Model, ModelConfig, ModelFiles};
 
+use super::Env;
+
 /// Arguments of `hubsweep capture`.
 #[derive(Debug, clap::Args)]
 pub struct CaptureArgs {
@@ -43,38 +45,8 @@ pub struct CaptureArgs {
     prepend_bos: bool,
 }
 
-/// The process environment this command reads, gathered once in `cli::main`.
-pub struct HubEnv {
-    /// `HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
-    pub cache: PathBuf,
-    /// `HF_ENDPOINT`, default `https://huggingface.co`.
-    pub endpoint: String,
-    /// `HF_TOKEN`.
-    pub token: Option<String>,
-    /// `HF_HUB_OFFLINE=1`.
-    pub offline: bool,
-}
-
-impl HubEnv {
-    pub fn from_process() -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let home = var("HOME").map(PathBuf::from).unwrap_or_default();
-        let cache = var("HF_HUB_CACHE")
-            .map(PathBuf::from)
-            .or_else(|| var("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
-            .unwrap_or_else(|| home.join(".cache/huggingface/hub"));
-        Self {
-            cache,
-            endpoint: var("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".into()),
-            token: var("HF_TOKEN"),
-            offline: var("HF_HUB_OFFLINE")
-                .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")),
-        }
-    }
-}
-
 /// Resolves `--model`: an existing folder, else `REPO[@REV]` from the cache, else the Hub.
-pub fn resolve_model(spec: &str, env: &HubEnv) -> Result<ModelFiles, String> {
+pub fn resolve_model(spec: &str, env: &Env) -> Result<ModelFiles, String> {
     let path = Path::new(spec);
     if path.is_dir() {
         return ModelFiles::from_dir(path).map_err(chain);
@@ -85,16 +57,17 @@ pub fn resolve_model(spec: &str, env: &HubEnv) -> Result<ModelFiles, String> {
             "`{spec}` is neither a folder nor a repo id `namespace/name[@revision]`"
         ));
     }
-    match ModelFiles::from_cache(&env.cache, repo, revision) {
+    let cache = env.hf_hub_cache_dir();
+    match ModelFiles::from_cache(&cache, repo, revision) {
         Ok(files) => Ok(files),
-        Err(cache_err) if env.offline => {
+        Err(cache_err) if env.hf_hub_offline => {
             Err(format!("{} (HF_HUB_OFFLINE is set)", chain(cache_err)))
         }
         Err(_) => {
             let source = HubSource {
-                endpoint: env.endpoint.clone(),
-                token: env.token.clone(),
-                cache_dir: env.cache.clone(),
+                endpoint: env.hf_endpoint.clone(),
+                token: env.hf_token.clone(),
+                cache_dir: cache,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -228,7 +201,7 @@ fn input_rows(
 }
 
 /// Runs the command; `Err` is a message for stderr (exit code 2).
-pub fn run(args: &CaptureArgs, env: &HubEnv) -> Result<(), String> {
+pub fn run(args: &CaptureArgs, env: &Env) -> Result<(), String> {
     let device_spec: DeviceSpec = args.device.parse().map_err(chain)?;
     let device = device_spec.open().map_err(chain)?;
     let files = resolve_model(&args.model, env)?;

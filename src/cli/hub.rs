@@ -10,10 +10,7 @@ use hubsweep::hub::download::{DownloadSettings, Downloader};
 use hubsweep::hub::server::{Limits, Server, ServerConfig};
 use hubsweep::hub::{FolderUpload, HubClient, HubEvent, Repo, RepoId, RepoType, Token};
 
-use super::{EXIT_CANNOT_RUN, EXIT_INTERRUPTED, EXIT_OK};
-
-/// The public Hub, used when neither `--endpoint` nor `HF_ENDPOINT` says otherwise.
-const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+use super::{EXIT_CANNOT_RUN, EXIT_INTERRUPTED, EXIT_OK, Env};
 
 /// `hubsweep hub`.
 #[derive(Debug, Args)]
@@ -151,7 +148,7 @@ struct ServeArgs {
 }
 
 /// Runs a `hub` subcommand.
-pub fn run(args: HubArgs) -> ExitCode {
+pub fn run(args: HubArgs, env: &Env) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -163,10 +160,12 @@ pub fn run(args: HubArgs) -> ExitCode {
         }
     };
     match args.command {
-        HubCommand::Serve(serve) => runtime.block_on(run_serve(serve)),
-        HubCommand::Import(import) => runtime.block_on(interruptible(run_import(import))),
-        HubCommand::Mirror(mirror) => runtime.block_on(interruptible(run_mirror(mirror))),
-        HubCommand::Download(download) => runtime.block_on(interruptible(run_download(download))),
+        HubCommand::Serve(serve) => runtime.block_on(run_serve(serve, env)),
+        HubCommand::Import(import) => runtime.block_on(interruptible(run_import(import, env))),
+        HubCommand::Mirror(mirror) => runtime.block_on(interruptible(run_mirror(mirror, env))),
+        HubCommand::Download(download) => {
+            runtime.block_on(interruptible(run_download(download, env)))
+        }
     }
 }
 
@@ -182,11 +181,8 @@ async fn interruptible(command: impl std::future::Future<Output = ExitCode>) -> 
     }
 }
 
-fn env_token(name: &str) -> Option<Token> {
-    std::env::var(name)
-        .ok()
-        .filter(|t| !t.is_empty())
-        .map(Token::new)
+fn token_of(value: &Option<String>) -> Option<Token> {
+    value.clone().map(Token::new)
 }
 
 /// A client for `endpoint` whose progress goes to stderr as plain lines.
@@ -246,7 +242,7 @@ fn fail(error: &dyn std::error::Error) -> ExitCode {
 }
 
 /// `hub import`: one library call, [`HubClient::upload_folder`], after creating the repo.
-async fn run_import(args: ImportArgs) -> ExitCode {
+async fn run_import(args: ImportArgs, env: &Env) -> ExitCode {
     // A GGUF becomes an HF-layout folder first (model files, not artifacts: a temp folder is
     // fine), removed again when the import is done.
     let converted = match &args.gguf {
@@ -275,21 +271,21 @@ async fn run_import(args: ImportArgs) -> ExitCode {
             return ExitCode::from(EXIT_CANNOT_RUN);
         }
     };
-    let code = import_dir(&args, &dir).await;
+    let code = import_dir(&args, &dir, env).await;
     if let Some(out) = converted {
         let _ = fs_err::remove_dir_all(out);
     }
     code
 }
 
-async fn import_dir(args: &ImportArgs, dir: &std::path::Path) -> ExitCode {
+async fn import_dir(args: &ImportArgs, dir: &std::path::Path, env: &Env) -> ExitCode {
     if !dir.is_dir() {
         eprintln!("error: `{}` is not a folder", dir.display());
         return ExitCode::from(EXIT_CANNOT_RUN);
     }
     let mut embedded = None;
     let endpoint = if args.local {
-        let mut config = ServerConfig::new(default_store_dir());
+        let mut config = ServerConfig::new(env.hubsweep_home().join("hub"));
         config.addr = ([127, 0, 0, 1], 0).into();
         match Server::start(config).await {
             Ok(server) => {
@@ -302,13 +298,12 @@ async fn import_dir(args: &ImportArgs, dir: &std::path::Path) -> ExitCode {
     } else {
         args.endpoint
             .clone()
-            .or_else(|| std::env::var("HF_ENDPOINT").ok())
-            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned())
+            .unwrap_or_else(|| env.hf_endpoint.clone())
     };
     let token = if args.local {
         None
     } else {
-        env_token("HF_TOKEN")
+        token_of(&env.hf_token)
     };
     let client = match cli_client(&endpoint, token) {
         Ok(client) => client,
@@ -340,9 +335,9 @@ async fn import_dir(args: &ImportArgs, dir: &std::path::Path) -> ExitCode {
 }
 
 /// `hub mirror`: [`HubClient::mirror_from`], LFS objects staged in the temp folder.
-async fn run_mirror(args: MirrorArgs) -> ExitCode {
-    let clients = cli_client(&args.from, env_token("HUBSWEEP_MIRROR_FROM_TOKEN"))
-        .and_then(|from| Ok((from, cli_client(&args.to, env_token("HF_TOKEN"))?)));
+async fn run_mirror(args: MirrorArgs, env: &Env) -> ExitCode {
+    let clients = cli_client(&args.from, token_of(&env.mirror_from_token))
+        .and_then(|from| Ok((from, cli_client(&args.to, token_of(&env.hf_token))?)));
     let (from, to) = match clients {
         Ok(clients) => clients,
         Err(error) => return fail(&error),
@@ -362,18 +357,8 @@ async fn run_mirror(args: MirrorArgs) -> ExitCode {
     }
 }
 
-fn default_store_dir() -> PathBuf {
-    if let Some(home) = std::env::var_os("HUBSWEEP_HOME") {
-        return PathBuf::from(home).join("hub");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".hubsweep").join("hub")
-}
-
-async fn run_serve(args: ServeArgs) -> ExitCode {
-    let mut config = ServerConfig::new(args.dir.unwrap_or_else(default_store_dir));
+async fn run_serve(args: ServeArgs, env: &Env) -> ExitCode {
+    let mut config = ServerConfig::new(args.dir.unwrap_or_else(|| env.hubsweep_home().join("hub")));
     config.addr = args.addr;
     config.token = args.token.map(Token::new);
     config.public_url = args.public_url;
@@ -407,42 +392,18 @@ async fn run_serve(args: ServeArgs) -> ExitCode {
     ExitCode::from(EXIT_OK)
 }
 
-/// The HF cache folder as the Python client finds it: `HF_HUB_CACHE`, else `HF_HOME/hub`, else
-/// `~/.cache/huggingface/hub`.
-fn hf_cache_dir() -> PathBuf {
-    if let Some(cache) = std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty()) {
-        return PathBuf::from(cache);
-    }
-    if let Some(home) = std::env::var_os("HF_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(home).join("hub");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("huggingface").join("hub")
-}
-
-/// `HF_HUB_OFFLINE` as the Python client reads it (`1`, `true`, `yes`, `on`).
-fn hf_offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE")
-        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-}
-
 /// The download settings the environment asks for.
-fn download_settings_from_env() -> DownloadSettings {
+fn download_settings(env: &Env) -> DownloadSettings {
     DownloadSettings {
-        endpoint: std::env::var("HF_ENDPOINT")
-            .ok()
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned()),
-        token: env_token("HF_TOKEN"),
-        cache_dir: hf_cache_dir(),
-        offline: hf_offline(),
+        endpoint: env.hf_endpoint.clone(),
+        token: token_of(&env.hf_token),
+        cache_dir: env.hf_hub_cache_dir(),
+        offline: env.hf_hub_offline,
     }
 }
 
-async fn run_download(args: DownloadArgs) -> ExitCode {
-    let downloader = match Downloader::new(download_settings_from_env()) {
+async fn run_download(args: DownloadArgs, env: &Env) -> ExitCode {
+    let downloader = match Downloader::new(download_settings(env)) {
         Ok(downloader) => downloader,
         Err(error) => return fail(&error),
     };

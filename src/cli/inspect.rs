@@ -3,7 +3,8 @@
 use hubsweep::model::hooks::{self, BLOCK_HOOKS, HookPoint, MODEL_HOOKS};
 use hubsweep::model::{ModelConfig, weights::Weights};
 
-use super::capture::{HubEnv, chain, resolve_model};
+use super::Env;
+use super::capture::{chain, resolve_model};
 
 /// Arguments of `hubsweep inspect`.
 #[derive(Debug, clap::Args)]
@@ -45,7 +46,7 @@ fn hook_shape(point: HookPoint, cfg: &ModelConfig) -> String {
 }
 
 /// Runs the command; `Err` is a message for stderr (exit code 2).
-pub fn run(args: &InspectArgs, env: &HubEnv) -> Result<(), String> {
+pub fn run(args: &InspectArgs, env: &Env) -> Result<(), String> {
     let InspectWhat::Model { model, json } = &args.what;
     let files = resolve_model(model, env)?;
     let cfg = ModelConfig::from_file(&files.config).map_err(chain)?;

@@ -78,6 +78,10 @@ pub struct Env {
     pub hf_token: Option<String>,
     /// `HUBSWEEP_HOME`.
     hubsweep_home: Option<PathBuf>,
+    /// `HF_HUB_OFFLINE`, truthy as the Python client reads it (`1`, `true`, `yes`, `on`).
+    pub hf_hub_offline: bool,
+    /// `HUBSWEEP_MIRROR_FROM_TOKEN`: the token for the source hub of `hub mirror`.
+    pub mirror_from_token: Option<String>,
 }
 
 impl Env {
@@ -99,6 +103,12 @@ impl Env {
                 .unwrap_or_else(|| "https://huggingface.co".to_owned()),
             hf_token: std::env::var("HF_TOKEN").ok().filter(|v| !v.is_empty()),
             hubsweep_home: var("HUBSWEEP_HOME"),
+            hf_hub_offline: std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
+                matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+            }),
+            mirror_from_token: std::env::var("HUBSWEEP_MIRROR_FROM_TOKEN")
+                .ok()
+                .filter(|v| !v.is_empty()),
         }
     }
 
@@ -119,6 +129,12 @@ impl Env {
             .clone()
             .or_else(|| self.hf_home.as_ref().map(|h| h.join("hub")))
             .or_else(|| self.home.as_ref().map(|h| h.join(".cache/huggingface/hub")))
+    }
+
+    /// [`Env::hf_hub_cache`], or `./.cache/huggingface/hub` when not even `HOME` is set.
+    pub fn hf_hub_cache_dir(&self) -> PathBuf {
+        self.hf_hub_cache()
+            .unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"))
     }
 
     /// The device class a run would use for `device` (part of capture pins).
@@ -174,7 +190,6 @@ pub fn main() -> ExitCode {
         }
     };
     let env = Env::from_process();
-    let hub_env = capture::HubEnv::from_process();
     match cli.command {
         Command::Validate(args) => spec::validate(args, &env),
         Command::Plan(args) => spec::plan(args, &env),
@@ -182,9 +197,9 @@ pub fn main() -> ExitCode {
         Command::Report(args) => report::run(args, &env),
         Command::Status(args) => run::status(args, &env),
         Command::Worker(args) => worker::worker(args, &env),
-        Command::Hub(args) => hub::run(args),
-        Command::Capture(args) => exit_for(capture::run(&args, &hub_env)),
-        Command::Inspect(args) => exit_for(inspect::run(&args, &hub_env)),
+        Command::Hub(args) => hub::run(args, &env),
+        Command::Capture(args) => exit_for(capture::run(&args, &env)),
+        Command::Inspect(args) => exit_for(inspect::run(&args, &env)),
         Command::Verify(args) => verify::run(args, &env),
     }
 }

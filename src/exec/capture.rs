@@ -105,17 +105,30 @@ fn as_rows(hook: Hook, tensor: &Tensor) -> candle_core::Result<(Vec<f32>, usize,
     Ok((flat.flatten_all()?.to_vec1::<f32>()?, rows, width))
 }
 
+/// Little-endian bytes of `values` in the stored dtype. The f16/bf16 narrowing runs over the
+/// whole slice at once (half's slice conversion uses the CPU's conversion instructions where it
+/// has them), not element by element.
 fn to_bytes(values: &[f32], dtype: Dtype) -> Vec<u8> {
+    use half::slice::HalfFloatSliceExt;
+    fn le_bytes<const N: usize, T: Copy>(values: &[T], bytes: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+        let mut out = vec![0u8; values.len() * N];
+        for (chunk, &v) in out.chunks_exact_mut(N).zip(values) {
+            chunk.copy_from_slice(&bytes(v));
+        }
+        out
+    }
     match dtype {
-        Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Dtype::F16 => values
-            .iter()
-            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-            .collect(),
-        Dtype::Bf16 => values
-            .iter()
-            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
-            .collect(),
+        Dtype::F32 => le_bytes(values, f32::to_le_bytes),
+        Dtype::F16 => {
+            let mut narrow = vec![half::f16::ZERO; values.len()];
+            narrow.convert_from_f32_slice(values);
+            le_bytes(&narrow, half::f16::to_le_bytes)
+        }
+        Dtype::Bf16 => {
+            let mut narrow = vec![half::bf16::ZERO; values.len()];
+            narrow.convert_from_f32_slice(values);
+            le_bytes(&narrow, half::bf16::to_le_bytes)
+        }
     }
 }
 
@@ -314,4 +327,48 @@ pub fn run_capture(
         });
     }
     Ok(grams)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The slice conversion must give the same bytes as converting one element at a time
+    /// (round to nearest even), rounding ties, subnormals, infinities and NaN included.
+    #[test]
+    fn slice_conversion_matches_elementwise() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -2.5,
+            65504.0,
+            65520.0,
+            1e-8,
+            6.0e-5,
+            1.0 + f32::EPSILON,
+            1.000_488_3,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+        ];
+        // Enough values to take the vectorised path, with every low mantissa pattern.
+        values.extend((0..4099u32).map(|i| f32::from_bits(0x3f80_0000 + i * 37)));
+        let expect = |dtype: Dtype| -> Vec<u8> {
+            values
+                .iter()
+                .flat_map(|&v| match dtype {
+                    Dtype::F32 => v.to_le_bytes().to_vec(),
+                    Dtype::F16 => half::f16::from_f32(v).to_le_bytes().to_vec(),
+                    Dtype::Bf16 => half::bf16::from_f32(v).to_le_bytes().to_vec(),
+                })
+                .collect()
+        };
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+            assert_eq!(to_bytes(&values, dtype), expect(dtype), "{dtype:?}");
+        }
+        let nan = to_bytes(&[f32::NAN], Dtype::F16);
+        assert!(half::f16::from_le_bytes([nan[0], nan[1]]).is_nan());
+    }
 }

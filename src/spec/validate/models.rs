@@ -1,0 +1,229 @@
+//! `models:` groups: families, repos, revisions, zip/product expansion, excludes.
+
+use super::names::is_repo_char;
+use super::*;
+use crate::spec::diag::Severity;
+
+pub(super) fn scalar_text(value: &RawScalar) -> String {
+    match value {
+        RawScalar::String(s) => s.clone(),
+        RawScalar::Integer(i) => i.to_string(),
+        RawScalar::Number(n) => n.to_string(),
+        RawScalar::Bool(b) => b.to_string(),
+    }
+}
+
+pub(super) fn values_of(value: &RawScalarOrList) -> Vec<String> {
+    match value {
+        RawScalarOrList::List(items) => items.iter().map(scalar_text).collect(),
+        RawScalarOrList::One(one) => vec![scalar_text(one)],
+    }
+}
+
+pub(super) fn model_group(
+    index: usize,
+    raw: &RawModelGroup,
+    d: &mut Vec<Diagnostic>,
+) -> Option<ModelGroup> {
+    let base = format!("/models/{index}");
+    let errors_before = d.len();
+    let mut axes: Vec<Axis> = raw
+        .axes
+        .iter()
+        .map(|(name, v)| Axis {
+            name: name.clone(),
+            values: values_of(v),
+        })
+        .collect();
+    axes.push(Axis {
+        name: "revision".to_owned(),
+        values: raw
+            .revision
+            .as_ref()
+            .map_or_else(|| vec!["main".to_owned()], values_of),
+    });
+    let zipped = raw.zip.clone().unwrap_or_default();
+    // Zipped axes pair values by position, so repeats there are meaningful.
+    for axis in axes.iter().filter(|a| !zipped.contains(&a.name)) {
+        let mut seen = BTreeSet::new();
+        for value in &axis.values {
+            if !seen.insert(value) {
+                d.push(Diagnostic::warning(
+                    format!("{base}/{}", axis.name),
+                    format!("value `{value}` is listed twice"),
+                ));
+            }
+        }
+    }
+    let used = match placeholders(&raw.repo) {
+        Ok(used) => used,
+        Err(offset) => {
+            d.push(
+                Diagnostic::error(
+                    format!("{base}/repo"),
+                    format!(
+                        "unbalanced brace at character {} of `{}`",
+                        offset + 1,
+                        raw.repo
+                    ),
+                )
+                .with_help("placeholders look like `{size}`"),
+            );
+            return None;
+        }
+    };
+    let axis_names: Vec<&str> = axes.iter().map(|a| a.name.as_str()).collect();
+    for name in &used {
+        if !axis_names.contains(&name.as_str()) {
+            let mut e = Diagnostic::error(
+                format!("{base}/repo"),
+                format!("placeholder `{{{name}}}` has no axis"),
+            )
+            .with_help(format!("add `{name}: [..]` to this model group"));
+            if let Some(hint) = did_you_mean(name, axis_names.iter().copied()) {
+                e = e.with_help(format!(
+                    "{hint} (or add `{name}: [..]` to this model group)"
+                ));
+            }
+            d.push(e);
+        }
+    }
+    for axis in &raw.axes {
+        if !used.contains(axis.0) {
+            let mut e = Diagnostic::error(
+                format!("{base}/{}", axis.0),
+                format!("axis `{}` is not used in `repo`", axis.0),
+            )
+            .on_key();
+            let known = ["family", "repo", "revision", "zip", "exclude", "include"];
+            e = match did_you_mean(axis.0, known) {
+                Some(hint) => e.with_help(hint),
+                None => e.with_help(format!(
+                    "use it as `{{{}}}` in `repo`, or remove it",
+                    axis.0
+                )),
+            };
+            d.push(e);
+        }
+    }
+    let template_chars_ok = raw
+        .repo
+        .chars()
+        .all(|c| is_repo_char(c) || matches!(c, '/' | '{' | '}' | ':'));
+    if !template_chars_ok {
+        d.push(Diagnostic::error(
+            format!("{base}/repo"),
+            format!("`{}` has characters a repo id cannot hold", raw.repo),
+        ));
+    }
+    let zip: Vec<String> = raw.zip.clone().unwrap_or_default();
+    if !zip.is_empty() {
+        if zip.len() < 2 {
+            d.push(Diagnostic::error(
+                format!("{base}/zip"),
+                "`zip` needs at least two axes",
+            ));
+        }
+        let mut length: Option<(usize, &str)> = None;
+        for (i, name) in zip.iter().enumerate() {
+            match axes.iter().find(|a| &a.name == name) {
+                None => {
+                    let mut e = Diagnostic::error(format!("{base}/zip/{i}"), format!("`zip` names unknown axis `{name}`"));
+                    if let Some(hint) = did_you_mean(name, axis_names.iter().copied()) {
+                        e = e.with_help(hint);
+                    }
+                    d.push(e);
+                }
+                Some(axis) => match length {
+                    None => length = Some((axis.values.len(), name)),
+                    Some((n, first)) if n != axis.values.len() => d.push(
+                        Diagnostic::error(
+                            format!("{base}/zip"),
+                            format!("zipped axes differ in length: `{first}` has {n} values, `{name}` has {}", axis.values.len()),
+                        )
+                        .with_help("zipped axes pair their values one to one; give them equally many"),
+                    ),
+                    Some(_) => {}
+                },
+            }
+        }
+    }
+    let mut exclude = Vec::new();
+    for (r, rule) in raw.exclude.iter().enumerate() {
+        let mut parsed = BTreeMap::new();
+        for (name, value) in rule {
+            let path = format!("{base}/exclude/{r}/{name}");
+            match axes.iter().find(|a| &a.name == name) {
+                None => {
+                    let mut e =
+                        Diagnostic::error(&path, format!("`exclude` names unknown axis `{name}`"))
+                            .on_key();
+                    if let Some(hint) = did_you_mean(name, axis_names.iter().copied()) {
+                        e = e.with_help(hint);
+                    }
+                    d.push(e);
+                }
+                Some(axis) => {
+                    let values = values_of(value);
+                    for v in &values {
+                        if !axis.values.contains(v) {
+                            d.push(Diagnostic::warning(
+                                &path,
+                                format!("`{v}` is not a value of axis `{name}`"),
+                            ));
+                        }
+                    }
+                    parsed.insert(name.clone(), values);
+                }
+            }
+        }
+        exclude.push(parsed);
+    }
+    let mut include = Vec::new();
+    for (r, rule) in raw.include.iter().enumerate() {
+        let path = format!("{base}/include/{r}");
+        let mut combination: BTreeMap<String, String> = rule
+            .iter()
+            .map(|(k, v)| (k.clone(), scalar_text(v)))
+            .collect();
+        combination
+            .entry("revision".to_owned())
+            .or_insert_with(|| "main".to_owned());
+        for name in combination.keys() {
+            if !axis_names.contains(&name.as_str()) {
+                d.push(
+                    Diagnostic::error(
+                        format!("{path}/{name}"),
+                        format!("`include` names unknown axis `{name}`"),
+                    )
+                    .on_key(),
+                );
+            }
+        }
+        for name in &axis_names {
+            if !combination.contains_key(*name) {
+                d.push(Diagnostic::error(
+                    &path,
+                    format!("`include` must give a value for axis `{name}`"),
+                ));
+            }
+        }
+        include.push(combination);
+    }
+    let family = match raw.family {
+        RawFamily::GptNeox => Family::GptNeox,
+        RawFamily::Llama => Family::Llama,
+    };
+    let has_error = d[errors_before..]
+        .iter()
+        .any(|x| x.severity == Severity::Error);
+    (!has_error).then(|| ModelGroup {
+        index,
+        family,
+        repo: raw.repo.clone(),
+        axes,
+        zip,
+        exclude,
+        include,
+    })
+}
