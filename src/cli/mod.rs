@@ -7,6 +7,7 @@ mod capture;
 mod hub;
 mod inspect;
 mod report;
+mod reproduce;
 mod run;
 mod spec;
 mod verify;
@@ -64,6 +65,8 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Check a published ledger: records, ids, DAG, index, files (and with --deep, content).
     Verify(verify::VerifyArgs),
+    /// Rebuild a published sweep from its ledger alone, rerun chosen nodes, compare bitwise.
+    Reproduce(reproduce::ReproduceArgs),
 }
 
 /// The environment, read once here and passed down as explicit settings.
@@ -78,6 +81,9 @@ pub struct Env {
     pub hf_token: Option<String>,
     /// `HUBSWEEP_HOME`.
     hubsweep_home: Option<PathBuf>,
+    /// `HUBSWEEP_TEST_PERTURB`: TEST ONLY. `capture` makes `reproduce` perturb captured
+    /// activations, so the tests can see a difference caught (docs/reproduce.md).
+    pub test_perturb: Option<String>,
 }
 
 impl Env {
@@ -99,6 +105,9 @@ impl Env {
                 .unwrap_or_else(|| "https://huggingface.co".to_owned()),
             hf_token: std::env::var("HF_TOKEN").ok().filter(|v| !v.is_empty()),
             hubsweep_home: var("HUBSWEEP_HOME"),
+            test_perturb: std::env::var("HUBSWEEP_TEST_PERTURB")
+                .ok()
+                .filter(|v| !v.is_empty()),
         }
     }
 
@@ -186,6 +195,7 @@ pub fn main() -> ExitCode {
         Command::Capture(args) => exit_for(capture::run(&args, &hub_env)),
         Command::Inspect(args) => exit_for(inspect::run(&args, &hub_env)),
         Command::Verify(args) => verify::run(args, &env),
+        Command::Reproduce(args) => reproduce::run(args, &env),
     }
 }
 
