@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use crate::ledger::{Record, Tolerance};
+use crate::plan::id::canonical_json;
 use crate::plan::{NodeKind, Plan};
 
 /// Outcome of one check.
@@ -81,6 +82,14 @@ pub fn check_ids(plan: &Plan, records: &HashMap<String, Record>) -> (Vec<Row>, H
         .filter(|id| records.contains_key(*id))
         .map(String::as_str)
         .collect();
+    // Records by kind and canonical parameters, to find the twin of a node under another id.
+    let mut by_params: HashMap<(&str, String), Vec<&Record>> = HashMap::new();
+    for record in records.values() {
+        by_params
+            .entry((record.kind.as_str(), canonical_json(&record.params)))
+            .or_default()
+            .push(record);
+    }
     for (i, node) in plan.nodes.iter().enumerate() {
         let id = &ids[i];
         let row = |check: &str, expected: String, got: String, status| Row {
@@ -107,11 +116,12 @@ pub fn check_ids(plan: &Plan, records: &HashMap<String, Record>) -> (Vec<Row>, H
             )),
             None => {
                 // The same node (kind and parameters) under another id: a pin or an input moved.
-                let params = plan.params_json(node);
-                let twin = records.values().find(|r| {
-                    r.kind == node.kind.as_str()
-                        && r.params == params
-                        && !claimed.contains(r.id.as_str())
+                let key = (node.kind.as_str(), canonical_json(&plan.params_json(node)));
+                let twin = by_params.get(&key).and_then(|twins| {
+                    twins
+                        .iter()
+                        .copied()
+                        .find(|r| !claimed.contains(r.id.as_str()))
                 });
                 match twin {
                     Some(recorded) => {

@@ -108,7 +108,7 @@ pub enum ReproduceError {
     },
     /// The plan could not be rebuilt (a pinned commit is gone, the data changed shape, …).
     #[error("cannot rebuild the plan")]
-    Rebuild(#[source] RunError),
+    Rebuild(#[source] Box<RunError>),
     /// A `--nodes` or `--sample` selection is not usable.
     #[error(transparent)]
     Select(#[from] SelectError),
@@ -119,7 +119,7 @@ pub enum ReproduceError {
         repo: String,
         /// Cause.
         #[source]
-        source: RunError,
+        source: Box<RunError>,
     },
 }
 
@@ -432,7 +432,7 @@ pub async fn reproduce(
     // Pinning reports through the rerun below; the rebuild stays quiet to say it once.
     let (plan, _) = exec::pin_and_plan(&source.spec, &sources, &device_class, &quiet())
         .await
-        .map_err(ReproduceError::Rebuild)?;
+        .map_err(|e| ReproduceError::Rebuild(Box::new(e)))?;
     let (id_rows, matched) = compare::check_ids(&plan, records);
     let chosen = select::choose(&plan, &settings.selection)?;
     let id_of = |i: usize| plan.nodes[i].id.map(|id| id.to_hex()).unwrap_or_default();
@@ -497,7 +497,7 @@ pub async fn reproduce(
         .await
         .map_err(|source| ReproduceError::Run {
             repo: report.target.clone(),
-            source,
+            source: Box::new(source),
         })?;
     report.run_failures = run.failed;
     report.interrupted = run.interrupted;
@@ -550,4 +550,67 @@ pub async fn reproduce(
 /// Events that say nothing (for callers without a progress display).
 pub fn quiet() -> RunEvents {
     Arc::new(|_: &RunEvent| {})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(tolerances: Vec<Tolerance>) -> Manifest {
+        Manifest {
+            schema_version: crate::ledger::SCHEMA_VERSION,
+            tool: crate::ledger::Tool {
+                name: "hubsweep".into(),
+                version: "0".into(),
+            },
+            sweep: "s".into(),
+            output: "local://datasets/a/b".into(),
+            spec: crate::ledger::SpecText {
+                file_name: "s.yaml".into(),
+                text: String::new(),
+                sha256: String::new(),
+                canonical_sha256: String::new(),
+            },
+            tolerances,
+        }
+    }
+
+    #[test]
+    fn tolerance_comes_from_the_manifest_then_defaults_then_overrides() {
+        let recorded = Tolerance {
+            device: "cuda".into(),
+            dtype: "f16".into(),
+            relative: 0.5,
+            bitwise: true,
+        };
+        let none = ToleranceOverrides::default();
+        let with = manifest(vec![recorded.clone()]);
+        assert_eq!(tolerance(&with, "cuda", "f16", none), recorded);
+        // An old manifest without tolerances gets the built-in table.
+        let old = manifest(Vec::new());
+        let cpu = tolerance(&old, "cpu", "f32", none);
+        assert!(cpu.bitwise && cpu.relative == 1e-9, "{cpu:?}");
+        assert!(!tolerance(&old, "cuda", "bf16", none).bitwise);
+        let overridden = tolerance(
+            &with,
+            "cuda",
+            "f16",
+            ToleranceOverrides {
+                relative: Some(1e-3),
+                bitwise: Some(false),
+            },
+        );
+        assert_eq!((overridden.relative, overridden.bitwise), (1e-3, false));
+    }
+
+    #[test]
+    fn scratch_names_are_valid_repo_names() {
+        let head = "0123456789abcdef0123";
+        assert_eq!(
+            scratch_name("quickstart", head, 1),
+            "quickstart-0123456789ab"
+        );
+        assert_eq!(scratch_name("a b/c", head, 3), "a-b-c-0123456789ab-3");
+        assert!(RepoId::new(SCRATCH_NAMESPACE, &scratch_name("x:y", head, 2)).is_ok());
+    }
 }
