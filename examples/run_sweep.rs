@@ -58,12 +58,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 cache_dir: home.join("cache"),
             }),
             spec_dir: path.parent().map(PathBuf::from).unwrap_or_default(),
+            pinned: Default::default(),
         },
         spec_file: (path.display().to_string(), text),
         failure: FailurePolicy::FailFast,
         upload_slots: 4,
         commits: CommitPolicy::default(),
         dry_run: false,
+        perturb_capture_for_tests: false,
     };
     let events = Arc::new(|event: &RunEvent| {
         if let RunEvent::Pinned { label, commit, .. } = event {

@@ -22,6 +22,7 @@
 //! | [`hub`] | Hub HTTP client, downloads through hf-hub, and the embedded Hub-compatible server |
 //! | [`slurm`] | work units submitted to a Slurm cluster as a job array, tracked and resubmitted |
 //! | [`ledger`] | manifest, per-node records, segments and the compacted index on the Hub; `verify` |
+//! | [`reproduce`] | a ledger's plan rebuilt from its manifest at the recorded pins, rerun and compared |
 //! | [`fuzzing`] | fuzz target bodies for the hostile-input parsers (run by `fuzz/` and the tests) |
 //! | [`report`] | the metrics tables drawn as a self-contained HTML page (inline SVG), CSV, JSON |
 #![deny(missing_docs)]
@@ -35,6 +36,7 @@ pub mod ledger;
 pub mod model;
 pub mod plan;
 pub mod report;
+pub mod reproduce;
 pub mod sink;
 pub mod slurm;
 pub mod spec;

@@ -7,6 +7,7 @@ mod capture;
 mod hub;
 mod inspect;
 mod report;
+mod reproduce;
 mod run;
 mod spec;
 mod verify;
@@ -64,6 +65,8 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Check a published ledger: records, ids, DAG, index, files (and with --deep, content).
     Verify(verify::VerifyArgs),
+    /// Rebuild a published sweep from its ledger alone, rerun chosen nodes, compare bitwise.
+    Reproduce(reproduce::ReproduceArgs),
 }
 
 /// The environment, read once here and passed down as explicit settings.
@@ -82,6 +85,9 @@ pub struct Env {
     pub hf_hub_offline: bool,
     /// `HUBSWEEP_MIRROR_FROM_TOKEN`: the token for the source hub of `hub mirror`.
     pub mirror_from_token: Option<String>,
+    /// `HUBSWEEP_TEST_PERTURB`: TEST ONLY. `capture` makes `reproduce` perturb captured
+    /// activations, so the tests can see a difference caught (docs/reproduce.md).
+    pub test_perturb: Option<String>,
 }
 
 impl Env {
@@ -107,6 +113,9 @@ impl Env {
                 matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
             }),
             mirror_from_token: std::env::var("HUBSWEEP_MIRROR_FROM_TOKEN")
+                .ok()
+                .filter(|v| !v.is_empty()),
+            test_perturb: std::env::var("HUBSWEEP_TEST_PERTURB")
                 .ok()
                 .filter(|v| !v.is_empty()),
         }
@@ -201,6 +210,7 @@ pub fn main() -> ExitCode {
         Command::Capture(args) => exit_for(capture::run(&args, &env)),
         Command::Inspect(args) => exit_for(inspect::run(&args, &env)),
         Command::Verify(args) => verify::run(args, &env),
+        Command::Reproduce(args) => reproduce::run(args, &env),
     }
 }
 

@@ -155,6 +155,7 @@ pub(super) async fn open_hubs(
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default(),
+        pinned: Default::default(),
     };
     Ok(Hubs {
         local,
@@ -325,6 +326,7 @@ pub fn run(args: RunArgs, env: &Env) -> ExitCode {
             upload_slots: args.upload_slots,
             commits: CommitPolicy::default(),
             dry_run: args.dry_run,
+            perturb_capture_for_tests: false,
         };
         let cancel = CancellationToken::new();
         let on_interrupt = cancel.clone();

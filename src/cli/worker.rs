@@ -273,6 +273,7 @@ pub fn submit(spec_path: &Path, args: &SlurmArgs, format: SummaryFormat, env: &E
             upload_slots: 1,
             commits: CommitPolicy::default(),
             dry_run: false,
+            perturb_capture_for_tests: false,
         };
         let manifest = exec::manifest(&spec, &settings_for_manifest);
         let mut files = vec![(SubmittedPlan::path(&hash), Bytes::from(serde_json::to_vec_pretty(&submitted).unwrap_or_default()))];
@@ -540,6 +541,7 @@ async fn work(
             ..CommitPolicy::default()
         },
         dry_run: false,
+        perturb_capture_for_tests: false,
     };
     let selection = match args.unit {
         Some(k) if k < units.len() => UnitSelection::unit(k),

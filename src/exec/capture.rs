@@ -59,6 +59,9 @@ pub struct CaptureWork {
     pub spectra: Vec<(Hook, Option<u32>)>,
     /// Metadata common to all artifacts (model, commit).
     pub metadata: BTreeMap<String, String>,
+    /// TEST ONLY (see `RunSettings::perturb_capture_for_tests`): nudge the first value of
+    /// every hook's first batch of each shard one step up in the stored dtype.
+    pub perturb_for_tests: bool,
 }
 
 /// What a capture hands back: the Gram accumulators of the spectra it was asked for.
@@ -130,6 +133,32 @@ fn to_bytes(values: &[f32], dtype: Dtype) -> Vec<u8> {
             le_bytes(&narrow, half::bf16::to_le_bytes)
         }
     }
+}
+
+/// Moves the first value one step up in `dtype` (one unit in the last place as stored), so the
+/// change survives the conversion to the stored dtype and reaches the artifact's bytes and the
+/// spectrum's Gram matrix alike. Test-only: see [`CaptureWork::perturb_for_tests`].
+fn nudge_first(values: &mut [f32], dtype: Dtype) {
+    // The next representable value above `bits` for a sign-magnitude float of 16 bits.
+    fn next_up_16(bits: u16) -> u16 {
+        match bits {
+            0x8000 => 1,
+            b if b & 0x8000 == 0 => b + 1,
+            b => b - 1,
+        }
+    }
+    let Some(value) = values.first_mut() else {
+        return;
+    };
+    *value = match dtype {
+        Dtype::F32 => value.next_up(),
+        Dtype::F16 => {
+            half::f16::from_bits(next_up_16(half::f16::from_f32(*value).to_bits())).to_f32()
+        }
+        Dtype::Bf16 => {
+            half::bf16::from_bits(next_up_16(half::bf16::from_f32(*value).to_bits())).to_f32()
+        }
+    };
 }
 
 fn tensor_dtype(dtype: Dtype) -> TensorDtype {
@@ -254,7 +283,10 @@ pub fn run_capture(
                 })?;
             writers.push((index, path.clone(), record.clone(), writer, permit));
         }
-        for batch in shard_ids.chunks(work.batch_size.max(1) * work.seq_len) {
+        for (batch_index, batch) in shard_ids
+            .chunks(work.batch_size.max(1) * work.seq_len)
+            .enumerate()
+        {
             if cancel.is_cancelled() {
                 return Err(RunError::Interrupted);
             }
@@ -275,8 +307,11 @@ pub fn run_capture(
                         reason: format!("the model produced no `{name}`"),
                     });
                 };
-                let (values, n, width) =
+                let (mut values, n, width) =
                     as_rows(target.hook, tensor).map_err(|e| tensor_err(&name, e))?;
+                if work.perturb_for_tests && batch_index == 0 {
+                    nudge_first(&mut values, work.dtype);
+                }
                 let key = (target.hook, target.layer);
                 if work.spectra.contains(&key) {
                     let gram = grams

@@ -41,7 +41,7 @@ use crate::sink::{
 use crate::spec::{Diagnostic, SweepSpec};
 
 pub use pin::{PinnedModel, Sources};
-pub use records::now_rfc3339;
+pub use records::{default_tolerances, now_rfc3339};
 pub use unit::{UnitSelection, WorkUnit};
 
 /// What to do when a node fails.
@@ -71,6 +71,11 @@ pub struct RunSettings {
     pub commits: CommitPolicy,
     /// Plan and compare with the ledger, run nothing.
     pub dry_run: bool,
+    /// TEST ONLY: nudge the first activation of every artifact one step (one unit in the last
+    /// place of the stored dtype) before it is written and accumulated, so that `reproduce`
+    /// has a difference to catch. A real run never sets it; the CLI sets it only for
+    /// `reproduce` with `HUBSWEEP_TEST_PERTURB=capture`.
+    pub perturb_capture_for_tests: bool,
 }
 
 /// Progress of a run, for a progress bar or a log owned by the caller. Events arrive in order
@@ -403,10 +408,15 @@ pub async fn run_units(
         ..RunReport::default()
     };
     let id = |i: usize| plan.nodes[i].id.map(|id| id.to_hex()).unwrap_or_default();
-    let done: HashSet<usize> = (0..plan.nodes.len())
+    let in_ledger: HashSet<usize> = (0..plan.nodes.len())
         .filter(|&i| state.is_done(&id(i)))
         .collect();
-    report.skipped = done.len();
+    report.skipped = in_ledger.len();
+    // Nodes outside a node selection are treated as done: the steps below skip them exactly
+    // as they skip what the ledger has.
+    let done: HashSet<usize> = (0..plan.nodes.len())
+        .filter(|&i| in_ledger.contains(&i) || selection.excludes(&id(i)))
+        .collect();
     let pending_bytes = records::pending_artifact_bytes(spec, &plan, &done);
     events(&RunEvent::Planned {
         nodes: plan.nodes.len(),
@@ -513,6 +523,7 @@ pub async fn run_units(
             &events,
             &cancel,
             &mut spectra,
+            settings.perturb_capture_for_tests,
         )
         .await;
         match outcome {

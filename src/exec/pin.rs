@@ -2,6 +2,7 @@
 //! the commit sha they come from, its dimensions, and the token windows its tokenizer makes of
 //! the data. The result feeds the planner, so every node of the pinned plan has its id.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -22,6 +23,11 @@ pub struct Sources {
     pub local: Option<HubSource>,
     /// Folder relative paths in the spec are resolved against.
     pub spec_dir: PathBuf,
+    /// Pins to hold to, by `source@revision`: a Hub revision is fetched at this commit instead
+    /// of being resolved, and a local folder must still hash to this `sha256:`. `reproduce`
+    /// takes them from a ledger's resolve records, so a branch that moved since the run changes
+    /// nothing; a run leaves this empty.
+    pub pinned: BTreeMap<String, String>,
 }
 
 /// One model revision, pinned.
@@ -93,6 +99,8 @@ pub async fn pin_model(
     sources: &Sources,
 ) -> Result<PinnedModel, RunError> {
     let label = format!("{}@{}", instance.source, instance.revision);
+    let pin = sources.pinned.get(&label);
+    let fetch = pin.map_or(instance.revision.as_str(), String::as_str);
     let files = match &instance.source {
         ModelSource::Path(path) => {
             let dir = if path.is_absolute() {
@@ -105,20 +113,20 @@ pub async fn pin_model(
                 source,
             })?
         }
-        ModelSource::Hub(id) => ModelFiles::download(&sources.hf, id, &instance.revision)
-            .await
-            .map_err(|source| RunError::Model {
-                label: label.clone(),
-                source,
-            })?,
-        ModelSource::Local(id) => {
-            ModelFiles::download(sources.for_hub(HubKind::Local)?, id, &instance.revision)
+        ModelSource::Hub(id) => {
+            ModelFiles::download(&sources.hf, id, fetch)
                 .await
                 .map_err(|source| RunError::Model {
                     label: label.clone(),
                     source,
                 })?
         }
+        ModelSource::Local(id) => ModelFiles::download(sources.for_hub(HubKind::Local)?, id, fetch)
+            .await
+            .map_err(|source| RunError::Model {
+                label: label.clone(),
+                source,
+            })?,
     };
     let commit = match &files.commit {
         Some(commit) => commit.clone(),
@@ -127,6 +135,14 @@ pub async fn pin_model(
             source,
         })?,
     };
+    if let Some(pin) = pin.filter(|pin| **pin != commit) {
+        return Err(RunError::Config {
+            label,
+            reason: format!(
+                "pinned to `{pin}`, but its files are `{commit}` now (a local folder changed, or the hub has no such commit)"
+            ),
+        });
+    }
     let config = ModelConfig::from_file(&files.config).map_err(|source| RunError::Model {
         label: label.clone(),
         source,

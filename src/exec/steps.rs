@@ -57,6 +57,7 @@ pub(super) async fn run_model(
     events: &RunEvents,
     cancel: &CancellationToken,
     spectra_out: &mut HashMap<usize, Arc<Spectrum>>,
+    perturb_for_tests: bool,
 ) -> Result<(usize, f64), RunError> {
     let Some(capture_spec) = &spec.capture else {
         return Ok((0, 0.0));
@@ -164,6 +165,7 @@ pub(super) async fn run_model(
         shards,
         spectra: spectra_keys,
         metadata,
+        perturb_for_tests,
     };
     let (budget, uploads_tx, commits_tx, cancel_capture) = (
         budget.clone(),

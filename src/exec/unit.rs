@@ -79,6 +79,10 @@ pub enum UnitSelection {
         /// Whether to run the final step (overlaps, final ledger commit, index).
         include_final: bool,
     },
+    /// Only the nodes with these ids (hex), walking every unit and the final step: what
+    /// `reproduce` reruns. The set must hold the inputs of each of its nodes; every other node
+    /// is treated as already done.
+    Nodes(HashSet<String>),
 }
 
 impl UnitSelection {
@@ -101,7 +105,7 @@ impl UnitSelection {
     /// Whether unit (model revision) `index` is selected.
     pub fn has_unit(&self, index: usize) -> bool {
         match self {
-            Self::All => true,
+            Self::All | Self::Nodes(_) => true,
             Self::Units { units, .. } => units.contains(&index),
         }
     }
@@ -109,8 +113,16 @@ impl UnitSelection {
     /// Whether the final step is selected.
     pub fn has_final(&self) -> bool {
         match self {
-            Self::All => true,
+            Self::All | Self::Nodes(_) => true,
             Self::Units { include_final, .. } => *include_final,
+        }
+    }
+
+    /// Whether node `id` (hex) is left out by a node selection.
+    pub fn excludes(&self, id: &str) -> bool {
+        match self {
+            Self::Nodes(ids) => !ids.contains(id),
+            Self::All | Self::Units { .. } => false,
         }
     }
 

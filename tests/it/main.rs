@@ -6,6 +6,7 @@ mod common;
 mod hub;
 mod model;
 mod plan;
+mod reproduce;
 mod run;
 mod slurm;
 mod spec;

@@ -1,0 +1,330 @@
+//! `hubsweep reproduce` against the embedded hub: the quickstart rebuilt from its ledger alone
+//! reruns bitwise identical on the CPU; `--nodes` and `--sample` narrow what reruns; a
+//! perturbed capture kernel (the test-only `HUBSWEEP_TEST_PERTURB=capture`) is caught, naming
+//! the captures and their files; a manifest that is edited, invalid or missing cannot be
+//! reproduced (exit 2), and a forged spec with consistent hashes shows as id findings (exit 1).
+
+use std::path::PathBuf;
+use std::process::{Command as StdCommand, Output};
+
+use bytes::Bytes;
+use hubsweep::hub::server::{Server, ServerConfig};
+use hubsweep::hub::{CommitOperation, CommitOptions, HubClient, Repo, RepoId};
+use hubsweep::ledger::{self, Manifest};
+use sha2::{Digest, Sha256};
+
+use crate::common::{TestContext, repo_root};
+
+const REPO: &str = "local://hubsweep/quickstart";
+
+fn hubsweep(ctx: &TestContext) -> StdCommand {
+    let mut cmd = StdCommand::new(env!("CARGO_BIN_EXE_hubsweep"));
+    cmd.current_dir(ctx.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", ctx.child("home"))
+        .env("HF_HOME", ctx.child("hf-home"))
+        .env("HUBSWEEP_HOME", ctx.child("hubsweep-home"))
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn run_quickstart(ctx: &TestContext) {
+    let spec = ctx.child("quickstart.yaml");
+    std::fs::copy(repo_root().join("sweeps/quickstart.yaml"), &spec).unwrap();
+    let output = hubsweep(ctx).arg("run").arg(&spec).output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+}
+
+fn reproduce(ctx: &TestContext, args: &[&str]) -> Output {
+    hubsweep(ctx)
+        .arg("reproduce")
+        .args(args)
+        .output()
+        .expect("run hubsweep reproduce")
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("--format json is not JSON ({e}):\n{}", text(output)))
+}
+
+/// Table rows of a text report (the header line dropped), split on runs of two spaces.
+fn table_rows(output: &Output) -> Vec<Vec<String>> {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut lines = stdout.lines();
+    let header = lines.next().unwrap_or_default();
+    assert!(
+        header.starts_with("node") && header.ends_with("ok"),
+        "{header}"
+    );
+    lines
+        .map(|l| {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn quickstart_reproduces_bitwise_and_selections_narrow_it() {
+    let ctx = TestContext::new();
+    run_quickstart(&ctx);
+
+    let all = reproduce(&ctx, &[REPO]);
+    assert_eq!(all.status.code(), Some(0), "{}", text(&all));
+    let rows = table_rows(&all);
+    assert!(
+        rows.iter().all(|r| r.last().is_some_and(|s| s == "ok")),
+        "{}",
+        text(&all)
+    );
+    // The quickstart's 36 files (18 artifacts, 18 spectra) each compared bitwise, and 18
+    // spectra's metrics: every node of the 43 reran.
+    let files = rows.iter().filter(|r| r[2].starts_with("file ")).count();
+    assert_eq!(files, 36, "{}", text(&all));
+    let stderr = String::from_utf8_lossy(&all.stderr);
+    assert!(
+        stderr.contains("43 nodes, 43 with their recorded ids"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("reran 43 of 43"), "{stderr}");
+    assert!(
+        stderr.contains("reproduced: every compared node is as recorded"),
+        "{stderr}"
+    );
+
+    // --nodes: the tiny Llama's layer-1 spectra bring their artifacts, capture and resolve.
+    let narrow = reproduce(
+        &ctx,
+        &[
+            REPO,
+            "--nodes",
+            "spectrum,tiny-llama,layer=1",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(narrow.status.code(), Some(0), "{}", text(&narrow));
+    let report = json(&narrow);
+    assert_eq!(report["passed"], true);
+    assert_eq!(
+        report["compared"], 8,
+        "3 spectra, 3 artifacts, capture, resolve"
+    );
+    let rows = report["rows"].as_array().unwrap();
+    assert!(rows.iter().all(|r| r["status"] == "ok"), "{report:#}");
+    assert!(
+        rows.iter()
+            .all(|r| r["label"].as_str().unwrap().contains("tiny-llama")),
+        "{report:#}"
+    );
+    assert!(
+        rows.iter()
+            .filter(|r| r["kind"] == "spectrum")
+            .all(|r| r["label"].as_str().unwrap().contains("blocks.1.")),
+        "{report:#}"
+    );
+
+    // --sample 1: one capture group (the capture and its 9 artifacts) and its resolve; the same
+    // seed draws the same group.
+    let sample = |seed: &str| {
+        let output = reproduce(
+            &ctx,
+            &[REPO, "--sample", "1", "--seed", seed, "--format", "json"],
+        );
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+        let report = json(&output);
+        assert_eq!(report["compared"], 11, "{report:#}");
+        let captures: Vec<String> = report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["kind"] == "capture")
+            .map(|r| r["node"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(captures.len(), 1, "{report:#}");
+        captures[0].clone()
+    };
+    assert_eq!(sample("7"), sample("7"));
+
+    let unknown = reproduce(&ctx, &[REPO, "--nodes", "no-such-node"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("matches no node"));
+}
+
+#[test]
+fn a_perturbed_capture_kernel_is_caught() {
+    let ctx = TestContext::new();
+    run_quickstart(&ctx);
+    let output = hubsweep(&ctx)
+        .args(["reproduce", REPO])
+        .env("HUBSWEEP_TEST_PERTURB", "capture")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let rows = table_rows(&output);
+    let failed_captures: Vec<&Vec<String>> = rows
+        .iter()
+        .filter(|r| r[1] == "capture" && r.last().is_some_and(|s| s == "FAIL"))
+        .collect();
+    assert_eq!(failed_captures.len(), 2, "{}", text(&output));
+    for model in ["tiny-gpt-neox", "tiny-llama"] {
+        // The capture's row names the files that differ, and each file has its own row.
+        assert!(
+            failed_captures.iter().any(|r| r[4].contains(&format!(
+                "acts/hubsweep--{model}/main/hook_resid_pre/layer000/"
+            ))),
+            "{}",
+            text(&output)
+        );
+    }
+    let failed_artifacts = rows
+        .iter()
+        .filter(|r| r[1] == "artifact" && r.last().is_some_and(|s| s == "FAIL"))
+        .count();
+    assert_eq!(failed_artifacts, 18, "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("NOT reproduced"));
+
+    let bogus = hubsweep(&ctx)
+        .args(["reproduce", REPO])
+        .env("HUBSWEEP_TEST_PERTURB", "yes")
+        .output()
+        .unwrap();
+    assert_eq!(bogus.status.code(), Some(2), "{}", text(&bogus));
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Sets both spec hashes of `manifest` to match its text, as a careful forger would.
+fn rehash(manifest: &mut Manifest) {
+    let text = &manifest.spec.text;
+    manifest.spec.sha256 = hex::encode(Sha256::digest(text.as_bytes()));
+    let tree = hubsweep::spec::load("spec.yaml", text.as_bytes())
+        .tree
+        .expect("the edited spec is YAML");
+    let canonical = hubsweep::plan::id::canonical_json(&tree.to_json());
+    manifest.spec.canonical_sha256 = hex::encode(Sha256::digest(canonical.as_bytes()));
+}
+
+#[test]
+fn an_edited_or_missing_manifest_cannot_be_reproduced() {
+    let ctx = TestContext::new();
+    run_quickstart(&ctx);
+    let home: PathBuf = ctx.child("hubsweep-home");
+    runtime().block_on(async {
+        let mut config = ServerConfig::new(home.join("hub"));
+        config.addr = "127.0.0.1:0".parse().unwrap();
+        let server = Server::start(config).await.expect("open the store");
+        let client = HubClient::builder(server.base_url())
+            .unwrap()
+            .build()
+            .unwrap();
+        let repo = Repo::dataset(RepoId::new("hubsweep", "quickstart").unwrap());
+        let original: Manifest = ledger::parse_manifest(
+            &client
+                .download_bytes(&repo, "main", ledger::MANIFEST_PATH)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let branch = |name: &'static str, manifest: Option<Manifest>| {
+            let (client, repo) = (client.clone(), repo.clone());
+            async move {
+                client.create_branch(&repo, name, "main").await.unwrap();
+                let operation = match manifest {
+                    Some(m) => CommitOperation::AddRegular {
+                        path: ledger::MANIFEST_PATH.into(),
+                        content: Bytes::from(serde_json::to_vec_pretty(&m).unwrap()),
+                    },
+                    None => CommitOperation::Delete {
+                        path: ledger::MANIFEST_PATH.into(),
+                    },
+                };
+                let options = CommitOptions {
+                    summary: format!("tamper: {name}"),
+                    ..CommitOptions::default()
+                };
+                client
+                    .commit(&repo, name, &[operation], &options)
+                    .await
+                    .unwrap();
+            }
+        };
+        let edit = |from: &str, to: &str, rehashed: bool| {
+            let mut m = original.clone();
+            assert!(m.spec.text.contains(from), "{from}");
+            m.spec.text = m.spec.text.replace(from, to);
+            if rehashed {
+                rehash(&mut m);
+            }
+            m
+        };
+        branch("edited", Some(edit("seq_len: 16", "seq_len: 8", false))).await;
+        branch("invalid", Some(edit("dtype: f32", "dtype: f64", true))).await;
+        branch("forged", Some(edit("top_k: 16", "top_k: 8", true))).await;
+        branch("no-manifest", None).await;
+        server.shutdown().await;
+    });
+
+    let cases = [
+        ("edited", "the manifest's spec was edited"),
+        ("invalid", "does not validate"),
+        ("no-manifest", "has no `ledger/manifest.json`"),
+    ];
+    for (branch, message) in cases {
+        let output = reproduce(&ctx, &[&format!("{REPO}@{branch}")]);
+        assert_eq!(output.status.code(), Some(2), "{branch}: {}", text(&output));
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(message),
+            "{branch}: {}",
+            text(&output)
+        );
+    }
+    let missing = reproduce(&ctx, &["local://hubsweep/no-such-results"]);
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"));
+
+    // Spec and hashes forged together: the rebuilt spectra are other nodes than the recorded
+    // ones, and each is named.
+    let forged = reproduce(&ctx, &[&format!("{REPO}@forged"), "--format", "json"]);
+    assert_eq!(forged.status.code(), Some(1), "{}", text(&forged));
+    let report = json(&forged);
+    let id_failures: Vec<&serde_json::Value> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["check"] == "id" && r["status"] == "fail")
+        .collect();
+    let named = |kind: &str, got: &str| {
+        id_failures
+            .iter()
+            .filter(|r| r["kind"] == kind && r["got"].as_str().unwrap().contains(got))
+            .count()
+    };
+    // `top_k` is a spectrum parameter: the 18 recorded spectra are not in the rebuilt plan; the
+    // ledger commits are the same nodes with other inputs.
+    assert_eq!(
+        named("spectrum", "not in the rebuilt plan"),
+        18,
+        "{report:#}"
+    );
+    assert_eq!(named("ledger_commit", "inputs differ"), 3, "{report:#}");
+    assert_eq!(id_failures.len(), 21, "{report:#}");
+}
