@@ -8,6 +8,7 @@ mod hub;
 mod inspect;
 mod report;
 mod run;
+mod slurm;
 mod spec;
 mod verify;
 mod worker;
