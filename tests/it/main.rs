@@ -8,6 +8,7 @@ mod model;
 mod plan;
 mod run;
 mod slurm;
+mod slurm_follow;
 mod spec;
 mod spectro;
 mod verify;
