@@ -177,6 +177,26 @@ pub fn submit(spec_path: &Path, args: &SlurmArgs, format: SummaryFormat, env: &E
             print(serde_json::json!({"submitted": false, "plan": hash, "units": units.len(), "pending_units": 0, "complete": true, "slurm_commands": slurm.commands_run()}));
             return ExitCode::from(EXIT_OK);
         }
+        // A plan submitted before may still have jobs queued or running (a detached or
+        // interrupted submitter): submitting its units again would run them twice. Only a plan
+        // with a recorded attempt costs this `squeue`.
+        if Attempt::count_in(&state, &hash) > 0 {
+            match slurm.jobs_named(&job_name) {
+                Ok(rows) => {
+                    let active = rows.iter().filter(|r| r.is_active()).count();
+                    if active > 0 {
+                        eprintln!("error: this sweep was submitted before and {active} of its jobs are still queued or running (job name {job_name}); nothing submitted");
+                        eprintln!("  track:   hubsweep status {}", spec_path.display());
+                        eprintln!("  cancel:  scancel --name {job_name}   (then submit again)");
+                        return ExitCode::from(EXIT_CANNOT_RUN);
+                    }
+                }
+                Err(error) => {
+                    eprintln!("error: {}", error_chain(&error));
+                    return ExitCode::from(EXIT_CANNOT_RUN);
+                }
+            }
+        }
         // The plan goes to the Hub before any job exists: workers read it from there.
         let settings_for_manifest = RunSettings {
             output_client: hubs.output.clone(),

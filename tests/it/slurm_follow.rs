@@ -437,6 +437,20 @@ fn ctrl_c_on_a_terminal_answered_n_leaves_the_jobs_and_says_how_to_cancel() {
         "the final job is not waiting any more: {rows:?}"
     );
 
+    // Submitting the sweep again while its jobs run is refused: they would run twice.
+    let out = hubsweep(&ctx, &server)
+        .args(["run", "--executor", "slurm", "--detach"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("still queued or running") && stderr(&out).contains(&cancel),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(squeue(&["-n", &jobs.name]).len(), rows.len());
+
     // The printed command is the one that cancels them.
     let words: Vec<&str> = cancel.split_whitespace().collect();
     let status = StdCommand::new(words[0])
