@@ -347,8 +347,12 @@ fn ctrl_c_on_a_terminal_answered_y_cancels_exactly_the_submitted_jobs() {
     let server = rt.block_on(rate_limited_server(&ctx));
     slow(&server);
     // Someone else's job, which the answer must not touch.
+    let bystander_name = format!("bystander-{}", std::process::id());
+    let bystander_guard = CancelOnDrop::new();
+    bystander_guard.watch(&bystander_name);
     let bystander = StdCommand::new("sbatch")
-        .args(["--parsable", "--job-name=bystander", "--output=/dev/null"])
+        .args(["--parsable", "--output=/dev/null"])
+        .arg(format!("--job-name={bystander_name}"))
         .args(["--wrap", "sleep 300"])
         .output()
         .unwrap();
@@ -393,7 +397,7 @@ fn ctrl_c_on_a_terminal_answered_y_cancels_exactly_the_submitted_jobs() {
         "{rows:?}"
     );
     let other = squeue(&["-j", &bystander]);
-    let _ = StdCommand::new("scancel").arg(&bystander).status();
+    drop(bystander_guard);
     assert!(
         other.iter().all(|(_, _, state)| is_active(state)) && !other.is_empty(),
         "the bystander was touched: {other:?}"
