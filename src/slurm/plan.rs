@@ -370,3 +370,132 @@ pub async fn sweep_state(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Record;
+    use crate::plan::{NoLookup, PlanOptions};
+
+    /// Two units (two pinned revisions, inline data: every node id is known without a Hub).
+    fn two_unit_plan() -> Plan {
+        let text = "name: t\noutput: hf://datasets/alice/t\nmodels:\n  - family: llama\n    repo: org/model\n    revision: [0123456789abcdef0123456789abcdef01234567, 89abcdef0123456789abcdef0123456789abcdef]\ndata:\n  token_ids: [[1, 2, 3, 4]]\n  seq_len: 4\ncapture:\n  hooks: [hook_resid_post]\n  layers: [0]\nanalyses:\n  - spectrum: {top_k: 2}\n";
+        let loaded = crate::spec::load("t.yaml", text.as_bytes());
+        let options = PlanOptions {
+            lookup: &NoLookup,
+            data_hash: None,
+            device_class: "cpu".into(),
+        };
+        crate::plan::build(loaded.spec.as_ref().expect("valid spec"), &options)
+    }
+
+    fn record(id: &str, error: Option<&str>) -> Record {
+        Record {
+            id: id.to_owned(),
+            kind: "capture".into(),
+            version: 1,
+            params: serde_json::Value::Null,
+            inputs: Vec::new(),
+            pins: serde_json::Value::Null,
+            files: Vec::new(),
+            metrics: None,
+            timing: None,
+            device: None,
+            error: error.map(str::to_owned),
+        }
+    }
+
+    fn row(job: &str, task: Option<usize>, state: &str) -> JobRow {
+        JobRow {
+            job: job.into(),
+            task,
+            state: state.into(),
+        }
+    }
+
+    fn attempt(attempt: u32, array: &str, units: &[usize]) -> Attempt {
+        Attempt {
+            attempt,
+            array_job: Some(array.into()),
+            final_job: "99".into(),
+            units: units.to_vec(),
+            reasons: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn missing_units_and_completeness_follow_the_ledger() {
+        let plan = two_unit_plan();
+        let units = planned_units(&plan);
+        assert_eq!(units.len(), 2);
+        let mut state = LedgerState::default();
+        assert_eq!(missing_units(&plan, &state), [0, 1]);
+        for id in &units[1].nodes {
+            state.add(record(id, None));
+        }
+        assert_eq!(missing_units(&plan, &state), [0]);
+        for id in units[0].nodes.iter().chain(&final_node_ids(&plan)) {
+            assert!(!is_complete(&plan, &state));
+            state.add(record(id, None));
+        }
+        assert!(missing_units(&plan, &state).is_empty());
+        assert!(is_complete(&plan, &state));
+    }
+
+    #[test]
+    fn reasons_join_the_tasks_end_state_and_the_ledgers_failure() {
+        let plan = two_unit_plan();
+        let units = planned_units(&plan);
+        let mut state = LedgerState::default();
+        state.add(record(&units[1].nodes[0], Some("out of memory")));
+        // Unit 1 ran as task 0 of a resubmission; unit 0 as task 1, which Slurm forgot.
+        let last = attempt(2, "12", &[1, 0]);
+        let rows = [row("12", Some(0), "FAILED"), row("11", Some(1), "TIMEOUT")];
+        let reasons = reasons(&plan, &state, &[0, 1], Some(&last), &rows);
+        assert_eq!(
+            reasons,
+            [
+                (
+                    0,
+                    "not complete in the ledger (the task's record is gone from Slurm)".to_owned()
+                ),
+                (1, "array task 12_0 ended FAILED: out of memory".to_owned()),
+            ]
+        );
+        // Slurm's word alone, when the ledger has no failure.
+        let rows = [row("12", Some(1), "CANCELLED")];
+        assert_eq!(
+            super::reasons(&plan, &LedgerState::default(), &[0], Some(&last), &rows),
+            [(
+                0,
+                "array task 12_1 ended CANCELLED before the unit was complete".to_owned()
+            )]
+        );
+        // The ledger's word alone, when no attempt is known.
+        assert_eq!(
+            super::reasons(&plan, &state, &[1], None, &[]),
+            [(1, "out of memory".to_owned())]
+        );
+    }
+
+    #[test]
+    fn unit_states_take_done_from_the_ledger_and_the_rest_from_the_latest_attempt() {
+        let plan = two_unit_plan();
+        let units = planned_units(&plan);
+        let mut state = LedgerState::default();
+        for id in &units[0].nodes {
+            state.add(record(id, None));
+        }
+        // Unit 1 failed as task 1 of array 10, then was resubmitted as task 0 of array 20,
+        // whose tasks are still one pending range.
+        let attempts = [attempt(1, "10", &[0, 1]), attempt(2, "20", &[1])];
+        let rows = [row("10", Some(1), "FAILED"), row("20", None, "PENDING")];
+        let counts = unit_states(&plan, &state, &attempts, &rows);
+        assert_eq!(
+            counts,
+            BTreeMap::from([("done".to_owned(), 1), ("pending".to_owned(), 1)])
+        );
+        let counts = unit_states(&plan, &state, &attempts, &[]);
+        assert_eq!(counts.get("not known to slurm"), Some(&1));
+    }
+}
