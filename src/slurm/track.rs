@@ -11,7 +11,8 @@ use super::JobRow;
 ///
 /// Sites commonly ask for at most 12 Slurm commands a minute per user. The fastest interval
 /// leaves headroom under that: 7.5 polls a minute, and with the submission's three commands
-/// (`sbatch --version` and two `sbatch`) at most 10 in the first minute.
+/// (`sbatch --version` and two `sbatch`; a plan submitted again adds one `squeue`) at most 10
+/// (11) in the first minute.
 #[derive(Debug, Clone)]
 pub struct PollSchedule {
     interval: Duration,
