@@ -9,6 +9,7 @@ mod inspect;
 mod report;
 mod reproduce;
 mod run;
+mod slurm;
 mod spec;
 mod verify;
 mod worker;

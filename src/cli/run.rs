@@ -59,7 +59,7 @@ pub struct RunArgs {
     format: SummaryFormat,
     /// Options of `--executor slurm`.
     #[command(flatten)]
-    slurm: super::worker::SlurmArgs,
+    slurm: super::slurm::SlurmArgs,
 }
 
 /// Arguments of `status`.
@@ -294,7 +294,7 @@ pub(super) fn report_run_error(error: &exec::RunError, loaded: &hubsweep::spec::
 /// `hubsweep run SPEC`.
 pub fn run(args: RunArgs, env: &Env) -> ExitCode {
     if let Executor::Slurm = args.executor {
-        return super::worker::submit(&args.spec, &args.slurm, args.format, env);
+        return super::slurm::submit(&args.spec, &args.slurm, args.format, env);
     }
     let Some(loaded) = load(&args.spec, env) else {
         return ExitCode::from(EXIT_CANNOT_RUN);
@@ -480,7 +480,9 @@ pub fn status(args: StatusArgs, env: &Env) -> ExitCode {
         };
         // A sweep submitted to Slurm: its units per Slurm state too.
         let slurm = match (spec.output.hub, exec::output_repo(&spec)) {
-            (HubKind::Hf, Ok(repo)) => super::worker::slurm_states(&hubs.output, &repo, &state, &plan).await,
+            (HubKind::Hf, Ok(repo)) => hubsweep::slurm::sweep_state(&hubs.output, &repo, &state, &plan, &hubsweep::slurm::Slurm::new())
+                .await
+                .map(|s| (s.hash, s.units)),
             _ => None,
         };
         let mut rows: Vec<(String, usize, usize, usize)> = plan.models.iter().map(|m| (m.label(), 0, 0, 0)).collect();

@@ -10,17 +10,23 @@
 //! `hubsweep-<hash>`, so one `squeue -n` call shows a sweep's jobs, resubmissions included.
 //!
 //! This module runs the Slurm client commands (`sbatch`, `squeue`, `scancel`) and counts them;
-//! it never reads the environment (the caller passes the binary and the options).
+//! it never reads the environment (the caller passes the binary and the options). `plan` holds
+//! what the sweep keeps in its repo (the plan, the attempts) and what is derived from it with
+//! the ledger; `track` the polling schedule of a submitter following its jobs.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::{Deserialize, Serialize};
+mod plan;
+mod track;
 
-/// Folder of the submissions in the output repo.
-pub const SLURM_DIR: &str = "ledger/slurm";
+pub use plan::{
+    Attempt, JobOptions, PlannedUnit, SLURM_DIR, SubmittedPlan, SweepState, commit_files,
+    final_node_ids, is_complete, missing_units, planned_units, reasons, sweep_state, unit_states,
+};
+pub use track::{PollSchedule, state_counts};
 
 /// Why a Slurm command failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,107 +57,24 @@ pub enum SlurmError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// Slurm options of a submission (also written into the plan, so that resubmissions use them).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobOptions {
-    /// `--partition`.
-    pub partition: Option<String>,
-    /// `--gres` (e.g. `gpu:1`).
-    pub gres: Option<String>,
-    /// `--time` (`HH:MM:SS`).
-    pub time: Option<String>,
-    /// Tasks of the array running at once (`%N`).
-    pub array_max: usize,
-    /// Extra `sbatch` arguments, verbatim.
-    pub extra: Vec<String>,
-    /// Folder for job logs (must exist on the compute nodes).
-    pub log_dir: PathBuf,
-    /// Attempts per unit (first submission included).
-    pub max_attempts: u32,
-}
-
-/// One unit as the submitter planned it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlannedUnit {
-    /// Unit index (model revision index in the plan).
-    pub index: usize,
-    /// `repo@revision`.
-    pub label: String,
-    /// Node ids (hex) of the unit; a worker refuses to run if its own pinning differs.
-    pub nodes: Vec<String>,
-}
-
-/// What the submitter commits for its workers: `ledger/slurm/<hash>/plan.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SubmittedPlan {
-    /// The spec's file name (as the manifest records it).
-    pub spec_file: String,
-    /// The spec's text.
-    pub spec_text: String,
-    /// Folder the spec was read from (relative model folders resolve against it).
-    pub spec_dir: String,
-    /// Pinned model revisions: label and commit.
-    pub pins: Vec<(String, String)>,
-    /// Every unit.
-    pub units: Vec<PlannedUnit>,
-    /// Node ids of the final step.
-    pub final_nodes: Vec<String>,
-    /// Commits per hour each worker may make (the repo's limit shared by the parallel tasks).
-    pub worker_commits_per_hour: usize,
-    /// Slurm options, for resubmissions.
-    pub options: JobOptions,
-}
-
-impl SubmittedPlan {
-    /// The content hash naming this plan (first 16 hex digits of the sha256 of its pins, node
-    /// ids and spec): a resubmission of the same pinned sweep finds the same plan.
-    pub fn hash(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let mut hasher = Sha256::new();
-        hasher.update(self.spec_text.as_bytes());
-        for (label, commit) in &self.pins {
-            hasher.update(format!("\n{label}={commit}"));
-        }
-        for unit in &self.units {
-            hasher.update(format!("\n{}:{}", unit.index, unit.nodes.join(",")));
-        }
-        hasher.update(self.final_nodes.join(","));
-        hex::encode(&hasher.finalize()[..8])
-    }
-
-    /// Repo path of the plan of `hash`.
-    pub fn path(hash: &str) -> String {
-        format!("{SLURM_DIR}/{hash}/plan.json")
-    }
-
-    /// The job name of every job of the plan `hash`.
-    pub fn job_name(hash: &str) -> String {
-        format!("hubsweep-{hash}")
-    }
-}
-
-/// One submission of units: an array and its final job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attempt {
-    /// 1 for the first submission.
-    pub attempt: u32,
-    /// The array's job id (none when no unit was left and only the final job was submitted).
-    pub array_job: Option<String>,
-    /// The final job's id.
-    pub final_job: String,
-    /// Unit index of each array task.
-    pub units: Vec<usize>,
-    /// Why units were resubmitted: unit index and reason (empty for the first attempt).
-    pub reasons: Vec<(usize, String)>,
-}
-
-impl Attempt {
-    /// Repo path of attempt `n` of the plan `hash`.
-    pub fn path(hash: &str, n: u32) -> String {
-        format!("{SLURM_DIR}/{hash}/attempt-{n:03}.json")
-    }
+    /// A file of the sweep (plan, attempt) could not be read from or written to the Hub.
+    #[error("cannot transfer `{path}`")]
+    Hub {
+        /// Repo path(s) of the file(s).
+        path: String,
+        /// Cause.
+        #[source]
+        source: crate::hub::HubError,
+    },
+    /// A file of the sweep in the repo is not what this version of hubsweep writes.
+    #[error("`{path}` is not a sweep file of this hubsweep version")]
+    BadFile {
+        /// Repo path of the file.
+        path: String,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// A job as `squeue` shows it.
@@ -224,6 +147,11 @@ impl Slurm {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // Its own process group: a Ctrl-C at the terminal signals the submitter, which decides
+        // what to do with its jobs, and never kills an `sbatch` between the array and its
+        // final job.
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let mut child = command.spawn().map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => SlurmError::NotInstalled {
                 command: program.to_owned(),

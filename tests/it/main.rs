@@ -9,6 +9,7 @@ mod plan;
 mod reproduce;
 mod run;
 mod slurm;
+mod slurm_follow;
 mod spec;
 mod spectro;
 mod verify;

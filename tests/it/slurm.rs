@@ -18,7 +18,7 @@ use crate::common::{TestContext, peers_required, repo_root};
 /// limit would be refused, high enough for the tests' few commits.
 const COMMITS_PER_HOUR: u32 = 60;
 
-fn slurm_available() -> bool {
+pub(crate) fn slurm_available() -> bool {
     if std::env::var_os("HUBSWEEP_SLURM").is_some_and(|v| v == "1") {
         return true;
     }
@@ -30,14 +30,14 @@ fn slurm_available() -> bool {
     false
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap()
 }
 
-async fn rate_limited_server(ctx: &TestContext) -> ServerHandle {
+pub(crate) async fn rate_limited_server(ctx: &TestContext) -> ServerHandle {
     let mut config = ServerConfig::new(ctx.child("remote-store"));
     config.addr = "127.0.0.1:0".parse().unwrap();
     config.limits.commits_per_hour = Some(COMMITS_PER_HOUR);
@@ -46,7 +46,7 @@ async fn rate_limited_server(ctx: &TestContext) -> ServerHandle {
 
 /// The binary with an isolated environment pointing at `server`. Slurm jobs inherit this
 /// environment (sbatch's default `--export=ALL`), so workers reach the same hub.
-fn hubsweep(ctx: &TestContext, server: &ServerHandle) -> StdCommand {
+pub(crate) fn hubsweep(ctx: &TestContext, server: &ServerHandle) -> StdCommand {
     let mut cmd = StdCommand::new(env!("CARGO_BIN_EXE_hubsweep"));
     cmd.current_dir(ctx.path())
         .env_clear()
@@ -61,7 +61,7 @@ fn hubsweep(ctx: &TestContext, server: &ServerHandle) -> StdCommand {
 
 /// A spec with four work units: the four tiny fixture models (folders: they pin to the same
 /// content hash on every node).
-fn four_units(ctx: &TestContext, output: &str) -> PathBuf {
+pub(crate) fn four_units(ctx: &TestContext, output: &str) -> PathBuf {
     let fixtures = repo_root().join("tests/fixtures");
     let model = |family: &str, dir: &str| {
         format!(
@@ -82,21 +82,21 @@ fn four_units(ctx: &TestContext, output: &str) -> PathBuf {
     path
 }
 
-fn json_of(output: &Output) -> serde_json::Value {
+pub(crate) fn json_of(output: &Output) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
 }
 
-fn stderr(output: &Output) -> String {
+pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-fn dataset(id: &str) -> Repo {
+pub(crate) fn dataset(id: &str) -> Repo {
     let (ns, name) = id.split_once('/').unwrap();
     Repo::dataset(RepoId::new(ns, name).unwrap())
 }
 
 /// Every record of the repo's segments (duplicates kept, to detect them) and the state.
-async fn ledger_of(server: &ServerHandle, id: &str) -> (LedgerState, Vec<Record>) {
+pub(crate) async fn ledger_of(server: &ServerHandle, id: &str) -> (LedgerState, Vec<Record>) {
     let client = HubClient::builder(server.base_url())
         .unwrap()
         .build()
@@ -112,7 +112,7 @@ async fn ledger_of(server: &ServerHandle, id: &str) -> (LedgerState, Vec<Record>
 }
 
 /// Node id → (kind, [(file name, sha256)]) of the successful records; panics on a duplicate.
-fn results(records: &[Record]) -> BTreeMap<String, (String, Vec<(String, String)>)> {
+pub(crate) fn results(records: &[Record]) -> BTreeMap<String, (String, Vec<(String, String)>)> {
     let mut out = BTreeMap::new();
     for record in records.iter().filter(|r| r.error.is_none()) {
         let files = record
@@ -135,7 +135,7 @@ fn results(records: &[Record]) -> BTreeMap<String, (String, Vec<(String, String)
 }
 
 /// Files of the repo under `ledger/slurm/`, sorted.
-fn slurm_files(state: &LedgerState) -> Vec<String> {
+pub(crate) fn slurm_files(state: &LedgerState) -> Vec<String> {
     let mut files: Vec<String> = state
         .files
         .keys()
