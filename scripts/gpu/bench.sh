@@ -6,7 +6,11 @@
 # Python baseline (run_smollm2_py.py, transformers on DEVICE) against the same server. Prints
 # walls, peak RSS, the ratios and hubsweep's overlap, and writes WORK/bench.json. Not a test.
 #
-#   scripts/gpu/bench.sh BIN WORK     env: DEVICE (cuda), TOKENS (262144), THREADS (nproc),
+#   scripts/gpu/bench.sh BIN WORK     env: DEVICE (cuda), TOKENS (196608), THREADS (nproc),
+#                                     ID_RANGE (49152: ids drawn from 0..ID_RANGE; a spec holds at
+#                                     most 1 MiB and 200,000 values, so TOKENS ≤ 196,608 and, above
+#                                     ~150k tokens, a smaller range, which changes no cost: ids
+#                                     only index the embedding),
 #                                     PYTHON (python3, with torch + transformers + huggingface_hub),
 #                                     TOKENIZER (a tokenizer.json for the model folder),
 #                                     HUB_FALLBACK_SITE (a PYTHONPATH holding another
@@ -16,7 +20,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 bin="$(realpath "$1")"
 work="$(realpath -m "$2")"
 device="${DEVICE:-cuda}"
-tokens="${TOKENS:-262144}"
+tokens="${TOKENS:-196608}"
 threads="${THREADS:-$(nproc)}"
 python="${PYTHON:-python3}"
 mkdir -p "$work"
@@ -66,25 +70,26 @@ if ! preflight; then
   fi
 fi
 
-"$python" - "$tokens" "$work" "$device" <<'PY'
+"$python" - "$tokens" "$work" "$device" "${ID_RANGE:-49152}" <<'PY'
 import json, sys
-tokens, work, device = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+tokens, work, device, id_range = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
 x, windows = 12345, []
 for _ in range(tokens // 128):
     row = [1]
     for _ in range(127):
         x = (1103515245 * x + 12345) % 2**31
-        row.append(x % 49152)
+        row.append(x % id_range)
     windows.append(row)
 json.dump(windows, open(f"{work}/ids.json", "w"))
-flat = [t for w in windows for t in w[1:]]
+# One document of all windows' ids (hubsweep prepends the BOS to each window), a line per window.
+ids_yaml = ",\n    ".join(",".join(map(str, w[1:])) for w in windows)
 spec = f"""name: bench
 output: hf://datasets/bench/rust
 models:
   - family: llama
     repo: {work}/model
 data:
-  token_ids: [{flat}]
+  token_ids: [[{ids_yaml}]]
   seq_len: 128
   max_tokens: {tokens}
 capture:
@@ -98,6 +103,8 @@ compute:
   device: {device}
   batch_size: 8
 """
+if len(spec) > 1 << 20:
+    sys.exit(f"the spec would be {len(spec)} bytes, over the 1 MiB limit: lower TOKENS or ID_RANGE")
 open(f"{work}/bench.yaml", "w").write(spec)
 PY
 

@@ -5,7 +5,7 @@
 # transformers and huggingface_hub: the cuda build of hubsweep is made elsewhere and carried.
 # Runs on a CPU-only machine too (DEVICE=cpu), which is how the script itself is checked.
 #
-#   scripts/gpu/device.sh BIN OUT      env: DEVICE (cuda), TOKENS (262144), PYTHON (python3),
+#   scripts/gpu/device.sh BIN OUT      env: DEVICE (cuda), TOKENS (196608), PYTHON (python3),
 #                                      FIXTURES (tests/fixtures), TOKENIZER, HUB_FALLBACK_WHEELS
 #                                      (a folder of pure-Python wheels: another huggingface_hub),
 #                                      SKIP_BENCH=1, SKIP_PARITY=1
@@ -61,7 +61,7 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   echo "== run benchmark"
   DEVICE="$device" PYTHON="$python" timeout "${BENCH_TIMEOUT:-420}" bash "$here/bench.sh" "$bin" "$work/bench"
   rc=$?; [ $rc -ne 0 ] && status=$rc
-  for f in bench.json rs.log py.log server.log; do cp "$work/bench/$f" "$out/" 2>/dev/null; done
+  for f in bench.json rs.json rs.measure py.measure rs.log py.log; do cp "$work/bench/$f" "$out/" 2>/dev/null; done
 fi
 echo "== exit $status"
 exit $status
