@@ -13,6 +13,8 @@
 #                                     only index the embedding),
 #                                     PYTHON (python3, with torch + transformers + huggingface_hub),
 #                                     TOKENIZER (a tokenizer.json for the model folder),
+#                                     MEMORY (limits.memory, 1GiB), DTYPE (capture.dtype, f16),
+#                                     SKIP_PY=1 (hubsweep alone: for comparing its settings),
 #                                     HUB_FALLBACK_SITE (a PYTHONPATH holding another
 #                                     huggingface_hub, used if the installed one cannot commit)
 set -euo pipefail
@@ -70,9 +72,10 @@ if ! preflight; then
   fi
 fi
 
-"$python" - "$tokens" "$work" "$device" "${ID_RANGE:-49152}" <<'PY'
+"$python" - "$tokens" "$work" "$device" "${ID_RANGE:-49152}" "${MEMORY:-1GiB}" "${DTYPE:-f16}" <<'PY'
 import json, sys
-tokens, work, device, id_range = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+tokens, work, device, id_range, memory, dtype = sys.argv[1:7]
+tokens, id_range = int(tokens), int(id_range)
 x, windows = 12345, []
 for _ in range(tokens // 128):
     row = [1]
@@ -95,9 +98,9 @@ data:
 capture:
   hooks: [hook_resid_post]
   layers: all
-  dtype: f16
+  dtype: {dtype}
 limits:
-  memory: 1GiB
+  memory: {memory}
   artifact_bytes: 256MiB
 compute:
   device: {device}
@@ -114,6 +117,16 @@ HF_ENDPOINT="$endpoint" HUBSWEEP_HOME="$work/hs" "$bin" run --dry-run "$work/ben
 echo "hubsweep run on $device ..." >&2
 HF_ENDPOINT="$endpoint" HUBSWEEP_HOME="$work/hs" \
   "$python" "$here/measure.py" "$work/rs.json" "$work/rs.log" -- "$bin" run --format json "$work/bench.yaml" > "$work/rs.measure"
+if [ -n "${SKIP_PY:-}" ]; then
+  "$python" - "$work" "$tokens" "${MEMORY:-1GiB}" "${DTYPE:-f16}" <<'PY'
+import json, sys
+work, tokens, memory, dtype = sys.argv[1:5]
+rs, rm = json.load(open(f"{work}/rs.json")), json.load(open(f"{work}/rs.measure"))
+print(f"hubsweep alone, {tokens} tokens, dtype {dtype}, memory {memory}: wall {rm['wall']:.1f} s, peak RSS {rm['peak_rss_mib']:.0f} MiB, "
+      f"capture busy {rs['capture_seconds']:.1f} s, upload busy {rs['upload_busy_seconds']:.1f} s, {rs['bytes_uploaded']/2**20:.0f} MiB sent")
+PY
+  exit 0
+fi
 echo "python baseline on $device ..." >&2
 HF_ENDPOINT="$endpoint" HF_HOME="$work/py-home" \
   "$python" "$here/measure.py" "$work/py.json" "$work/py.log" -- \
