@@ -55,8 +55,10 @@ impl DeviceSpec {
     pub fn open(self) -> Result<Device, ModelError> {
         match self {
             Self::Cpu => Ok(Device::Cpu),
+            // `cuda_is_available` only says the feature is compiled in; whether a GPU is there
+            // shows when opening it, and `auto` means the CPU when none is.
             Self::Auto if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() => {
-                Self::Cuda(0).open()
+                Ok(Device::new_cuda(0).unwrap_or(Device::Cpu))
             }
             Self::Auto => Ok(Device::Cpu),
             Self::Cuda(ordinal) => {
