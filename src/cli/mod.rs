@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hubsweep::spec::{DeviceSpec, Diagnostic, Loaded, diag::Rendered};
+use hubsweep::spec::{DeviceSpec, Diagnostic, Loaded, Severity, diag::Rendered, tree::Location};
 
 /// Exit code: the command ran and the answer is positive.
 pub const EXIT_OK: u8 = 0;
@@ -164,7 +164,24 @@ impl Env {
     }
 }
 
-/// Renders spec diagnostics to stderr with miette: location, snippet, label and hint.
+/// Longest source line miette is asked to draw. Longer lines are unreadable in a terminal, and
+/// past column 65,535 miette's padding overflows Rust's format width and panics (a spec with
+/// 200,000 token ids on one line did this).
+const MAX_SNIPPET_LINE: usize = 1_000;
+
+/// Whether the lines around `location` (miette shows one line of context each side) are short
+/// enough to draw as a snippet.
+fn snippet_fits(text: &str, location: &Location) -> bool {
+    let line = usize::try_from(location.line).unwrap_or(usize::MAX);
+    text.lines()
+        .enumerate()
+        .skip(line.saturating_sub(2))
+        .take(3)
+        .all(|(_, l)| l.chars().count() <= MAX_SNIPPET_LINE)
+}
+
+/// Renders spec diagnostics to stderr with miette: location, snippet, label and hint. A
+/// location on a very long line gets `file:line:column` and the hint without the snippet.
 pub fn render_diagnostics(loaded: &Loaded, diagnostics: &[Diagnostic], env: &Env) {
     let theme = if env.color {
         miette::GraphicalTheme::unicode()
@@ -175,6 +192,23 @@ pub fn render_diagnostics(loaded: &Loaded, diagnostics: &[Diagnostic], env: &Env
         .with_width(100)
         .with_context_lines(1);
     for diagnostic in diagnostics {
+        if let Some(location) = &diagnostic.location
+            && !snippet_fits(&loaded.text, location)
+        {
+            let kind = match diagnostic.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+            };
+            eprintln!("{kind}: {}", diagnostic.message);
+            eprintln!(
+                "  --> {}:{}:{} (line too long to show)",
+                loaded.file_name, location.line, location.column
+            );
+            if let Some(help) = &diagnostic.help {
+                eprintln!("  help: {help}");
+            }
+            continue;
+        }
         let rendered = Rendered::new(diagnostic.clone(), &loaded.file_name, loaded.text.clone());
         let mut out = String::new();
         if handler.render_report(&mut out, &rendered).is_ok() {

@@ -181,6 +181,48 @@ pub fn hook_width(hook: Hook, model: &Model, seq_len: usize) -> usize {
     }
 }
 
+/// One hook's activations from one forward pass, on the host, with where they go.
+struct HookJob<'a> {
+    name: String,
+    tensor: Tensor,
+    hook: Hook,
+    layer: Option<u32>,
+    writer: Option<&'a mut ArtifactWriter>,
+    gram: Option<&'a mut GramAccumulator>,
+}
+
+impl HookJob<'_> {
+    /// The width of the rows [`as_rows`] will give.
+    fn row_width(&self) -> usize {
+        let mut dims = self.tensor.dims().to_vec();
+        if self.hook == Hook::AttnPattern && dims.len() == 4 {
+            dims.swap(1, 2);
+        }
+        rows_and_width(self.hook, &dims).1
+    }
+
+    /// Rows of f32 into the Gram matrix, bytes of the stored dtype into the artifact. `nudge`:
+    /// test-only, see [`CaptureWork::perturb_for_tests`].
+    fn run(&mut self, dtype: Dtype, nudge: bool) -> Result<(), String> {
+        let name = &self.name;
+        let (mut values, n, width) =
+            as_rows(self.hook, &self.tensor).map_err(|e| format!("{name}: {e}"))?;
+        if nudge {
+            nudge_first(&mut values, dtype);
+        }
+        if let Some(gram) = self.gram.as_deref_mut() {
+            gram.push_rows(&values, n, width)
+                .map_err(|e| format!("{name}: {e}"))?;
+        }
+        if let Some(writer) = self.writer.as_deref_mut() {
+            writer
+                .append("activations", &to_bytes(&values, dtype))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
 /// Runs the capture. Blocking: call from `spawn_blocking`.
 pub fn run_capture(
     work: CaptureWork,
@@ -299,7 +341,13 @@ pub fn run_capture(
                     label: work.label.clone(),
                     source,
                 })?;
-            for (index, target) in shard.targets.iter().enumerate() {
+            // Device → host one hook after another (one stream), then the host work of each
+            // hook — widening, narrowing, hashing, appending, Gram updates — on every core, a
+            // few hooks at a time (each holds a copy of its activations while it works). On a
+            // GPU this host work, not the forward pass, bounds throughput; on a CPU it runs
+            // between forward passes, when the cores are free.
+            let mut host = Vec::with_capacity(shard.targets.len());
+            for target in &shard.targets {
                 let name = target.hook.full_name(target.layer.map(|l| l as usize));
                 let Some(tensor) = acts.get(&name) else {
                     return Err(RunError::Capture {
@@ -307,30 +355,50 @@ pub fn run_capture(
                         reason: format!("the model produced no `{name}`"),
                     });
                 };
-                let (mut values, n, width) =
-                    as_rows(target.hook, tensor).map_err(|e| tensor_err(&name, e))?;
-                if work.perturb_for_tests && batch_index == 0 {
-                    nudge_first(&mut values, work.dtype);
+                let tensor = tensor
+                    .to_device(&Device::Cpu)
+                    .map_err(|e| tensor_err(&name, e))?;
+                host.push((name, tensor));
+            }
+            drop(acts);
+            let mut jobs: Vec<HookJob<'_>> = host
+                .into_iter()
+                .zip(&shard.targets)
+                .map(|((name, tensor), target)| HookJob {
+                    name,
+                    tensor,
+                    hook: target.hook,
+                    layer: target.layer,
+                    writer: None,
+                    gram: None,
+                })
+                .collect();
+            for (index, _, _, writer, _) in &mut writers {
+                jobs[*index].writer = Some(writer);
+            }
+            for job in &jobs {
+                let key = (job.hook, job.layer);
+                if work.spectra.contains(&key) && !grams.contains_key(&key) {
+                    grams.insert(key, GramAccumulator::new(job.row_width()));
                 }
-                let key = (target.hook, target.layer);
-                if work.spectra.contains(&key) {
-                    let gram = grams
-                        .entry(key)
-                        .or_insert_with(|| GramAccumulator::new(width));
-                    gram.push_rows(&values, n, width)
-                        .map_err(|e| RunError::Capture {
-                            label: work.label.clone(),
-                            reason: format!("{name}: {e}"),
-                        })?;
+            }
+            for (key, gram) in &mut grams {
+                if let Some(job) = jobs.iter_mut().find(|j| (j.hook, j.layer) == *key) {
+                    job.gram = Some(gram);
                 }
-                if let Some((_, _, _, writer, _)) = writers.iter_mut().find(|w| w.0 == index) {
-                    writer
-                        .append("activations", &to_bytes(&values, work.dtype))
-                        .map_err(|e| RunError::Capture {
-                            label: work.label.clone(),
-                            reason: e.to_string(),
-                        })?;
-                }
+            }
+            let nudge = work.perturb_for_tests && batch_index == 0;
+            let at_once = rayon::current_num_threads().clamp(1, 8);
+            for group in jobs.chunks_mut(at_once) {
+                use rayon::prelude::*;
+                group
+                    .par_iter_mut()
+                    .map(|job| job.run(work.dtype, nudge))
+                    .collect::<Result<Vec<()>, String>>()
+                    .map_err(|reason| RunError::Capture {
+                        label: work.label.clone(),
+                        reason,
+                    })?;
             }
         }
         for (_, path, record, writer, permit) in writers {

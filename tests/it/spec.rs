@@ -199,3 +199,31 @@ fn every_committed_sweep_validates() {
         );
     }
 }
+
+/// An error far along a very long line (inline token ids, one line) is reported with its
+/// location, without the snippet: miette panics past column 65,535.
+#[test]
+fn an_error_on_a_very_long_line_is_reported_not_panicked() {
+    let context = TestContext::new();
+    let ids: Vec<String> = (0..20_000).map(|i| (i % 1000).to_string()).collect();
+    let spec = format!(
+        "name: long\noutput: local://t/long\nmodels:\n  - family: llama\n    repo: local://hubsweep/tiny-llama\n\
+         data:\n  token_ids: [{}, not-a-number]\n  seq_len: 16\ncapture:\n  hooks: [hook_resid_post]\n  layers: all\n",
+        ids.join(", ")
+    );
+    std::fs::write(context.child("long.yaml"), &spec).unwrap();
+    let output = context
+        .command()
+        .args(["validate", "long.yaml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let column = spec.lines().nth(6).unwrap().find("not-a-number").unwrap() + 1;
+    assert!(column > 65_535);
+    assert!(
+        stderr.contains(&format!("long.yaml:7:{column} (line too long to show)")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("token_ids"), "{stderr}");
+}
