@@ -138,13 +138,18 @@ fn overlap_plot(data: &ReportData) -> Plot {
     }
 }
 
+/// Singular values below this fraction of the largest are left out of the spectrum plot: an
+/// eigenvalue of a Gram matrix is accurate to about `1e-16·λ₁`, so a singular value to about
+/// `1e-8·σ₁` (docs/analysis.md).
+const NOISE_FLOOR: f64 = 1e-8;
+
 fn spectrum_plot(data: &ReportData) -> Plot {
     Plot {
         title: format!(
             "singular values at layer {}",
             data.layer.map_or("–".to_owned(), |l| l.to_string())
         ),
-        x_label: "index".to_owned(),
+        x_label: "index (values below 1e-8·σ₁ are rounding noise, not drawn)".to_owned(),
         y_label: "σ (log scale)".to_owned(),
         log_y: true,
         series: data
@@ -155,7 +160,9 @@ fn spectrum_plot(data: &ReportData) -> Plot {
                 points: values
                     .iter()
                     .enumerate()
-                    .filter(|(_, v)| **v > 0.0)
+                    // Below ~1e-8·σ₁ the Gram route gives rounding noise, not singular values
+                    // (the d − n directions when fewer tokens than dimensions were seen).
+                    .filter(|(_, v)| **v > NOISE_FLOOR * values.first().copied().unwrap_or(0.0))
                     .map(|(i, v)| (i as f64 + 1.0, *v))
                     .collect(),
             })

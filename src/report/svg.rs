@@ -217,18 +217,25 @@ pub fn render(plot: &Plot, width: u32, height: u32) -> String {
         b = top + ph,
         mid = top + ph / 2.0,
     );
+    // Labels of close guides (k/d = 4/576 and 16/576) are pushed apart to stay readable.
+    let mut label_ys: Vec<f64> = Vec::new();
     for guide in &plot.guides {
         if !(guide.y.is_finite() && (!plot.log_y || guide.y > 0.0)) {
             continue;
         }
         let y = sy(ty(guide.y));
+        let mut label_y = y;
+        while label_ys.iter().any(|other| (other - label_y).abs() < 13.0) {
+            label_y -= 13.0;
+        }
+        label_ys.push(label_y);
         let _ = write!(
             svg,
             "<line class=\"guide\" x1=\"{left}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#777\" stroke-dasharray=\"6 4\"/>\
              <text class=\"guide-label\" x=\"{}\" y=\"{:.1}\" fill=\"#555\">{}</text>",
             left + pw,
             left + pw + 6.0,
-            y + 4.0,
+            label_y + 4.0,
             super::escape(&guide.label)
         );
     }

@@ -398,7 +398,7 @@ async fn report_links_resolve_and_the_page_renders(
                 lines: 2,
                 markers: 0,
                 texts: &[
-                    "index",
+                    "index (values below 1e-8·σ₁ are rounding noise, not drawn)",
                     "σ (log scale)",
                     "singular values at layer 1",
                     "1",

@@ -20,7 +20,8 @@ use crate::spectro::write_spec;
 const MODEL: &str = "hubsweep/smollm2-135m";
 
 /// Singular values of the update added to each perturbed matrix (orthonormal factors).
-const UPDATE: [f64; 4] = [0.8, 0.4, 0.2, 0.1];
+/// Large enough for `ft`'s activations to part visibly from `main`'s in the report.
+const UPDATE: [f64; 4] = [8.0, 4.0, 2.0, 1.0];
 
 /// Layers swept (every third of 30), hooks and subspace sizes: small enough for a minute.
 const SPEC: &str = r#"
@@ -362,7 +363,10 @@ fn report_draws_the_smollm2_run(ctx: &TestContext) {
                 id: "spectrum",
                 lines: 4,
                 markers: 0,
-                texts: &["index", "σ (log scale)"],
+                texts: &[
+                    "index (values below 1e-8·σ₁ are rounding noise, not drawn)",
+                    "σ (log scale)",
+                ],
             },
             // One delta line per module, 30 layers each.
             ExpectedPlot {
