@@ -60,6 +60,9 @@ output: local://bench/smollm2-weights
 models:
   - family: llama
     repo: local://HuggingFaceTB/SmolLM2-135M
+data:  # required by the schema; unused without `capture`
+  texts: ["Only the weights are swept here: no forward pass, no capture."]
+  seq_len: 4
 weights:
   modules: ["self_attn.*_proj", "mlp.*_proj", model.embed_tokens]
 compute:
@@ -80,6 +83,8 @@ url="$(head -n1 "$work/serve.url")"
 curl -sSfL -o "$work/model.safetensors" "$url/HuggingFaceTB/SmolLM2-135M/resolve/main/model.safetensors"
 kill "$serve_pid"
 serve_pid=""
+# The store and the cache hold two more copies of the 540 MB checkpoint: free the disk.
+rm -rf "$HUBSWEEP_HOME"
 
 SOURCE="$work/model.safetensors" "$python" scripts/bench/weight_spectra.py \
   "$target/release/examples/weight_spectra"
