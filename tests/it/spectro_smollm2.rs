@@ -6,7 +6,7 @@
 //! overlaps against the stored eigenvectors, and `report` draws the run.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hubsweep::analysis::Spectrum;
 use hubsweep::exec::weights::{WeightNodeMetrics, read_node_file};
@@ -87,39 +87,78 @@ fn orthonormal(n: usize, count: usize, seed: u64) -> Vec<Vec<f64>> {
     basis
 }
 
+/// A checked matrix: its F32 values in `main` and in `ft`, rows and columns.
+struct CheckedMatrix {
+    before: Vec<f32>,
+    after: Vec<f32>,
+    rows: usize,
+    cols: usize,
+}
+
+/// Whether the test compares this key's delta (the swept modules).
+fn is_checked(key: &str) -> bool {
+    is_perturbed(key)
+        || (key.starts_with("model.layers.") && key.ends_with(".self_attn.k_proj.weight"))
+}
+
+fn f32_values(data: &[u8]) -> Vec<f32> {
+    data.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
 /// Writes `ft/model.safetensors`: `main`'s weights with `Σ UPDATE[r] u_r v_rᵀ` added to each
-/// perturbed matrix (rounded to F32 like the rest), and copies the other files.
-fn write_fine_tuned(main: &Path, ft: &Path) {
+/// perturbed matrix (rounded to F32 like the rest), and copies the other files. Returns both
+/// revisions' values of the swept matrices, so that the checkpoints need not stay on disk.
+fn write_fine_tuned(main: &Path, ft: &Path) -> BTreeMap<String, CheckedMatrix> {
     std::fs::create_dir_all(ft).unwrap();
     for file in ["config.json", "tokenizer.json"] {
         std::fs::copy(main.join(file), ft.join(file)).unwrap();
     }
     let bytes = std::fs::read(main.join("model.safetensors")).unwrap();
     let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut changed: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut checked: BTreeMap<String, CheckedMatrix> = BTreeMap::new();
     for (seed, (name, view)) in tensors.iter().enumerate() {
-        if !is_perturbed(name) {
+        if !is_checked(name) {
             continue;
         }
         assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
         let (rows, cols) = (view.shape()[0], view.shape()[1]);
-        let left = orthonormal(rows, UPDATE.len(), 2 * seed as u64);
-        let right = orthonormal(cols, UPDATE.len(), 2 * seed as u64 + 1);
-        let data: Vec<u8> = view
-            .data()
-            .chunks_exact(4)
-            .enumerate()
-            .flat_map(|(i, c)| {
-                let (r, c2) = (i / cols, i % cols);
-                let update: f64 = (0..UPDATE.len())
-                    .map(|k| UPDATE[k] * left[k][r] * right[k][c2])
-                    .sum();
-                let value = f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])) + update;
-                (value as f32).to_le_bytes()
-            })
-            .collect();
-        changed.insert(name.to_owned(), data);
+        let before = f32_values(view.data());
+        let after = if is_perturbed(name) {
+            let left = orthonormal(rows, UPDATE.len(), 2 * seed as u64);
+            let right = orthonormal(cols, UPDATE.len(), 2 * seed as u64 + 1);
+            before
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    let (r, c) = (i / cols, i % cols);
+                    let update: f64 = (0..UPDATE.len())
+                        .map(|k| UPDATE[k] * left[k][r] * right[k][c])
+                        .sum();
+                    (f64::from(*w) + update) as f32
+                })
+                .collect()
+        } else {
+            before.clone()
+        };
+        let matrix = CheckedMatrix {
+            before,
+            after,
+            rows,
+            cols,
+        };
+        checked.insert(name.to_owned(), matrix);
     }
+    assert_eq!(checked.len(), 90, "30 layers × (q_proj, down_proj, k_proj)");
+    let changed: BTreeMap<&str, Vec<u8>> = checked
+        .iter()
+        .filter(|(name, _)| is_perturbed(name))
+        .map(|(name, m)| {
+            let bytes = m.after.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name.as_str(), bytes)
+        })
+        .collect();
     assert_eq!(changed.len(), 60, "30 layers × (q_proj, down_proj)");
     let views: Vec<(&str, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
@@ -132,17 +171,7 @@ fn write_fine_tuned(main: &Path, ft: &Path) {
         })
         .collect();
     safetensors::serialize_to_file(views, None, &ft.join("model.safetensors")).unwrap();
-}
-
-/// A 2-D F32 tensor of a checkpoint file, as f64.
-fn f32_matrix(tensors: &safetensors::SafeTensors<'_>, key: &str) -> (Vec<f64>, usize, usize) {
-    let view = tensors.tensor(key).unwrap();
-    let values = view
-        .data()
-        .chunks_exact(4)
-        .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-        .collect();
-    (values, view.shape()[0], view.shape()[1])
+    checked
 }
 
 fn svd_values(values: &[f64], rows: usize, cols: usize) -> Vec<f64> {
@@ -153,8 +182,10 @@ fn svd_values(values: &[f64], rows: usize, cols: usize) -> Vec<f64> {
 }
 
 /// Converts the GGUF, imports it as `main` with `hub import` (the front door) and the
-/// perturbed copy as branch `ft`; returns the two folders (kept for the direct computation).
-fn import_two_revisions(ctx: &TestContext, gguf: &Path) -> (PathBuf, PathBuf) {
+/// perturbed copy as branch `ft`; returns the swept matrices of both. The folders are removed
+/// as soon as they are uploaded: with the store and the run's cache, each 540 MB checkpoint
+/// would otherwise be on disk three times.
+fn import_two_revisions(ctx: &TestContext, gguf: &Path) -> BTreeMap<String, CheckedMatrix> {
     let main = ctx.child("smollm2-main");
     hubsweep::model::gguf::convert_to_dir(gguf, &main).unwrap();
     let import = crate::run::hubsweep(ctx)
@@ -164,7 +195,8 @@ fn import_two_revisions(ctx: &TestContext, gguf: &Path) -> (PathBuf, PathBuf) {
         .unwrap();
     assert!(import.status.success(), "{}", stderr(&import));
     let ft = ctx.child("smollm2-ft");
-    write_fine_tuned(&main, &ft);
+    let checked = write_fine_tuned(&main, &ft);
+    std::fs::remove_dir_all(&main).unwrap();
     runtime().block_on(async {
         let (server, client) = open_store(&ctx.child("hubsweep-home")).await;
         let (ns, name) = MODEL.split_once('/').unwrap();
@@ -176,7 +208,8 @@ fn import_two_revisions(ctx: &TestContext, gguf: &Path) -> (PathBuf, PathBuf) {
             .unwrap();
         server.shutdown().await;
     });
-    (main, ft)
+    std::fs::remove_dir_all(&ft).unwrap();
+    checked
 }
 
 #[test]
@@ -190,7 +223,7 @@ fn a_smollm2_sweep_with_every_analysis_runs_end_to_end_and_report_draws_it() {
         return;
     };
     let ctx = TestContext::new();
-    let (main_dir, ft_dir) = import_two_revisions(&ctx, Path::new(&gguf));
+    let checked = import_two_revisions(&ctx, Path::new(&gguf));
     let spec = write_spec(&ctx, "smol-spectro.yaml", SPEC);
     let (output, summary) = run_json(&ctx, &spec, &[]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
@@ -209,10 +242,6 @@ fn a_smollm2_sweep_with_every_analysis_runs_end_to_end_and_report_draws_it() {
 
         // Weight deltas: against an SVD of the difference of the two checkpoints' F32 values
         // (formed in f64, exact), and against the known update.
-        let main_bytes = std::fs::read(main_dir.join("model.safetensors")).unwrap();
-        let ft_bytes = std::fs::read(ft_dir.join("model.safetensors")).unwrap();
-        let main_tensors = safetensors::SafeTensors::deserialize(&main_bytes).unwrap();
-        let ft_tensors = safetensors::SafeTensors::deserialize(&ft_bytes).unwrap();
         let mut matrices = 0;
         for record in records.iter().filter(|r| r.kind == "weight_spectrum") {
             let metrics: WeightNodeMetrics =
@@ -224,9 +253,18 @@ fn a_smollm2_sweep_with_every_analysis_runs_end_to_end_and_report_draws_it() {
                 .unwrap();
             let stored = read_node_file(&bytes).unwrap();
             for matrix in &metrics.matrices {
-                let (after, rows, cols) = f32_matrix(&ft_tensors, &matrix.key);
-                let (before, _, _) = f32_matrix(&main_tensors, &matrix.key);
-                let delta: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+                let CheckedMatrix {
+                    before,
+                    after,
+                    rows,
+                    cols,
+                } = &checked[&matrix.key];
+                let (rows, cols) = (*rows, *cols);
+                let delta: Vec<f64> = after
+                    .iter()
+                    .zip(before)
+                    .map(|(a, b)| f64::from(*a) - f64::from(*b))
+                    .collect();
                 let expected = svd_values(&delta, rows, cols);
                 let got = &stored[&matrix.tensor];
                 assert_eq!(got.len(), rows.min(cols), "{}", matrix.key);
