@@ -1,6 +1,7 @@
-"""Singular values of SmolLM2-135M-shaped random weights: torch.linalg.svdvals beside
-hubsweep's faer route (examples/weight_spectra.rs) on the same matrices, same thread count,
-same run. Called by scripts/bench/weight-spectra.sh; not a test."""
+"""Singular values of SmolLM2-135M-shaped random weights (or, with SOURCE=FILE.safetensors,
+every 2-D tensor of that checkpoint): torch.linalg.svdvals beside hubsweep's faer route
+(examples/weight_spectra.rs) on the same matrices, same thread count, same run. Called by
+scripts/bench/weight-spectra.sh and weight-spectra-smollm2.sh; not a test."""
 
 import json
 import os
@@ -15,6 +16,7 @@ from safetensors.torch import load_file, save_file
 THREADS = int(os.environ.get("THREADS", os.cpu_count() or 1))
 EXAMPLE = sys.argv[1]
 LAYERS = int(os.environ.get("LAYERS", 30))
+SOURCE = os.environ.get("SOURCE")
 
 # SmolLM2-135M: d=576, 9 heads × 64 (q, o), 3 kv heads × 64 (k, v), MLP 1536, vocab 49152.
 SHAPES = {
@@ -29,6 +31,9 @@ SHAPES = {
 
 
 def matrices():
+    if SOURCE:
+        # The real checkpoint's matrices, as stored (F32 for a converted GGUF).
+        return {name: t.float() for name, t in load_file(SOURCE).items() if t.dim() == 2}
     generator = torch.Generator().manual_seed(0)
     out = {"model.embed_tokens.weight": torch.randn(49152, 576, generator=generator)}
     for layer in range(LAYERS):
@@ -87,8 +92,9 @@ def main():
                 )
                 rows.append((method, precision, mode, json.loads(result.stdout), output))
 
+        what = SOURCE or f"random, {LAYERS} layers × 7 + embed 49152×576"
         print(f"threads: {THREADS}, matrices: {len(weights)} "
-              f"({LAYERS} layers × 7 + embed 49152×576), torch {torch.__version__}, "
+              f"({what}), torch {torch.__version__}, "
               f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}, "
               f"load average now: {os.getloadavg()[0]:.1f}")
         print(f"{'faer method':11} {'mode':6} {'faer s':>8} {'torch dtype':>11} "
@@ -104,6 +110,13 @@ def main():
             ratio = min(loop, batched) / report["seconds"]
             print(f"{method:11} {mode:6} {report['seconds']:8.3f} {precision:>11} "
                   f"{loop:12.3f} {batched:15.3f} {ratio:14.2f}× {worst:26.2e}")
+        run_seconds = os.environ.get("HUBSWEEP_RUN_SECONDS")
+        if run_seconds:
+            run_seconds = float(run_seconds)
+            loop, batched, _, _ = torch_runs["f64"]
+            print(f"hubsweep run (weights-only sweep, end to end: load, svd-f64, upload, "
+                  f"ledger) {run_seconds:.3f} s; torch f64 loop {loop:.3f} s, batched "
+                  f"{batched:.3f} s; best torch/hubsweep run {min(loop, batched) / run_seconds:.2f}×")
         print("per shape, seconds: faer (matrix mode) / torch loop, same dtype")
         for method, precision, mode, report, _ in rows:
             if mode != "matrix":

@@ -36,7 +36,7 @@ pub struct ReportArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "html")]
     pub format: ReportFormat,
-    /// The layer whose spectrum is drawn (default: the middle layer).
+    /// The layer whose spectrum is drawn (default: the middle one of the layers swept).
     #[arg(long)]
     pub layer: Option<u32>,
 }
@@ -98,8 +98,11 @@ async fn gather(args: &ReportArgs, env: &Env) -> Result<String, String> {
         weights,
         ..ReportData::default()
     };
-    let max_layer = data.spectra.iter().filter_map(|r| r.layer).max();
-    data.layer = args.layer.or(max_layer.map(|l| l / 2));
+    // The middle one of the layers swept (a sweep may take every third layer).
+    let mut layers: Vec<u32> = data.spectra.iter().filter_map(|r| r.layer).collect();
+    layers.sort_unstable();
+    layers.dedup();
+    data.layer = args.layer.or(layers.get(layers.len() / 2).copied());
     if matches!(args.format, ReportFormat::Html) {
         let chosen: Vec<_> = data
             .spectra

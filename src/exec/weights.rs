@@ -3,8 +3,9 @@
 //! `query_key_value` also its query, key and value parts).
 //!
 //! Checkpoint files are read one tensor at a time: the safetensors header first, then only the
-//! bytes of the tensor at hand (and of the same tensor in the base revision for a delta), so
-//! memory stays near one matrix whatever the model's size.
+//! bytes of the tensors at hand (and of the same tensors in the base revision for a delta), one
+//! matrix per rayon thread at a time, so memory stays near that many matrices whatever the
+//! model's size.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -243,9 +244,13 @@ impl WeightJob {
     }
 }
 
+/// One matrix to decompose: its part name (`None` for the whole matrix), values and rows.
+type MatrixPart = (Option<&'static str>, Vec<f64>, usize);
+
 /// Computes one weight-spectrum node: its ledger metrics and the bytes of its safetensors
-/// file. Runs on the calling thread (call it from `spawn_blocking`); each matrix's parts are
-/// decomposed in parallel on the rayon pool.
+/// file. Runs on the calling thread (call it from `spawn_blocking`). Matrices are read in
+/// batches of one per rayon thread and decomposed in parallel on the rayon pool, each on one
+/// thread (the faster layout, `docs/analysis.md`), so memory stays near one matrix per thread.
 pub fn compute_node(job: &WeightJob) -> Result<(WeightNodeMetrics, Vec<u8>), RunError> {
     let failed = |reason: String| RunError::Capture {
         label: job.label.clone(),
@@ -268,73 +273,91 @@ pub fn compute_node(job: &WeightJob) -> Result<(WeightNodeMetrics, Vec<u8>), Run
     let method = SvdMethod::SvdF64;
     let mut matrices = Vec::new();
     let mut tensors: Vec<(String, Vec<f64>)> = Vec::new();
-    for found in matches {
-        let entry = &index[&found.key];
-        let (rows, cols) = (entry.shape[0], entry.shape[1]);
-        let weight = read_tensor(&found.key, entry)?;
-        let base_weight = match &base {
-            Some(base) => {
-                let entry = base.get(&found.key).ok_or_else(|| {
-                    failed(format!("the base revision has no weight `{}`", found.key))
-                })?;
-                Some(read_tensor(&found.key, entry)?)
+    let batch = rayon::current_num_threads().max(1);
+    for chunk in matches.chunks(batch) {
+        // Each matched matrix as its parts: the whole matrix, then (fused QKV) q, k, v.
+        let mut loaded: Vec<(&analysis::WeightMatch, usize, Vec<MatrixPart>)> = Vec::new();
+        for found in chunk {
+            let entry = &index[&found.key];
+            let (rows, cols) = (entry.shape[0], entry.shape[1]);
+            let weight = read_tensor(&found.key, entry)?;
+            let base_weight = match &base {
+                Some(base) => {
+                    let entry = base.get(&found.key).ok_or_else(|| {
+                        failed(format!("the base revision has no weight `{}`", found.key))
+                    })?;
+                    Some(read_tensor(&found.key, entry)?)
+                }
+                None => None,
+            };
+            // A delta of the fused weight splits the same way as the weight: the difference
+            // first.
+            let data: Vec<f64> = match &base_weight {
+                Some(b) if b.len() == weight.len() => {
+                    weight.iter().zip(b).map(|(w, b)| w - b).collect()
+                }
+                Some(b) => {
+                    return Err(failed(format!(
+                        "`{}` has {} values here and {} in the base revision",
+                        found.key,
+                        weight.len(),
+                        b.len()
+                    )));
+                }
+                None => weight,
+            };
+            let mut parts: Vec<MatrixPart> = Vec::new();
+            let fused = this.config.family == Family::GptNeox
+                && found.module == "attention.query_key_value"
+                && rows == 3 * this.config.n_heads * this.config.head_dim;
+            if fused {
+                let split = analysis::split_fused_qkv(
+                    &data,
+                    this.config.n_heads,
+                    this.config.head_dim,
+                    cols,
+                )
+                .map_err(|e| failed(e.to_string()))?;
+                let part_rows = split.rows;
+                parts.push((Some("query"), split.query, part_rows));
+                parts.push((Some("key"), split.key, part_rows));
+                parts.push((Some("value"), split.value, part_rows));
             }
-            None => None,
-        };
-        // A delta of the fused weight splits the same way as the weight: the difference first.
-        let data: Vec<f64> = match &base_weight {
-            Some(b) if b.len() == weight.len() => {
-                weight.iter().zip(b).map(|(w, b)| w - b).collect()
-            }
-            Some(b) => {
-                return Err(failed(format!(
-                    "`{}` has {} values here and {} in the base revision",
-                    found.key,
-                    weight.len(),
-                    b.len()
-                )));
-            }
-            None => weight,
-        };
-        let mut parts: Vec<(Option<&'static str>, Vec<f64>, usize)> = Vec::new();
-        let fused = this.config.family == Family::GptNeox
-            && found.module == "attention.query_key_value"
-            && rows == 3 * this.config.n_heads * this.config.head_dim;
-        if fused {
-            let split =
-                analysis::split_fused_qkv(&data, this.config.n_heads, this.config.head_dim, cols)
-                    .map_err(|e| failed(e.to_string()))?;
-            let part_rows = split.rows;
-            parts.push((Some("query"), split.query, part_rows));
-            parts.push((Some("key"), split.key, part_rows));
-            parts.push((Some("value"), split.value, part_rows));
+            parts.insert(0, (None, data, rows));
+            loaded.push((found, cols, parts));
         }
-        parts.insert(0, (None, data, rows));
-        let views = parts
+        let views = loaded
             .iter()
-            .map(|(_, values, rows)| WeightMatrix::new(values, *rows, cols))
+            .flat_map(|(_, cols, parts)| {
+                parts
+                    .iter()
+                    .map(move |(_, values, rows)| WeightMatrix::new(values, *rows, *cols))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| failed(e.to_string()))?;
-        let spectra: Vec<WeightSpectrum> = analysis::weight_spectra(&views, method)
-            .into_iter()
-            .collect::<Result<_, _>>()
-            .map_err(|e| failed(format!("`{}`: {e}", found.key)))?;
-        for ((part, _, _), spectrum) in parts.iter().zip(spectra) {
-            let tensor = match part {
-                Some(part) => format!("{}.{part}", found.key),
-                None => found.key.clone(),
-            };
-            matrices.push(MatrixResult {
-                key: found.key.clone(),
-                layer: found.layer,
-                module: found.module.clone(),
-                part: part.map(str::to_owned),
-                rows: spectrum.rows,
-                cols: spectrum.cols,
-                tensor: tensor.clone(),
-                metrics: spectrum.metrics(WEIGHT_TOP_K),
-            });
-            tensors.push((tensor, spectrum.singular_values));
+        let mut spectra = analysis::weight_spectra(&views, method).into_iter();
+        for (found, _, parts) in &loaded {
+            for (part, _, _) in parts {
+                let spectrum: WeightSpectrum = spectra
+                    .next()
+                    .ok_or_else(|| failed(format!("`{}`: no spectrum", found.key)))?
+                    .map_err(|e| failed(format!("`{}`: {e}", found.key)))?;
+                let tensor = match part {
+                    Some(part) => format!("{}.{part}", found.key),
+                    None => found.key.clone(),
+                };
+                matrices.push(MatrixResult {
+                    key: found.key.clone(),
+                    layer: found.layer,
+                    module: found.module.clone(),
+                    part: part.map(str::to_owned),
+                    rows: spectrum.rows,
+                    cols: spectrum.cols,
+                    tensor: tensor.clone(),
+                    metrics: spectrum.metrics(WEIGHT_TOP_K),
+                });
+                tensors.push((tensor, spectrum.singular_values));
+            }
         }
     }
     let metrics = WeightNodeMetrics {

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::exec::tables::{OverlapRow, SpectrumRow, WeightRow};
 
-pub use svg::{Plot, Series};
+pub use svg::{Guide, Plot, Series};
 
 /// What a report draws.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -97,12 +97,23 @@ fn metric_plot(data: &ReportData, title: &str, metric: fn(&SpectrumRow) -> f64) 
         y_label: title.to_owned(),
         log_y: false,
         series,
+        guides: Vec::new(),
+        markers: true,
     }
 }
 
 fn overlap_plot(data: &ReportData) -> Plot {
     let mut series: Vec<Series> = Vec::new();
+    let mut guides: Vec<Guide> = Vec::new();
     for row in data.overlaps.iter().filter(|r| r.layer.is_some()) {
+        // The random baseline k/d, once per value: what γ of unrelated subspaces would be.
+        if !guides.iter().any(|g| g.y == row.baseline) {
+            let width = (row.k as f64 / row.baseline).round();
+            guides.push(Guide {
+                label: format!("k/d = {}/{width}", row.k),
+                y: row.baseline,
+            });
+        }
         let label = format!(
             "{}@{} vs {}@{} {} k={}",
             row.model, row.revision, row.base_model, row.base_revision, row.hook, row.k
@@ -119,11 +130,18 @@ fn overlap_plot(data: &ReportData) -> Plot {
     Plot {
         title: "subspace overlap γ".to_owned(),
         x_label: "layer".to_owned(),
-        y_label: "γ (baseline k/d)".to_owned(),
+        y_label: "γ (dashed: baseline k/d)".to_owned(),
         log_y: false,
         series,
+        guides,
+        markers: true,
     }
 }
+
+/// Singular values below this fraction of the largest are left out of the spectrum plot: an
+/// eigenvalue of a Gram matrix is accurate to about `1e-16·λ₁`, so a singular value to about
+/// `1e-8·σ₁` (docs/analysis.md).
+const NOISE_FLOOR: f64 = 1e-8;
 
 fn spectrum_plot(data: &ReportData) -> Plot {
     Plot {
@@ -131,7 +149,7 @@ fn spectrum_plot(data: &ReportData) -> Plot {
             "singular values at layer {}",
             data.layer.map_or("–".to_owned(), |l| l.to_string())
         ),
-        x_label: "index".to_owned(),
+        x_label: "index (values below 1e-8·σ₁ are rounding noise, not drawn)".to_owned(),
         y_label: "σ (log scale)".to_owned(),
         log_y: true,
         series: data
@@ -142,16 +160,59 @@ fn spectrum_plot(data: &ReportData) -> Plot {
                 points: values
                     .iter()
                     .enumerate()
-                    .filter(|(_, v)| **v > 0.0)
+                    // Below ~1e-8·σ₁ the Gram route gives rounding noise, not singular values
+                    // (the d − n directions when fewer tokens than dimensions were seen).
+                    .filter(|(_, v)| **v > NOISE_FLOOR * values.first().copied().unwrap_or(0.0))
                     .map(|(i, v)| (i as f64 + 1.0, *v))
                     .collect(),
             })
             .collect(),
+        guides: Vec::new(),
+        markers: false,
     }
 }
 
-/// The HTML page: plots of stable and effective rank against layer, overlap against layer, the
-/// chosen layer's spectrum on a log scale, and the tables with links to the files.
+/// One line per (model, revision, base, module, part) of the weight spectra: stable rank
+/// against layer (weights outside the blocks, such as embeddings, are in the table only).
+fn weight_plot(data: &ReportData) -> Plot {
+    let mut series: Vec<Series> = Vec::new();
+    for row in data.weights.iter().filter(|r| r.layer.is_some()) {
+        let what = match &row.delta_from {
+            Some(base) => format!("{}@{} − @{base}", row.model, row.revision),
+            None => format!("{}@{}", row.model, row.revision),
+        };
+        let label = match &row.part {
+            Some(part) => format!("{what} {}.{part}", row.module),
+            None => format!("{what} {}", row.module),
+        };
+        let point = (row.layer.unwrap_or(0) as f64, row.metrics.stable_rank);
+        match series.iter_mut().find(|s| s.label == label) {
+            Some(s) => s.points.push(point),
+            None => series.push(Series {
+                label,
+                points: vec![point],
+            }),
+        }
+    }
+    let delta = data.weights.iter().any(|r| r.delta_from.is_some());
+    Plot {
+        title: if delta {
+            "stable rank of weights and weight deltas".to_owned()
+        } else {
+            "stable rank of weights".to_owned()
+        },
+        x_label: "layer".to_owned(),
+        y_label: "stable rank".to_owned(),
+        log_y: false,
+        series,
+        guides: Vec::new(),
+        markers: true,
+    }
+}
+
+/// The HTML page: plots of stable and effective rank against layer, overlap against layer (with
+/// the random baselines), the chosen layer's spectrum on a log scale, the stable rank of the
+/// weights (or weight deltas) against layer, and the tables with links to the files.
 pub fn render_html(data: &ReportData) -> String {
     let mut html = String::new();
     let _ = write!(
@@ -161,7 +222,7 @@ pub fn render_html(data: &ReportData) -> String {
          body{{font-family:sans-serif;margin:16px;color:#222}}\
          figure{{margin:8px 0}} table{{border-collapse:collapse;font-size:12px}}\
          td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}\
-         th{{background:#eee}} td.l{{text-align:left}}\
+         th{{background:#eee}} td.l{{text-align:left;overflow-wrap:anywhere}}\
          </style></head><body>\n<h1>hubsweep report</h1><p>{repo}</p>\n",
         repo = escape(&data.repo)
     );
@@ -176,6 +237,7 @@ pub fn render_html(data: &ReportData) -> String {
         ),
         ("overlap", overlap_plot(data)),
         ("spectrum", spectrum_plot(data)),
+        ("weight-rank", weight_plot(data)),
     ];
     for (id, plot) in &plots {
         if plot.series.is_empty() {

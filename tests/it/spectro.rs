@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use hubsweep::exec::weights::{WeightNodeMetrics, read_node_file};
 use hubsweep::ledger::{LedgerState, Record};
+use sha2::Digest as _;
 
 use crate::common::{TestContext, repo_root};
 use crate::run::{check_ledger, dataset, open_store, run_json, runtime, segment_records, stderr};
@@ -176,10 +177,11 @@ fn weight_spectra_match_a_direct_svd_and_metrics_tables_match_the_ledger() {
             }
         }
         metrics_tables_agree_with_the_ledger(&client, &repo, &records).await;
+        report_links_resolve_and_the_page_renders(&ctx, server.base_url(), &records).await;
         server.shutdown().await;
         report_draws_the_run(&ctx);
         let (server, _) = open_store(&ctx.child("hubsweep-home")).await;
-        // GPT-NeoX: 3 layers × (qkv + 3 parts) + 2 layers × 2 mlp + embed_in;
+        // GPT-NeoX: 3 layers × (qkv + 3 parts + 2 mlp) + embed_in;
         // Llama: 3 layers × (3 mlp + 4 attention projections).
         let neox_layers = 3;
         let llama_layers = 3;
@@ -304,6 +306,119 @@ async fn metrics_tables_agree_with_the_ledger(
     }
 }
 
+/// `hubsweep report hf://…` against the store served over HTTP: every artifact link of the
+/// page downloads the file the ledger records, and headless Chromium draws every plot.
+async fn report_links_resolve_and_the_page_renders(
+    ctx: &TestContext,
+    endpoint: &str,
+    records: &[Record],
+) {
+    let page = ctx.child("report-hf.html");
+    let output = crate::run::hubsweep(ctx)
+        .env("HF_ENDPOINT", endpoint)
+        .args(["report", "hf://datasets/hubsweep/spectro@main", "--out"])
+        .arg(&page)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let html = std::fs::read_to_string(&page).unwrap();
+    let base = format!("{endpoint}/datasets/hubsweep/spectro/resolve/main/");
+    let links: Vec<&str> = html
+        .split("href=\"")
+        .skip(1)
+        .map(|rest| &rest[..rest.find('"').unwrap()])
+        .collect();
+    // 12 spectrum rows and 40 weight rows, each linking its node's file.
+    assert_eq!(links.len(), 12 + 40, "links");
+    let files: BTreeMap<&str, (u64, &str)> = records
+        .iter()
+        .flat_map(|r| &r.files)
+        .map(|f| (f.path.as_str(), (f.size, f.sha256.as_str())))
+        .collect();
+    let http = reqwest::Client::new();
+    let mut distinct: Vec<&str> = links.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    for link in distinct {
+        let path = link
+            .strip_prefix(&base)
+            .unwrap_or_else(|| panic!("{link} is not under {base}"));
+        let (size, sha256) = files[path];
+        let bytes = http
+            .get(link)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(bytes.len() as u64, size, "{link}");
+        assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), sha256, "{link}");
+    }
+    let Some(chromium) = crate::report_chromium::chromium() else {
+        return;
+    };
+    let rendered = crate::report_chromium::render(&chromium, ctx, &page);
+    use crate::report_chromium::ExpectedPlot;
+    let gpt_neox = "local://hubsweep/tiny-gpt-neox@main hook_resid_post";
+    let llama = "local://hubsweep/tiny-llama@main hook_resid_post";
+    crate::report_chromium::check_report(
+        &rendered,
+        &[
+            // Two models × 3 layers.
+            ExpectedPlot {
+                id: "stable-rank",
+                lines: 2,
+                markers: 6,
+                texts: &["layer", "stable rank", gpt_neox, llama],
+            },
+            ExpectedPlot {
+                id: "effective-rank",
+                lines: 2,
+                markers: 6,
+                texts: &["layer", "effective rank", gpt_neox, llama],
+            },
+            // k = 4 and 8 × 3 layers, with both baselines.
+            ExpectedPlot {
+                id: "overlap",
+                lines: 2,
+                markers: 6,
+                texts: &[
+                    "layer",
+                    "γ (dashed: baseline k/d)",
+                    "k/d = 4/64",
+                    "k/d = 8/64",
+                ],
+            },
+            // The middle layer of each model, on decades.
+            ExpectedPlot {
+                id: "spectrum",
+                lines: 2,
+                markers: 0,
+                texts: &[
+                    "index (values below 1e-8·σ₁ are rounding noise, not drawn)",
+                    "σ (log scale)",
+                    "singular values at layer 1",
+                    "1",
+                    "10",
+                ],
+            },
+            // GPT-NeoX: qkv, its 3 parts and 2 mlp modules; Llama: 7 modules; all at 3 layers.
+            ExpectedPlot {
+                id: "weight-rank",
+                lines: 6 + 7,
+                markers: (6 + 7) * 3,
+                texts: &["layer", "stable rank"],
+            },
+        ],
+        &[("spectra", 12), ("overlaps", 6), ("weights", 40)],
+    );
+    // The links survive the browser's parse.
+    assert_eq!(rendered.dom.matches("<a href=\"").count(), 12 + 40);
+}
+
 /// `hubsweep report` of the run: the page's plots hold one line per series, with axis labels;
 /// CSV and JSON hold the tables' rows.
 fn report_draws_the_run(ctx: &TestContext) {
@@ -327,7 +442,7 @@ fn report_draws_the_run(ctx: &TestContext) {
     for (id, lines, y_label) in [
         ("stable-rank", 2, "stable rank"),
         ("effective-rank", 2, "effective rank"),
-        ("overlap", 2, "γ (baseline k/d)"),
+        ("overlap", 2, "γ (dashed: baseline k/d)"),
         ("spectrum", 2, "σ (log scale)"),
     ] {
         let svg = figure(id);
