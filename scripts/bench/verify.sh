@@ -33,12 +33,11 @@ echo "shallow verify of $n records: ${shallow}s (target < 10 s)"
 
 echo "building $mib MiB of artifacts…" >&2
 "$bin/examples/verify_ledger" "$HUBSWEEP_HOME/hub" deep "$mib"
-deep_line=$("$bin/hubsweep" verify --deep --jobs 1 local://bench/verify-deep 2>&1 >/dev/null | grep '^hashed')
-deep_mbs=$(echo "$deep_line" | sed -E 's/.*\(([0-9.]+) MB\/s\).*/\1/')
-# The reference is the faster of two single-core sha256 figures taken now: the sha2 crate deep
-# verify uses, on a cache-resident block (its compute speed, no memory traffic), and Python's
-# hashlib (OpenSSL) over 256 MiB in memory.
-crate_mbs=$("$bin/examples/verify_ledger" - sha256 1024)
+# The reference is the faster of two single-core sha256 figures: the sha2 crate deep verify
+# uses, on a cache-resident block (its compute speed, no memory traffic), and Python's hashlib
+# (OpenSSL) over 256 MiB in memory. On a shared machine both sides swing with the load, so
+# deep verify and the crate figure are taken in alternation, three rounds, each round's ratio
+# printed, and the median reported.
 hashlib_mbs=$(python3 -c "
 import hashlib, time
 data = bytes(256 << 20)
@@ -47,7 +46,15 @@ for _ in range(3):
     t = time.perf_counter(); hashlib.sha256(data).digest(); s = time.perf_counter() - t
     best = max(best, len(data) / s / 1e6)
 print(f'{best:.1f}')")
-sha_mbs=$(echo "if ($crate_mbs > $hashlib_mbs) $crate_mbs else $hashlib_mbs" | bc)
-echo "deep verify (--jobs 1): $deep_line"
-echo "single-core sha256: sha2 crate ${crate_mbs} MB/s, hashlib/OpenSSL ${hashlib_mbs} MB/s"
-echo "deep / sha256 = $(echo "scale=2; $deep_mbs / $sha_mbs" | bc) (target ≥ 0.80)"
+ratios=()
+for round in 1 2 3; do
+  deep_line=$("$bin/hubsweep" verify --deep --jobs 1 local://bench/verify-deep 2>&1 >/dev/null | grep '^hashed')
+  deep_mbs=$(echo "$deep_line" | sed -E 's/.*\(([0-9.]+) MB\/s\).*/\1/')
+  crate_mbs=$("$bin/examples/verify_ledger" - sha256 1024)
+  sha_mbs=$(echo "if ($crate_mbs > $hashlib_mbs) $crate_mbs else $hashlib_mbs" | bc)
+  ratio=$(echo "scale=2; $deep_mbs / $sha_mbs" | bc)
+  ratios+=("$ratio")
+  echo "round $round: deep verify (--jobs 1) ${deep_mbs} MB/s; sha256: sha2 crate ${crate_mbs} MB/s, hashlib/OpenSSL ${hashlib_mbs} MB/s; ratio ${ratio}"
+done
+median=$(printf '%s\n' "${ratios[@]}" | sort -n | sed -n 2p)
+echo "deep / sha256 = ${median} (median of 3; target ≥ 0.80)"

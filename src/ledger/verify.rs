@@ -1,19 +1,19 @@
 //! `hubsweep verify`: check a published ledger without trusting its authors.
 //!
-//! Shallow (no artifact downloads, [`shallow`]): the manifest and every record parse as the
+//! Shallow (no artifact downloads, `shallow.rs`): the manifest and every record parse as the
 //! ledger types (unknown fields refused), the spec text hashes to the recorded hashes, node ids
 //! recompute, the DAG is closed, segments are named by their content and agree with the
 //! compacted index, no node is recorded twice with different results, every recorded file sits
 //! under its own node (its name ends in the node id's first 12 hex) and exists at the revision
 //! with the LFS oid and size of the record.
 //!
-//! Deep, in addition ([`deep`]): every recorded file is streamed into memory (never to disk)
+//! Deep, in addition (`deep.rs`): every recorded file is streamed into memory (never to disk)
 //! and hashed as it arrives, its safetensors header parsed as hostile input ([`header`]) and
 //! checked against the record's parameters, and every spectrum is recomputed from its input
 //! artifacts and compared with the recorded singular values and metrics within the manifest's
-//! tolerance ([`spectra`]).
+//! tolerance (`spectra.rs`).
 //!
-//! The outcome is a [`VerifyReport`] ([`report`]): counts per check and every failure.
+//! The outcome is a [`VerifyReport`]: counts per check and every failure.
 
 mod deep;
 pub mod header;
