@@ -120,8 +120,7 @@ pub async fn verify(
         .await
         .map_err(hub)?;
     tracing::debug!(records = records.len(), elapsed = ?started.elapsed(), "read the ledger");
-    let results = shallow::check_records(&records, &mut report);
-    drop(records);
+    let results = shallow::check_records(records, &mut report);
     shallow::check_nodes(&results, &tree, &head, &mut report);
     tracing::debug!(nodes = results.len(), elapsed = ?started.elapsed(), "shallow checks done");
 

@@ -281,20 +281,20 @@ pub(super) async fn read_records(
 /// The successful record of each node (the first read), with the file it came from; checks
 /// field formats, ids and duplicates, and counts the nodes.
 pub(super) fn check_records(
-    all: &[(String, Record)],
+    all: Vec<(String, Record)>,
     report: &mut VerifyReport,
 ) -> HashMap<String, (String, Record)> {
     let mut results: HashMap<String, (String, Record)> = HashMap::new();
-    let mut failed: HashSet<&str> = HashSet::new();
+    let mut failed: HashSet<String> = HashSet::new();
     for (file, record) in all {
         report.count(CheckKind::Ids, 1);
-        check_record_fields(file, record, report);
+        check_record_fields(&file, &record, report);
         let recomputed = record.recomputed_id();
         if recomputed != record.id {
             report.fail(
                 CheckKind::Ids,
-                Some(node_label(record)),
-                Some(file),
+                Some(node_label(&record)),
+                Some(&file),
                 format!(
                     "the record hashes to `{}`, not to its id: it was edited",
                     short(&recomputed)
@@ -302,7 +302,7 @@ pub(super) fn check_records(
             );
         }
         if record.error.is_some() {
-            failed.insert(&record.id);
+            failed.insert(record.id);
             continue;
         }
         report.count(CheckKind::Duplicates, 1);
@@ -310,21 +310,22 @@ pub(super) fn check_records(
             Some((_, first)) if first.files != record.files || first.metrics != record.metrics => {
                 report.fail(
                     CheckKind::Duplicates,
-                    Some(node_label(record)),
-                    Some(file),
+                    Some(node_label(&record)),
+                    Some(&file),
                     "recorded twice with different files or metrics",
                 );
             }
             Some(_) => {}
+            // Moved, not cloned: the records are not needed elsewhere, and there are many.
             None => {
-                results.insert(record.id.clone(), (file.clone(), record.clone()));
+                results.insert(record.id.clone(), (file, record));
             }
         }
     }
     report.nodes = results.len();
     report.failed_nodes = failed
         .iter()
-        .filter(|id| !results.contains_key(**id))
+        .filter(|id| !results.contains_key(*id))
         .count();
     results
 }
