@@ -9,7 +9,12 @@
 //! `deep`: a repo `bench/verify-deep` with MIB mebibytes of real activation artifacts (valid
 //! safetensors, pseudo-random f32), 64 MiB each, for deep-verify throughput.
 //!
-//! Usage: verify_ledger STORE_DIR shallow N | verify_ledger STORE_DIR deep MIB
+//! `sha256`: this machine's single-core sha256 speed with the crate deep verify uses (`sha2`):
+//! MIB mebibytes hashed as one cache-resident 1 MiB block of artifact bytes over and over, best
+//! of three; prints MB/s (10^6 bytes).
+//!
+//! Usage: verify_ledger STORE_DIR shallow N | verify_ledger STORE_DIR deep MIB |
+//! verify_ledger - sha256 MIB
 #![allow(clippy::print_stdout)]
 
 use std::time::Instant;
@@ -111,9 +116,29 @@ async fn commit(client: &HubClient, repo: &Repo, ops: Vec<CommitOperation>, summ
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let [_, store, mode, n] = args.as_slice() else {
-        return Err("usage: verify_ledger STORE_DIR shallow N | STORE_DIR deep MIB".into());
+        return Err(
+            "usage: verify_ledger STORE_DIR shallow N | STORE_DIR deep MIB | - sha256 MIB".into(),
+        );
     };
     let n: u64 = n.parse()?;
+    if mode == "sha256" {
+        // One 1 MiB block hashed over and over: it stays in cache, so this is sha256's compute
+        // speed on one core, the most a single hashing thread could reach.
+        let block = artifact(256, 1023, "", 7);
+        let mut best = 0.0f64;
+        for _ in 0..3 {
+            let started = Instant::now();
+            let mut hasher = Sha256::new();
+            for _ in 0..n {
+                hasher.update(std::hint::black_box(&block));
+            }
+            std::hint::black_box(hasher.finalize());
+            best =
+                best.max((n as usize * block.len()) as f64 / started.elapsed().as_secs_f64() / 1e6);
+        }
+        println!("{best:.1}");
+        return Ok(());
+    }
     let mut config = ServerConfig::new(store.into());
     config.addr = "127.0.0.1:0".parse()?;
     let server = Server::start(config).await?;

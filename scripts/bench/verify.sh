@@ -7,8 +7,9 @@
 #      shared objects change nothing it measures; N distinct uploads would only time the
 #      uploader).
 #   2. Deep verify throughput over MIB mebibytes (default 1024) of real activation artifacts,
-#      one file at a time (--jobs 1), against this machine's single-core sha256 speed measured
-#      in the same run (Python hashlib = OpenSSL); target ≥ 80%.
+#      one file hashed at a time (--jobs 1; the next one downloads meanwhile), against this
+#      machine's single-core sha256 speed measured in the same run (the faster of the sha2
+#      crate on a cache-resident block and Python's hashlib = OpenSSL); target ≥ 80%.
 # Usage: scripts/bench/verify.sh [N] [MIB]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -32,9 +33,12 @@ echo "shallow verify of $n records: ${shallow}s (target < 10 s)"
 
 echo "building $mib MiB of artifacts…" >&2
 "$bin/examples/verify_ledger" "$HUBSWEEP_HOME/hub" deep "$mib"
-deep_line=$("$bin/hubsweep" verify --deep --jobs 1 local://bench/verify-deep 2>&1 >/dev/null | grep '^hashed')
-deep_mbs=$(echo "$deep_line" | sed -E 's/.*\(([0-9.]+) MB\/s\).*/\1/')
-sha_mbs=$(python3 -c "
+# The reference is the faster of two single-core sha256 figures: the sha2 crate deep verify
+# uses, on a cache-resident block (its compute speed, no memory traffic), and Python's hashlib
+# (OpenSSL) over 256 MiB in memory. On a shared machine both sides swing with the load, so
+# deep verify and the crate figure are taken in alternation, three rounds, each round's ratio
+# printed, and the median reported.
+hashlib_mbs=$(python3 -c "
 import hashlib, time
 data = bytes(256 << 20)
 best = 0
@@ -42,6 +46,15 @@ for _ in range(3):
     t = time.perf_counter(); hashlib.sha256(data).digest(); s = time.perf_counter() - t
     best = max(best, len(data) / s / 1e6)
 print(f'{best:.1f}')")
-echo "deep verify: $deep_line"
-echo "single-core sha256 (hashlib/OpenSSL): ${sha_mbs} MB/s"
-echo "deep / sha256 = $(echo "scale=2; $deep_mbs / $sha_mbs" | bc) (target ≥ 0.80)"
+ratios=()
+for round in 1 2 3; do
+  deep_line=$("$bin/hubsweep" verify --deep --jobs 1 local://bench/verify-deep 2>&1 >/dev/null | grep '^hashed')
+  deep_mbs=$(echo "$deep_line" | sed -E 's/.*\(([0-9.]+) MB\/s\).*/\1/')
+  crate_mbs=$("$bin/examples/verify_ledger" - sha256 1024)
+  sha_mbs=$(echo "if ($crate_mbs > $hashlib_mbs) $crate_mbs else $hashlib_mbs" | bc)
+  ratio=$(echo "scale=2; $deep_mbs / $sha_mbs" | bc)
+  ratios+=("$ratio")
+  echo "round $round: deep verify (--jobs 1) ${deep_mbs} MB/s; sha256: sha2 crate ${crate_mbs} MB/s, hashlib/OpenSSL ${hashlib_mbs} MB/s; ratio ${ratio}"
+done
+median=$(printf '%s\n' "${ratios[@]}" | sort -n | sed -n 2p)
+echo "deep / sha256 = ${median} (median of 3; target ≥ 0.80)"

@@ -14,7 +14,7 @@ pub mod server;
 mod types;
 
 pub use client::{
-    CommitInfo, CommitOperation, CommitOptions, EventSink, FolderUpload, HubClient,
+    CommitInfo, CommitOperation, CommitOptions, EventSink, FileStream, FolderUpload, HubClient,
     HubClientBuilder, HubError, HubEvent, LfsObject, LfsSource, MirrorReport, Repo, RetryPolicy,
     UploadOutcome,
 };

@@ -355,6 +355,33 @@ impl HubClient {
             })
     }
 
+    /// Opens a file for reading as it arrives, chunk by chunk, never holding it whole (deep
+    /// verify hashes while the bytes stream in). Follows one cross-origin redirect without the
+    /// token. A failure after the first chunk is not retried: the caller restarts the file.
+    pub async fn download_stream(
+        &self,
+        repo: &Repo,
+        revision: &str,
+        path: &str,
+    ) -> Result<FileStream, HubError> {
+        let metadata = self.file_metadata(repo, revision, path).await?;
+        let location = metadata.location.clone();
+        let response = self
+            .send_with_retry(&location, || {
+                if self.same_origin(&location) {
+                    self.hub_request(Method::GET, &location)
+                } else {
+                    self.storage_request(Method::GET, &location)
+                }
+            })
+            .await?;
+        Ok(FileStream {
+            metadata,
+            response,
+            url: redact(&location),
+        })
+    }
+
     pub(super) fn resolve_url(&self, repo: &Repo, revision: &str, path: &str) -> String {
         self.git_url(
             repo,
@@ -364,6 +391,28 @@ impl HubClient {
                 encode_path(path)
             ),
         )
+    }
+}
+
+/// A file being downloaded ([`HubClient::download_stream`]).
+#[derive(Debug)]
+pub struct FileStream {
+    /// What resolve said about the file (size and etag as the Hub reports them).
+    pub metadata: FileMetadata,
+    response: reqwest::Response,
+    url: String,
+}
+
+impl FileStream {
+    /// The next chunk of the body; `None` at the end.
+    pub async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, HubError> {
+        self.response
+            .chunk()
+            .await
+            .map_err(|source| HubError::Transport {
+                url: self.url.clone(),
+                source: source.without_url(),
+            })
     }
 }
 

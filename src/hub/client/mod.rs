@@ -22,7 +22,7 @@ pub use commit::{CommitInfo, CommitOperation, CommitOptions};
 pub use error::HubError;
 pub use folder::{FolderUpload, MirrorReport};
 pub use lfs::{LfsObject, LfsSource, PreuploadAnswer, PreuploadFile, UploadOutcome};
-pub use listing::{FileMetadata, GitRef, HubCommit, PathInfo, Refs, RepoInfo};
+pub use listing::{FileMetadata, FileStream, GitRef, HubCommit, PathInfo, Refs, RepoInfo};
 pub use retry::RetryPolicy;
 
 use crate::hub::{RepoId, RepoType, Token};

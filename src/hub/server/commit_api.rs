@@ -138,10 +138,9 @@ pub async fn commit(
         ));
     }
     let parent = state
-        .store
         .commit(&key, &head)?
         .ok_or_else(|| ApiError::bad_request("dangling ref"))?;
-    let files = apply(&state, parent.files.clone(), operations)?;
+    let files = apply(&state, parent.record.files.clone(), operations)?;
     state
         .check_commit_rate(&key)
         .inspect_err(|_| FaultState::bump(&state.faults.rate_limited))?;

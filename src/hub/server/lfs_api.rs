@@ -58,10 +58,10 @@ pub async fn preupload(
         ));
     }
     let commit_id = state.commit_of(&key, &revision)?;
-    let commit = state
-        .store
+    let cached = state
         .commit(&key, &commit_id)?
         .ok_or_else(|| ApiError::bad_request("dangling ref"))?;
+    let commit = &cached.record;
     let patterns = match commit.files.get(".gitattributes") {
         Some(entry) if !entry.lfs && entry.size < 1 << 20 => paths::lfs_patterns(
             &String::from_utf8_lossy(&state.store.read_object(&entry.sha256)?),

@@ -22,6 +22,7 @@ mod repo_api;
 mod resolve;
 mod state;
 pub mod store;
+mod tree;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;

@@ -1,7 +1,6 @@
 //! Repo management and listing: create, info, tree, paths-info, refs, commits, branch, whoami
 //! (hub-protocol.md §3 and §7).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::Json;
@@ -9,11 +8,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha1::{Digest as _, Sha1};
 
 use super::paths;
 use super::state::{ApiError, AppState, repo_key};
-use super::store::{CommitRecord, FileEntry, RepoKey};
+use super::store::RepoKey;
+use super::tree::{CachedCommit, PageError, directory_json, file_json, pointer_size};
 use crate::hub::RepoType;
 
 /// The user every request is attributed to (the server has one user).
@@ -94,7 +93,8 @@ pub async fn info(
     let key = state.existing_repo(kind, &namespace, &name)?;
     let revision = revision.unwrap_or_else(|| "main".to_owned());
     let commit_id = state.commit_of(&key, &revision)?;
-    let commit = load(&state, &key, &commit_id)?;
+    let cached = load(&state, &key, &commit_id)?;
+    let commit = &cached.record;
     let meta = state.store.repo_meta(&key)?;
     let blobs = query.blobs.as_deref().is_some_and(truthy);
     let siblings: Vec<Value> = commit
@@ -131,12 +131,13 @@ pub struct TreeQuery {
     #[serde(default)]
     recursive: Option<String>,
     #[serde(default)]
-    cursor: Option<usize>,
+    cursor: Option<String>,
     #[serde(default)]
     limit: Option<usize>,
 }
 
-/// `GET /api/{t}/{ns}/{name}/tree/{rev}[/{path}]`, paginated with a `Link: <…>; rel="next"`.
+/// `GET /api/{t}/{ns}/{name}/tree/{rev}[/{path}]`, paginated with a `Link: <…>; rel="next"`
+/// whose cursor names the last path served, so each page seeks in the commit's sorted listing.
 pub async fn tree(
     state: Arc<AppState>,
     kind: RepoType,
@@ -154,52 +155,42 @@ pub async fn tree(
         Some(f) => Some(paths::normalize_folder(f)?),
         None => None,
     };
-    let prefix = folder.as_ref().map(|f| format!("{f}/")).unwrap_or_default();
     let recursive = query.recursive.as_deref().is_some_and(truthy);
-    let mut directories = BTreeSet::new();
-    let mut entries: Vec<(String, Value)> = Vec::new();
-    for (path, entry) in commit
-        .files
-        .range(prefix.clone()..)
-        .take_while(|(p, _)| p.starts_with(&prefix))
-    {
-        let rest = &path[prefix.len()..];
-        let segments: Vec<&str> = rest.split('/').collect();
-        for depth in 1..segments.len() {
-            if !recursive && depth > 1 {
-                break;
-            }
-            directories.insert(format!("{prefix}{}", segments[..depth].join("/")));
-        }
-        if recursive || segments.len() == 1 {
-            entries.push((path.clone(), file_json(path, entry)));
-        }
-    }
-    if entries.is_empty() && directories.is_empty() && folder.is_some() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "Entry not found")
-            .code("EntryNotFound")
-            .with_commit(commit_id));
-    }
-    entries.extend(
-        directories
-            .into_iter()
-            .map(|d| (d.clone(), directory_json(&commit_id, &d))),
-    );
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
     let limit = query
         .limit
         .unwrap_or(state.limits.tree_page_size)
         .clamp(1, state.limits.tree_page_size);
-    let start = query.cursor.unwrap_or(0).min(entries.len());
-    let end = (start + limit).min(entries.len());
-    let page: Vec<Value> = entries[start..end].iter().map(|(_, v)| v.clone()).collect();
-    let mut response = Json(page).into_response();
-    if end < entries.len() {
+    let page = match commit.listing().page(
+        folder.as_deref().unwrap_or(""),
+        recursive,
+        query.cursor.as_deref(),
+        limit,
+    ) {
+        Ok(page) => page,
+        Err(PageError::NoSuchFolder) => {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "Entry not found")
+                .code("EntryNotFound")
+                .with_commit(commit_id));
+        }
+        Err(PageError::BadCursor) => return Err(ApiError::bad_request("invalid cursor")),
+    };
+    let mut body =
+        String::with_capacity(page.entries.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
+    body.push('[');
+    for (i, entry) in page.entries.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(entry);
+    }
+    body.push(']');
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let Some(cursor) = page.next {
         let folder_part = folder
             .map(|f| format!("/{}", encode_path(&f)))
             .unwrap_or_default();
         let next = format!(
-            "<{}/api/{}/{}/tree/{}{folder_part}?recursive={recursive}&cursor={end}&limit={limit}>; rel=\"next\"",
+            "<{}/api/{}/{}/tree/{}{folder_part}?recursive={recursive}&cursor={cursor}&limit={limit}>; rel=\"next\"",
             state.base_url,
             kind.api_plural(),
             key.id(),
@@ -228,7 +219,8 @@ pub async fn paths_info(
         ));
     }
     let commit_id = state.commit_of(&key, &revision)?;
-    let commit = load(&state, &key, &commit_id)?;
+    let cached = load(&state, &key, &commit_id)?;
+    let commit = &cached.record;
     let mut answer = Vec::new();
     for (_, path) in pairs.iter().filter(|(k, _)| k == "paths" || k == "paths[]") {
         let path = path.trim_end_matches('/');
@@ -386,35 +378,10 @@ pub(super) fn load(
     state: &AppState,
     key: &RepoKey,
     commit_id: &str,
-) -> Result<CommitRecord, ApiError> {
+) -> Result<Arc<CachedCommit>, ApiError> {
     state
-        .store
         .commit(key, commit_id)?
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "dangling ref"))
-}
-
-fn pointer_size(entry: &FileEntry) -> usize {
-    paths::lfs_pointer(&entry.sha256, entry.size).len()
-}
-
-fn file_json(path: &str, entry: &FileEntry) -> Value {
-    let mut value = json!({"type": "file", "oid": entry.git_oid, "size": entry.size, "path": path});
-    if entry.lfs {
-        value["lfs"] =
-            json!({"oid": entry.sha256, "size": entry.size, "pointerSize": pointer_size(entry)});
-    }
-    value
-}
-
-fn directory_json(commit_id: &str, path: &str) -> Value {
-    // Not a real git tree id; stable per commit and folder, which is all clients use it for.
-    let oid = hex::encode(
-        Sha1::new()
-            .chain_update(commit_id)
-            .chain_update(path)
-            .finalize(),
-    );
-    json!({"type": "directory", "oid": oid, "size": 0, "path": path})
 }
 
 fn truthy(value: &str) -> bool {

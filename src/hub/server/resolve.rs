@@ -32,8 +32,8 @@ pub async fn resolve(
     let key = state.existing_repo(kind, &namespace, &name)?;
     let commit_id = state.commit_of(&key, &revision)?;
     paths::check_file_path(&path)?;
-    let commit = load(&state, &key, &commit_id)?;
-    let Some(entry) = commit.files.get(&path) else {
+    let cached = load(&state, &key, &commit_id)?;
+    let Some(entry) = cached.record.files.get(&path) else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "Entry not found")
             .code("EntryNotFound")
             .with_commit(commit_id));

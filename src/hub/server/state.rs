@@ -34,6 +34,8 @@ pub struct AppState {
     pub faults: FaultState,
     /// Incremental sha256 of multipart uploads in progress.
     pub hashes: super::hashing::IncrementalHashes,
+    /// Parsed commits and their listings (commits are immutable, so never stale).
+    pub commits: super::tree::CommitCache,
     repo_locks: Mutex<HashMap<RepoKey, Arc<tokio::sync::Mutex<()>>>>,
     commit_times: Mutex<HashMap<RepoKey, VecDeque<Instant>>>,
 }
@@ -57,6 +59,7 @@ impl AppState {
             signing_key: rand::random(),
             faults,
             hashes: super::hashing::IncrementalHashes::default(),
+            commits: super::tree::CommitCache::default(),
             repo_locks: Mutex::default(),
             commit_times: Mutex::default(),
         }
@@ -120,14 +123,37 @@ impl AppState {
 
     /// Resolves a revision of an existing repo to its commit, 404 `RevisionNotFound` otherwise.
     pub fn commit_of(&self, key: &RepoKey, revision: &str) -> Result<String, ApiError> {
-        match self.store.resolve(key, revision)? {
-            Some(resolved) => Ok(resolved.commit),
+        // A commit id is checked through the cache: reading it from the store parses the
+        // whole commit, and clients that pinned a revision send its id with every request.
+        let commit = match self.store.resolve_named(key, revision)? {
+            Some(commit) => Some(commit),
+            None => self.commit(key, revision)?.map(|c| c.record.id.clone()),
+        };
+        match commit {
+            Some(commit) => Ok(commit),
             None => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("Invalid rev id: {revision}"),
             )
             .code("RevisionNotFound")),
         }
+    }
+
+    /// A commit of the repo, from the cache or the store; `None` if there is none with that id.
+    pub fn commit(
+        &self,
+        key: &RepoKey,
+        id: &str,
+    ) -> Result<Option<Arc<super::tree::CachedCommit>>, StoreError> {
+        if let Some(commit) = self.commits.get(key, id) {
+            return Ok(Some(commit));
+        }
+        let Some(record) = self.store.commit(key, id)? else {
+            return Ok(None);
+        };
+        let commit = Arc::new(super::tree::CachedCommit::new(record));
+        self.commits.insert(key, commit.clone());
+        Ok(Some(commit))
     }
 
     /// Records a commit for the per-repo rate limit, or answers 429 with `Retry-After` if the

@@ -304,9 +304,13 @@ impl Store {
         read_json(&path).map(Some)
     }
 
-    /// Resolves a revision: a branch, a tag, `refs/heads/B`, `refs/tags/T`, `refs/pr/N`, or a
-    /// full commit id of this repo.
-    pub fn resolve(&self, key: &RepoKey, revision: &str) -> Result<Option<Resolved>, StoreError> {
+    /// The commit a named revision points at: a branch, a tag, `refs/heads/B`, `refs/tags/T`
+    /// or `refs/pr/N` (a commit id is not a name; see [`Store::resolve`]).
+    pub fn resolve_named(
+        &self,
+        key: &RepoKey,
+        revision: &str,
+    ) -> Result<Option<String>, StoreError> {
         let refs = self.refs(key)?;
         let named = if let Some(branch) = revision.strip_prefix("refs/heads/") {
             refs.branches.get(branch)
@@ -322,10 +326,13 @@ impl Store {
                 .get(revision)
                 .or_else(|| refs.tags.get(revision))
         };
-        if let Some(commit) = named {
-            return Ok(Some(Resolved {
-                commit: commit.clone(),
-            }));
+        Ok(named.cloned())
+    }
+
+    /// Resolves a revision: a name ([`Store::resolve_named`]) or a full commit id of this repo.
+    pub fn resolve(&self, key: &RepoKey, revision: &str) -> Result<Option<Resolved>, StoreError> {
+        if let Some(commit) = self.resolve_named(key, revision)? {
+            return Ok(Some(Resolved { commit }));
         }
         Ok(self
             .commit(key, revision)?

@@ -6,6 +6,7 @@ mod client;
 mod download;
 mod faults;
 mod hostile;
+mod listing;
 mod python;
 
 use hubsweep::hub::server::{Server, ServerConfig, ServerHandle};
