@@ -201,8 +201,8 @@ pub fn render_diagnostics(loaded: &Loaded, diagnostics: &[Diagnostic], env: &Env
             };
             eprintln!("{kind}: {}", diagnostic.message);
             eprintln!(
-                "  --> {}:{}:{} (line too long to show)",
-                loaded.file_name, location.line, location.column
+                "  --> {}:{}:{} (`{}`; the line is too long to show)",
+                loaded.file_name, location.line, location.column, diagnostic.path
             );
             if let Some(help) = &diagnostic.help {
                 eprintln!("  help: {help}");

@@ -208,7 +208,7 @@ fn an_error_on_a_very_long_line_is_reported_not_panicked() {
     let ids: Vec<String> = (0..20_000).map(|i| (i % 1000).to_string()).collect();
     let spec = format!(
         "name: long\noutput: local://t/long\nmodels:\n  - family: llama\n    repo: local://hubsweep/tiny-llama\n\
-         data:\n  token_ids: [{}, not-a-number]\n  seq_len: 16\ncapture:\n  hooks: [hook_resid_post]\n  layers: all\n",
+         data:\n  token_ids: [[{}, not-a-number]]\n  seq_len: 16\ncapture:\n  hooks: [hook_resid_post]\n  layers: all\n",
         ids.join(", ")
     );
     std::fs::write(context.child("long.yaml"), &spec).unwrap();
@@ -222,8 +222,10 @@ fn an_error_on_a_very_long_line_is_reported_not_panicked() {
     let column = spec.lines().nth(6).unwrap().find("not-a-number").unwrap() + 1;
     assert!(column > 65_535);
     assert!(
-        stderr.contains(&format!("long.yaml:7:{column} (line too long to show)")),
+        stderr.contains(&format!(
+            "long.yaml:7:{column} (`/data/token_ids/0/20000`; the line is too long to show)"
+        )),
         "{stderr}"
     );
-    assert!(stderr.contains("token_ids"), "{stderr}");
+    assert!(stderr.contains("expected an integer"), "{stderr}");
 }
