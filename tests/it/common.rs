@@ -56,3 +56,28 @@ pub fn repo_root() -> PathBuf {
 pub fn peers_required() -> bool {
     std::env::var_os("HUBSWEEP_REQUIRE_PEERS").is_some_and(|v| v == "1")
 }
+
+/// The binary as a plain [`std::process::Command`], its environment cleared down to `PATH` and
+/// this context's homes (no HF_TOKEN or HF_ENDPOINT from the machine can leak in).
+#[allow(dead_code)]
+pub fn isolated_hubsweep(ctx: &TestContext) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hubsweep"));
+    cmd.current_dir(ctx.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", ctx.child("home"))
+        .env("HF_HOME", ctx.child("hf-home"))
+        .env("HUBSWEEP_HOME", ctx.child("hubsweep-home"))
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+/// A finished command's stdout and stderr, for assertion messages.
+#[allow(dead_code)]
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

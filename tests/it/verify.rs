@@ -6,36 +6,16 @@
 //! `local://hubsweep/quickstart@BRANCH`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command as StdCommand, Output};
+use std::process::Output;
 
 use bytes::Bytes;
 use hubsweep::hub::server::{Server, ServerConfig};
 use hubsweep::hub::{CommitOperation, CommitOptions, HubClient, LfsObject, Repo, RepoId};
 use hubsweep::ledger::{self, LedgerState, Record};
 
-use crate::common::{TestContext, repo_root};
+use crate::common::{TestContext, isolated_hubsweep as hubsweep, output_text as text, repo_root};
 
 const REPO: &str = "local://hubsweep/quickstart";
-
-fn hubsweep(ctx: &TestContext) -> StdCommand {
-    let mut cmd = StdCommand::new(env!("CARGO_BIN_EXE_hubsweep"));
-    cmd.current_dir(ctx.path())
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", ctx.child("home"))
-        .env("HF_HOME", ctx.child("hf-home"))
-        .env("HUBSWEEP_HOME", ctx.child("hubsweep-home"))
-        .env("NO_COLOR", "1");
-    cmd
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 fn verify(ctx: &TestContext, target: &str, deep: bool) -> Output {
     let mut cmd = hubsweep(ctx);
