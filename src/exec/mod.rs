@@ -561,8 +561,8 @@ pub async fn run_units(
         }
     }
     if selection.has_final()
-        && (!report.interrupted && report.failed.is_empty()
-            || settings.failure == FailurePolicy::KeepGoing && !report.interrupted)
+        && !report.interrupted
+        && (report.failed.is_empty() || settings.failure == FailurePolicy::KeepGoing)
     {
         report.executed += steps::run_overlaps(
             spec,

@@ -243,9 +243,9 @@ pub fn render_html(data: &ReportData) -> String {
         if plot.series.is_empty() {
             continue;
         }
-        let _ = write!(
+        let _ = writeln!(
             html,
-            "<figure id=\"{id}\">{}</figure>\n",
+            "<figure id=\"{id}\">{}</figure>",
             svg::render(plot, 1100, 360)
         );
     }
