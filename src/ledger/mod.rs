@@ -163,6 +163,18 @@ pub fn compact<'a>(records: impl IntoIterator<Item = &'a Record>) -> String {
     to_jsonl(by_id.into_values())
 }
 
+/// The largest magnitude of any number in a metrics value (nested arrays and objects
+/// included): the scale that near-zero entries are compared against, since small eigenvalues
+/// carry the rounding of the largest ones.
+pub(crate) fn max_abs(value: &serde_json::Value) -> f64 {
+    match value {
+        serde_json::Value::Number(n) => n.as_f64().map_or(0.0, f64::abs),
+        serde_json::Value::Array(a) => a.iter().map(max_abs).fold(0.0, f64::max),
+        serde_json::Value::Object(o) => o.values().map(max_abs).fold(0.0, f64::max),
+        _ => 0.0,
+    }
+}
+
 /// Whether a repo path is a ledger segment.
 pub fn is_segment_path(path: &str) -> bool {
     path.strip_prefix(SEGMENTS_DIR)

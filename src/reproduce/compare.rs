@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::ledger::{Record, Tolerance};
+use crate::ledger::{Record, Tolerance, max_abs};
 use crate::plan::id::canonical_json;
 use crate::plan::{NodeKind, Plan};
 
@@ -310,15 +310,6 @@ pub fn capture_row(plan: &Plan, capture: usize, artifact_rows: &[&Row]) -> Row {
         } else {
             Status::Fail
         },
-    }
-}
-
-fn max_abs(value: &serde_json::Value) -> f64 {
-    match value {
-        serde_json::Value::Number(n) => n.as_f64().map_or(0.0, f64::abs),
-        serde_json::Value::Array(a) => a.iter().map(max_abs).fold(0.0, f64::max),
-        serde_json::Value::Object(o) => o.values().map(max_abs).fold(0.0, f64::max),
-        _ => 0.0,
     }
 }
 

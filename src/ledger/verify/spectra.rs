@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use super::deep::{DeepOutcome, Fetcher, activation_rows};
 use super::report::CheckKind;
 use crate::analysis::{GramAccumulator, Spectrum};
-use crate::ledger::{Manifest, Record};
+use crate::ledger::{Manifest, Record, max_abs};
 
 /// Fetches a spectrum's input artifacts and its file (all checked like any file), recomputes
 /// the spectrum from the artifacts and compares it with the file and the recorded metrics.
@@ -132,15 +132,6 @@ fn compare_spectra(
     };
     let scale = max_abs(&fresh_metrics);
     compare_json(recorded, &fresh_metrics, tol, scale, "metrics")
-}
-
-fn max_abs(value: &serde_json::Value) -> f64 {
-    match value {
-        serde_json::Value::Number(n) => n.as_f64().map_or(0.0, f64::abs),
-        serde_json::Value::Array(a) => a.iter().map(max_abs).fold(0.0, f64::max),
-        serde_json::Value::Object(o) => o.values().map(max_abs).fold(0.0, f64::max),
-        _ => 0.0,
-    }
 }
 
 /// Compares recorded and recomputed metrics: integers exactly, floats within `tol` relative
