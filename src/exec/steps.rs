@@ -166,6 +166,7 @@ pub(super) async fn run_model(
         spectra: spectra_keys,
         metadata,
         perturb_for_tests,
+        memory: spec.limits.memory,
     };
     let (budget, uploads_tx, commits_tx, cancel_capture) = (
         budget.clone(),

@@ -240,6 +240,98 @@ async fn spectra_match_an_svd_of_the_activations(
     assert_eq!(checked, 18, "2 models × 3 layers × 3 hooks");
 }
 
+/// Artifacts hold each window's activations in window order, whatever the batching: capture
+/// runs several forward passes at once on a multi-core CPU and must append them in order.
+#[test]
+fn artifact_rows_are_the_windows_in_order_whatever_the_batching() {
+    use candle_core::{DType, Device, Tensor};
+    use hubsweep::model::{Model, ModelFiles};
+
+    let (windows, seq_len) = (11usize, 8usize);
+    let ids: Vec<u32> = (0..windows * seq_len)
+        .map(|i| (i as u32 * 37 + 5) % 200)
+        .collect();
+    let files = ModelFiles::from_dir(&repo_root().join("tests/fixtures/llama_tiny")).unwrap();
+    let model = Model::load(&files, &Device::Cpu, DType::F32).unwrap();
+    let request = model.request(&["blocks.1.hook_resid_post"]).unwrap();
+    // Each window on its own: the reference rows.
+    let window_rows = |ids: &[u32]| -> Vec<f32> {
+        let mut rows = Vec::new();
+        for window in ids.chunks(seq_len) {
+            let input = Tensor::from_slice(window, (1, seq_len), &Device::Cpu).unwrap();
+            let acts = model.forward(&input, &request).unwrap();
+            let tensor = acts.get("blocks.1.hook_resid_post").unwrap();
+            rows.extend(tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+        rows
+    };
+    for batch_size in [1, 2, 3] {
+        let ctx = TestContext::new();
+        let spec = ctx.child("order.yaml");
+        let list = ids
+            .chunks(seq_len)
+            .map(|w| format!("{w:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        std::fs::write(
+            &spec,
+            format!(
+                "name: order\noutput: local://hubsweep/order\nmodels:\n  - family: llama\n    repo: local://hubsweep/tiny-llama\ndata:\n  token_ids: [{list}]\n  seq_len: {seq_len}\ncapture:\n  hooks: [hook_resid_post]\n  layers: [1]\n  dtype: f32\nlimits:\n  memory: 64MiB\n  artifact_bytes: 1MiB\ncompute:\n  device: cpu\n  batch_size: {batch_size}\n"
+            ),
+        )
+        .unwrap();
+        let (output, _) = run_json(&ctx, &spec, &[("RAYON_NUM_THREADS", "2")]);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        runtime().block_on(async {
+            let (server, client) = open_store(&ctx.child("hubsweep-home")).await;
+            let repo = dataset("hubsweep/order");
+            let state = LedgerState::read(&client, &repo, "main").await.unwrap();
+            let records = segment_records(&client, &repo, &state).await;
+            let artifact = records
+                .iter()
+                .find(|r| r.kind == "artifact")
+                .expect("an artifact record");
+            let bytes = client
+                .download_bytes(&repo, "main", &artifact.files[0].path)
+                .await
+                .unwrap();
+            let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let stored_ids: Vec<u32> = file
+                .tensor("token_ids")
+                .unwrap()
+                .data()
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as u32)
+                .collect();
+            // The windows are cut from the ids as the data settings say (BOS first); what matters
+            // here is that every stored row belongs to the stored window at its position.
+            assert_eq!(stored_ids.len() % seq_len, 0);
+            assert!(
+                stored_ids.len() / seq_len >= 6,
+                "{} windows",
+                stored_ids.len() / seq_len
+            );
+            let expected = window_rows(&stored_ids);
+            let got: Vec<f32> = file
+                .tensor("activations")
+                .unwrap()
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            assert_eq!(got.len(), expected.len(), "batch size {batch_size}");
+            for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                assert!(
+                    (g - e).abs() <= 1e-5 * (1.0 + e.abs()),
+                    "batch size {batch_size}: value {i} (window {}) is {g}, expected {e}",
+                    i / (seq_len * got.len() / stored_ids.len())
+                );
+            }
+            server.shutdown().await;
+        });
+    }
+}
+
 #[test]
 fn the_official_client_downloads_what_the_ledger_states() {
     let Some(python) = crate::hub::hub_python() else {
