@@ -198,6 +198,48 @@ fn to_bytes(values: &[f32], dtype: Dtype) -> Vec<u8> {
     }
 }
 
+/// Whether a hook's activations go straight to the stored dtype, never widened on the host:
+/// when it is narrower than f32 and nothing needs the f32 values (no spectrum accumulates
+/// them, no test perturbation). On a GPU the narrowing then runs there, before the copy to the
+/// host, which halves the bytes copied and leaves the host only hashing and appending.
+fn narrows_early(dtype: Dtype, spectrum: bool, nudge: bool) -> bool {
+    dtype != Dtype::F32 && !spectrum && !nudge
+}
+
+/// The candle dtype of a stored dtype.
+fn candle_dtype(dtype: Dtype) -> DType {
+    match dtype {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::Bf16 => DType::BF16,
+    }
+}
+
+/// Little-endian bytes of a hook's activations in the stored dtype, token-major, converted by
+/// candle (round to nearest even, like [`to_bytes`], so the bytes are the same).
+fn narrowed_bytes(hook: Hook, tensor: &Tensor, dtype: Dtype) -> candle_core::Result<Vec<u8>> {
+    let tensor = if hook == Hook::AttnPattern {
+        tensor.transpose(1, 2)?.contiguous()?
+    } else {
+        tensor.clone()
+    };
+    let flat = tensor
+        .to_dtype(candle_dtype(dtype))?
+        .to_device(&Device::Cpu)?
+        .flatten_all()?;
+    fn le<T: candle_core::WithDType, const N: usize>(
+        flat: &Tensor,
+        bytes: impl Fn(T) -> [u8; N],
+    ) -> candle_core::Result<Vec<u8>> {
+        Ok(flat.to_vec1::<T>()?.into_iter().flat_map(bytes).collect())
+    }
+    match dtype {
+        Dtype::F32 => le(&flat, f32::to_le_bytes),
+        Dtype::F16 => le(&flat, half::f16::to_le_bytes),
+        Dtype::Bf16 => le(&flat, half::bf16::to_le_bytes),
+    }
+}
+
 /// Moves the first value one step up in `dtype` (one unit in the last place as stored), so the
 /// change survives the conversion to the stored dtype and reaches the artifact's bytes and the
 /// spectrum's Gram matrix alike. Test-only: see [`CaptureWork::perturb_for_tests`].
@@ -268,6 +310,16 @@ impl HookJob<'_> {
     /// test-only, see [`CaptureWork::perturb_for_tests`].
     fn run(&mut self, dtype: Dtype, nudge: bool) -> Result<(), String> {
         let name = &self.name;
+        if narrows_early(dtype, self.gram.is_some(), nudge) {
+            if let Some(writer) = self.writer.as_deref_mut() {
+                let bytes = narrowed_bytes(self.hook, &self.tensor, dtype)
+                    .map_err(|e| format!("{name}: {e}"))?;
+                writer
+                    .append("activations", &bytes)
+                    .map_err(|e| e.to_string())?;
+            }
+            return Ok(());
+        }
         let (mut values, n, width) =
             as_rows(self.hook, &self.tensor).map_err(|e| format!("{name}: {e}"))?;
         if nudge {
@@ -433,6 +485,7 @@ pub fn run_capture(
             // few hooks at a time (each holds a copy of its activations while it works). On a
             // GPU this host work, not the forward pass, bounds throughput; on a CPU it runs
             // between forward passes, when the cores are free.
+            let nudge = work.perturb_for_tests && batch_index == 0;
             let mut host = Vec::with_capacity(shard.targets.len());
             for target in &shard.targets {
                 let name = target.hook.full_name(target.layer.map(|l| l as usize));
@@ -442,8 +495,16 @@ pub fn run_capture(
                         reason: format!("the model produced no `{name}`"),
                     });
                 };
+                // On a CPU the narrowing runs in the parallel host work below instead.
+                let spectrum = work.spectra.contains(&(target.hook, target.layer));
+                let tensor =
+                    if narrows_early(work.dtype, spectrum, nudge) && !tensor.device().is_cpu() {
+                        tensor.to_dtype(candle_dtype(work.dtype))
+                    } else {
+                        Ok(tensor.clone())
+                    };
                 let tensor = tensor
-                    .to_device(&Device::Cpu)
+                    .and_then(|tensor| tensor.to_device(&Device::Cpu))
                     .map_err(|e| tensor_err(&name, e))?;
                 host.push((name, tensor));
             }
@@ -474,7 +535,6 @@ pub fn run_capture(
                     job.gram = Some(gram);
                 }
             }
-            let nudge = work.perturb_for_tests && batch_index == 0;
             let at_once = rayon::current_num_threads().clamp(1, 8);
             for group in jobs.chunks_mut(at_once) {
                 use rayon::prelude::*;
@@ -560,5 +620,34 @@ mod tests {
         }
         let nan = to_bytes(&[f32::NAN], Dtype::F16);
         assert!(half::f16::from_le_bytes([nan[0], nan[1]]).is_nan());
+    }
+
+    /// Narrowing early (candle's conversion, on the device) stores exactly the bytes of the
+    /// host path (widen to f32 rows, then the slice conversion), pattern transpose included.
+    #[test]
+    fn early_narrowing_stores_the_same_bytes_as_the_host_path() {
+        let mut values: Vec<f32> = (0..2 * 3 * 4 * 5u32)
+            .map(|i| f32::from_bits(0x3f80_0000 + i * 40_961) * if i % 3 == 0 { -1.0 } else { 1.0 })
+            .collect();
+        values[..6].copy_from_slice(&[1.000_488_3, 65520.0, 1e-8, 6.0e-5, -0.0, 3.0e38]);
+        for (hook, shape) in [
+            (Hook::ResidPost, vec![2, 12, 5]),
+            (Hook::AttnZ, vec![2, 3, 4, 5]),
+            (Hook::AttnPattern, vec![2, 3, 4, 5]),
+        ] {
+            let tensor = Tensor::from_slice(&values, shape.as_slice(), &Device::Cpu).unwrap();
+            let (rows, _, _) = as_rows(hook, &tensor).unwrap();
+            for dtype in [Dtype::F16, Dtype::Bf16] {
+                assert_eq!(
+                    narrowed_bytes(hook, &tensor, dtype).unwrap(),
+                    to_bytes(&rows, dtype),
+                    "{hook:?} {dtype:?}"
+                );
+            }
+        }
+        assert!(narrows_early(Dtype::F16, false, false));
+        assert!(!narrows_early(Dtype::F32, false, false));
+        assert!(!narrows_early(Dtype::Bf16, true, false));
+        assert!(!narrows_early(Dtype::F16, false, true));
     }
 }

@@ -240,8 +240,9 @@ async fn spectra_match_an_svd_of_the_activations(
     assert_eq!(checked, 18, "2 models × 3 layers × 3 hooks");
 }
 
-/// Artifacts hold each window's activations in window order, whatever the batching: capture
-/// runs several forward passes at once on a multi-core CPU and must append them in order.
+/// Artifacts hold each window's activations in window order, whatever the batching and stored
+/// dtype: capture runs several forward passes at once on a multi-core CPU and must append them
+/// in order, and narrows f16/bf16 before the host when no spectrum needs the f32 values.
 #[test]
 fn artifact_rows_are_the_windows_in_order_whatever_the_batching() {
     use candle_core::{DType, Device, Tensor};
@@ -265,7 +266,8 @@ fn artifact_rows_are_the_windows_in_order_whatever_the_batching() {
         }
         rows
     };
-    for batch_size in [1, 2, 3] {
+    let cases = [(1, "f32"), (2, "f32"), (3, "f32"), (2, "f16"), (3, "bf16")];
+    for (batch_size, dtype) in cases {
         let ctx = TestContext::new();
         let spec = ctx.child("order.yaml");
         let list = ids
@@ -276,7 +278,7 @@ fn artifact_rows_are_the_windows_in_order_whatever_the_batching() {
         std::fs::write(
             &spec,
             format!(
-                "name: order\noutput: local://hubsweep/order\nmodels:\n  - family: llama\n    repo: local://hubsweep/tiny-llama\ndata:\n  token_ids: [{list}]\n  seq_len: {seq_len}\ncapture:\n  hooks: [hook_resid_post]\n  layers: [1]\n  dtype: f32\nlimits:\n  memory: 64MiB\n  artifact_bytes: 1MiB\ncompute:\n  device: cpu\n  batch_size: {batch_size}\n"
+                "name: order\noutput: local://hubsweep/order\nmodels:\n  - family: llama\n    repo: local://hubsweep/tiny-llama\ndata:\n  token_ids: [{list}]\n  seq_len: {seq_len}\ncapture:\n  hooks: [hook_resid_post]\n  layers: [1]\n  dtype: {dtype}\nlimits:\n  memory: 64MiB\n  artifact_bytes: 1MiB\ncompute:\n  device: cpu\n  batch_size: {batch_size}\n"
             ),
         )
         .unwrap();
@@ -312,18 +314,33 @@ fn artifact_rows_are_the_windows_in_order_whatever_the_batching() {
                 stored_ids.len() / seq_len
             );
             let expected = window_rows(&stored_ids);
-            let got: Vec<f32> = file
-                .tensor("activations")
-                .unwrap()
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
+            let data = file.tensor("activations").unwrap().data().to_vec();
+            // f16/bf16 are narrowed before they reach the host when no spectrum needs f32.
+            let (got, tolerance): (Vec<f32>, f32) = match dtype {
+                "f32" => (
+                    data.chunks_exact(4)
+                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                        .collect(),
+                    1e-5,
+                ),
+                "f16" => (
+                    data.chunks_exact(2)
+                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                        .collect(),
+                    1e-3,
+                ),
+                _ => (
+                    data.chunks_exact(2)
+                        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                        .collect(),
+                    8e-3,
+                ),
+            };
             assert_eq!(got.len(), expected.len(), "batch size {batch_size}");
             for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
                 assert!(
-                    (g - e).abs() <= 1e-5 * (1.0 + e.abs()),
-                    "batch size {batch_size}: value {i} (window {}) is {g}, expected {e}",
+                    (g - e).abs() <= tolerance * (1.0 + e.abs()),
+                    "batch size {batch_size}, {dtype}: value {i} (window {}) is {g}, expected {e}",
                     i / (seq_len * got.len() / stored_ids.len())
                 );
             }
