@@ -306,7 +306,10 @@ impl Block {
                 let pre_linear = both.narrow(2, m, m)?;
                 rec.put(BlockHook::MlpPre, &pre);
                 rec.put(BlockHook::MlpPreLinear, &pre_linear);
-                (activate(&pre, act)? * pre_linear)?
+                match act {
+                    Activation::Silu => ops::silu_mul(&both)?,
+                    _ => (activate(&pre, act)? * pre_linear)?,
+                }
             }
         };
         rec.put(BlockHook::MlpPost, &post);
