@@ -47,10 +47,11 @@ impl Norm {
         })
     }
 
-    pub(crate) fn forward(&self, x: &Tensor, eps: f64) -> Result<NormOut> {
+    /// `parts`: `hook_scale` or `hook_normalized` is wanted, so [`NormOut`] must carry them.
+    pub(crate) fn forward(&self, x: &Tensor, eps: f64, parts: bool) -> Result<NormOut> {
         match self {
             Norm::Layer { weight, bias } => ops::layer_norm(x, weight, bias, eps),
-            Norm::Rms { weight } => ops::rms_norm(x, weight, eps),
+            Norm::Rms { weight } => ops::rms_norm(x, weight, eps, parts),
         }
     }
 }
@@ -216,9 +217,23 @@ impl Recorder<'_> {
         }
     }
 
+    /// Whether `hook_scale` or `hook_normalized` of a norm is wanted.
+    fn wants_parts(&self, which: fn(NormHook) -> BlockHook) -> bool {
+        [NormHook::Scale, NormHook::Normalized].iter().any(|&part| {
+            self.request.wants(HookPoint::Block {
+                layer: self.layer,
+                hook: which(part),
+            })
+        })
+    }
+
     fn norm(&mut self, which: fn(NormHook) -> BlockHook, n: &NormOut) {
-        self.put(which(NormHook::Scale), &n.scale);
-        self.put(which(NormHook::Normalized), &n.normalized);
+        if let Some(scale) = &n.scale {
+            self.put(which(NormHook::Scale), scale);
+        }
+        if let Some(normalized) = &n.normalized {
+            self.put(which(NormHook::Normalized), normalized);
+        }
         self.put(which(NormHook::Out), &n.out);
     }
 }
@@ -332,12 +347,12 @@ impl Block {
             acts,
         };
         rec.put(BlockHook::ResidPre, x);
-        let ln1 = self.ln1.forward(x, eps)?;
+        let ln1 = self.ln1.forward(x, eps, rec.wants_parts(BlockHook::Ln1))?;
         rec.norm(BlockHook::Ln1, &ln1);
         let attn_out = self.attention(&ln1.out, ctx, &mut rec)?;
         rec.put(BlockHook::AttnOut, &attn_out);
         let out = if ctx.cfg.parallel_residual {
-            let ln2 = self.ln2.forward(x, eps)?;
+            let ln2 = self.ln2.forward(x, eps, rec.wants_parts(BlockHook::Ln2))?;
             rec.norm(BlockHook::Ln2, &ln2);
             let mlp_out = self.mlp(&ln2.out, ctx.cfg.activation, &mut rec)?;
             rec.put(BlockHook::MlpOut, &mlp_out);
@@ -346,7 +361,9 @@ impl Block {
         } else {
             let mid = (x + attn_out)?;
             rec.put(BlockHook::ResidMid, &mid);
-            let ln2 = self.ln2.forward(&mid, eps)?;
+            let ln2 = self
+                .ln2
+                .forward(&mid, eps, rec.wants_parts(BlockHook::Ln2))?;
             rec.norm(BlockHook::Ln2, &ln2);
             let mlp_out = self.mlp(&ln2.out, ctx.cfg.activation, &mut rec)?;
             rec.put(BlockHook::MlpOut, &mlp_out);

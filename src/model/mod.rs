@@ -368,13 +368,16 @@ impl Model {
         if !wants_final && !request.wants(HookPoint::Logits) {
             return Ok(());
         }
-        let n = self.final_norm.forward(x, self.config.norm_eps)?;
+        let parts = [NormHook::Scale, NormHook::Normalized]
+            .iter()
+            .any(|h| request.wants(HookPoint::LnFinal(*h)));
+        let n = self.final_norm.forward(x, self.config.norm_eps, parts)?;
         for (hook, t) in [
-            (NormHook::Scale, &n.scale),
-            (NormHook::Normalized, &n.normalized),
-            (NormHook::Out, &n.out),
+            (NormHook::Scale, n.scale.as_ref()),
+            (NormHook::Normalized, n.normalized.as_ref()),
+            (NormHook::Out, Some(&n.out)),
         ] {
-            if request.wants(HookPoint::LnFinal(hook)) {
+            if let Some(t) = t.filter(|_| request.wants(HookPoint::LnFinal(hook))) {
                 acts.insert(HookPoint::LnFinal(hook), t.clone());
             }
         }

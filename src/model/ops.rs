@@ -51,10 +51,10 @@ impl Linear {
 /// Outputs of a normalisation: TransformerLens `hook_scale`, `hook_normalized` and the module
 /// output (`hook_out`).
 pub struct NormOut {
-    /// `[b, pos, 1]`.
-    pub scale: Tensor,
-    /// TL `hook_normalized`.
-    pub normalized: Tensor,
+    /// `[b, pos, 1]`; only when asked for (LayerNorm always has it).
+    pub scale: Option<Tensor>,
+    /// TL `hook_normalized`; only when asked for (LayerNorm always has it).
+    pub normalized: Option<Tensor>,
     /// The module output with its weight (and bias), in the compute dtype.
     pub out: Tensor,
 }
@@ -72,26 +72,93 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
         .broadcast_add(&bias.to_dtype(DType::F32)?)?
         .to_dtype(dtype)?;
     Ok(NormOut {
-        scale,
-        normalized: out.clone(),
+        scale: Some(scale),
+        normalized: Some(out.clone()),
         out,
     })
 }
 
 /// RMSNorm as in transformers' Llama: normalise in f32, cast back, then multiply by the weight.
-/// TL's `hook_normalized` is before the weight.
-pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<NormOut> {
+/// TL's `hook_normalized` is before the weight. Without `parts` (neither `hook_scale` nor
+/// `hook_normalized` wanted), contiguous f32 input on the CPU takes one fused pass per row,
+/// rows in parallel, with the same arithmetic.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, parts: bool) -> Result<NormOut> {
     let dtype = x.dtype();
+    if !parts
+        && x.device().is_cpu()
+        && dtype == DType::F32
+        && weight.dtype() == DType::F32
+        && x.is_contiguous()
+        && weight.is_contiguous()
+    {
+        return Ok(NormOut {
+            scale: None,
+            normalized: None,
+            out: x.apply_op2_no_bwd(weight, &FusedRmsNorm { eps: eps as f32 })?,
+        });
+    }
     let xf = x.to_dtype(DType::F32)?;
     let mean_sq = xf.sqr()?.mean_keepdim(D::Minus1)?;
     let scale = (mean_sq + eps)?.sqrt()?;
     let normalized = xf.broadcast_div(&scale)?.to_dtype(dtype)?;
     let out = normalized.broadcast_mul(weight)?;
     Ok(NormOut {
-        scale,
-        normalized,
+        scale: Some(scale),
+        normalized: Some(normalized),
         out,
     })
+}
+
+/// See [`rms_norm`]: per row `x / sqrt(mean(x²) + eps) · w`, in f32.
+struct FusedRmsNorm {
+    eps: f32,
+}
+
+impl candle_core::CustomOp2 for FusedRmsNorm {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &candle_core::CpuStorage,
+        x_layout: &candle_core::Layout,
+        w: &candle_core::CpuStorage,
+        w_layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (candle_core::CpuStorage::F32(x), candle_core::CpuStorage::F32(w)) = (x, w) else {
+            candle_core::bail!("fused-rms-norm expects f32")
+        };
+        let (Some((x_start, x_end)), Some((w_start, w_end))) =
+            (x_layout.contiguous_offsets(), w_layout.contiguous_offsets())
+        else {
+            candle_core::bail!("fused-rms-norm expects contiguous tensors")
+        };
+        let (x, w) = (&x[x_start..x_end], &w[w_start..w_end]);
+        let d = w.len();
+        if x_layout.dims().last() != Some(&d) || d == 0 {
+            candle_core::bail!(
+                "fused-rms-norm: last axis of {:?} is not the weight's {d}",
+                x_layout.dims()
+            )
+        }
+        let eps = self.eps;
+        let mut out = vec![0f32; x.len()];
+        let rows_per_task = (4096 / d).max(1);
+        out.par_chunks_mut(d * rows_per_task)
+            .zip(x.par_chunks(d * rows_per_task))
+            .for_each(|(out, rows)| {
+                for (out, row) in out.chunks_exact_mut(d).zip(rows.chunks_exact(d)) {
+                    let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                    let scale = (mean_sq + eps).sqrt();
+                    for ((o, &v), &w) in out.iter_mut().zip(row).zip(w) {
+                        *o = v / scale * w;
+                    }
+                }
+            });
+        Ok((candle_core::CpuStorage::F32(out), x_layout.shape().clone()))
+    }
 }
 
 /// Inverse frequencies `θ^(-2i/rot)`, in f32 like transformers, with llama3 rescaling.
@@ -430,6 +497,24 @@ impl candle_core::CustomOp1 for CausalSoftmax {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fused RMSNorm agrees with the unfused one (which matches transformers) to a few ulp.
+    #[test]
+    fn fused_rms_norm_matches_the_unfused_path() {
+        let dev = Device::Cpu;
+        let x = (Tensor::randn(0f32, 1.0, (2, 5, 96), &dev).unwrap() * 3.0).unwrap();
+        let w = Tensor::randn(1f32, 0.5, 96, &dev).unwrap();
+        let fused = rms_norm(&x, &w, 1e-5, false).unwrap();
+        let plain = rms_norm(&x, &w, 1e-5, true).unwrap();
+        assert!(fused.scale.is_none() && fused.normalized.is_none());
+        assert!(plain.scale.is_some() && plain.normalized.is_some());
+        let a: Vec<f32> = fused.out.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = plain.out.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
 
     /// The fused kernel gives candle's `silu(gate) · up` to the last ulp or so, on 3-D input.
     #[test]

@@ -86,6 +86,31 @@ fn only_requested_hooks_are_kept_and_later_blocks_skipped() {
     );
 }
 
+/// With few hooks requested the forward takes its fused paths (RMSNorm without its parts,
+/// `silu(gate)·up`); they must match transformers as closely as the full-hook forward does.
+#[test]
+fn fused_paths_match_transformers_when_few_hooks_are_requested() {
+    for name in ["llama_tiny", "llama_tiny_llama3"] {
+        let files = ModelFiles::from_dir(&fixture(name)).unwrap();
+        let model = Model::load(&files, &Device::Cpu, DType::F32).unwrap();
+        let refs = reference(name);
+        let n = model.config().n_layers;
+        let hooks = [
+            "blocks.0.hook_resid_post".to_owned(),
+            "blocks.1.hook_mlp_out".to_owned(),
+            format!("blocks.{}.hook_resid_post", n - 1),
+            "ln_final.hook_out".to_owned(),
+            "logits".to_owned(),
+        ];
+        let request = model.request(&hooks).unwrap();
+        let acts = model.forward(&refs["input_ids"], &request).unwrap();
+        for hook in &hooks {
+            let over = excess(acts.get(hook).unwrap(), &refs[hook.as_str()], TOL, TOL);
+            assert!(over <= 0.0, "{name} {hook}: exceeds tolerance by {over:e}");
+        }
+    }
+}
+
 #[test]
 fn reduced_precision_stays_close() {
     // bf16 keeps 8 bits of mantissa: through 3 blocks errors grow to a few percent of the
