@@ -12,7 +12,7 @@ use hubsweep::model::HubSource;
 use hubsweep::reproduce::{
     self, ReproduceError, ReproduceReport, ReproduceSettings, Selection, Target, ToleranceOverrides,
 };
-use hubsweep::spec::ModelSource;
+use hubsweep::spec::{DataSource, ModelSource};
 use tokio_util::sync::CancellationToken;
 
 use super::run::{SummaryFormat, progress_printer, runtime};
@@ -55,6 +55,34 @@ pub struct ReproduceArgs {
     /// Uploads in flight at once.
     #[arg(long, default_value_t = 4, value_name = "N")]
     upload_slots: usize,
+    /// Folder the spec's relative paths (local model folders, data files) are read from: the
+    /// manifest does not record where the spec was, so pass the folder it was run from.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    relative_to: PathBuf,
+}
+
+/// Whether the spec reads anything from a relative local path.
+fn has_relative_paths(spec: &hubsweep::spec::SweepSpec) -> bool {
+    let data = matches!(&spec.data.source, DataSource::File { path, .. } if path.is_relative());
+    data || spec.models.iter().any(|group| {
+        hubsweep::spec::expand_group(group, &mut Vec::new())
+            .iter()
+            .any(|i| matches!(&i.source, ModelSource::Path(path) if path.is_relative()))
+    })
+}
+
+/// Whether a file or folder was missing somewhere in the error's causes.
+fn is_not_found(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 fn parse_tolerances(pairs: &[String]) -> Result<ToleranceOverrides, String> {
@@ -245,9 +273,10 @@ async fn with_hub(
             token: None,
             cache_dir: env.hubsweep_home().join("cache"),
         }),
-        // A manifest has no folder: relative model and data paths are read from here.
-        spec_dir: PathBuf::from("."),
+        // A manifest has no folder: relative model and data paths are read from the one named.
+        spec_dir: args.relative_to.clone(),
         pinned: Default::default(),
+        pinned_data: None,
     };
     let settings = ReproduceSettings {
         target_client: local,
@@ -271,6 +300,11 @@ async fn with_hub(
         }
     });
     match reproduce::reproduce(&source, &settings, progress_printer(), cancel).await {
+        Err(e) if has_relative_paths(&source.spec) && is_not_found(&e) => fail(format!(
+            "{}\n  hint: the spec's relative paths are read from `{}`; pass the folder the spec was run from with `--relative-to DIR`",
+            super::error_chain(&e),
+            args.relative_to.display()
+        )),
         Err(e) => fail(super::error_chain(&e)),
         Ok(report) => {
             print_report(&report, args.format);

@@ -156,6 +156,7 @@ pub(super) async fn open_hubs(
             .map(Path::to_path_buf)
             .unwrap_or_default(),
         pinned: Default::default(),
+        pinned_data: None,
     };
     Ok(Hubs {
         local,

@@ -38,9 +38,9 @@ use crate::plan::{self, NodeKind, Plan, PlanOptions};
 use crate::sink::{
     CommitPolicy, Committable, Committer, SinkEvent, SinkEvents, SinkTotals, UploadJob,
 };
-use crate::spec::{Diagnostic, SweepSpec};
+use crate::spec::{DataSource, Diagnostic, SweepSpec};
 
-pub use pin::{PinnedModel, Sources};
+pub use pin::{DataPin, PinnedModel, Sources};
 pub use records::{default_tolerances, now_rfc3339};
 pub use unit::{UnitSelection, WorkUnit};
 
@@ -181,6 +181,21 @@ pub enum RunError {
         /// What is wrong.
         reason: String,
     },
+    /// The ledger pins the Hub data file to a commit the hub cannot serve (gone, or the repo).
+    #[error(
+        "cannot fetch `{path}` of dataset `{repo}` at `{commit}`, the commit the ledger pins it to (the hub may no longer have that commit)"
+    )]
+    DataPin {
+        /// Dataset repo id.
+        repo: String,
+        /// Path of the file in the repo.
+        path: String,
+        /// The recorded commit.
+        commit: String,
+        /// Cause.
+        #[source]
+        source: Box<crate::data::DataError>,
+    },
     /// The prompt data could not be read.
     #[error("prompt data")]
     Data {
@@ -259,7 +274,7 @@ pub async fn pin_and_plan(
     device_class: &str,
     events: &RunEvents,
 ) -> Result<(Plan, Vec<(crate::spec::ModelInstance, PinnedModel)>), RunError> {
-    let data = pin::fetch_data(spec, sources).await?;
+    let (data, data_pin) = pin::fetch_data(spec, sources).await?;
     let mut pinned = Vec::new();
     for group in &spec.models {
         for instance in crate::spec::expand_group(group, &mut Vec::new()) {
@@ -271,7 +286,8 @@ pub async fn pin_and_plan(
             {
                 continue;
             }
-            let model = pin::pin_model(spec, &instance, &data, sources).await?;
+            let mut model = pin::pin_model(spec, &instance, &data, sources).await?;
+            model.data = data_pin.clone();
             events(&RunEvent::Pinned {
                 label: format!("{}@{}", instance.source, instance.revision),
                 commit: model.commit.clone(),
@@ -385,19 +401,31 @@ pub async fn run_units(
         source,
     })?;
     let device_class = if device.is_cuda() { "cuda" } else { "cpu" };
-    let (plan, pinned) = pin_and_plan(spec, &settings.sources, device_class, &events).await?;
+    let read_state = || async {
+        LedgerState::read(client, &repo, "main")
+            .await
+            .map_err(|source| RunError::Ledger {
+                repo: repo_name.clone(),
+                source,
+            })
+    };
+    // A resumed sweep reads its Hub data file at the commit its ledger records, so every
+    // capture of one output repo comes from the same text even if the branch moved since.
+    // Only such a spec reads the ledger before pinning: the state the run works from is read
+    // after pinning, as late as possible, so concurrent runs see each other's records.
+    let mut sources = settings.sources.clone();
+    if sources.pinned_data.is_none() && matches!(spec.data.source, DataSource::HubFile { .. }) {
+        let early = read_state().await?;
+        sources.pinned_data = DataPin::recorded(spec, early.records.values()).map(|p| p.commit);
+    }
+    let (plan, pinned) = pin_and_plan(spec, &sources, device_class, &events).await?;
     if !settings.dry_run {
         client
             .create_repo(&repo, false, true)
             .await
             .map_err(hub_err)?;
     }
-    let state = LedgerState::read(client, &repo, "main")
-        .await
-        .map_err(|source| RunError::Ledger {
-            repo: repo_name.clone(),
-            source,
-        })?;
+    let state = read_state().await?;
     let mut report = RunReport {
         nodes: plan.nodes.len(),
         output: repo_name.clone(),
@@ -483,7 +511,11 @@ pub async fn run_units(
         let label = format!("{}@{}", instance.source, instance.revision);
         if let Some(r) = nodes.resolve.filter(|r| !done.contains(r)) {
             let mut record = records::record(&plan, &plan.nodes[r], None);
-            record.metrics = Some(serde_json::json!({ "commit": pinned_model.commit }));
+            let mut metrics = serde_json::json!({ "commit": pinned_model.commit });
+            if let Some(data) = &pinned_model.data {
+                metrics["data"] = serde_json::to_value(data).unwrap_or_default();
+            }
+            record.metrics = Some(metrics);
             let regular = manifest_file.take().into_iter().collect();
             let _ = commit_tx.send(Committable { record, regular }).await;
             report.executed += 1;

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::{self, RunError, RunEvent, RunEvents, RunSettings, Sources, UnitSelection};
+use crate::exec::{
+    self, DataPin, RunError, RunEvent, RunEvents, RunSettings, Sources, UnitSelection,
+};
 use crate::hub::{HubClient, HubError, Repo, RepoId};
 use crate::ledger::{LedgerState, Manifest, Record, StateError, Tolerance};
 use crate::model::DeviceSpec;
@@ -429,6 +431,8 @@ pub async fn reproduce(
     let tolerance = tolerance(&source.manifest, &device_class, dtype, settings.overrides);
     let mut sources = settings.sources.clone();
     sources.pinned = recorded_commits(records);
+    // Like models, the Hub data file is read at its recorded commit, never the branch again.
+    sources.pinned_data = DataPin::recorded(&source.spec, records.values()).map(|pin| pin.commit);
     // Pinning reports through the rerun below; the rebuild stays quiet to say it once.
     let (plan, _) = exec::pin_and_plan(&source.spec, &sources, &device_class, &quiet())
         .await
