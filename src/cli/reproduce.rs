@@ -10,7 +10,8 @@ use hubsweep::hub::server::{Server, ServerConfig};
 use hubsweep::hub::{HubClient, RepoType, Token};
 use hubsweep::model::HubSource;
 use hubsweep::reproduce::{
-    self, ReproduceError, ReproduceReport, ReproduceSettings, Selection, Target, ToleranceOverrides,
+    self, ReproduceError, ReproduceReport, ReproduceSettings, Scratch, Selection, Target,
+    ToleranceOverrides,
 };
 use hubsweep::spec::{DataSource, ModelSource};
 use tokio_util::sync::CancellationToken;
@@ -45,6 +46,10 @@ pub struct ReproduceArgs {
     /// `local://reproduce/{sweep}-{head12}`.
     #[arg(long, value_name = "local://NS/NAME")]
     into: Option<String>,
+    /// Keep the scratch repo even when everything compared equal (by default it is deleted
+    /// then; a rerun that differs is always kept, and so is an `--into` repo).
+    #[arg(long)]
+    keep: bool,
     /// Override the manifest's tolerance: `relative=X` (float metrics) or
     /// `bitwise=true|false` (files). Repeatable.
     #[arg(long = "tolerance", value_name = "KIND=VALUE")]
@@ -289,6 +294,7 @@ async fn with_hub(
         },
         overrides,
         upload_slots: args.upload_slots,
+        keep: args.keep,
         perturb_capture_for_tests: perturb,
     };
     let cancel = CancellationToken::new();
@@ -356,6 +362,22 @@ fn print_report(report: &ReproduceReport, format: SummaryFormat) {
     );
     for (label, error) in &report.run_failures {
         eprintln!("  rerun failed: {label}: {error}");
+    }
+    match &report.scratch {
+        Scratch::NotCreated => {}
+        Scratch::Deleted { freed_bytes } => eprintln!(
+            "deleted the scratch repo {}{} (--keep keeps it)",
+            report.target,
+            freed_bytes.map_or(String::new(), |b| format!(", freeing {b} bytes"))
+        ),
+        Scratch::KeptDiffers => eprintln!("the rerun is kept in {} for inspection", report.target),
+        Scratch::KeptAsked | Scratch::KeptNamed => {
+            eprintln!("the rerun is kept in {}", report.target)
+        }
+        Scratch::DeleteFailed { error } => eprintln!(
+            "warning: could not delete the scratch repo {}: {error}",
+            report.target
+        ),
     }
     eprintln!(
         "{}",

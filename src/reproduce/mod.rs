@@ -10,6 +10,7 @@
 //!    Choose nodes ([`select`]), rerun them into a scratch repo on the embedded hub through
 //!    [`exec::run_units`] — the same code as `run` — and compare what the two ledgers record:
 //!    files by sha256, metrics within the manifest's tolerance for the device class and dtype.
+//!    A fresh scratch repo whose rerun compared equal is deleted ([`Scratch`]).
 
 pub mod compare;
 pub mod select;
@@ -240,8 +241,36 @@ pub struct ReproduceSettings {
     pub overrides: ToleranceOverrides,
     /// Uploads in flight at once.
     pub upload_slots: usize,
+    /// Keep a fresh scratch repo even when everything compared equal (a named one is always
+    /// kept).
+    pub keep: bool,
     /// TEST ONLY: see [`RunSettings::perturb_capture_for_tests`].
     pub perturb_capture_for_tests: bool,
+}
+
+/// What became of the scratch repo.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum Scratch {
+    /// Nothing reran, so nothing was written.
+    NotCreated,
+    /// Deleted, because everything compared equal; the embedded hub freed the objects only it
+    /// referenced.
+    Deleted {
+        /// Bytes freed in the store.
+        freed_bytes: Option<u64>,
+    },
+    /// Kept for inspection: something differs or failed.
+    KeptDiffers,
+    /// Kept because `--keep` asked for it.
+    KeptAsked,
+    /// Kept because `--into` named it.
+    KeptNamed,
+    /// Everything compared equal but the delete failed (the repo is still there).
+    DeleteFailed {
+        /// Why.
+        error: String,
+    },
 }
 
 /// What a reproduction found.
@@ -273,6 +302,8 @@ pub struct ReproduceReport {
     pub interrupted: bool,
     /// The comparison table.
     pub rows: Vec<Row>,
+    /// What became of the scratch repo.
+    pub scratch: Scratch,
 }
 
 impl ReproduceReport {
@@ -471,6 +502,7 @@ pub async fn reproduce(
             // Nodes the run never recorded matter only where they were asked for.
             .filter(|r| r.status != Status::Skip || chosen_ids.contains(&r.node))
             .collect(),
+        scratch: Scratch::NotCreated,
     };
     if to_run.is_empty() {
         return Ok(report);
@@ -548,6 +580,18 @@ pub async fn reproduce(
     }
     report.compared = by_node.len();
     report.rows.extend(by_node.into_values().flatten());
+    report.scratch = match (&settings.target, settings.keep, report.passed()) {
+        (_, _, false) => Scratch::KeptDiffers,
+        (Target::Named(_), _, true) => Scratch::KeptNamed,
+        (Target::Fresh, true, true) => Scratch::KeptAsked,
+        // A rerun that reproduced is worth nothing more than the ledger it matched.
+        (Target::Fresh, false, true) => match settings.target_client.delete_repo(&repo).await {
+            Ok(freed_bytes) => Scratch::Deleted { freed_bytes },
+            Err(error) => Scratch::DeleteFailed {
+                error: crate::hub::client::error_chain(&error),
+            },
+        },
+    };
     Ok(report)
 }
 
