@@ -378,6 +378,14 @@ pub async fn run(
     run_units(spec, settings, device, events, cancel, &UnitSelection::All).await
 }
 
+/// A plan pinned by [`pin_and_plan`], with its pinned models, for [`run_units_pinned`].
+pub struct Pinned {
+    /// The pinned plan.
+    pub plan: Plan,
+    /// The pinned models, in plan order.
+    pub models: Vec<(crate::spec::ModelInstance, PinnedModel)>,
+}
+
 /// Runs the selected work units of a sweep (and the final step if selected) through the same
 /// sink and ledger as a full run: what a cluster worker does (see [`unit`]).
 pub async fn run_units(
@@ -387,6 +395,44 @@ pub async fn run_units(
     events: RunEvents,
     cancel: CancellationToken,
     selection: &UnitSelection,
+) -> Result<RunReport, RunError> {
+    run_inner(spec, settings, device, events, cancel, selection, None).await
+}
+
+/// [`run_units`] over models pinned already: `reproduce` pins once (at the ledger's commits)
+/// to check the ids, then reruns that same plan instead of pinning again. `pinned` must come
+/// from [`pin_and_plan`] of this spec's models and data with `settings.sources`, for the
+/// device class of `device` (checked: the class is part of every capture id); the spec may
+/// differ in its `output`, which no id depends on.
+pub async fn run_units_pinned(
+    spec: &SweepSpec,
+    settings: &RunSettings,
+    device: DeviceSpec,
+    events: RunEvents,
+    cancel: CancellationToken,
+    selection: &UnitSelection,
+    pinned: Pinned,
+) -> Result<RunReport, RunError> {
+    run_inner(
+        spec,
+        settings,
+        device,
+        events,
+        cancel,
+        selection,
+        Some(pinned),
+    )
+    .await
+}
+
+async fn run_inner(
+    spec: &SweepSpec,
+    settings: &RunSettings,
+    device: DeviceSpec,
+    events: RunEvents,
+    cancel: CancellationToken,
+    selection: &UnitSelection,
+    prepinned: Option<Pinned>,
 ) -> Result<RunReport, RunError> {
     let run_started = Instant::now();
     let client = &settings.output_client;
@@ -413,12 +459,26 @@ pub async fn run_units(
     // capture of one output repo comes from the same text even if the branch moved since.
     // Only such a spec reads the ledger before pinning: the state the run works from is read
     // after pinning, as late as possible, so concurrent runs see each other's records.
-    let mut sources = settings.sources.clone();
-    if sources.pinned_data.is_none() && matches!(spec.data.source, DataSource::HubFile { .. }) {
-        let early = read_state().await?;
-        sources.pinned_data = DataPin::recorded(spec, early.records.values()).map(|p| p.commit);
-    }
-    let (plan, pinned) = pin_and_plan(spec, &sources, device_class, &events).await?;
+    let (plan, pinned) = match prepinned {
+        Some(Pinned { plan, models }) if plan.device_class() == device_class => (plan, models),
+        Some(Pinned { plan, .. }) => {
+            return Err(RunError::Unsupported(format!(
+                "the plan was pinned for device class `{}`, but the run is on `{device_class}`",
+                plan.device_class()
+            )));
+        }
+        None => {
+            let mut sources = settings.sources.clone();
+            if sources.pinned_data.is_none()
+                && matches!(spec.data.source, DataSource::HubFile { .. })
+            {
+                let early = read_state().await?;
+                sources.pinned_data =
+                    DataPin::recorded(spec, early.records.values()).map(|p| p.commit);
+            }
+            pin_and_plan(spec, &sources, device_class, &events).await?
+        }
+    };
     if !settings.dry_run {
         client
             .create_repo(&repo, false, true)

@@ -8,9 +8,10 @@
 //!    is never re-resolved; a local folder must still hash as recorded), build the plan with
 //!    the normal pipeline, and check that its ids are the recorded ones ([`compare::check_ids`]).
 //!    Choose nodes ([`select`]), rerun them into a scratch repo on the embedded hub through
-//!    [`exec::run_units`] — the same code as `run` — and compare what the two ledgers record:
-//!    files by sha256, metrics within the manifest's tolerance for the device class and dtype.
-//!    A fresh scratch repo whose rerun compared equal is deleted ([`Scratch`]).
+//!    [`exec::run_units_pinned`] — the same code as `run`, over the plan pinned once — and
+//!    compare what the two ledgers record: files by sha256, metrics within the manifest's
+//!    tolerance for the device class and dtype. A fresh scratch repo whose rerun compared equal
+//!    is deleted ([`Scratch`]).
 
 pub mod compare;
 pub mod select;
@@ -464,8 +465,8 @@ pub async fn reproduce(
     sources.pinned = recorded_commits(records);
     // Like models, the Hub data file is read at its recorded commit, never the branch again.
     sources.pinned_data = DataPin::recorded(&source.spec, records.values()).map(|pin| pin.commit);
-    // Pinning reports through the rerun below; the rebuild stays quiet to say it once.
-    let (plan, _) = exec::pin_and_plan(&source.spec, &sources, &device_class, &quiet())
+    // Pinned once, here: the rerun below runs this very plan instead of pinning again.
+    let (plan, pinned) = exec::pin_and_plan(&source.spec, &sources, &device_class, &events)
         .await
         .map_err(|e| ReproduceError::Rebuild(Box::new(e)))?;
     let (id_rows, matched) = compare::check_ids(&plan, records);
@@ -529,12 +530,24 @@ pub async fn reproduce(
         _ => DeviceSpec::Cpu,
     };
     let selection = UnitSelection::Nodes(to_run.iter().map(|&i| id_of(i)).collect());
-    let run = exec::run_units(&spec, &run_settings, device, events, cancel, &selection)
-        .await
-        .map_err(|source| ReproduceError::Run {
-            repo: report.target.clone(),
-            source: Box::new(source),
-        })?;
+    let pinned = exec::Pinned {
+        plan: plan.clone(),
+        models: pinned,
+    };
+    let run = exec::run_units_pinned(
+        &spec,
+        &run_settings,
+        device,
+        events,
+        cancel,
+        &selection,
+        pinned,
+    )
+    .await
+    .map_err(|source| ReproduceError::Run {
+        repo: report.target.clone(),
+        source: Box::new(source),
+    })?;
     report.run_failures = run.failed;
     report.interrupted = run.interrupted;
     let rerun = LedgerState::read(&settings.target_client, &repo, "main")

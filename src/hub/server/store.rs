@@ -357,7 +357,7 @@ impl Store {
     /// crash never frees an object another repo needs). An object uploaded for a commit another
     /// writer has not made yet is referenced by no commit: deleting a repo while another writer
     /// on the same store is between its upload and its commit can free it under that writer
-    /// (its commit then fails with a missing object and is retried by re-uploading).
+    /// (its commit is then refused with 422, the object never uploaded).
     pub fn delete_repo(&self, key: &RepoKey) -> Result<Freed, StoreError> {
         let dir = self.repo_dir(key);
         let mut ours = std::collections::HashSet::new();
