@@ -326,6 +326,30 @@ pub async fn pin_and_plan(
     Ok((plan, pinned))
 }
 
+/// `sources` holding the spec's Hub data file to the commit the output repo's ledger records
+/// (`run` resuming, `status`, cluster workers), so every capture of one output repo comes from
+/// the same text even if the branch moved since. Only a spec with a Hub data file (and no
+/// `pinned_data` yet) reads the ledger here: a run reads the state it works from after
+/// pinning, as late as possible, so concurrent runs see each other's records.
+pub async fn hold_data_to_ledger(
+    spec: &SweepSpec,
+    sources: &Sources,
+    output_client: &HubClient,
+) -> Result<Sources, RunError> {
+    let mut sources = sources.clone();
+    if sources.pinned_data.is_none() && matches!(spec.data.source, DataSource::HubFile { .. }) {
+        let repo = output_repo(spec)?;
+        let state = LedgerState::read(output_client, &repo, "main")
+            .await
+            .map_err(|source| RunError::Ledger {
+                repo: spec.output.to_string(),
+                source,
+            })?;
+        sources.pinned_data = DataPin::recorded(spec, state.records.values()).map(|p| p.commit);
+    }
+    Ok(sources)
+}
+
 /// The output repo of a spec as a client-side repo.
 pub fn output_repo(spec: &SweepSpec) -> Result<Repo, RunError> {
     let (namespace, name) = spec
@@ -455,10 +479,6 @@ async fn run_inner(
                 source,
             })
     };
-    // A resumed sweep reads its Hub data file at the commit its ledger records, so every
-    // capture of one output repo comes from the same text even if the branch moved since.
-    // Only such a spec reads the ledger before pinning: the state the run works from is read
-    // after pinning, as late as possible, so concurrent runs see each other's records.
     let (plan, pinned) = match prepinned {
         Some(Pinned { plan, models }) if plan.device_class() == device_class => (plan, models),
         Some(Pinned { plan, .. }) => {
@@ -468,14 +488,7 @@ async fn run_inner(
             )));
         }
         None => {
-            let mut sources = settings.sources.clone();
-            if sources.pinned_data.is_none()
-                && matches!(spec.data.source, DataSource::HubFile { .. })
-            {
-                let early = read_state().await?;
-                sources.pinned_data =
-                    DataPin::recorded(spec, early.records.values()).map(|p| p.commit);
-            }
+            let sources = hold_data_to_ledger(spec, &settings.sources, client).await?;
             pin_and_plan(spec, &sources, device_class, &events).await?
         }
     };

@@ -142,6 +142,14 @@ fn a_hub_data_file_is_read_at_its_recorded_commit() {
     // machine: resuming against the recorded commit finds every node done and commits nothing.
     let cache = ctx.child("hubsweep-home").join("cache");
     std::fs::remove_dir_all(&cache).unwrap();
+    let status = hubsweep(&ctx)
+        .args(["status", "--format", "json"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["complete"], true, "{status}");
+    std::fs::remove_dir_all(&cache).unwrap();
     run(&ctx, &spec);
     let after = with_store(&ctx, async |client| {
         ledger::LedgerState::read(&client, &results, "main")
