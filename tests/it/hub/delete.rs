@@ -1,10 +1,11 @@
 //! Deleting a repo on the embedded hub: the repo is gone, the objects only it referenced are
-//! freed, and an object another repo shares stays readable there.
+//! freed, and an object another repo shares stays readable there; the official Python client's
+//! `delete_repo` works against it.
 
 use bytes::Bytes;
 use hubsweep::hub::{CommitOperation, CommitOptions, HubError};
 
-use super::{client, model, start_server};
+use super::{client, hub_python, model, start_server};
 use crate::common::TestContext;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,5 +66,56 @@ async fn deleting_a_repo_frees_only_the_objects_no_other_repo_references() {
         hub.delete_repo(&doomed).await,
         Err(HubError::RepoNotFound { .. })
     ));
+
+    // The official client's `delete_repo` speaks the same route (and `missing_ok` reads 404).
+    let Some(python) = hub_python() else {
+        server.shutdown().await;
+        return;
+    };
+    let script = r#"
+import sys
+from huggingface_hub import HfApi
+api = HfApi()
+api.delete_repo(sys.argv[1], repo_type="dataset")
+api.delete_repo(sys.argv[1], repo_type="dataset", missing_ok=True)
+"#;
+    let dataset = hubsweep::hub::Repo::dataset("org/data".parse().unwrap());
+    hub.create_repo(&dataset, false, false).await.unwrap();
+    let endpoint = server.base_url().to_owned();
+    let home = context.child("hf-home");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg("-c")
+            .arg(script)
+            .arg("org/data")
+            .env("HF_ENDPOINT", endpoint)
+            .env("HF_HUB_DISABLE_XET", "1")
+            .env("HF_HUB_DISABLE_TELEMETRY", "1")
+            .env("HF_HOME", home)
+            .output()
+            .expect("run the official client")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(matches!(
+        hub.head(&dataset, "main").await,
+        Err(HubError::RepoNotFound { .. })
+    ));
+    assert!(kept_is_readable(&hub, &kept, &shared).await);
     server.shutdown().await;
+}
+
+async fn kept_is_readable(
+    hub: &hubsweep::hub::HubClient,
+    repo: &hubsweep::hub::Repo,
+    content: &[u8],
+) -> bool {
+    hub.download_bytes(repo, "main", "shared.txt")
+        .await
+        .is_ok_and(|read| read == content)
 }
