@@ -80,9 +80,15 @@ fn has_relative_paths(spec: &hubsweep::spec::SweepSpec) -> bool {
 fn is_not_found(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(error);
     while let Some(e) = cause {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
-        {
+        let io_missing = e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound);
+        // A local model folder without its config or weights says so without an I/O error.
+        let model_missing = matches!(
+            e.downcast_ref::<hubsweep::model::ModelError>(),
+            Some(hubsweep::model::ModelError::MissingFile { .. })
+        );
+        if io_missing || model_missing {
             return true;
         }
         cause = e.source();

@@ -1,8 +1,8 @@
 //! What `reproduce` reads besides the models, through the binary against the embedded hub: a
 //! Hub data file is read at the commit the ledger records (a branch that moved since changes
 //! nothing; a commit the hub lost is exit 2 naming repo, path and commit), and relative local
-//! paths are read from `--relative-to` (default the current directory, with a hint when a file
-//! is missing there).
+//! model folders and data files are read from `--relative-to` (default the current directory,
+//! with a hint naming the flag when one is missing there).
 
 use std::path::Path;
 use std::process::Output;
@@ -16,8 +16,13 @@ use crate::common::{TestContext, isolated_hubsweep as hubsweep, output_text as t
 
 /// One tiny bundled model, two hooks, over `source`: small enough to run and rerun quickly.
 fn spec_over(source: &str, output: &str) -> String {
+    spec_with("local://hubsweep/tiny-llama", source, output)
+}
+
+/// One tiny Llama from `model`, two hooks, over `source`.
+fn spec_with(model: &str, source: &str, output: &str) -> String {
     format!(
-        "name: pins\noutput: {output}\nmodels:\n  - family: llama\n    repo: local://hubsweep/tiny-llama\n\
+        "name: pins\noutput: {output}\nmodels:\n  - family: llama\n    repo: {model}\n\
          data:\n  source: {source}\n  seq_len: 8\n  max_tokens: 1024\n  prepend_bos: true\n\
          capture:\n  hooks: [hook_resid_post, hook_mlp_out]\n  layers: [0, 1]\n  dtype: f32\n\
          analyses:\n  - spectrum: {{top_k: 8}}\n\
@@ -193,30 +198,47 @@ fn a_hub_data_file_is_read_at_its_recorded_commit() {
     }
 }
 
+/// Copies the committed tiny Llama folder to `to`.
+fn copy_tiny_llama(to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    let from = crate::common::repo_root().join("tests/fixtures/llama_tiny");
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(from.join(file), to.join(file)).unwrap();
+    }
+}
+
 #[test]
 fn relative_paths_are_read_from_relative_to() {
     let ctx = TestContext::new();
     let folder = ctx.child("specs");
-    std::fs::create_dir(&folder).unwrap();
+    copy_tiny_llama(&folder.join("llama_tiny"));
     std::fs::write(folder.join("prompts.txt"), PROMPTS).unwrap();
     let spec = folder.join("relative.yaml");
-    std::fs::write(&spec, spec_over("prompts.txt", "local://hubsweep/relative")).unwrap();
-    // Run from the context folder: the spec's folder is `specs`, its data `specs/prompts.txt`.
+    let yaml = spec_with("./llama_tiny", "prompts.txt", "local://hubsweep/relative");
+    std::fs::write(&spec, yaml).unwrap();
+    // Run from the context folder: the spec's folder is `specs`, its model `specs/llama_tiny`
+    // and its data `specs/prompts.txt`.
     let output = hubsweep(&ctx)
         .args(["run", "specs/relative.yaml"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
 
+    // From another folder, without the flag, the model folder is missing; in a folder with the
+    // model but not the data, the data file is; both errors name the flag.
     let elsewhere = ctx.child("elsewhere");
-    std::fs::create_dir(&elsewhere).unwrap();
-    let missing = reproduce(&ctx, &elsewhere, &["local://hubsweep/relative"]);
-    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
-    let stderr = String::from_utf8_lossy(&missing.stderr);
-    assert!(
-        stderr.contains("prompts.txt") && stderr.contains("--relative-to"),
-        "{stderr}"
-    );
+    copy_tiny_llama(&elsewhere.join("partial/llama_tiny"));
+    for (flag, missing_path) in [(None, "llama_tiny"), (Some("partial"), "prompts.txt")] {
+        let mut args = vec!["local://hubsweep/relative"];
+        args.extend(flag.iter().flat_map(|dir| ["--relative-to", dir]));
+        let missing = reproduce(&ctx, &elsewhere, &args);
+        assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+        let stderr = String::from_utf8_lossy(&missing.stderr);
+        assert!(
+            stderr.contains(missing_path) && stderr.contains("--relative-to"),
+            "{stderr}"
+        );
+    }
     let folder = folder.to_str().unwrap();
     assert_reproduced(&reproduce(
         &ctx,
