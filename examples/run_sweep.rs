@@ -59,6 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }),
             spec_dir: path.parent().map(PathBuf::from).unwrap_or_default(),
             pinned: Default::default(),
+            pinned_data: None,
         },
         spec_file: (path.display().to_string(), text),
         failure: FailurePolicy::FailFast,

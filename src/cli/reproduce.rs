@@ -10,9 +10,10 @@ use hubsweep::hub::server::{Server, ServerConfig};
 use hubsweep::hub::{HubClient, RepoType, Token};
 use hubsweep::model::HubSource;
 use hubsweep::reproduce::{
-    self, ReproduceError, ReproduceReport, ReproduceSettings, Selection, Target, ToleranceOverrides,
+    self, ReproduceError, ReproduceReport, ReproduceSettings, Scratch, Selection, Target,
+    ToleranceOverrides,
 };
-use hubsweep::spec::ModelSource;
+use hubsweep::spec::{DataSource, ModelSource};
 use tokio_util::sync::CancellationToken;
 
 use super::run::{SummaryFormat, progress_printer, runtime};
@@ -45,6 +46,10 @@ pub struct ReproduceArgs {
     /// `local://reproduce/{sweep}-{head12}`.
     #[arg(long, value_name = "local://NS/NAME")]
     into: Option<String>,
+    /// Keep the scratch repo even when everything compared equal (by default it is deleted
+    /// then; a rerun that differs is always kept, and so is an `--into` repo).
+    #[arg(long)]
+    keep: bool,
     /// Override the manifest's tolerance: `relative=X` (float metrics) or
     /// `bitwise=true|false` (files). Repeatable.
     #[arg(long = "tolerance", value_name = "KIND=VALUE")]
@@ -55,6 +60,40 @@ pub struct ReproduceArgs {
     /// Uploads in flight at once.
     #[arg(long, default_value_t = 4, value_name = "N")]
     upload_slots: usize,
+    /// Folder the spec's relative paths (local model folders, data files) are read from: the
+    /// manifest does not record where the spec was, so pass the folder it was run from.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    relative_to: PathBuf,
+}
+
+/// Whether the spec reads anything from a relative local path.
+fn has_relative_paths(spec: &hubsweep::spec::SweepSpec) -> bool {
+    let data = matches!(&spec.data.source, DataSource::File { path, .. } if path.is_relative());
+    data || spec.models.iter().any(|group| {
+        hubsweep::spec::expand_group(group, &mut Vec::new())
+            .iter()
+            .any(|i| matches!(&i.source, ModelSource::Path(path) if path.is_relative()))
+    })
+}
+
+/// Whether a file or folder was missing somewhere in the error's causes.
+fn is_not_found(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        let io_missing = e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound);
+        // A local model folder without its config or weights says so without an I/O error.
+        let model_missing = matches!(
+            e.downcast_ref::<hubsweep::model::ModelError>(),
+            Some(hubsweep::model::ModelError::MissingFile { .. })
+        );
+        if io_missing || model_missing {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 fn parse_tolerances(pairs: &[String]) -> Result<ToleranceOverrides, String> {
@@ -245,9 +284,10 @@ async fn with_hub(
             token: None,
             cache_dir: env.hubsweep_home().join("cache"),
         }),
-        // A manifest has no folder: relative model and data paths are read from here.
-        spec_dir: PathBuf::from("."),
+        // A manifest has no folder: relative model and data paths are read from the one named.
+        spec_dir: args.relative_to.clone(),
         pinned: Default::default(),
+        pinned_data: None,
     };
     let settings = ReproduceSettings {
         target_client: local,
@@ -260,6 +300,7 @@ async fn with_hub(
         },
         overrides,
         upload_slots: args.upload_slots,
+        keep: args.keep,
         perturb_capture_for_tests: perturb,
     };
     let cancel = CancellationToken::new();
@@ -271,6 +312,11 @@ async fn with_hub(
         }
     });
     match reproduce::reproduce(&source, &settings, progress_printer(), cancel).await {
+        Err(e) if has_relative_paths(&source.spec) && is_not_found(&e) => fail(format!(
+            "{}\n  hint: the spec's relative paths are read from `{}`; pass the folder the spec was run from with `--relative-to DIR`",
+            super::error_chain(&e),
+            args.relative_to.display()
+        )),
         Err(e) => fail(super::error_chain(&e)),
         Ok(report) => {
             print_report(&report, args.format);
@@ -322,6 +368,22 @@ fn print_report(report: &ReproduceReport, format: SummaryFormat) {
     );
     for (label, error) in &report.run_failures {
         eprintln!("  rerun failed: {label}: {error}");
+    }
+    match &report.scratch {
+        Scratch::NotCreated => {}
+        Scratch::Deleted { freed_bytes } => eprintln!(
+            "deleted the scratch repo {}{} (--keep keeps it)",
+            report.target,
+            freed_bytes.map_or(String::new(), |b| format!(", freeing {b} bytes"))
+        ),
+        Scratch::KeptDiffers => eprintln!("the rerun is kept in {} for inspection", report.target),
+        Scratch::KeptAsked | Scratch::KeptNamed => {
+            eprintln!("the rerun is kept in {}", report.target)
+        }
+        Scratch::DeleteFailed { error } => eprintln!(
+            "warning: could not delete the scratch repo {}: {error}",
+            report.target
+        ),
     }
     eprintln!(
         "{}",

@@ -156,6 +156,7 @@ pub(super) async fn open_hubs(
             .map(Path::to_path_buf)
             .unwrap_or_default(),
         pinned: Default::default(),
+        pinned_data: None,
     };
     Ok(Hubs {
         local,
@@ -460,7 +461,8 @@ pub fn status(args: StatusArgs, env: &Env) -> ExitCode {
         let quiet: RunEvents = Arc::new(|_: &RunEvent| {});
         let outcome = async {
             let device_class = if cfg!(feature = "cuda") { "cuda" } else { "cpu" };
-            let (plan, _) = exec::pin_and_plan(&spec, &hubs.sources, device_class, &quiet).await?;
+            let sources = exec::hold_data_to_ledger(&spec, &hubs.sources, &hubs.output).await?;
+            let (plan, _) = exec::pin_and_plan(&spec, &sources, device_class, &quiet).await?;
             let repo = exec::output_repo(&spec)?;
             let state = hubsweep::ledger::LedgerState::read(&hubs.output, &repo, "main")
                 .await

@@ -120,7 +120,8 @@ pub fn submit(spec_path: &Path, args: &SlurmArgs, format: SummaryFormat, env: &E
             }
         };
         let planning = async {
-            let (plan, pinned) = exec::pin_and_plan(&spec, &hubs.sources, env.device_class(spec.compute.device), &progress_printer()).await?;
+            let sources = exec::hold_data_to_ledger(&spec, &hubs.sources, &hubs.output).await?;
+            let (plan, pinned) = exec::pin_and_plan(&spec, &sources, env.device_class(spec.compute.device), &progress_printer()).await?;
             let repo = exec::output_repo(&spec)?;
             hubs.output.create_repo(&repo, false, true).await.map_err(|source| exec::RunError::Hub { repo: spec.output.to_string(), source })?;
             let state = LedgerState::read(&hubs.output, &repo, "main")

@@ -153,7 +153,11 @@ async fn work(
     env: &Env,
 ) -> ExitCode {
     let device_class = env.device_class(spec.compute.device);
-    let plan = match exec::pin_and_plan(spec, sources, device_class, &quiet()).await {
+    let pinned = match exec::hold_data_to_ledger(spec, sources, output).await {
+        Ok(sources) => exec::pin_and_plan(spec, &sources, device_class, &quiet()).await,
+        Err(error) => Err(error),
+    };
+    let plan = match pinned {
         Ok((plan, _)) => plan,
         Err(error) => {
             report_run_error(&error, loaded, env);

@@ -38,9 +38,9 @@ use crate::plan::{self, NodeKind, Plan, PlanOptions};
 use crate::sink::{
     CommitPolicy, Committable, Committer, SinkEvent, SinkEvents, SinkTotals, UploadJob,
 };
-use crate::spec::{Diagnostic, SweepSpec};
+use crate::spec::{DataSource, Diagnostic, SweepSpec};
 
-pub use pin::{PinnedModel, Sources};
+pub use pin::{DataPin, PinnedModel, Sources};
 pub use records::{default_tolerances, now_rfc3339};
 pub use unit::{UnitSelection, WorkUnit};
 
@@ -181,6 +181,21 @@ pub enum RunError {
         /// What is wrong.
         reason: String,
     },
+    /// The ledger pins the Hub data file to a commit the hub cannot serve (gone, or the repo).
+    #[error(
+        "cannot fetch `{path}` of dataset `{repo}` at `{commit}`, the commit the ledger pins it to (the hub may no longer have that commit)"
+    )]
+    DataPin {
+        /// Dataset repo id.
+        repo: String,
+        /// Path of the file in the repo.
+        path: String,
+        /// The recorded commit.
+        commit: String,
+        /// Cause.
+        #[source]
+        source: Box<crate::data::DataError>,
+    },
     /// The prompt data could not be read.
     #[error("prompt data")]
     Data {
@@ -259,7 +274,7 @@ pub async fn pin_and_plan(
     device_class: &str,
     events: &RunEvents,
 ) -> Result<(Plan, Vec<(crate::spec::ModelInstance, PinnedModel)>), RunError> {
-    let data = pin::fetch_data(spec, sources).await?;
+    let (data, data_pin) = pin::fetch_data(spec, sources).await?;
     let mut pinned = Vec::new();
     for group in &spec.models {
         for instance in crate::spec::expand_group(group, &mut Vec::new()) {
@@ -271,7 +286,8 @@ pub async fn pin_and_plan(
             {
                 continue;
             }
-            let model = pin::pin_model(spec, &instance, &data, sources).await?;
+            let mut model = pin::pin_model(spec, &instance, &data, sources).await?;
+            model.data = data_pin.clone();
             events(&RunEvent::Pinned {
                 label: format!("{}@{}", instance.source, instance.revision),
                 commit: model.commit.clone(),
@@ -308,6 +324,30 @@ pub async fn pin_and_plan(
         });
     }
     Ok((plan, pinned))
+}
+
+/// `sources` holding the spec's Hub data file to the commit the output repo's ledger records
+/// (`run` resuming, `status`, cluster workers), so every capture of one output repo comes from
+/// the same text even if the branch moved since. Only a spec with a Hub data file (and no
+/// `pinned_data` yet) reads the ledger here: a run reads the state it works from after
+/// pinning, as late as possible, so concurrent runs see each other's records.
+pub async fn hold_data_to_ledger(
+    spec: &SweepSpec,
+    sources: &Sources,
+    output_client: &HubClient,
+) -> Result<Sources, RunError> {
+    let mut sources = sources.clone();
+    if sources.pinned_data.is_none() && matches!(spec.data.source, DataSource::HubFile { .. }) {
+        let repo = output_repo(spec)?;
+        let state = LedgerState::read(output_client, &repo, "main")
+            .await
+            .map_err(|source| RunError::Ledger {
+                repo: spec.output.to_string(),
+                source,
+            })?;
+        sources.pinned_data = DataPin::recorded(spec, state.records.values()).map(|p| p.commit);
+    }
+    Ok(sources)
 }
 
 /// The output repo of a spec as a client-side repo.
@@ -362,6 +402,14 @@ pub async fn run(
     run_units(spec, settings, device, events, cancel, &UnitSelection::All).await
 }
 
+/// A plan pinned by [`pin_and_plan`], with its pinned models, for [`run_units_pinned`].
+pub struct Pinned {
+    /// The pinned plan.
+    pub plan: Plan,
+    /// The pinned models, in plan order.
+    pub models: Vec<(crate::spec::ModelInstance, PinnedModel)>,
+}
+
 /// Runs the selected work units of a sweep (and the final step if selected) through the same
 /// sink and ledger as a full run: what a cluster worker does (see [`unit`]).
 pub async fn run_units(
@@ -371,6 +419,44 @@ pub async fn run_units(
     events: RunEvents,
     cancel: CancellationToken,
     selection: &UnitSelection,
+) -> Result<RunReport, RunError> {
+    run_inner(spec, settings, device, events, cancel, selection, None).await
+}
+
+/// [`run_units`] over models pinned already: `reproduce` pins once (at the ledger's commits)
+/// to check the ids, then reruns that same plan instead of pinning again. `pinned` must come
+/// from [`pin_and_plan`] of this spec's models and data with `settings.sources`, for the
+/// device class of `device` (checked: the class is part of every capture id); the spec may
+/// differ in its `output`, which no id depends on.
+pub async fn run_units_pinned(
+    spec: &SweepSpec,
+    settings: &RunSettings,
+    device: DeviceSpec,
+    events: RunEvents,
+    cancel: CancellationToken,
+    selection: &UnitSelection,
+    pinned: Pinned,
+) -> Result<RunReport, RunError> {
+    run_inner(
+        spec,
+        settings,
+        device,
+        events,
+        cancel,
+        selection,
+        Some(pinned),
+    )
+    .await
+}
+
+async fn run_inner(
+    spec: &SweepSpec,
+    settings: &RunSettings,
+    device: DeviceSpec,
+    events: RunEvents,
+    cancel: CancellationToken,
+    selection: &UnitSelection,
+    prepinned: Option<Pinned>,
 ) -> Result<RunReport, RunError> {
     let run_started = Instant::now();
     let client = &settings.output_client;
@@ -385,19 +471,34 @@ pub async fn run_units(
         source,
     })?;
     let device_class = if device.is_cuda() { "cuda" } else { "cpu" };
-    let (plan, pinned) = pin_and_plan(spec, &settings.sources, device_class, &events).await?;
+    let read_state = || async {
+        LedgerState::read(client, &repo, "main")
+            .await
+            .map_err(|source| RunError::Ledger {
+                repo: repo_name.clone(),
+                source,
+            })
+    };
+    let (plan, pinned) = match prepinned {
+        Some(Pinned { plan, models }) if plan.device_class() == device_class => (plan, models),
+        Some(Pinned { plan, .. }) => {
+            return Err(RunError::Unsupported(format!(
+                "the plan was pinned for device class `{}`, but the run is on `{device_class}`",
+                plan.device_class()
+            )));
+        }
+        None => {
+            let sources = hold_data_to_ledger(spec, &settings.sources, client).await?;
+            pin_and_plan(spec, &sources, device_class, &events).await?
+        }
+    };
     if !settings.dry_run {
         client
             .create_repo(&repo, false, true)
             .await
             .map_err(hub_err)?;
     }
-    let state = LedgerState::read(client, &repo, "main")
-        .await
-        .map_err(|source| RunError::Ledger {
-            repo: repo_name.clone(),
-            source,
-        })?;
+    let state = read_state().await?;
     let mut report = RunReport {
         nodes: plan.nodes.len(),
         output: repo_name.clone(),
@@ -483,7 +584,11 @@ pub async fn run_units(
         let label = format!("{}@{}", instance.source, instance.revision);
         if let Some(r) = nodes.resolve.filter(|r| !done.contains(r)) {
             let mut record = records::record(&plan, &plan.nodes[r], None);
-            record.metrics = Some(serde_json::json!({ "commit": pinned_model.commit }));
+            let mut metrics = serde_json::json!({ "commit": pinned_model.commit });
+            if let Some(data) = &pinned_model.data {
+                metrics["data"] = serde_json::to_value(data).unwrap_or_default();
+            }
+            record.metrics = Some(metrics);
             let regular = manifest_file.take().into_iter().collect();
             let _ = commit_tx.send(Committable { record, regular }).await;
             report.executed += 1;

@@ -28,6 +28,61 @@ pub struct Sources {
     /// takes them from a ledger's resolve records, so a branch that moved since the run changes
     /// nothing; a run leaves this empty.
     pub pinned: BTreeMap<String, String>,
+    /// Commit to fetch the spec's Hub data file at instead of resolving its revision: `run`
+    /// takes it from the output repo's ledger when it resumes (so one sweep reads one text),
+    /// `reproduce` from the ledger it rebuilds. `None` resolves the revision.
+    pub pinned_data: Option<String>,
+}
+
+/// Where a Hub data file came from: the spec's file and revision, and the commit it resolved
+/// to. `run` records it in the `metrics.data` of every resolve record (docs/ledger.md).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DataPin {
+    /// `hf` or `local`.
+    pub hub: HubKind,
+    /// Dataset repo id, `NS/NAME`.
+    pub repo: String,
+    /// Path of the file in the repo.
+    pub path: String,
+    /// The revision the spec names.
+    pub revision: String,
+    /// The commit the file was fetched at.
+    pub commit: String,
+}
+
+impl DataPin {
+    /// Whether this pin is of the spec's data file (same hub, repo, path and revision).
+    pub fn is_of(&self, spec: &SweepSpec) -> bool {
+        match &spec.data.source {
+            DataSource::HubFile {
+                hub,
+                repo_id,
+                path,
+                revision,
+                ..
+            } => {
+                *hub == self.hub
+                    && *repo_id == self.repo
+                    && *path == self.path
+                    && *revision == self.revision
+            }
+            _ => false,
+        }
+    }
+
+    /// The pin of the spec's data file recorded in `records` (in a resolve record's
+    /// `metrics.data`), if any.
+    pub fn recorded<'a>(
+        spec: &SweepSpec,
+        records: impl IntoIterator<Item = &'a crate::ledger::Record>,
+    ) -> Option<DataPin> {
+        records
+            .into_iter()
+            .filter(|r| r.kind == crate::plan::NodeKind::Resolve.as_str() && r.error.is_none())
+            .filter_map(|r| r.metrics.as_ref()?.get("data").cloned())
+            .filter_map(|data| serde_json::from_value::<DataPin>(data).ok())
+            .find(|pin| pin.is_of(spec))
+    }
 }
 
 /// One model revision, pinned.
@@ -43,6 +98,8 @@ pub struct PinnedModel {
     pub commit: String,
     /// The token windows this model's tokenizer makes of the data.
     pub windows: TokenWindows,
+    /// Where the data came from, when it is a Hub file.
+    pub data: Option<DataPin>,
 }
 
 impl Sources {
@@ -54,21 +111,28 @@ impl Sources {
     }
 }
 
-/// Fetches a Hub dataset file once per run (every model reads the same file).
-pub async fn fetch_data(spec: &SweepSpec, sources: &Sources) -> Result<PromptSource, RunError> {
+/// Fetches a Hub dataset file once per run (every model reads the same file), at
+/// [`Sources::pinned_data`] when set; returns the data and, for a Hub file, where it came from.
+pub async fn fetch_data(
+    spec: &SweepSpec,
+    sources: &Sources,
+) -> Result<(PromptSource, Option<DataPin>), RunError> {
     Ok(match &spec.data.source {
-        DataSource::Texts(texts) => PromptSource::Texts(texts.clone()),
-        DataSource::TokenIds(ids) => PromptSource::TokenIds(ids.clone()),
+        DataSource::Texts(texts) => (PromptSource::Texts(texts.clone()), None),
+        DataSource::TokenIds(ids) => (PromptSource::TokenIds(ids.clone()), None),
         DataSource::File { path, field } => {
             let path = if path.is_absolute() {
                 path.clone()
             } else {
                 sources.spec_dir.join(path)
             };
-            PromptSource::File {
-                path,
-                field: field.clone(),
-            }
+            (
+                PromptSource::File {
+                    path,
+                    field: field.clone(),
+                },
+                None,
+            )
         }
         DataSource::HubFile {
             hub,
@@ -79,14 +143,36 @@ pub async fn fetch_data(spec: &SweepSpec, sources: &Sources) -> Result<PromptSou
         } => {
             let file = HubDatasetFile {
                 repo: repo_id.clone(),
-                revision: revision.clone(),
+                revision: sources.pinned_data.clone().unwrap_or(revision.clone()),
                 path: path.clone(),
                 field: field.clone(),
             };
-            file.fetch(sources.for_hub(*hub)?)
-                .await
-                .map_err(|source| RunError::Data { source })?
-                .source
+            let fetched = file.fetch(sources.for_hub(*hub)?).await;
+            let fetched = match (&sources.pinned_data, fetched) {
+                (_, Ok(fetched)) => fetched,
+                (Some(commit), Err(source)) => {
+                    return Err(RunError::DataPin {
+                        repo: repo_id.clone(),
+                        path: path.clone(),
+                        commit: commit.clone(),
+                        source: Box::new(source),
+                    });
+                }
+                (None, Err(source)) => return Err(RunError::Data { source }),
+            };
+            // Fetched by commit, the snapshot folder is that commit; by branch, whatever it
+            // resolved to (the cache layout always shows it; without it nothing is recorded).
+            let pin = fetched
+                .commit
+                .or_else(|| sources.pinned_data.clone())
+                .map(|commit| DataPin {
+                    hub: *hub,
+                    repo: repo_id.clone(),
+                    path: path.clone(),
+                    revision: revision.clone(),
+                    commit,
+                });
+            (fetched.source, pin)
         }
     })
 }
@@ -203,6 +289,7 @@ pub async fn pin_model(
         dims,
         commit,
         windows,
+        data: None,
     })
 }
 

@@ -154,6 +154,13 @@ pub fn build(spec: &SweepSpec, options: &PlanOptions) -> Plan {
     plan
 }
 
+impl Plan {
+    /// The device class the plan was pinned for (`cpu`, `cuda`), part of every capture's pins.
+    pub fn device_class(&self) -> &str {
+        &self.device_class
+    }
+}
+
 fn plan_model(
     spec: &SweepSpec,
     instance: ModelInstance,

@@ -8,8 +8,10 @@
 //!    is never re-resolved; a local folder must still hash as recorded), build the plan with
 //!    the normal pipeline, and check that its ids are the recorded ones ([`compare::check_ids`]).
 //!    Choose nodes ([`select`]), rerun them into a scratch repo on the embedded hub through
-//!    [`exec::run_units`] — the same code as `run` — and compare what the two ledgers record:
-//!    files by sha256, metrics within the manifest's tolerance for the device class and dtype.
+//!    [`exec::run_units_pinned`] — the same code as `run`, over the plan pinned once — and
+//!    compare what the two ledgers record: files by sha256, metrics within the manifest's
+//!    tolerance for the device class and dtype. A fresh scratch repo whose rerun compared equal
+//!    is deleted ([`Scratch`]).
 
 pub mod compare;
 pub mod select;
@@ -20,7 +22,9 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::{self, RunError, RunEvent, RunEvents, RunSettings, Sources, UnitSelection};
+use crate::exec::{
+    self, DataPin, RunError, RunEvent, RunEvents, RunSettings, Sources, UnitSelection,
+};
 use crate::hub::{HubClient, HubError, Repo, RepoId};
 use crate::ledger::{LedgerState, Manifest, Record, StateError, Tolerance};
 use crate::model::DeviceSpec;
@@ -238,8 +242,36 @@ pub struct ReproduceSettings {
     pub overrides: ToleranceOverrides,
     /// Uploads in flight at once.
     pub upload_slots: usize,
+    /// Keep a fresh scratch repo even when everything compared equal (a named one is always
+    /// kept).
+    pub keep: bool,
     /// TEST ONLY: see [`RunSettings::perturb_capture_for_tests`].
     pub perturb_capture_for_tests: bool,
+}
+
+/// What became of the scratch repo.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum Scratch {
+    /// Nothing reran, so nothing was written.
+    NotCreated,
+    /// Deleted, because everything compared equal; the embedded hub freed the objects only it
+    /// referenced.
+    Deleted {
+        /// Bytes freed in the store.
+        freed_bytes: Option<u64>,
+    },
+    /// Kept for inspection: something differs or failed.
+    KeptDiffers,
+    /// Kept because `--keep` asked for it.
+    KeptAsked,
+    /// Kept because `--into` named it.
+    KeptNamed,
+    /// Everything compared equal but the delete failed (the repo is still there).
+    DeleteFailed {
+        /// Why.
+        error: String,
+    },
 }
 
 /// What a reproduction found.
@@ -271,6 +303,8 @@ pub struct ReproduceReport {
     pub interrupted: bool,
     /// The comparison table.
     pub rows: Vec<Row>,
+    /// What became of the scratch repo.
+    pub scratch: Scratch,
 }
 
 impl ReproduceReport {
@@ -429,8 +463,10 @@ pub async fn reproduce(
     let tolerance = tolerance(&source.manifest, &device_class, dtype, settings.overrides);
     let mut sources = settings.sources.clone();
     sources.pinned = recorded_commits(records);
-    // Pinning reports through the rerun below; the rebuild stays quiet to say it once.
-    let (plan, _) = exec::pin_and_plan(&source.spec, &sources, &device_class, &quiet())
+    // Like models, the Hub data file is read at its recorded commit, never the branch again.
+    sources.pinned_data = DataPin::recorded(&source.spec, records.values()).map(|pin| pin.commit);
+    // Pinned once, here: the rerun below runs this very plan instead of pinning again.
+    let (plan, pinned) = exec::pin_and_plan(&source.spec, &sources, &device_class, &events)
         .await
         .map_err(|e| ReproduceError::Rebuild(Box::new(e)))?;
     let (id_rows, matched) = compare::check_ids(&plan, records);
@@ -467,6 +503,7 @@ pub async fn reproduce(
             // Nodes the run never recorded matter only where they were asked for.
             .filter(|r| r.status != Status::Skip || chosen_ids.contains(&r.node))
             .collect(),
+        scratch: Scratch::NotCreated,
     };
     if to_run.is_empty() {
         return Ok(report);
@@ -493,12 +530,24 @@ pub async fn reproduce(
         _ => DeviceSpec::Cpu,
     };
     let selection = UnitSelection::Nodes(to_run.iter().map(|&i| id_of(i)).collect());
-    let run = exec::run_units(&spec, &run_settings, device, events, cancel, &selection)
-        .await
-        .map_err(|source| ReproduceError::Run {
-            repo: report.target.clone(),
-            source: Box::new(source),
-        })?;
+    let pinned = exec::Pinned {
+        plan: plan.clone(),
+        models: pinned,
+    };
+    let run = exec::run_units_pinned(
+        &spec,
+        &run_settings,
+        device,
+        events,
+        cancel,
+        &selection,
+        pinned,
+    )
+    .await
+    .map_err(|source| ReproduceError::Run {
+        repo: report.target.clone(),
+        source: Box::new(source),
+    })?;
     report.run_failures = run.failed;
     report.interrupted = run.interrupted;
     let rerun = LedgerState::read(&settings.target_client, &repo, "main")
@@ -544,6 +593,18 @@ pub async fn reproduce(
     }
     report.compared = by_node.len();
     report.rows.extend(by_node.into_values().flatten());
+    report.scratch = match (&settings.target, settings.keep, report.passed()) {
+        (_, _, false) => Scratch::KeptDiffers,
+        (Target::Named(_), _, true) => Scratch::KeptNamed,
+        (Target::Fresh, true, true) => Scratch::KeptAsked,
+        // A rerun that reproduced is worth nothing more than the ledger it matched.
+        (Target::Fresh, false, true) => match settings.target_client.delete_repo(&repo).await {
+            Ok(freed_bytes) => Scratch::Deleted { freed_bytes },
+            Err(error) => Scratch::DeleteFailed {
+                error: crate::hub::client::error_chain(&error),
+            },
+        },
+    };
     Ok(report)
 }
 

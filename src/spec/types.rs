@@ -31,7 +31,9 @@ pub struct SweepSpec {
 }
 
 /// Which Hub a repo lives on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum HubKind {
     /// `hf://`: the Hub at `HF_ENDPOINT` (huggingface.co by default).

@@ -8,6 +8,7 @@ mod model;
 mod plan;
 mod report_chromium;
 mod reproduce;
+mod reproduce_pins;
 mod run;
 mod slurm;
 mod slurm_follow;

@@ -1,7 +1,8 @@
 //! `hubsweep reproduce` against the embedded hub: the quickstart rebuilt from its ledger alone
-//! reruns bitwise identical on the CPU; `--nodes` and `--sample` narrow what reruns; a
+//! reruns bitwise identical on the CPU and its scratch repo is deleted with the objects only it
+//! held (`--keep` keeps it); `--nodes` and `--sample` narrow what reruns; a
 //! perturbed capture kernel (the test-only `HUBSWEEP_TEST_PERTURB=capture`) is caught, naming
-//! the captures and their files; a manifest that is edited, invalid or missing cannot be
+//! the captures and their files, and its scratch repo is kept; a manifest that is edited, invalid or missing cannot be
 //! reproduced (exit 2), and a forged spec with consistent hashes shows as id findings (exit 1).
 
 use std::path::PathBuf;
@@ -57,13 +58,62 @@ fn table_rows(output: &Output) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The scratch repos in the context's embedded hub store.
+fn scratch_repos(ctx: &TestContext) -> Vec<String> {
+    let dir = ctx.child("hubsweep-home/hub/repos/datasets/reproduce");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Every object in the store (content-addressed, shared between repos), with its size.
+fn store_objects(ctx: &TestContext) -> std::collections::BTreeMap<String, u64> {
+    let mut objects = std::collections::BTreeMap::new();
+    for folder in std::fs::read_dir(ctx.child("hubsweep-home/hub/objects")).unwrap() {
+        for object in std::fs::read_dir(folder.unwrap().path()).unwrap() {
+            let object = object.unwrap();
+            let size = object.metadata().unwrap().len();
+            objects.insert(object.file_name().to_string_lossy().into_owned(), size);
+        }
+    }
+    objects
+}
+
 #[test]
 fn quickstart_reproduces_bitwise_and_selections_narrow_it() {
     let ctx = TestContext::new();
     run_quickstart(&ctx);
+    let before = store_objects(&ctx);
 
     let all = reproduce(&ctx, &[REPO]);
     assert_eq!(all.status.code(), Some(0), "{}", text(&all));
+    // Reproduced: the scratch repo is gone, and with it every object only it referenced (its
+    // ledger files); its artifacts are the source's, byte for byte, so they stay as the
+    // source's. The store holds exactly what it held before.
+    let stderr = String::from_utf8_lossy(&all.stderr);
+    assert!(
+        stderr.contains("deleted the scratch repo local://datasets/reproduce/quickstart-"),
+        "{stderr}"
+    );
+    let freed: u64 = stderr
+        .split("freeing ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no freed bytes in:\n{stderr}"));
+    assert!(freed > 0, "the scratch ledger's own objects were not freed");
+    assert_eq!(scratch_repos(&ctx), Vec::<String>::new());
+    assert_eq!(
+        store_objects(&ctx),
+        before,
+        "the store did not get its bytes back"
+    );
     let rows = table_rows(&all);
     assert!(
         rows.iter().all(|r| r.last().is_some_and(|s| s == "ok")),
@@ -138,6 +188,21 @@ fn quickstart_reproduces_bitwise_and_selections_narrow_it() {
         captures[0].clone()
     };
     assert_eq!(sample("7"), sample("7"));
+    assert_eq!(scratch_repos(&ctx), Vec::<String>::new());
+
+    // --keep keeps it, and says where.
+    let kept = reproduce(&ctx, &[REPO, "--sample", "1", "--keep"]);
+    assert_eq!(kept.status.code(), Some(0), "{}", text(&kept));
+    let repos = scratch_repos(&ctx);
+    assert_eq!(repos.len(), 1, "{repos:?}");
+    assert!(
+        String::from_utf8_lossy(&kept.stderr).contains(&format!(
+            "the rerun is kept in local://datasets/reproduce/{}",
+            repos[0]
+        )),
+        "{}",
+        text(&kept)
+    );
 
     let unknown = reproduce(&ctx, &[REPO, "--nodes", "no-such-node"]);
     assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown));
@@ -176,6 +241,17 @@ fn a_perturbed_capture_kernel_is_caught() {
         .count();
     assert_eq!(failed_artifacts, 18, "{}", text(&output));
     assert!(String::from_utf8_lossy(&output.stderr).contains("NOT reproduced"));
+    // What differs stays for inspection, and the message names it.
+    let repos = scratch_repos(&ctx);
+    assert_eq!(repos.len(), 1, "{repos:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(&format!(
+            "the rerun is kept in local://datasets/reproduce/{} for inspection",
+            repos[0]
+        )),
+        "{}",
+        text(&output)
+    );
 
     let bogus = hubsweep(&ctx)
         .args(["reproduce", REPO])

@@ -146,6 +146,30 @@ impl HubClient {
         }
     }
 
+    /// Deletes a repo (`DELETE /api/repos/delete`, as the Hub answers it). Returns the bytes
+    /// the server reports freeing: the embedded hub removes the objects no other repo
+    /// references and says how many bytes that was; the Hub reports nothing (`None`).
+    pub async fn delete_repo(&self, repo: &Repo) -> Result<Option<u64>, HubError> {
+        let url = format!("{}/api/repos/delete", self.endpoint());
+        let body = json!({
+            "name": repo.id.name(),
+            "organization": repo.id.namespace(),
+            "type": repo.kind.singular(),
+        });
+        let response = self
+            .send_with_retry(&url, || self.hub_request(Method::DELETE, &url).json(&body))
+            .await?;
+        #[derive(Deserialize)]
+        struct Deleted {
+            freed_bytes: Option<u64>,
+        }
+        // The Hub answers with an empty body: nothing freed to report.
+        let bytes = response.bytes().await.unwrap_or_default();
+        Ok(serde_json::from_slice::<Deleted>(&bytes)
+            .ok()
+            .and_then(|d| d.freed_bytes))
+    }
+
     /// Repo info at a revision (`sha` is that revision's commit).
     pub async fn repo_info(&self, repo: &Repo, revision: &str) -> Result<RepoInfo, HubError> {
         let url = self.api_url(repo, &format!("/revision/{}", encode_segment(revision)));

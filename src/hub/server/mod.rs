@@ -34,7 +34,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -322,6 +322,10 @@ fn router(state: Arc<AppState>, admin: bool) -> Router {
         .route(
             "/api/repos/create",
             post(|State(s): S, h: HeaderMap, b: axum::body::Bytes| repo_api::create(s, h, b)),
+        )
+        .route(
+            "/api/repos/delete",
+            delete(|State(s): S, h: HeaderMap, b: axum::body::Bytes| repo_api::delete(s, h, b)),
         )
         .route(
             "/api/whoami-v2",

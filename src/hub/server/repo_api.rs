@@ -1,4 +1,4 @@
-//! Repo management and listing: create, info, tree, paths-info, refs, commits, branch, whoami
+//! Repo management and listing: create, delete, info, tree, paths-info, refs, commits, branch, whoami
 //! (hub-protocol.md §3 and §7).
 
 use std::sync::Arc;
@@ -74,6 +74,56 @@ pub async fn create(
         )
             .into_response()),
     }
+}
+
+#[derive(Deserialize)]
+struct DeleteRequest {
+    name: String,
+    #[serde(default)]
+    organization: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+/// `DELETE /api/repos/delete`: 200 when deleted (with what the store freed), 404 if there is
+/// no such repo. The objects only this repo referenced are removed with it.
+pub async fn delete(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    state.require_write(&headers)?;
+    let request: DeleteRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid delete body: {e}")))?;
+    let kind = match request.kind.as_deref() {
+        None | Some("model") => RepoType::Model,
+        Some("dataset") => RepoType::Dataset,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "repo type `{other}` is not supported by this server"
+            )));
+        }
+    };
+    let (namespace, name) = match (&request.organization, request.name.split_once('/')) {
+        (Some(org), None) => (org.clone(), request.name.clone()),
+        (None, Some((ns, name))) => (ns.to_owned(), name.to_owned()),
+        (None, None) => (USER.to_owned(), request.name.clone()),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "`name` must not contain `/` when `organization` is set",
+            ));
+        }
+    };
+    let key = state.existing_repo(kind, &namespace, &name)?;
+    let lock = state.repo_lock(&key);
+    let _guard = lock.lock().await;
+    let store = state.clone();
+    let deleting = key.clone();
+    let freed = tokio::task::spawn_blocking(move || store.store.delete_repo(&deleting))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    state.commits.forget_repo(&key);
+    Ok(Json(json!({"freed_objects": freed.objects, "freed_bytes": freed.bytes})).into_response())
 }
 
 /// Query of the info endpoint.

@@ -123,6 +123,15 @@ pub struct Resolved {
     pub commit: String,
 }
 
+/// What deleting a repo freed in `objects/`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Freed {
+    /// Objects removed.
+    pub objects: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
 /// The store rooted at one directory. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Store {
@@ -339,6 +348,46 @@ impl Store {
             .map(|c| Resolved { commit: c.id }))
     }
 
+    /// Deletes a repo, then the objects that no commit of any other repo references (objects
+    /// are content-addressed and shared between repos, so only those are its own). The caller
+    /// holds the repo's lock.
+    ///
+    /// `refs.json` goes first: from then on the repo does not exist for any request, and a crash
+    /// part-way leaves only unreachable files (whose commits still count as references, so a
+    /// crash never frees an object another repo needs). An object uploaded for a commit another
+    /// writer has not made yet is referenced by no commit: deleting a repo while another writer
+    /// on the same store is between its upload and its commit can free it under that writer
+    /// (its commit is then refused with 422, the object never uploaded).
+    pub fn delete_repo(&self, key: &RepoKey) -> Result<Freed, StoreError> {
+        let dir = self.repo_dir(key);
+        let mut ours = std::collections::HashSet::new();
+        collect_objects(&dir.join("commits"), &mut ours)?;
+        fs_err::remove_file(dir.join("refs.json"))?;
+        sync_dir(&dir)?;
+        fs_err::remove_dir_all(&dir)?;
+        let mut others = std::collections::HashSet::new();
+        for kind in [RepoType::Model, RepoType::Dataset] {
+            let kind_dir = self.root.join("repos").join(kind.api_plural());
+            for namespace in read_dir_or_empty(&kind_dir)? {
+                for repo in read_dir_or_empty(&namespace)? {
+                    collect_objects(&repo.join("commits"), &mut others)?;
+                }
+            }
+        }
+        let mut freed = Freed::default();
+        for sha256 in ours.difference(&others) {
+            let path = self.object_path(sha256);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if std::fs::remove_file(&path).is_ok() {
+                freed.objects += 1;
+                freed.bytes += meta.len();
+            }
+        }
+        Ok(freed)
+    }
+
     /// The first-parent history from `head`, newest first.
     pub fn history(&self, key: &RepoKey, head: &str) -> Result<Vec<CommitRecord>, StoreError> {
         let mut out = Vec::new();
@@ -385,6 +434,29 @@ impl CommitRecord {
 pub fn sha256_hex(content: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(content))
+}
+
+/// The entries of a folder, none if it does not exist.
+fn read_dir_or_empty(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(entries.filter_map(|e| e.ok().map(|e| e.path())).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(fs_err::read_dir(dir).err().map_or(e, Into::into).into()),
+    }
+}
+
+/// Adds the object of every file of every commit record in `commits` to `into`.
+fn collect_objects(
+    commits: &Path,
+    into: &mut std::collections::HashSet<String>,
+) -> Result<(), StoreError> {
+    for path in read_dir_or_empty(commits)? {
+        if path.extension().is_some_and(|e| e == "json") {
+            let commit: CommitRecord = read_json(&path)?;
+            into.extend(commit.files.into_values().map(|f| f.sha256));
+        }
+    }
+    Ok(())
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, StoreError> {

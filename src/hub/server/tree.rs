@@ -68,6 +68,20 @@ impl CommitCache {
         Some(commit.clone())
     }
 
+    /// Drops every cached commit of a repo (it was deleted).
+    pub fn forget_repo(&self, key: &RepoKey) {
+        let mut state = self.inner.lock().expect("commit cache");
+        let mut dropped = 0;
+        state.entries.retain(|(k, _), (commit, _)| {
+            let keep = k != key;
+            if !keep {
+                dropped += commit.record.files.len();
+            }
+            keep
+        });
+        state.files -= dropped;
+    }
+
     /// Adds a commit, evicting the least recently used ones beyond the budget.
     pub fn insert(&self, key: &RepoKey, commit: Arc<CachedCommit>) {
         let mut state = self.inner.lock().expect("commit cache");

@@ -3,6 +3,7 @@
 
 mod cli;
 mod client;
+mod delete;
 mod download;
 mod faults;
 mod hostile;
