@@ -7,7 +7,9 @@
 # wall / max(capture busy, upload busy). Not a test.
 #
 #   scripts/bench/run-smollm2.sh        (env: TOKENS, THREADS (default nproc),
-#                                        PYTHON with torch + transformers (default /work/.venv-ref))
+#                                        PYTHON with torch + transformers (default /work/.venv-ref),
+#                                        HUBSWEEP_BIN: time this binary instead of the checkout's,
+#                                        SKIP_PY=1: the hubsweep side only, e.g. to compare builds)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 tokens="${TOKENS:-65536}"
@@ -17,9 +19,13 @@ export HUBSWEEP_CACHE="${HUBSWEEP_CACHE:-$HOME/.cache/hubsweep-ci}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HUBSWEEP_CACHE/target}"
 # shellcheck source=../test.d/20-models.sh
 source scripts/test.d/20-models.sh
-cargo build --release --locked --quiet
 bin="$(mktemp -d)/hubsweep"
-cp "$CARGO_TARGET_DIR/release/hubsweep" "$bin"
+if [ -n "${HUBSWEEP_BIN:-}" ]; then
+  cp "$HUBSWEEP_BIN" "$bin"
+else
+  cargo build --release --locked --quiet
+  cp "$CARGO_TARGET_DIR/release/hubsweep" "$bin"
+fi
 work="$(mktemp -d)"
 trap 'kill "${server_pid:-0}" 2>/dev/null || true; rm -rf "$work" "$(dirname "$bin")"' EXIT
 port=$((20000 + RANDOM % 20000))
@@ -75,21 +81,20 @@ export RAYON_NUM_THREADS="$threads" OMP_NUM_THREADS="$threads"
 HF_ENDPOINT="$endpoint" HF_HOME="$work/rs-home" HUBSWEEP_HOME="$work/hs" "$bin" run --dry-run "$work/bench.yaml" >/dev/null 2>&1
 /usr/bin/time -f '%M' -o "$work/rs.rss" env HF_ENDPOINT="$endpoint" HF_HOME="$work/rs-home" HUBSWEEP_HOME="$work/hs" \
   "$bin" run --format json "$work/bench.yaml" > "$work/rs.json" 2>"$work/rs.log"
-/usr/bin/time -f '%M' -o "$work/py.rss" env HF_ENDPOINT="$endpoint" HF_HUB_DISABLE_XET=1 HF_HOME="$work/py-home" \
-  "$python" scripts/bench/run_smollm2_py.py "$hf_dir" "$work/ids.json" "$endpoint" bench/python "$threads" > "$work/py.json" 2>"$work/py.log"
+if [ -z "${SKIP_PY:-}" ]; then
+  /usr/bin/time -f '%M' -o "$work/py.rss" env HF_ENDPOINT="$endpoint" HF_HUB_DISABLE_XET=1 HF_HOME="$work/py-home" \
+    "$python" scripts/bench/run_smollm2_py.py "$hf_dir" "$work/ids.json" "$endpoint" bench/python "$threads" > "$work/py.json" 2>"$work/py.log"
+fi
 python3 - "$work" "$tokens" "$threads" <<'PY'
-import json, sys, re
+import json, os, sys
 work, tokens, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rs = json.load(open(f"{work}/rs.json"))
-py = json.loads(open(f"{work}/py.json").read().strip().splitlines()[-1])
 rss = lambda side: int(open(f"{work}/{side}.rss").read().split()[-1]) / 1024
-log = open(f"{work}/rs.log").read()
-# The run's own wall time: from the JSON fields we have, capture and upload busy; the command's
-# wall time comes from GNU time's elapsed, measured outside; approximate it by the larger of the
-# process clock in the log if present.
 print(f"SmolLM2-135M, {tokens} tokens, hook_resid_post × 30 layers, f16, {threads} thread(s)")
 print(f"hubsweep: wall {rs['wall_seconds']:.1f} s, peak RSS {rss('rs'):.0f} MiB, capture busy {rs['capture_seconds']:.1f} s, upload busy {rs['upload_busy_seconds']:.1f} s, {rs['bytes_uploaded']/2**20:.0f} MiB sent")
-print(f"python:   wall {py['wall']:.1f} s, peak RSS {rss('py'):.0f} MiB")
-print(f"ratios:   wall {rs['wall_seconds']/py['wall']:.2f}× (target ≤ 0.5), RSS {rss('rs')/rss('py'):.2f}× (target ≤ 0.5)")
+if os.path.exists(f"{work}/py.json"):
+    py = json.loads(open(f"{work}/py.json").read().strip().splitlines()[-1])
+    print(f"python:   wall {py['wall']:.1f} s, peak RSS {rss('py'):.0f} MiB")
+    print(f"ratios:   wall {rs['wall_seconds']/py['wall']:.2f}× (target ≤ 0.5), RSS {rss('rs')/rss('py'):.2f}× (target ≤ 0.5)")
 print(f"overlap:  wall / max(capture, upload) = {rs['wall_seconds']/max(rs['capture_seconds'], rs['upload_busy_seconds']):.2f} (target ≤ 1.15)")
 PY
