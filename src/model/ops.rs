@@ -109,6 +109,22 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, parts: bool) -> Result<No
     })
 }
 
+/// The values of a contiguous f32 tensor, for the CPU kernels below; `op` names the kernel in
+/// the error for anything else.
+fn contiguous_f32<'a>(
+    op: &str,
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+) -> Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op} expects f32")
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op} expects a contiguous input")
+    };
+    Ok(&data[start..end])
+}
+
 /// See [`rms_norm`]: per row `x / sqrt(mean(x²) + eps) · w`, in f32.
 struct FusedRmsNorm {
     eps: f32,
@@ -127,15 +143,8 @@ impl candle_core::CustomOp2 for FusedRmsNorm {
         w_layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use rayon::prelude::*;
-        let (candle_core::CpuStorage::F32(x), candle_core::CpuStorage::F32(w)) = (x, w) else {
-            candle_core::bail!("fused-rms-norm expects f32")
-        };
-        let (Some((x_start, x_end)), Some((w_start, w_end))) =
-            (x_layout.contiguous_offsets(), w_layout.contiguous_offsets())
-        else {
-            candle_core::bail!("fused-rms-norm expects contiguous tensors")
-        };
-        let (x, w) = (&x[x_start..x_end], &w[w_start..w_end]);
+        let x = contiguous_f32(self.name(), x, x_layout)?;
+        let w = contiguous_f32(self.name(), w, w_layout)?;
         let d = w.len();
         if x_layout.dims().last() != Some(&d) || d == 0 {
             candle_core::bail!(
@@ -410,12 +419,7 @@ impl candle_core::CustomOp1 for SiluMul {
         layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use rayon::prelude::*;
-        let candle_core::CpuStorage::F32(data) = storage else {
-            candle_core::bail!("silu-mul expects f32")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("silu-mul expects a contiguous input")
-        };
+        let data = contiguous_f32(self.name(), storage, layout)?;
         let mut dims = layout.dims().to_vec();
         let Some(last) = dims.last_mut() else {
             candle_core::bail!("silu-mul expects at least one axis")
@@ -426,7 +430,6 @@ impl candle_core::CustomOp1 for SiluMul {
         let width = *last;
         let m = width / 2;
         *last = m;
-        let data = &data[start..end];
         let mut out = vec![0f32; data.len() / 2];
         // Rows of a few thousand values per task keep rayon's overhead small.
         let rows_per_task = (4096 / m).max(1);
@@ -463,18 +466,12 @@ impl candle_core::CustomOp1 for CausalSoftmax {
         layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use rayon::prelude::*;
-        let candle_core::CpuStorage::F32(data) = storage else {
-            candle_core::bail!("causal-softmax expects f32")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("causal-softmax expects contiguous scores")
-        };
+        let data = contiguous_f32(self.name(), storage, layout)?;
         let dims = layout.dims();
         let (t_q, t_k) = (dims[dims.len() - 2], dims[dims.len() - 1]);
         if t_q != t_k {
             candle_core::bail!("causal-softmax expects square scores, got {t_q}×{t_k}")
         }
-        let data = &data[start..end];
         let mut out = vec![0f32; data.len()];
         out.par_chunks_mut(t_k)
             .zip(data.par_chunks(t_k))

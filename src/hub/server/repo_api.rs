@@ -31,6 +31,35 @@ struct CreateRequest {
     visibility: Option<String>,
 }
 
+/// The repo a create or delete body names: `type` (default model), and `name` as `ns/name`, or
+/// `name` with `organization`, or a bare `name` in the user's namespace.
+fn named_repo(
+    kind: Option<&str>,
+    organization: Option<&str>,
+    name: &str,
+) -> Result<(RepoType, String, String), ApiError> {
+    let kind = match kind {
+        None | Some("model") => RepoType::Model,
+        Some("dataset") => RepoType::Dataset,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "repo type `{other}` is not supported by this server"
+            )));
+        }
+    };
+    let (namespace, name) = match (organization, name.split_once('/')) {
+        (Some(org), None) => (org.to_owned(), name.to_owned()),
+        (None, Some((ns, name))) => (ns.to_owned(), name.to_owned()),
+        (None, None) => (USER.to_owned(), name.to_owned()),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "`name` must not contain `/` when `organization` is set",
+            ));
+        }
+    };
+    Ok((kind, namespace, name))
+}
+
 /// `POST /api/repos/create`: 200 with the repo URL, 409 if it exists.
 pub async fn create(
     state: Arc<AppState>,
@@ -40,25 +69,11 @@ pub async fn create(
     state.require_write(&headers)?;
     let request: CreateRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid create body: {e}")))?;
-    let kind = match request.kind.as_deref() {
-        None | Some("model") => RepoType::Model,
-        Some("dataset") => RepoType::Dataset,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "repo type `{other}` is not supported by this server"
-            )));
-        }
-    };
-    let (namespace, name) = match (&request.organization, request.name.split_once('/')) {
-        (Some(org), None) => (org.clone(), request.name.clone()),
-        (None, Some((ns, name))) => (ns.to_owned(), name.to_owned()),
-        (None, None) => (USER.to_owned(), request.name.clone()),
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "`name` must not contain `/` when `organization` is set",
-            ));
-        }
-    };
+    let (kind, namespace, name) = named_repo(
+        request.kind.as_deref(),
+        request.organization.as_deref(),
+        &request.name,
+    )?;
     let key = repo_key(kind, &namespace, &name)?;
     let private =
         request.private.unwrap_or(false) || request.visibility.as_deref() == Some("private");
@@ -95,25 +110,11 @@ pub async fn delete(
     state.require_write(&headers)?;
     let request: DeleteRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid delete body: {e}")))?;
-    let kind = match request.kind.as_deref() {
-        None | Some("model") => RepoType::Model,
-        Some("dataset") => RepoType::Dataset,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "repo type `{other}` is not supported by this server"
-            )));
-        }
-    };
-    let (namespace, name) = match (&request.organization, request.name.split_once('/')) {
-        (Some(org), None) => (org.clone(), request.name.clone()),
-        (None, Some((ns, name))) => (ns.to_owned(), name.to_owned()),
-        (None, None) => (USER.to_owned(), request.name.clone()),
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "`name` must not contain `/` when `organization` is set",
-            ));
-        }
-    };
+    let (kind, namespace, name) = named_repo(
+        request.kind.as_deref(),
+        request.organization.as_deref(),
+        &request.name,
+    )?;
     let key = state.existing_repo(kind, &namespace, &name)?;
     let lock = state.repo_lock(&key);
     let _guard = lock.lock().await;
