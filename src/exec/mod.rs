@@ -34,13 +34,13 @@ use crate::analysis::Spectrum;
 use crate::hub::{HubClient, HubError, Repo, RepoId};
 use crate::ledger::{self, LedgerState, Manifest, Record};
 use crate::model::{DeviceSpec, ModelError};
-use crate::plan::{self, NodeKind, Plan, PlanOptions};
+use crate::plan::{self, NodeKind, Plan};
 use crate::sink::{
     CommitPolicy, Committable, Committer, SinkEvent, SinkEvents, SinkTotals, UploadJob,
 };
-use crate::spec::{DataSource, Diagnostic, SweepSpec};
+use crate::spec::{Diagnostic, SweepSpec};
 
-pub use pin::{DataPin, PinnedModel, Sources};
+pub use pin::{DataPin, PinnedModel, Sources, hold_data_to_ledger, pin_and_plan};
 pub use records::{default_tolerances, now_rfc3339};
 pub use unit::{UnitSelection, WorkUnit};
 
@@ -265,89 +265,6 @@ pub(crate) struct ModelNodes {
     artifacts: BTreeMap<u32, Vec<usize>>,
     spectra: Vec<usize>,
     commit: Option<usize>,
-}
-
-/// Pins models and builds the pinned plan (also used by `status` and `--dry-run`).
-pub async fn pin_and_plan(
-    spec: &SweepSpec,
-    sources: &Sources,
-    device_class: &str,
-    events: &RunEvents,
-) -> Result<(Plan, Vec<(crate::spec::ModelInstance, PinnedModel)>), RunError> {
-    let (data, data_pin) = pin::fetch_data(spec, sources).await?;
-    let mut pinned = Vec::new();
-    for group in &spec.models {
-        for instance in crate::spec::expand_group(group, &mut Vec::new()) {
-            if pinned
-                .iter()
-                .any(|(i, _): &(crate::spec::ModelInstance, PinnedModel)| {
-                    i.source == instance.source && i.revision == instance.revision
-                })
-            {
-                continue;
-            }
-            let mut model = pin::pin_model(spec, &instance, &data, sources).await?;
-            model.data = data_pin.clone();
-            events(&RunEvent::Pinned {
-                label: format!("{}@{}", instance.source, instance.revision),
-                commit: model.commit.clone(),
-                windows: model.windows.n_windows(),
-            });
-            pinned.push((instance, model));
-        }
-    }
-    // Module patterns are checked against the checkpoints' keys now, before anything runs.
-    let module_errors = weights::check_modules(spec, &pinned)?;
-    if !module_errors.is_empty() {
-        return Err(RunError::Plan {
-            diagnostics: module_errors,
-        });
-    }
-    let lookup = pin::PinnedLookup { models: &pinned };
-    let options = PlanOptions {
-        lookup: &lookup,
-        data_hash: None,
-        device_class: device_class.to_owned(),
-    };
-    let plan = plan::build(spec, &options);
-    if !plan.is_runnable() {
-        return Err(RunError::Plan {
-            diagnostics: plan.diagnostics,
-        });
-    }
-    if plan.nodes.iter().any(|n| n.id.is_none()) {
-        return Err(RunError::Plan {
-            diagnostics: vec![Diagnostic::error(
-                "",
-                "some nodes are still unpinned after pinning every model",
-            )],
-        });
-    }
-    Ok((plan, pinned))
-}
-
-/// `sources` holding the spec's Hub data file to the commit the output repo's ledger records
-/// (`run` resuming, `status`, cluster workers), so every capture of one output repo comes from
-/// the same text even if the branch moved since. Only a spec with a Hub data file (and no
-/// `pinned_data` yet) reads the ledger here: a run reads the state it works from after
-/// pinning, as late as possible, so concurrent runs see each other's records.
-pub async fn hold_data_to_ledger(
-    spec: &SweepSpec,
-    sources: &Sources,
-    output_client: &HubClient,
-) -> Result<Sources, RunError> {
-    let mut sources = sources.clone();
-    if sources.pinned_data.is_none() && matches!(spec.data.source, DataSource::HubFile { .. }) {
-        let repo = output_repo(spec)?;
-        let state = LedgerState::read(output_client, &repo, "main")
-            .await
-            .map_err(|source| RunError::Ledger {
-                repo: spec.output.to_string(),
-                source,
-            })?;
-        sources.pinned_data = DataPin::recorded(spec, state.records.values()).map(|p| p.commit);
-    }
-    Ok(sources)
 }
 
 /// The output repo of a spec as a client-side repo.

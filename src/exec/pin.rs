@@ -1,16 +1,21 @@
 //! Pinning: every (model, revision) resolved to exact bytes before anything runs — its files,
 //! the commit sha they come from, its dimensions, and the token windows its tokenizer makes of
-//! the data. The result feeds the planner, so every node of the pinned plan has its id.
+//! the data. The result feeds the planner ([`pin_and_plan`]), so every node of the pinned plan has
+//! its id.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::RunError;
+use super::{RunError, RunEvent, RunEvents, output_repo};
 use crate::data::{HubDatasetFile, PromptSource, TextTokenizer, TokenWindows, WindowSettings};
+use crate::hub::HubClient;
+use crate::ledger::LedgerState;
 use crate::model::{HubSource, ModelConfig, ModelFiles};
+use crate::plan::{self, Plan, PlanOptions};
 use crate::plan::{ModelDims, ModelFacts, ModelLookup};
+use crate::spec::Diagnostic;
 use crate::spec::{DataSource, HubKind, ModelInstance, ModelSource, SweepSpec};
 
 /// Where models and dataset files are fetched from.
@@ -335,4 +340,84 @@ impl ModelLookup for PinnedLookup<'_> {
             None => ModelFacts::default(),
         }
     }
+}
+
+/// Pins models and builds the pinned plan (also used by `status` and `--dry-run`).
+pub async fn pin_and_plan(
+    spec: &SweepSpec,
+    sources: &Sources,
+    device_class: &str,
+    events: &RunEvents,
+) -> Result<(Plan, Vec<(ModelInstance, PinnedModel)>), RunError> {
+    let (data, data_pin) = fetch_data(spec, sources).await?;
+    let mut pinned = Vec::new();
+    for group in &spec.models {
+        for instance in crate::spec::expand_group(group, &mut Vec::new()) {
+            if pinned.iter().any(|(i, _): &(ModelInstance, PinnedModel)| {
+                i.source == instance.source && i.revision == instance.revision
+            }) {
+                continue;
+            }
+            let mut model = pin_model(spec, &instance, &data, sources).await?;
+            model.data = data_pin.clone();
+            events(&RunEvent::Pinned {
+                label: format!("{}@{}", instance.source, instance.revision),
+                commit: model.commit.clone(),
+                windows: model.windows.n_windows(),
+            });
+            pinned.push((instance, model));
+        }
+    }
+    // Module patterns are checked against the checkpoints' keys now, before anything runs.
+    let module_errors = super::weights::check_modules(spec, &pinned)?;
+    if !module_errors.is_empty() {
+        return Err(RunError::Plan {
+            diagnostics: module_errors,
+        });
+    }
+    let lookup = PinnedLookup { models: &pinned };
+    let options = PlanOptions {
+        lookup: &lookup,
+        data_hash: None,
+        device_class: device_class.to_owned(),
+    };
+    let plan = plan::build(spec, &options);
+    if !plan.is_runnable() {
+        return Err(RunError::Plan {
+            diagnostics: plan.diagnostics,
+        });
+    }
+    if plan.nodes.iter().any(|n| n.id.is_none()) {
+        return Err(RunError::Plan {
+            diagnostics: vec![Diagnostic::error(
+                "",
+                "some nodes are still unpinned after pinning every model",
+            )],
+        });
+    }
+    Ok((plan, pinned))
+}
+
+/// `sources` holding the spec's Hub data file to the commit the output repo's ledger records
+/// (`run` resuming, `status`, cluster workers), so every capture of one output repo comes from
+/// the same text even if the branch moved since. Only a spec with a Hub data file (and no
+/// `pinned_data` yet) reads the ledger here: a run reads the state it works from after
+/// pinning, as late as possible, so concurrent runs see each other's records.
+pub async fn hold_data_to_ledger(
+    spec: &SweepSpec,
+    sources: &Sources,
+    output_client: &HubClient,
+) -> Result<Sources, RunError> {
+    let mut sources = sources.clone();
+    if sources.pinned_data.is_none() && matches!(spec.data.source, DataSource::HubFile { .. }) {
+        let repo = output_repo(spec)?;
+        let state = LedgerState::read(output_client, &repo, "main")
+            .await
+            .map_err(|source| RunError::Ledger {
+                repo: spec.output.to_string(),
+                source,
+            })?;
+        sources.pinned_data = DataPin::recorded(spec, state.records.values()).map(|p| p.commit);
+    }
+    Ok(sources)
 }

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use reqwest::Method;
 use sha2::Digest as _;
 use tokio::io::AsyncWriteExt as _;
 
@@ -259,15 +258,7 @@ impl HubClient {
     ) -> Result<(), HubError> {
         let metadata = self.file_metadata(repo, revision, path).await?;
         let location = metadata.location;
-        let response = self
-            .send_with_retry(&location, || {
-                if self.same_origin(&location) {
-                    self.hub_request(Method::GET, &location)
-                } else {
-                    self.storage_request(Method::GET, &location)
-                }
-            })
-            .await?;
+        let response = self.get_file_at(&location).await?;
         let io = |source| HubError::Io {
             path: target.to_owned(),
             source,

@@ -361,15 +361,7 @@ impl HubClient {
     ) -> Result<bytes::Bytes, HubError> {
         let metadata = self.file_metadata(repo, revision, path).await?;
         let location = metadata.location;
-        let response = self
-            .send_with_retry(&location, || {
-                if self.same_origin(&location) {
-                    self.hub_request(Method::GET, &location)
-                } else {
-                    self.storage_request(Method::GET, &location)
-                }
-            })
-            .await?;
+        let response = self.get_file_at(&location).await?;
         response
             .bytes()
             .await
@@ -390,15 +382,7 @@ impl HubClient {
     ) -> Result<FileStream, HubError> {
         let metadata = self.file_metadata(repo, revision, path).await?;
         let location = metadata.location.clone();
-        let response = self
-            .send_with_retry(&location, || {
-                if self.same_origin(&location) {
-                    self.hub_request(Method::GET, &location)
-                } else {
-                    self.storage_request(Method::GET, &location)
-                }
-            })
-            .await?;
+        let response = self.get_file_at(&location).await?;
         Ok(FileStream {
             metadata,
             response,

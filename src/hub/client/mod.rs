@@ -277,6 +277,19 @@ impl HubClient {
         self.inner.http.request(method, url)
     }
 
+    /// `GET` of a file's resolved location, with retries: the Hub's own origin gets the token,
+    /// a storage origin (a CDN the Hub redirected to) never does.
+    async fn get_file_at(&self, location: &str) -> Result<Response, HubError> {
+        self.send_with_retry(location, || {
+            if self.same_origin(location) {
+                self.hub_request(Method::GET, location)
+            } else {
+                self.storage_request(Method::GET, location)
+            }
+        })
+        .await
+    }
+
     fn same_origin(&self, url: &str) -> bool {
         Url::parse(url).is_ok_and(|url| url.origin() == self.inner.endpoint.origin())
     }
