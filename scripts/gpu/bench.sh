@@ -15,6 +15,11 @@
 #                                     TOKENIZER (a tokenizer.json for the model folder),
 #                                     MEMORY (limits.memory, 1GiB), DTYPE (capture.dtype, f16),
 #                                     SKIP_PY=1 (hubsweep alone: for comparing its settings),
+#                                     WARMUP_TOKENS (8192; 0: none): each side first runs once,
+#                                     untimed, on that many other tokens — a first run on a
+#                                     machine compiles candle's PTX kernels for its GPU (the
+#                                     driver caches them, here in WORK/cuda-jit-cache) and
+#                                     loads both sides' files into the page cache,
 #                                     HUB_FALLBACK_SITE (a PYTHONPATH holding another
 #                                     huggingface_hub, used if the installed one cannot commit)
 set -euo pipefail
@@ -72,22 +77,25 @@ if ! preflight; then
   fi
 fi
 
-"$python" - "$tokens" "$work" "$device" "${ID_RANGE:-49152}" "${MEMORY:-1GiB}" "${DTYPE:-f16}" <<'PY'
+# spec TOKENS NAME SEED REPO: writes WORK/NAME.yaml (hubsweep) and WORK/NAME-ids.json (the windows
+# for the Python side), TOKENS tokens of LCG ids from SEED.
+spec() {
+  "$python" - "$1" "$work" "$device" "${ID_RANGE:-49152}" "${MEMORY:-1GiB}" "${DTYPE:-f16}" "$2" "$3" "$4" <<'PY'
 import json, sys
-tokens, work, device, id_range, memory, dtype = sys.argv[1:7]
-tokens, id_range = int(tokens), int(id_range)
-x, windows = 12345, []
+tokens, work, device, id_range, memory, dtype, name, seed, repo = sys.argv[1:10]
+tokens, id_range, x = int(tokens), int(id_range), int(seed)
+windows = []
 for _ in range(tokens // 128):
     row = [1]
     for _ in range(127):
         x = (1103515245 * x + 12345) % 2**31
         row.append(x % id_range)
     windows.append(row)
-json.dump(windows, open(f"{work}/ids.json", "w"))
+json.dump(windows, open(f"{work}/{name}-ids.json", "w"))
 # One document of all windows' ids (hubsweep prepends the BOS to each window), a line per window.
 ids_yaml = ",\n    ".join(",".join(map(str, w[1:])) for w in windows)
-spec = f"""name: bench
-output: hf://datasets/bench/rust
+spec = f"""name: {name}
+output: hf://datasets/{repo}
 models:
   - family: llama
     repo: {work}/model
@@ -108,12 +116,25 @@ compute:
 """
 if len(spec) > 1 << 20:
     sys.exit(f"the spec would be {len(spec)} bytes, over the 1 MiB limit: lower TOKENS or ID_RANGE")
-open(f"{work}/bench.yaml", "w").write(spec)
+open(f"{work}/{name}.yaml", "w").write(spec)
 PY
+}
+spec "$tokens" bench 12345 bench/rust
+warmup="${WARMUP_TOKENS:-8192}"
+[ "$warmup" -gt 0 ] && spec "$warmup" warmup 777 bench/rust-warmup
 
 export RAYON_NUM_THREADS="$threads" OMP_NUM_THREADS="$threads"
 # Pin once first, so the model folder's hashing is warm in the page cache for both sides.
 HF_ENDPOINT="$endpoint" HUBSWEEP_HOME="$work/hs" "$bin" run --dry-run "$work/bench.yaml" >/dev/null 2>"$work/dry.log"
+# The driver's JIT cache in WORK, empty at first: the warm-up run (other ids, so no object of
+# the measured run is stored before it) shows a first run's one-time costs — compiling candle's
+# PTX kernels for this GPU — and leaves the measured run what every later run on the machine sees.
+export CUDA_CACHE_PATH="$work/cuda-jit-cache"
+if [ "$warmup" -gt 0 ]; then
+  echo "hubsweep warm-up run on $device ($warmup tokens, empty JIT cache) ..." >&2
+  HF_ENDPOINT="$endpoint" HUBSWEEP_HOME="$work/hs" \
+    "$python" "$here/measure.py" "$work/rs-warmup.json" "$work/rs-warmup.log" -- "$bin" run --format json "$work/warmup.yaml" > "$work/rs-warmup.measure"
+fi
 echo "hubsweep run on $device ..." >&2
 HF_ENDPOINT="$endpoint" HUBSWEEP_HOME="$work/hs" \
   "$python" "$here/measure.py" "$work/rs.json" "$work/rs.log" -- "$bin" run --format json "$work/bench.yaml" > "$work/rs.measure"
@@ -127,10 +148,16 @@ print(f"hubsweep alone, {tokens} tokens, dtype {dtype}, memory {memory}: wall {r
 PY
   exit 0
 fi
+if [ "$warmup" -gt 0 ]; then
+  echo "python warm-up run on $device ($warmup tokens) ..." >&2
+  HF_ENDPOINT="$endpoint" HF_HOME="$work/py-home" \
+    "$python" "$here/measure.py" "$work/py-warmup.json" "$work/py-warmup.log" -- \
+    "$python" "$baseline" "$work/model" "$work/warmup-ids.json" "$endpoint" bench/python-warmup "$threads" "$device" > "$work/py-warmup.measure"
+fi
 echo "python baseline on $device ..." >&2
 HF_ENDPOINT="$endpoint" HF_HOME="$work/py-home" \
   "$python" "$here/measure.py" "$work/py.json" "$work/py.log" -- \
-  "$python" "$baseline" "$work/model" "$work/ids.json" "$endpoint" bench/python "$threads" "$device" > "$work/py.measure"
+  "$python" "$baseline" "$work/model" "$work/bench-ids.json" "$endpoint" bench/python "$threads" "$device" > "$work/py.measure"
 
 "$python" - "$work" "$tokens" "$threads" "$device" <<'PY'
 import json, sys
@@ -146,6 +173,16 @@ print(f"hubsweep: wall {rm['wall']:.1f} s (run's own {rs['wall_seconds']:.1f} s)
 print(f"python:   wall {pm['wall']:.1f} s (script's own {py['wall']:.1f} s), peak RSS {pm['peak_rss_mib']:.0f} MiB")
 print(f"ratios:   wall {rm['wall']/pm['wall']:.2f}× (target ≤ 0.5), RSS {rm['peak_rss_mib']/pm['peak_rss_mib']:.2f}× (target ≤ 0.5)")
 print(f"overlap:  wall / max(capture, upload) = {overlap:.2f} (target ≤ 1.15)")
+warmup = {}
+for side in ("rs", "py"):
+    try:
+        warmup[side] = json.load(open(f"{work}/{side}-warmup.measure"))
+    except FileNotFoundError:
+        pass
+if warmup:
+    print("warm-up (untimed, first runs: " + ", ".join(
+        f"{'hubsweep' if side == 'rs' else 'python'} wall {m['wall']:.1f} s" for side, m in warmup.items()) + ")")
 json.dump({"tokens": tokens, "device": device, "threads": threads, "hubsweep": rs, "hubsweep_process": rm,
-           "python": py, "python_process": pm, "overlap": overlap}, open(f"{work}/bench.json", "w"), indent=1)
+           "python": py, "python_process": pm, "overlap": overlap, "warmup": warmup},
+          open(f"{work}/bench.json", "w"), indent=1)
 PY

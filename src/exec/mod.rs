@@ -451,7 +451,10 @@ async fn run_inner(
         let events = events.clone();
         Arc::new(move |e: &SinkEvent| events(&RunEvent::Sink(e.clone())))
     };
-    let (upload_tx, upload_rx) = mpsc::channel::<UploadJob>(4);
+    // Closed artifacts queue here for an upload slot. What bounds them is the memory budget
+    // their permits hold, not this channel: a queue as short as the upload slots made capture
+    // wait at the end of every shard until all but a few of its artifacts had been sent.
+    let (upload_tx, upload_rx) = mpsc::channel::<UploadJob>(1024);
     let (commit_tx, commit_rx) = mpsc::channel::<Committable>(1024);
     let uploader = tokio::spawn(crate::sink::commit::upload_stage(
         client.clone(),

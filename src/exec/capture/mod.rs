@@ -1,8 +1,8 @@
 //! One model revision's forward passes: shard by shard, batch by batch, every requested hook
 //! feeding its artifact (bytes appended as they are produced) and its spectrum (Gram matrix
 //! accumulated as they stream past). Runs on a blocking thread; hands closed artifacts to the
-//! async sink through a bounded channel, so a slow upload holds capture back (backpressure),
-//! as does the memory budget reserved before each shard.
+//! async sink, each holding its share of the memory budget until it is sent, so a slow upload
+//! holds capture back (backpressure): the next shard's artifacts reserve theirs first.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,11 +12,14 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 mod rows;
+mod stages;
 
 use rows::{
-    as_rows, candle_dtype, narrowed_bytes, narrows_early, nudge_first, rows_and_width,
-    tensor_dtype, to_bytes,
+    Stored, as_rows, candle_dtype, narrowed, narrows_early, nudge_first, rows_and_width,
+    tensor_dtype,
 };
+
+use stages::{Stopped, two_stages};
 
 use super::{RunError, budget_permits};
 use crate::analysis::GramAccumulator;
@@ -70,30 +73,49 @@ pub struct CaptureWork {
     /// every hook's first batch of each shard one step up in the stored dtype.
     pub perturb_for_tests: bool,
     /// The run's `limits.memory` in bytes: a second forward pass runs beside the first only
-    /// when both fit in a small part of it (see [`forwards_at_once`]).
+    /// when both fit in a small part of it (see [`overlap`]).
     pub memory: u64,
 }
 
-/// Forward passes a CPU capture runs at once. One pass leaves a core idle for part of its time
-/// (element-wise ops run on the calling thread, small products do not split well), and a
-/// second pass on another thread fills it: ~6% less wall time for a SmolLM2-135M capture on
-/// two cores (docs/run.md). It costs the memory of a second batch, so it is only done when two
-/// batches' working sets — the hooks kept plus the largest intermediates, in f32 — fit in a
-/// quarter of `limits.memory`. A GPU runs one: its passes queue on one stream anyway.
-fn forwards_at_once(
-    model: &Model,
-    tokens_per_batch: usize,
-    hook_widths: usize,
-    memory: u64,
-) -> usize {
+/// How a capture overlaps its work (see the two stages in [`run_capture`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Overlap {
+    /// Forward passes run at once, one per thread.
+    forwards: usize,
+    /// The forward passes run one batch ahead of the host work.
+    run_ahead: bool,
+}
+
+/// How much a capture overlaps. Either kind of overlap costs the memory of a second batch, so
+/// both are only done when two batches' working sets — the hooks kept plus the largest
+/// intermediates, in f32 — fit in a quarter of `limits.memory`.
+///
+/// - A CPU runs two forward passes at once on two threads: one pass leaves a core idle for
+///   part of its time (element-wise ops run on the calling thread, small products do not
+///   split well), and the second fills it (~6% less wall time for a SmolLM2-135M capture on
+///   two cores, docs/run.md). It does not run ahead: the host work wants the same cores.
+/// - A GPU runs one pass (its passes queue on one stream anyway), one batch ahead of the
+///   host work, so that the device computes while the host copies, hashes and appends.
+fn overlap(model: &Model, tokens_per_batch: usize, hook_widths: usize, memory: u64) -> Overlap {
     let c = model.config();
     let per_token = hook_widths + 2 * c.d_mlp + 4 * c.d_model;
     let batch_bytes = (tokens_per_batch * per_token * std::mem::size_of::<f32>()) as u64;
-    if model.device().is_cpu() && rayon::current_num_threads() > 1 && 2 * batch_bytes <= memory / 4
-    {
-        2
+    let two_fit = 2 * batch_bytes <= memory / 4;
+    if model.device().is_cpu() {
+        let forwards = if two_fit && rayon::current_num_threads() > 1 {
+            2
+        } else {
+            1
+        };
+        Overlap {
+            forwards,
+            run_ahead: false,
+        }
     } else {
-        1
+        Overlap {
+            forwards: 1,
+            run_ahead: two_fit,
+        }
     }
 }
 
@@ -186,10 +208,10 @@ impl HookJob<'_> {
         let name = &self.name;
         if narrows_early(dtype, self.gram.is_some(), nudge) {
             if let Some(writer) = self.writer.as_deref_mut() {
-                let bytes = narrowed_bytes(self.hook, &self.tensor, dtype)
-                    .map_err(|e| format!("{name}: {e}"))?;
+                let stored =
+                    narrowed(self.hook, &self.tensor, dtype).map_err(|e| format!("{name}: {e}"))?;
                 writer
-                    .append("activations", &bytes)
+                    .append("activations", &stored.le_bytes())
                     .map_err(|e| e.to_string())?;
             }
             return Ok(());
@@ -205,7 +227,7 @@ impl HookJob<'_> {
         }
         if let Some(writer) = self.writer.as_deref_mut() {
             writer
-                .append("activations", &to_bytes(&values, dtype))
+                .append("activations", &Stored::from_f32(values, dtype).le_bytes())
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
@@ -265,7 +287,10 @@ pub fn run_capture(
         .iter()
         .map(|(hook, _)| hook_width(*hook, model, work.seq_len))
         .sum();
-    let at_once = forwards_at_once(
+    let Overlap {
+        forwards: at_once,
+        run_ahead,
+    } = overlap(
         model,
         work.batch_size.max(1) * work.seq_len,
         hook_widths,
@@ -338,27 +363,12 @@ pub fn run_capture(
         let batches: Vec<&[u32]> = shard_ids
             .chunks(work.batch_size.max(1) * work.seq_len)
             .collect();
-        let mut done = std::collections::VecDeque::new();
-        for batch_index in 0..batches.len() {
-            if cancel.is_cancelled() {
-                return Err(RunError::Interrupted);
-            }
-            if done.is_empty() {
-                let next = &batches[batch_index..(batch_index + at_once).min(batches.len())];
-                done.extend(forward_together(model, &request, next, work.seq_len));
-            }
-            let acts = done
-                .pop_front()
-                .expect("a batch's forward pass was run")
-                .map_err(|source| RunError::Model {
-                    label: work.label.clone(),
-                    source,
-                })?;
-            // Device → host one hook after another (one stream), then the host work of each
-            // hook — widening, narrowing, hashing, appending, Gram updates — on every core, a
-            // few hooks at a time (each holds a copy of its activations while it works). On a
-            // GPU this host work, not the forward pass, bounds throughput; on a CPU it runs
-            // between forward passes, when the cores are free.
+        // Two stages ([`two_stages`]): a helper thread runs the forward passes and brings each
+        // batch's hooks to the host; this thread does the host work. On a GPU the helper runs
+        // one batch ahead, so the device computes while the host works (the host work, not the
+        // forward pass, bounds a GPU capture). On a CPU both stages want the same cores
+        // (running ahead measured ~5% slower), so they take turns (see [`overlap`]).
+        let to_host = |acts: Activations, batch_index: usize| -> Result<Vec<Tensor>, RunError> {
             let nudge = work.perturb_for_tests && batch_index == 0;
             let mut host = Vec::with_capacity(shard.targets.len());
             for target in &shard.targets {
@@ -369,7 +379,9 @@ pub fn run_capture(
                         reason: format!("the model produced no `{name}`"),
                     });
                 };
-                // On a CPU the narrowing runs in the parallel host work below instead.
+                // Device → host one hook after another (one stream). On a GPU, hooks that
+                // leave narrowed are narrowed before the copy; on a CPU the narrowing runs in
+                // the parallel host work instead.
                 let spectrum = work.spectra.contains(&(target.hook, target.layer));
                 let tensor =
                     if narrows_early(work.dtype, spectrum, nudge) && !tensor.device().is_cpu() {
@@ -377,17 +389,38 @@ pub fn run_capture(
                     } else {
                         Ok(tensor.clone())
                     };
-                let tensor = tensor
-                    .and_then(|tensor| tensor.to_device(&Device::Cpu))
-                    .map_err(|e| tensor_err(&name, e))?;
-                host.push((name, tensor));
+                host.push(
+                    tensor
+                        .and_then(|tensor| tensor.to_device(&Device::Cpu))
+                        .map_err(|e| tensor_err(&name, e))?,
+                );
             }
-            drop(acts);
+            Ok(host)
+        };
+        let produce = |range: std::ops::Range<usize>| -> Vec<Result<Vec<Tensor>, RunError>> {
+            let group = &batches[range.clone()];
+            forward_together(model, &request, group, work.seq_len)
+                .into_iter()
+                .zip(range)
+                .map(|(acts, batch_index)| {
+                    acts.map_err(|source| RunError::Model {
+                        label: work.label.clone(),
+                        source,
+                    })
+                    .and_then(|acts| to_host(acts, batch_index))
+                })
+                .collect()
+        };
+        let consume = |batch_index: usize, host: Vec<Tensor>| -> Result<(), RunError> {
+            // The host work of each hook — widening, narrowing, hashing, appending, Gram
+            // updates — on every core, a few hooks at a time (each holds a copy of its
+            // activations while it works).
+            let nudge = work.perturb_for_tests && batch_index == 0;
             let mut jobs: Vec<HookJob<'_>> = host
                 .into_iter()
                 .zip(&shard.targets)
-                .map(|((name, tensor), target)| HookJob {
-                    name,
+                .map(|(tensor, target)| HookJob {
+                    name: target.hook.full_name(target.layer.map(|l| l as usize)),
                     tensor,
                     hook: target.hook,
                     layer: target.layer,
@@ -421,7 +454,14 @@ pub fn run_capture(
                         reason,
                     })?;
             }
-        }
+            Ok(())
+        };
+        two_stages(batches.len(), at_once, run_ahead, &cancel, produce, consume).map_err(
+            |stopped| match stopped {
+                Stopped::Failed(error) => error,
+                Stopped::Cancelled => RunError::Interrupted,
+            },
+        )?;
         for (_, path, record, writer, permit) in writers {
             let artifact = writer.finish().map_err(|e| RunError::Capture {
                 label: work.label.clone(),

@@ -1,6 +1,8 @@
 //! A hook's activations as token-major rows, and their bytes in the stored dtype: widened to
 //! f32 on the host (for a spectrum's Gram matrix), or narrowed where they were computed.
 
+use std::borrow::Cow;
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::sink::TensorDtype;
@@ -39,29 +41,54 @@ pub(super) fn as_rows(
     Ok((flat.flatten_all()?.to_vec1::<f32>()?, rows, width))
 }
 
-/// Little-endian bytes of `values` in the stored dtype. The f16/bf16 narrowing runs over the
-/// whole slice at once (half's slice conversion uses the CPU's conversion instructions where it
-/// has them), not element by element.
-pub(super) fn to_bytes(values: &[f32], dtype: Dtype) -> Vec<u8> {
-    use half::slice::HalfFloatSliceExt;
-    fn le_bytes<const N: usize, T: Copy>(values: &[T], bytes: impl Fn(T) -> [u8; N]) -> Vec<u8> {
-        let mut out = vec![0u8; values.len() * N];
-        for (chunk, &v) in out.chunks_exact_mut(N).zip(values) {
-            chunk.copy_from_slice(&bytes(v));
+/// A hook's values in the stored dtype.
+pub(super) enum Stored {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+    Bf16(Vec<half::bf16>),
+}
+
+impl Stored {
+    /// `values` in `dtype`. The f16/bf16 narrowing runs over the whole slice at once (half's
+    /// slice conversion uses the CPU's conversion instructions where it has them), not element
+    /// by element; f32 values are kept as they are.
+    pub(super) fn from_f32(values: Vec<f32>, dtype: Dtype) -> Self {
+        use half::slice::HalfFloatSliceExt;
+        match dtype {
+            Dtype::F32 => Self::F32(values),
+            Dtype::F16 => {
+                let mut narrow = vec![half::f16::ZERO; values.len()];
+                narrow.convert_from_f32_slice(&values);
+                Self::F16(narrow)
+            }
+            Dtype::Bf16 => {
+                let mut narrow = vec![half::bf16::ZERO; values.len()];
+                narrow.convert_from_f32_slice(&values);
+                Self::Bf16(narrow)
+            }
         }
-        out
     }
-    match dtype {
-        Dtype::F32 => le_bytes(values, f32::to_le_bytes),
-        Dtype::F16 => {
-            let mut narrow = vec![half::f16::ZERO; values.len()];
-            narrow.convert_from_f32_slice(values);
-            le_bytes(&narrow, half::f16::to_le_bytes)
+
+    /// The values as little-endian bytes: on a little-endian machine the buffer itself.
+    pub(super) fn le_bytes(&self) -> Cow<'_, [u8]> {
+        fn le<T: bytemuck::Pod, const N: usize>(
+            values: &[T],
+            to_le: fn(T) -> [u8; N],
+        ) -> Cow<'_, [u8]> {
+            if cfg!(target_endian = "little") {
+                Cow::Borrowed(bytemuck::cast_slice(values))
+            } else {
+                let mut out = vec![0u8; values.len() * N];
+                for (chunk, &v) in out.chunks_exact_mut(N).zip(values) {
+                    chunk.copy_from_slice(&to_le(v));
+                }
+                Cow::Owned(out)
+            }
         }
-        Dtype::Bf16 => {
-            let mut narrow = vec![half::bf16::ZERO; values.len()];
-            narrow.convert_from_f32_slice(values);
-            le_bytes(&narrow, half::bf16::to_le_bytes)
+        match self {
+            Self::F32(values) => le(values, f32::to_le_bytes),
+            Self::F16(values) => le(values, half::f16::to_le_bytes),
+            Self::Bf16(values) => le(values, half::bf16::to_le_bytes),
         }
     }
 }
@@ -83,13 +110,9 @@ pub(super) fn candle_dtype(dtype: Dtype) -> DType {
     }
 }
 
-/// Little-endian bytes of a hook's activations in the stored dtype, token-major, converted by
-/// candle (round to nearest even, like [`to_bytes`], so the bytes are the same).
-pub(super) fn narrowed_bytes(
-    hook: Hook,
-    tensor: &Tensor,
-    dtype: Dtype,
-) -> candle_core::Result<Vec<u8>> {
+/// A hook's activations in the stored dtype, token-major, converted by candle (round to
+/// nearest even, like [`Stored::from_f32`], so the bytes are the same).
+pub(super) fn narrowed(hook: Hook, tensor: &Tensor, dtype: Dtype) -> candle_core::Result<Stored> {
     let tensor = if hook == Hook::AttnPattern {
         tensor.transpose(1, 2)?.contiguous()?
     } else {
@@ -99,17 +122,11 @@ pub(super) fn narrowed_bytes(
         .to_dtype(candle_dtype(dtype))?
         .to_device(&Device::Cpu)?
         .flatten_all()?;
-    fn le<T: candle_core::WithDType, const N: usize>(
-        flat: &Tensor,
-        bytes: impl Fn(T) -> [u8; N],
-    ) -> candle_core::Result<Vec<u8>> {
-        Ok(flat.to_vec1::<T>()?.into_iter().flat_map(bytes).collect())
-    }
-    match dtype {
-        Dtype::F32 => le(&flat, f32::to_le_bytes),
-        Dtype::F16 => le(&flat, half::f16::to_le_bytes),
-        Dtype::Bf16 => le(&flat, half::bf16::to_le_bytes),
-    }
+    Ok(match dtype {
+        Dtype::F32 => Stored::F32(flat.to_vec1()?),
+        Dtype::F16 => Stored::F16(flat.to_vec1()?),
+        Dtype::Bf16 => Stored::Bf16(flat.to_vec1()?),
+    })
 }
 
 /// Moves the first value one step up in `dtype` (one unit in the last place as stored), so the
@@ -182,6 +199,11 @@ mod tests {
                 })
                 .collect()
         };
+        let to_bytes = |values: &[f32], dtype| {
+            Stored::from_f32(values.to_vec(), dtype)
+                .le_bytes()
+                .into_owned()
+        };
         for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
             assert_eq!(to_bytes(&values, dtype), expect(dtype), "{dtype:?}");
         }
@@ -206,8 +228,8 @@ mod tests {
             let (rows, _, _) = as_rows(hook, &tensor).unwrap();
             for dtype in [Dtype::F16, Dtype::Bf16] {
                 assert_eq!(
-                    narrowed_bytes(hook, &tensor, dtype).unwrap(),
-                    to_bytes(&rows, dtype),
+                    narrowed(hook, &tensor, dtype).unwrap().le_bytes(),
+                    Stored::from_f32(rows.clone(), dtype).le_bytes(),
                     "{hook:?} {dtype:?}"
                 );
             }
