@@ -169,9 +169,9 @@ pub enum RunError {
     Model {
         /// `repo@revision`.
         label: String,
-        /// Cause.
+        /// Cause (boxed: a model error is large, and a run error travels by value).
         #[source]
-        source: ModelError,
+        source: Box<ModelError>,
     },
     /// A model's config does not match the spec.
     #[error("model `{label}`: {reason}")]
@@ -385,7 +385,7 @@ async fn run_inner(
     };
     let device = device.open().map_err(|source| RunError::Model {
         label: "device".into(),
-        source,
+        source: Box::new(source),
     })?;
     let device_class = if device.is_cuda() { "cuda" } else { "cpu" };
     let read_state = || async {

@@ -201,7 +201,7 @@ pub async fn pin_model(
             };
             ModelFiles::from_dir(&dir).map_err(|source| RunError::Model {
                 label: label.clone(),
-                source,
+                source: Box::new(source),
             })?
         }
         ModelSource::Hub(id) => {
@@ -209,14 +209,14 @@ pub async fn pin_model(
                 .await
                 .map_err(|source| RunError::Model {
                     label: label.clone(),
-                    source,
+                    source: Box::new(source),
                 })?
         }
         ModelSource::Local(id) => ModelFiles::download(sources.for_hub(HubKind::Local)?, id, fetch)
             .await
             .map_err(|source| RunError::Model {
                 label: label.clone(),
-                source,
+                source: Box::new(source),
             })?,
     };
     let commit = match &files.commit {
@@ -236,7 +236,7 @@ pub async fn pin_model(
     }
     let config = ModelConfig::from_file(&files.config).map_err(|source| RunError::Model {
         label: label.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let text = fs_err::read_to_string(&files.config).map_err(|source| RunError::Io {
         path: files.config.clone(),

@@ -139,7 +139,7 @@ pub(super) async fn run_model(
     })?
     .map_err(|source| RunError::Model {
         label: label.to_owned(),
-        source,
+        source: Box::new(source),
     })?;
     let spectra_keys: Vec<(Hook, Option<u32>)> = pending_spectra
         .iter()

@@ -270,7 +270,7 @@ pub fn run_capture(
     };
     let request = model.request(&names).map_err(|source| RunError::Model {
         label: work.label.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let kept: std::collections::BTreeSet<(Hook, Option<u32>)> = work
         .spectra
@@ -405,7 +405,7 @@ pub fn run_capture(
                 .map(|(acts, batch_index)| {
                     acts.map_err(|source| RunError::Model {
                         label: work.label.clone(),
-                        source,
+                        source: Box::new(source),
                     })
                     .and_then(|acts| to_host(acts, batch_index))
                 })
