@@ -84,10 +84,12 @@ fn is_not_found(error: &(dyn std::error::Error + 'static)) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound);
         // A local model folder without its config or weights says so without an I/O error.
-        let model_missing = matches!(
-            e.downcast_ref::<hubsweep::model::ModelError>(),
-            Some(hubsweep::model::ModelError::MissingFile { .. })
-        );
+        // Run errors carry the model error boxed.
+        use hubsweep::model::ModelError;
+        let model = e
+            .downcast_ref::<ModelError>()
+            .or_else(|| e.downcast_ref::<Box<ModelError>>().map(|boxed| &**boxed));
+        let model_missing = matches!(model, Some(ModelError::MissingFile { .. }));
         if io_missing || model_missing {
             return true;
         }

@@ -82,17 +82,19 @@ impl DeviceSpec {
     }
 }
 
-/// Has the driver compile candle's CUDA kernels for this GPU in the background, several
-/// modules at once, as soon as the device is open.
+/// Has the driver compile candle's CUDA kernels for this GPU, several modules at once, when
+/// the device is opened.
 ///
 /// candle ships its kernels as PTX and loads a module the first time one of its kernels runs;
 /// loading PTX has the driver compile it for the GPU at hand. For the eight modules a forward
-/// pass uses that is ~11 s of `ptxas` one module after another (measured here with CUDA 13's
-/// `ptxas -arch=sm_90`: `binary` alone 5.4 s), spent inside the first forward pass. The driver
-/// keeps what it compiles in its JIT cache (`~/.nv/ComputeCache`, or `CUDA_CACHE_PATH`), so
-/// compiling them here, in parallel and while the model loads, makes candle's own loads cache
-/// hits; on later runs on the same machine everything is a cache hit. Nothing depends on it:
-/// a failure is ignored and candle compiles what it needs itself, as before.
+/// pass uses that is ~11 s of `ptxas`, one module after another (measured here with CUDA 13's
+/// `ptxas -arch=sm_90`: `binary` alone 5.4 s), inside the first forward pass. The driver keeps
+/// what it compiles in its JIT cache (`~/.nv/ComputeCache`, or `CUDA_CACHE_PATH`), so
+/// compiling them here in parallel, bounded by the largest, makes candle's own loads cache
+/// hits; on later runs on the same machine everything is a cache hit (milliseconds). The
+/// threads are joined here: none may be inside the driver when the process exits. Skipped
+/// when the cache is switched off (`CUDA_CACHE_DISABLE=1`), where it would only add work.
+/// Nothing depends on it: a failure is ignored and candle compiles what it needs itself.
 #[cfg(feature = "cuda")]
 fn prime_kernels(device: &Device) {
     use candle_core::cuda::cudarc::nvrtc::Ptx;
@@ -100,26 +102,32 @@ fn prime_kernels(device: &Device) {
     let Device::Cuda(cuda) = device else {
         return;
     };
-    let context = cuda.cuda_stream().context().clone();
-    // Largest first: `binary` bounds the whole.
-    for module in [
-        kernels::BINARY,
-        kernels::INDEXING,
-        kernels::UNARY,
-        kernels::REDUCE,
-        kernels::CAST,
-        kernels::TERNARY,
-        kernels::FILL,
-        kernels::AFFINE,
-    ] {
-        let context = context.clone();
-        let spawned = std::thread::Builder::new()
-            .name("cuda-jit".into())
-            .spawn(move || drop(context.load_module(Ptx::from_src(module.ptx()))));
-        if spawned.is_err() {
-            return;
-        }
+    if std::env::var("CUDA_CACHE_DISABLE").is_ok_and(|v| v.trim() == "1") {
+        return;
     }
+    let context = cuda.cuda_stream().context().clone();
+    std::thread::scope(|scope| {
+        for module in [
+            kernels::BINARY,
+            kernels::INDEXING,
+            kernels::UNARY,
+            kernels::REDUCE,
+            kernels::CAST,
+            kernels::TERNARY,
+            kernels::FILL,
+            kernels::AFFINE,
+        ] {
+            let context = &context;
+            let spawned = std::thread::Builder::new()
+                .name("cuda-jit".into())
+                .spawn_scoped(scope, move || {
+                    drop(context.load_module(Ptx::from_src(module.ptx())))
+                });
+            if spawned.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 #[cfg(not(feature = "cuda"))]
