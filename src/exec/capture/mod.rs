@@ -72,8 +72,8 @@ pub struct CaptureWork {
     /// TEST ONLY (see `RunSettings::perturb_capture_for_tests`): nudge the first value of
     /// every hook's first batch of each shard one step up in the stored dtype.
     pub perturb_for_tests: bool,
-    /// The run's `limits.memory` in bytes: a second forward pass runs beside the first only
-    /// when both fit in a small part of it (see [`overlap`]).
+    /// The run's `limits.memory` in bytes: forward passes overlap each other or the host work
+    /// only when two batches fit in a small part of it (see [`overlap`]).
     pub memory: u64,
 }
 
