@@ -84,6 +84,8 @@ struct Overlap {
     forwards: usize,
     /// The forward passes run one batch ahead of the host work.
     run_ahead: bool,
+    /// Bytes of the batches alive at once (see [`overlap`]'s working sets).
+    batches_bytes: u64,
 }
 
 /// How much a capture overlaps. Either kind of overlap costs the memory of a second batch, so
@@ -101,21 +103,16 @@ fn overlap(model: &Model, tokens_per_batch: usize, hook_widths: usize, memory: u
     let per_token = hook_widths + 2 * c.d_mlp + 4 * c.d_model;
     let batch_bytes = (tokens_per_batch * per_token * std::mem::size_of::<f32>()) as u64;
     let two_fit = 2 * batch_bytes <= memory / 4;
-    if model.device().is_cpu() {
-        let forwards = if two_fit && rayon::current_num_threads() > 1 {
-            2
-        } else {
-            1
-        };
-        Overlap {
-            forwards,
-            run_ahead: false,
-        }
+    let (forwards, run_ahead) = if model.device().is_cpu() {
+        let threads = rayon::current_num_threads();
+        (if two_fit && threads > 1 { 2 } else { 1 }, false)
     } else {
-        Overlap {
-            forwards: 1,
-            run_ahead: two_fit,
-        }
+        (1, two_fit)
+    };
+    Overlap {
+        forwards,
+        run_ahead,
+        batches_bytes: (forwards + usize::from(run_ahead)) as u64 * batch_bytes,
     }
 }
 
@@ -290,12 +287,23 @@ pub fn run_capture(
     let Overlap {
         forwards: at_once,
         run_ahead,
+        batches_bytes,
     } = overlap(
         model,
         work.batch_size.max(1) * work.seq_len,
         hook_widths,
         work.memory,
     );
+    // The batches in flight count against `limits.memory` like the artifacts do: reserved once,
+    // for the whole capture, up to half of the budget (a shard's artifacts take at most the
+    // other half, so both always fit).
+    let _batches = runtime
+        .block_on(
+            budget
+                .clone()
+                .acquire_many_owned(budget_permits(batches_bytes.min(work.memory / 2))),
+        )
+        .map_err(|_| RunError::Interrupted)?;
     for shard in work.shards {
         if cancel.is_cancelled() {
             return Err(RunError::Interrupted);
