@@ -29,8 +29,8 @@ const TRIM_THRESHOLD: libc::c_int = 1 << 30;
 /// glibc also gives threads their own heaps ("arenas", up to 8 per core), and memory freed into
 /// one arena serves only the threads of that arena. A run allocates artifacts on the capture
 /// thread, frees them on upload threads, and runs forward passes and host work on several more,
-/// so each arena kept its own peak: a SmolLM2-135M run on two cores peaked 290 MiB above the
-/// same run with one arena per core, which was also 2% faster (docs/run.md). Hence one arena
+/// so each arena kept its own peak: a SmolLM2-135M run on two cores peaked 170–290 MiB above
+/// the same run with one arena per core, which was no slower (docs/run.md). Hence one arena
 /// per core (at least two).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
