@@ -749,6 +749,39 @@ fn memory_stays_within_the_budget_when_artifacts_are_ten_times_larger() {
     );
 }
 
+/// A batch far larger than the budget (64 windows of 16 tokens, ~5 MiB of activations against
+/// `memory: 1MiB`) reserves only its capped share, so a shard's artifacts — planned at half the
+/// budget, a little more with their headers and token ids — still fit beside it. With the
+/// share capped at half instead, this run waited on itself forever.
+#[test]
+fn a_batch_larger_than_the_budget_does_not_stall_capture() {
+    let ctx = TestContext::new();
+    let spec = long_spec(&ctx, "local://alice/big-batch", 4608, "1MiB", "64KiB");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, text.replace("batch_size: 4", "batch_size: 64")).unwrap();
+    let mut child = hubsweep(&ctx)
+        .args(["run", "--format", "json"])
+        .arg(&spec)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the run did not finish in 120 s: capture is waiting on its own budget");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let (_, report) = run_json(&ctx, &spec, &[]);
+    assert_eq!(report["executed"], 0, "{report}");
+}
+
 #[test]
 fn bad_input_at_run_time_is_a_clear_error_and_leaves_the_ledger_intact() {
     let ctx = TestContext::new();

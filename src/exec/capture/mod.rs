@@ -295,13 +295,14 @@ pub fn run_capture(
         work.memory,
     );
     // The batches in flight count against `limits.memory` like the artifacts do: reserved once,
-    // for the whole capture, up to half of the budget (a shard's artifacts take at most the
-    // other half, so both always fit).
+    // for the whole capture, up to a quarter of the budget — all of it whenever batches overlap
+    // (see `overlap`). A shard's artifacts are planned to take half, a little more with their
+    // headers and token ids, so both always fit and neither can wait on the other forever.
     let _batches = runtime
         .block_on(
             budget
                 .clone()
-                .acquire_many_owned(budget_permits(batches_bytes.min(work.memory / 2))),
+                .acquire_many_owned(budget_permits(batches_bytes.min(work.memory / 4))),
         )
         .map_err(|_| RunError::Interrupted)?;
     for shard in work.shards {
