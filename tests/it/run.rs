@@ -438,7 +438,12 @@ fn killed_at_random_moments_then_rerun_completes_without_duplicates() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let full = started.elapsed().as_millis() as u64;
     let mut window = full;
-    let trials = 20;
+    // 20 in the test command; `scripts/soak/crash.sh` runs this test with many more.
+    let trials: u32 = std::env::var("HUBSWEEP_CRASH_TRIALS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20)
+        .max(20);
     let mut seed = 0x9e3779b97f4a7c15u64;
     let mut killed_mid_run = 0;
     for trial in 0..trials {
