@@ -416,9 +416,30 @@ fn long_spec(
     memory: &str,
     artifact: &str,
 ) -> PathBuf {
-    let ids: Vec<String> = (0..tokens)
-        .map(|i| ((i * 7919 + 13) % 300 + 1).to_string())
-        .collect();
+    long_spec_of(ctx, output, tokens, memory, artifact, 0)
+}
+
+/// [`long_spec`] over other token ids for each `variant` (0: `long_spec`'s own). Runs over the
+/// same ids store byte-identical artifacts, which the Hub then already has: a run that must
+/// really upload needs ids no earlier run of the store used.
+fn long_spec_of(
+    ctx: &TestContext,
+    output: &str,
+    tokens: usize,
+    memory: &str,
+    artifact: &str,
+    variant: u64,
+) -> PathBuf {
+    let id = |i: usize| -> u64 {
+        if variant == 0 {
+            (i as u64 * 7919 + 13) % 300 + 1
+        } else {
+            let mut x = (variant << 32 | i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            x ^= x >> 29;
+            x % 300 + 1
+        }
+    };
+    let ids: Vec<String> = (0..tokens).map(|i| id(i).to_string()).collect();
     let text = format!(
         "name: long\noutput: {output}\nmodels:\n  - family: gpt_neox\n    repo: local://hubsweep/tiny-gpt-neox\n  - family: llama\n    repo: local://hubsweep/tiny-llama\ndata:\n  token_ids: [[{}]]\n  max_tokens: {tokens}\n  seq_len: 16\ncapture:\n  hooks: [hook_resid_pre, hook_resid_post, hook_mlp_out]\n  layers: all\nanalyses:\n  - spectrum: {{top_k: 8}}\nlimits:\n  memory: {memory}\n  artifact_bytes: {artifact}\ncompute:\n  device: cpu\n  batch_size: 4\n",
         ids.join(", ")
@@ -450,12 +471,14 @@ fn killed_at_random_moments_then_rerun_completes_without_duplicates() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let spec = long_spec(
+        // Other ids each trial, so that its artifacts are really uploaded when it is killed.
+        let spec = long_spec_of(
             &ctx,
             &format!("local://alice/crash-{trial}"),
             4096,
             "2MiB",
             "64KiB",
+            u64::from(trial) + 1,
         );
         let mut child = hubsweep(&ctx)
             .arg("run")
@@ -754,6 +777,133 @@ fn memory_stays_within_the_budget_when_artifacts_are_ten_times_larger() {
     );
 }
 
+/// Waits for `child` up to `limit`; `None` (and the child killed) if it is still running.
+fn wait_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends SIGINT (what Ctrl-C sends) to `child`.
+fn interrupt(child: &std::process::Child) {
+    let sent = StdCommand::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Ctrl-C once: no new work starts, what is done is committed with its records, the run exits
+/// 130; the same command then finishes the rest, and a third run has nothing left to do.
+/// Twice: the run exits 130 at once, and the ledger is still whole.
+#[test]
+fn ctrl_c_commits_what_is_done_and_a_second_one_aborts_at_once() {
+    let ctx = TestContext::new();
+    // How long an uninterrupted run takes, so the interrupt lands mid-run.
+    let probe = long_spec(
+        &ctx,
+        "local://alice/interrupt-probe",
+        16384,
+        "2MiB",
+        "64KiB",
+    );
+    let started = Instant::now();
+    let (output, probe_report) = run_json(&ctx, &probe, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let full = started.elapsed();
+    let nodes = probe_report["nodes"].as_u64().unwrap() as usize;
+    for (trial, signals) in [(0u64, 1), (1, 2)] {
+        let name = format!("alice/interrupt-{trial}");
+        // Other ids than the probe's, so that uploads are in flight when it is interrupted.
+        let spec = long_spec_of(
+            &ctx,
+            &format!("local://{name}"),
+            16384,
+            "2MiB",
+            "64KiB",
+            trial + 1,
+        );
+        let mut child = hubsweep(&ctx)
+            .args(["run", "--format", "json"])
+            .arg(&spec)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(full / 3);
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before a third of the probe's {full:?}"
+        );
+        interrupt(&child);
+        if signals == 2 {
+            std::thread::sleep(Duration::from_millis(50));
+            interrupt(&child);
+        }
+        // Once: in-flight uploads finish and the ledger is committed. Twice: at once.
+        let limit = if signals == 2 { 5 } else { 60 };
+        let status = wait_within(&mut child, Duration::from_secs(limit))
+            .unwrap_or_else(|| panic!("{signals} interrupt(s): still running after {limit} s"));
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut text).unwrap();
+        assert_eq!(status.code(), Some(130), "{signals} interrupt(s): {text}");
+        assert!(text.contains("interrupted"), "{text}");
+        let committed = runtime().block_on(async {
+            let (server, client) = open_store(&ctx.child("hubsweep-home")).await;
+            let repo = dataset(&name);
+            let state = LedgerState::read(&client, &repo, "main").await.ok();
+            let count = match &state {
+                Some(state) => {
+                    let records = segment_records(&client, &repo, state).await;
+                    check_ledger(state, &records);
+                    records.len()
+                }
+                None => 0,
+            };
+            server.shutdown().await;
+            count
+        });
+        assert!(
+            committed < nodes,
+            "{signals} interrupt(s): nothing was left to do"
+        );
+        // The same command finishes the rest, and then there is nothing left.
+        let (output, resumed) = run_json(&ctx, &spec, &[]);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        if signals == 1 {
+            assert!(committed > 0, "one interrupt: nothing was committed");
+            assert_eq!(
+                resumed["executed"].as_u64(),
+                Some((nodes - committed) as u64),
+                "{resumed}"
+            );
+        }
+        let (_, again) = run_json(&ctx, &spec, &[]);
+        assert_eq!(again["executed"], 0, "{again}");
+        runtime().block_on(async {
+            let (server, client) = open_store(&ctx.child("hubsweep-home")).await;
+            let repo = dataset(&name);
+            let state = LedgerState::read(&client, &repo, "main").await.unwrap();
+            let records = segment_records(&client, &repo, &state).await;
+            check_ledger(&state, &records);
+            assert_eq!(records.iter().filter(|r| r.error.is_none()).count(), nodes);
+            server.shutdown().await;
+        });
+    }
+}
+
 /// A batch far larger than the budget (64 windows of 16 tokens, ~5 MiB of activations against
 /// `memory: 1MiB`) reserves only its capped share, so a shard's artifacts — planned at half the
 /// budget, a little more with their headers and token ids — still fit beside it. With the
@@ -771,17 +921,8 @@ fn a_batch_larger_than_the_budget_does_not_stall_capture() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + std::time::Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the run did not finish in 120 s: capture is waiting on its own budget");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = wait_within(&mut child, Duration::from_secs(120))
+        .expect("the run did not finish in 120 s: capture is waiting on its own budget");
     assert!(status.success(), "{status}");
     let (_, report) = run_json(&ctx, &spec, &[]);
     assert_eq!(report["executed"], 0, "{report}");
