@@ -904,6 +904,56 @@ fn ctrl_c_commits_what_is_done_and_a_second_one_aborts_at_once() {
     }
 }
 
+/// On a terminal a run draws its progress (bytes uploaded of the total, throughput, ETA, tokens
+/// captured); without one it draws nothing, and its log lines stay plain text.
+#[test]
+fn progress_is_drawn_on_a_terminal_and_not_otherwise() {
+    let ctx = TestContext::new();
+    let spec = long_spec_of(&ctx, "local://alice/progress", 4096, "2MiB", "64KiB", 7);
+    // `script` gives the run a pseudo-terminal and copies what it drew to its own stdout.
+    let line = format!("exec '{}' run '{}'", bin().display(), spec.display());
+    let env: Vec<(std::ffi::OsString, std::ffi::OsString)> = hubsweep(&ctx)
+        .get_envs()
+        .filter_map(|(key, value)| Some((key.to_owned(), value?.to_owned())))
+        .collect();
+    let mut child = StdCommand::new("script")
+        .args(["-qfec", &line, "/dev/null"])
+        .current_dir(ctx.path())
+        .env_clear()
+        .envs(env)
+        // A terminal names its kind; with none, indicatif treats it as one that cannot redraw.
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut drawn = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut drawn).unwrap();
+    let status = wait_within(&mut child, Duration::from_secs(120)).expect("the run finished");
+    assert!(status.success(), "{drawn}");
+    for part in ["uploaded (", "/s, ETA ", "tokens captured"] {
+        assert!(
+            drawn.contains(part),
+            "no `{part}` on the terminal:\n{drawn}"
+        );
+    }
+    // The same kind of run without a terminal: the log lines, no bar, no escape sequences.
+    let spec = long_spec_of(
+        &ctx,
+        "local://alice/progress-piped",
+        4096,
+        "2MiB",
+        "64KiB",
+        8,
+    );
+    let (output, _) = run_json(&ctx, &spec, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(text.contains("pinned"), "{text}");
+    assert!(!text.contains("ETA") && !text.contains('\u{1b}'), "{text}");
+}
+
 /// A batch far larger than the budget (64 windows of 16 tokens, ~5 MiB of activations against
 /// `memory: 1MiB`) reserves only its capped share, so a shard's artifacts — planned at half the
 /// budget, a little more with their headers and token ids — still fit beside it. With the
