@@ -81,3 +81,26 @@ pub fn output_text(output: &std::process::Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// `line`, a shell command line, run under a pseudo-terminal that `script` gives it, in `dir`,
+/// with exactly the environment set on `like`. What the test writes to the returned command's
+/// stdin is typed at that terminal (`\x03` is Ctrl-C); what the program draws comes out of its
+/// stdout. stdin and stdout are the caller's to set.
+pub fn under_a_terminal(
+    like: &std::process::Command,
+    line: &str,
+    dir: &Path,
+) -> std::process::Command {
+    let env: Vec<(std::ffi::OsString, std::ffi::OsString)> = like
+        .get_envs()
+        .filter_map(|(key, value)| Some((key.to_owned(), value?.to_owned())))
+        .collect();
+    let mut command = std::process::Command::new("script");
+    command
+        .args(["-qfec", line, "/dev/null"])
+        .current_dir(dir)
+        .env_clear()
+        .envs(env)
+        .stderr(std::process::Stdio::null());
+    command
+}

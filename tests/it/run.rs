@@ -10,7 +10,7 @@ use hubsweep::hub::server::{Faults, Server, ServerConfig, ServerHandle};
 use hubsweep::hub::{HubClient, Repo, RepoId};
 use hubsweep::ledger::{LedgerState, Record};
 
-use crate::common::{TestContext, peers_required, repo_root};
+use crate::common::{TestContext, peers_required, repo_root, under_a_terminal};
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hubsweep"))
@@ -912,20 +912,11 @@ fn progress_is_drawn_on_a_terminal_and_not_otherwise() {
     let spec = long_spec_of(&ctx, "local://alice/progress", 4096, "2MiB", "64KiB", 7);
     // `script` gives the run a pseudo-terminal and copies what it drew to its own stdout.
     let line = format!("exec '{}' run '{}'", bin().display(), spec.display());
-    let env: Vec<(std::ffi::OsString, std::ffi::OsString)> = hubsweep(&ctx)
-        .get_envs()
-        .filter_map(|(key, value)| Some((key.to_owned(), value?.to_owned())))
-        .collect();
-    let mut child = StdCommand::new("script")
-        .args(["-qfec", &line, "/dev/null"])
-        .current_dir(ctx.path())
-        .env_clear()
-        .envs(env)
+    let mut child = under_a_terminal(&hubsweep(&ctx), &line, ctx.path())
         // A terminal names its kind; with none, indicatif treats it as one that cannot redraw.
         .env("TERM", "xterm")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut drawn = String::new();

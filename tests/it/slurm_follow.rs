@@ -5,7 +5,6 @@
 //! `--cancel-on-interrupt`.
 
 use std::collections::BTreeSet;
-use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command as StdCommand, Stdio};
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use hubsweep::hub::server::{Faults, ServerHandle};
 
-use crate::common::TestContext;
+use crate::common::{TestContext, under_a_terminal};
 use crate::slurm::{
     four_units, hubsweep, json_of, ledger_of, rate_limited_server, results, runtime,
     slurm_available, slurm_files, stderr,
@@ -196,18 +195,9 @@ fn on_a_terminal(
         env!("CARGO_BIN_EXE_hubsweep"),
         spec.display()
     );
-    let env: Vec<(OsString, OsString)> = hubsweep(ctx, server)
-        .get_envs()
-        .filter_map(|(key, value)| Some((key.to_owned(), value?.to_owned())))
-        .collect();
-    let mut child = StdCommand::new("script")
-        .args(["-qfec", &line, "/dev/null"])
-        .current_dir(ctx.path())
-        .env_clear()
-        .envs(env)
+    let mut child = under_a_terminal(&hubsweep(ctx, server), &line, ctx.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let stdin = child.stdin.take().unwrap();
