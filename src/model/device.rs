@@ -92,9 +92,10 @@ impl DeviceSpec {
 /// what it compiles in its JIT cache (`~/.nv/ComputeCache`, or `CUDA_CACHE_PATH`), so
 /// compiling them here in parallel, bounded by the largest, makes candle's own loads cache
 /// hits; on later runs on the same machine everything is a cache hit (milliseconds). The
-/// threads are joined here: none may be inside the driver when the process exits. Skipped
-/// when the cache is switched off (`CUDA_CACHE_DISABLE=1`), where it would only add work.
-/// Nothing depends on it: a failure is ignored and candle compiles what it needs itself.
+/// threads are joined here: none may be inside the driver when the process exits. With the
+/// cache switched off (`CUDA_CACHE_DISABLE=1`, read by the driver, not here) this adds the
+/// parallel compile (bounded by `binary`) before candle's own. Nothing depends on it: a
+/// failure is ignored and candle compiles what it needs itself.
 #[cfg(feature = "cuda")]
 fn prime_kernels(device: &Device) {
     use candle_core::cuda::cudarc::nvrtc::Ptx;
@@ -102,9 +103,6 @@ fn prime_kernels(device: &Device) {
     let Device::Cuda(cuda) = device else {
         return;
     };
-    if std::env::var("CUDA_CACHE_DISABLE").is_ok_and(|v| v.trim() == "1") {
-        return;
-    }
     let context = cuda.cuda_stream().context().clone();
     std::thread::scope(|scope| {
         for module in [
