@@ -173,16 +173,25 @@ pub(super) fn device_of(spec: &SweepSpec) -> hubsweep::model::DeviceSpec {
     }
 }
 
-/// Prints progress: one line per notable event, and on a terminal (and without `NO_COLOR`
-/// forcing plain output) a bar of artifact bytes uploaded, with throughput and ETA.
+/// Prints progress: one line per notable event, and on a terminal a bar (without colour) of
+/// the activation artifacts' bytes uploaded (their total is
+/// exact; the small analysis files are left out), with throughput and ETA, the nodes recorded
+/// in the ledger and the tokens captured.
 pub(super) fn progress_printer() -> RunEvents {
     use std::io::IsTerminal as _;
-    let tokens = Arc::new(Mutex::new(0usize));
+    /// Counts behind the bar's message.
+    #[derive(Default)]
+    struct Counts {
+        tokens: usize,
+        nodes: usize,
+        pending: usize,
+    }
+    let counts = Arc::new(Mutex::new(Counts::default()));
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::hidden();
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{spinner} {bytes}/{total_bytes} uploaded ({bytes_per_sec}, ETA {eta}) {msg}",
+                "{spinner} {bytes}/{total_bytes} of activations uploaded ({bytes_per_sec}, ETA {eta}) {msg}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
@@ -196,31 +205,50 @@ pub(super) fn progress_printer() -> RunEvents {
             _ => eprintln!("{line}"),
         }
     };
-    Arc::new(move |event: &RunEvent| match event {
-        RunEvent::Planned { pending_bytes, .. } if bar.is_some() => {
-            if let Some(bar) = &bar {
-                bar.set_length(*pending_bytes);
-                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-            }
-            say(describe(event).unwrap_or_default());
+    let tally = {
+        let bar = bar.clone();
+        move |update: &dyn Fn(&mut Counts)| {
+            let (Some(bar), Ok(mut counts)) = (&bar, counts.lock()) else {
+                return;
+            };
+            update(&mut counts);
+            bar.set_message(format!(
+                "· {}/{} nodes · {} tokens captured",
+                counts.nodes.min(counts.pending),
+                counts.pending,
+                counts.tokens
+            ));
         }
-        RunEvent::Sink(SinkEvent::Uploaded { bytes, .. }) => {
-            if let Some(bar) = &bar {
-                bar.inc(*bytes);
-            }
-        }
-        RunEvent::ShardDone { tokens: t, .. } => {
-            if let Ok(mut total) = tokens.lock() {
-                *total += t;
+    };
+    Arc::new(move |event: &RunEvent| {
+        match event {
+            RunEvent::Planned {
+                nodes,
+                done,
+                pending_bytes,
+            } => {
                 if let Some(bar) = &bar {
-                    bar.set_message(format!("{total} tokens captured"));
+                    bar.set_length(*pending_bytes);
+                    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                }
+                tally(&|counts| counts.pending = nodes.saturating_sub(*done));
+            }
+            RunEvent::Sink(SinkEvent::Uploaded { path, bytes, .. }) => {
+                if let Some(bar) = bar
+                    .as_ref()
+                    .filter(|_| path.starts_with(hubsweep::plan::ACTIVATIONS_DIR))
+                {
+                    bar.inc(*bytes);
                 }
             }
-        }
-        other => {
-            if let Some(line) = describe(other) {
-                say(line);
+            RunEvent::Sink(SinkEvent::Committed { records, .. }) => {
+                tally(&|counts| counts.nodes += records);
             }
+            RunEvent::ShardDone { tokens, .. } => tally(&|counts| counts.tokens += tokens),
+            _ => {}
+        }
+        if let Some(line) = describe(event) {
+            say(line);
         }
     })
 }

@@ -435,7 +435,7 @@ async fn run_inner(
     let done: HashSet<usize> = (0..plan.nodes.len())
         .filter(|&i| in_ledger.contains(&i) || selection.excludes(&id(i)))
         .collect();
-    let pending_bytes = records::pending_artifact_bytes(spec, &plan, &done);
+    let pending_bytes = records::pending_artifact_bytes(spec, &plan, &pinned, &done);
     events(&RunEvent::Planned {
         nodes: plan.nodes.len(),
         done: done.len(),

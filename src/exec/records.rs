@@ -3,9 +3,11 @@
 use std::collections::HashSet;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use super::capture::{artifact_layout, model_metadata};
+use super::pin::PinnedModel;
 use crate::ledger::{Record, Timing, Tolerance};
-use crate::plan::{Node, Params, Plan, estimate};
-use crate::spec::SweepSpec;
+use crate::plan::{Node, Params, Plan, Windows, estimate};
+use crate::spec::{ModelInstance, SweepSpec};
 
 /// The record of a node from its canonical plan record (same id, params, inputs and pins), with
 /// timing when `started` is given. Nodes reaching here are pinned (the run checks that first).
@@ -40,9 +42,15 @@ pub fn record(plan: &Plan, node: &Node, started: Option<Instant>) -> Record {
     }
 }
 
-/// Artifact bytes still to produce (for progress totals).
-pub fn pending_artifact_bytes(spec: &SweepSpec, plan: &Plan, done: &HashSet<usize>) -> u64 {
-    let (Some(capture), seq_len) = (&spec.capture, spec.data.seq_len) else {
+/// Bytes of the activation artifacts still to make — each file whole, header and token ids
+/// included, exactly as capture will write it — for the progress total.
+pub fn pending_artifact_bytes(
+    spec: &SweepSpec,
+    plan: &Plan,
+    pinned: &[(ModelInstance, PinnedModel)],
+    done: &HashSet<usize>,
+) -> u64 {
+    let Some(capture) = &spec.capture else {
         return 0;
     };
     plan.nodes
@@ -50,17 +58,43 @@ pub fn pending_artifact_bytes(spec: &SweepSpec, plan: &Plan, done: &HashSet<usiz
         .enumerate()
         .filter(|(i, _)| !done.contains(i))
         .filter_map(|(_, node)| {
-            let Params::Artifact { model, hook, .. } = node.params else {
+            let Params::Artifact {
+                model, hook, layer, ..
+            } = node.params
+            else {
                 return None;
             };
+            let (instance, pinned) = pinned.get(model as usize)?;
             let dims = plan.models[model as usize].dims?;
-            let windows = plan.nodes[node.inputs[0] as usize].params.windows_count()?;
-            Some(
-                windows
-                    * u64::from(seq_len)
-                    * estimate::width(hook, &dims, seq_len)
-                    * capture.dtype.size(),
-            )
+            let seq_len = pinned.windows.seq_len();
+            let windows = match plan.nodes[node.inputs[0] as usize].params {
+                Params::Capture {
+                    windows: Windows::Range([first, last]),
+                    ..
+                } => (first as usize, last as usize),
+                Params::Capture {
+                    windows: Windows::All(_),
+                    ..
+                } => (0, pinned.windows.n_windows()),
+                _ => return None,
+            };
+            let metadata = model_metadata(
+                &instance.source.to_string(),
+                &pinned.commit,
+                &instance.revision,
+            );
+            let (specs, metadata) = artifact_layout(
+                &metadata,
+                &node.id.map(|id| id.to_hex()).unwrap_or_default(),
+                &hook.full_name(layer.map(|l| l as usize)),
+                windows,
+                (windows.1 - windows.0) * seq_len,
+                estimate::width(hook, &dims, seq_len as u32) as usize,
+                capture.dtype,
+            );
+            crate::sink::safetensors::file_size(&specs, &metadata)
+                .ok()
+                .map(|size| size as u64)
         })
         .sum()
 }

@@ -2,7 +2,7 @@
 //! model, a model's capture and spectra, its weight spectra, and the overlaps between spectra.
 //! [`super::run_units`] drives them in order.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -148,13 +148,11 @@ pub(super) async fn run_model(
             _ => None,
         })
         .collect();
-    let mut metadata = BTreeMap::new();
-    metadata.insert("format".to_owned(), "hubsweep-activations-v1".to_owned());
-    metadata.insert(
-        "model".to_owned(),
-        format!("{}@{}", model_info.instance.source, pinned.commit),
+    let metadata = capture::model_metadata(
+        &model_info.instance.source.to_string(),
+        &pinned.commit,
+        &model_info.instance.revision,
     );
-    metadata.insert("revision".to_owned(), model_info.instance.revision.clone());
     let work = capture::CaptureWork {
         label: label.to_owned(),
         model: Arc::new(loaded),

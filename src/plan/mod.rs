@@ -22,7 +22,7 @@ pub use estimate::Estimates;
 pub use id::NodeId;
 pub use lookup::{LocalLookup, ModelDims, ModelFacts, ModelLookup, NoLookup};
 pub use node::{Node, NodeKind, Params, Windows};
-pub use record::{artifact_path, model_slug};
+pub use record::{ACTIVATIONS_DIR, artifact_path, model_slug};
 
 use crate::spec::{
     Analysis, Between, DataSource, Diagnostic, Hook, ModelInstance, OutputRepo, SweepSpec,

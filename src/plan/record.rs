@@ -80,7 +80,10 @@ struct CapturePins<'a> {
     dtype: &'a str,
 }
 
-/// Path of an artifact in the output repo (docs/layout.md): readable folders, and a file name
+/// Where the activation artifacts live in an output repo: every path under it is one.
+pub const ACTIVATIONS_DIR: &str = "acts/";
+
+/// Path of an artifact in the output repo (docs/ledger.md): readable folders, and a file name
 /// ending in the first 12 hex digits of the node id, so different nodes (say, the same shard
 /// under another model commit or data hash) never share a place, and the same node always
 /// lands in the same one.
@@ -95,9 +98,11 @@ pub fn artifact_path(
     let id = &id.to_hex()[..12];
     match layer {
         Some(l) => format!(
-            "acts/{model_slug}/{revision}/{hook}/layer{l:03}/shard{shard:05}-{id}.safetensors"
+            "{ACTIVATIONS_DIR}{model_slug}/{revision}/{hook}/layer{l:03}/shard{shard:05}-{id}.safetensors"
         ),
-        None => format!("acts/{model_slug}/{revision}/{hook}/shard{shard:05}-{id}.safetensors"),
+        None => format!(
+            "{ACTIVATIONS_DIR}{model_slug}/{revision}/{hook}/shard{shard:05}-{id}.safetensors"
+        ),
     }
 }
 

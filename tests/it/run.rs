@@ -923,12 +923,42 @@ fn progress_is_drawn_on_a_terminal_and_not_otherwise() {
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut drawn).unwrap();
     let status = wait_within(&mut child, Duration::from_secs(120)).expect("the run finished");
     assert!(status.success(), "{drawn}");
-    for part in ["uploaded (", "/s, ETA ", "tokens captured"] {
+    for part in [
+        "of activations uploaded (",
+        "/s, ETA ",
+        "nodes · ",
+        "tokens captured",
+    ] {
         assert!(
             drawn.contains(part),
             "no `{part}` on the terminal:\n{drawn}"
         );
     }
+    // The bar's last state: every planned byte and node done, and no more than planned (its
+    // total counts each artifact whole, header and token ids included).
+    let last = drawn
+        .rsplit(['\r', '\n'])
+        .find(|line| line.contains("of activations uploaded"))
+        .unwrap();
+    // "⠦ 665.91 KiB/665.91 KiB of activations uploaded (…) · 43/43 nodes · …"
+    let head: Vec<&str> = last
+        .split(" of activations uploaded")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let bytes = head[head.len().saturating_sub(3)..].join(" ");
+    let (done, total) = bytes.split_once('/').unwrap();
+    assert_eq!(done.trim(), total.trim(), "{last}");
+    let nodes = last
+        .split(" nodes")
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap();
+    let (done, total) = nodes.split_once('/').unwrap();
+    assert_eq!(done, total, "{last}");
     // The same kind of run without a terminal: the log lines, no bar, no escape sequences.
     let spec = long_spec_of(
         &ctx,

@@ -179,6 +179,47 @@ pub fn hook_width(hook: Hook, model: &Model, seq_len: usize) -> usize {
     }
 }
 
+/// The metadata every artifact of one pinned model carries (see [`artifact_layout`]).
+pub fn model_metadata(source: &str, commit: &str, revision: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("format".to_owned(), "hubsweep-activations-v1".to_owned()),
+        ("model".to_owned(), format!("{source}@{commit}")),
+        ("revision".to_owned(), revision.to_owned()),
+    ])
+}
+
+/// The tensors and metadata of one artifact: `tokens` rows of `width` activations at `hook`
+/// (its full name) over `windows`, and their token ids. Capture writes exactly this, and the
+/// run's progress total counts its size before capture starts.
+pub fn artifact_layout(
+    model_metadata: &BTreeMap<String, String>,
+    node_id: &str,
+    hook: &str,
+    windows: (usize, usize),
+    tokens: usize,
+    width: usize,
+    dtype: Dtype,
+) -> (Vec<TensorSpec>, BTreeMap<String, String>) {
+    let specs = vec![
+        TensorSpec {
+            name: "token_ids".into(),
+            dtype: TensorDtype::I32,
+            shape: vec![tokens],
+        },
+        TensorSpec {
+            name: "activations".into(),
+            dtype: tensor_dtype(dtype),
+            shape: vec![tokens, width],
+        },
+    ];
+    let mut metadata = model_metadata.clone();
+    metadata.insert("node_id".into(), node_id.to_owned());
+    metadata.insert("hook".into(), hook.to_owned());
+    metadata.insert("windows".into(), format!("{}..{}", windows.0, windows.1));
+    metadata.insert("dtype".into(), dtype.as_str().into());
+    (specs, metadata)
+}
+
 /// One hook's activations from one forward pass, on the host, with where they go.
 struct HookJob<'a> {
     name: String,
@@ -318,27 +359,15 @@ pub fn run_capture(
             let Some((path, record)) = &target.upload else {
                 continue;
             };
-            let width = hook_width(target.hook, model, work.seq_len);
-            let specs = vec![
-                TensorSpec {
-                    name: "token_ids".into(),
-                    dtype: TensorDtype::I32,
-                    shape: vec![tokens],
-                },
-                TensorSpec {
-                    name: "activations".into(),
-                    dtype: tensor_dtype(work.dtype),
-                    shape: vec![tokens, width],
-                },
-            ];
-            let mut metadata = work.metadata.clone();
-            metadata.insert("node_id".into(), record.id.clone());
-            metadata.insert(
-                "hook".into(),
-                target.hook.full_name(target.layer.map(|l| l as usize)),
+            let (specs, metadata) = artifact_layout(
+                &work.metadata,
+                &record.id,
+                &target.hook.full_name(target.layer.map(|l| l as usize)),
+                (first, last),
+                tokens,
+                hook_width(target.hook, model, work.seq_len),
+                work.dtype,
             );
-            metadata.insert("windows".into(), format!("{first}..{last}"));
-            metadata.insert("dtype".into(), work.dtype.as_str().into());
             let size = crate::sink::safetensors::file_size(&specs, &metadata).map_err(|e| {
                 RunError::Capture {
                     label: work.label.clone(),
