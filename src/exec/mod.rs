@@ -465,20 +465,11 @@ async fn run_inner(
         commit_tx.clone(),
         sink_events.clone(),
     ));
-    let committed: HashSet<String> = state
-        .records
-        .iter()
-        .filter(|(_, r)| r.error.is_none())
-        .map(|(k, _)| k.clone())
-        .collect();
-    let seen: HashSet<String> = state.segments.iter().cloned().collect();
     let committer = Committer::new(
         client.clone(),
         repo.clone(),
         "main".into(),
-        state.head.clone(),
-        committed,
-        seen,
+        &state,
         settings.commits.clone(),
         sink_events,
     );

@@ -20,7 +20,7 @@ use super::Artifact;
 use crate::hub::{
     CommitOperation, CommitOptions, HubClient, HubError, LfsObject, LfsSource, Repo, UploadOutcome,
 };
-use crate::ledger::{FileRecord, Record, segment};
+use crate::ledger::{FileRecord, LedgerState, Record, segment};
 
 /// How commits are batched and paced.
 #[derive(Debug, Clone)]
@@ -263,7 +263,7 @@ impl Drop for BusyGuard {
     }
 }
 
-/// The committer: see the module docs. `committed` holds the ids already in the ledger.
+/// The committer: see the module docs.
 pub struct Committer {
     client: HubClient,
     repo: Repo,
@@ -283,14 +283,14 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// A committer on top of `head`, knowing the ids already committed.
+    /// A committer of `repo@revision` on top of the ledger as `state` read it: its head, the
+    /// ids with a result already committed (a failure record does not count: the node is
+    /// retried) and the segments already read.
     pub fn new(
         client: HubClient,
         repo: Repo,
         revision: String,
-        head: Option<String>,
-        committed: HashSet<String>,
-        seen_segments: HashSet<String>,
+        state: &LedgerState,
         policy: CommitPolicy,
         events: SinkEvents,
     ) -> Self {
@@ -300,14 +300,19 @@ impl Committer {
             revision,
             policy,
             events,
-            head,
-            committed,
+            head: state.head.clone(),
+            committed: state
+                .records
+                .iter()
+                .filter(|(_, record)| record.error.is_none())
+                .map(|(id, _)| id.clone())
+                .collect(),
             waiting: VecDeque::new(),
             ready: Vec::new(),
             recent: VecDeque::new(),
             totals: SinkTotals::default(),
             written: Vec::new(),
-            seen_segments,
+            seen_segments: state.segments.iter().cloned().collect(),
         }
     }
 
