@@ -97,4 +97,7 @@ if os.path.exists(f"{work}/py.json"):
     print(f"python:   wall {py['wall']:.1f} s, peak RSS {rss('py'):.0f} MiB")
     print(f"ratios:   wall {rs['wall_seconds']/py['wall']:.2f}× (target ≤ 0.5), RSS {rss('rs')/rss('py'):.2f}× (target ≤ 0.5)")
 print(f"overlap:  wall / max(capture, upload) = {rs['wall_seconds']/max(rs['capture_seconds'], rs['upload_busy_seconds']):.2f} (target ≤ 1.15)")
+st = rs.get("capture_stages", {})
+if st:
+    print("stages:   " + ", ".join(f"{k.removesuffix('_seconds').replace('_', ' ')} {v:.1f} s" for k, v in st.items()) + " (busy time of each; they overlap)")
 PY

@@ -145,6 +145,9 @@ work, tokens, memory, dtype = sys.argv[1:5]
 rs, rm = json.load(open(f"{work}/rs.json")), json.load(open(f"{work}/rs.measure"))
 print(f"hubsweep alone, {tokens} tokens, dtype {dtype}, memory {memory}: wall {rm['wall']:.1f} s, peak RSS {rm['peak_rss_mib']:.0f} MiB, "
       f"capture busy {rs['capture_seconds']:.1f} s, upload busy {rs['upload_busy_seconds']:.1f} s, {rs['bytes_uploaded']/2**20:.0f} MiB sent")
+st = rs.get("capture_stages", {})
+if st:
+    print("stages:   " + ", ".join(f"{k.removesuffix('_seconds').replace('_', ' ')} {v:.1f} s" for k, v in st.items()) + " (busy time of each; they overlap)")
 PY
   exit 0
 fi
@@ -173,6 +176,9 @@ print(f"hubsweep: wall {rm['wall']:.1f} s (run's own {rs['wall_seconds']:.1f} s)
 print(f"python:   wall {pm['wall']:.1f} s (script's own {py['wall']:.1f} s), peak RSS {pm['peak_rss_mib']:.0f} MiB")
 print(f"ratios:   wall {rm['wall']/pm['wall']:.2f}× (target ≤ 0.5), RSS {rm['peak_rss_mib']/pm['peak_rss_mib']:.2f}× (target ≤ 0.5)")
 print(f"overlap:  wall / max(capture, upload) = {overlap:.2f} (target ≤ 1.15)")
+st = rs.get("capture_stages", {})
+if st:
+    print("stages:   " + ", ".join(f"{k.removesuffix('_seconds').replace('_', ' ')} {v:.1f} s" for k, v in st.items()) + " (busy time of each; they overlap)")
 warmup = {}
 for side in ("rs", "py"):
     try:

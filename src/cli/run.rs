@@ -408,6 +408,12 @@ fn print_report(report: &exec::RunReport, spec: &SweepSpec, args: &RunArgs, env:
             "interrupted": report.interrupted,
             "wall_seconds": report.wall_seconds,
             "capture_seconds": report.capture_seconds,
+            "capture_stages": {
+                "forward_seconds": report.capture_stages.forward.as_secs_f64(),
+                "to_host_seconds": report.capture_stages.to_host.as_secs_f64(),
+                "host_seconds": report.capture_stages.host.as_secs_f64(),
+                "budget_wait_seconds": report.capture_stages.budget_wait.as_secs_f64(),
+            },
             "upload_busy_seconds": sink.upload_busy.as_secs_f64(),
             "dry_run": args.dry_run,
             "pinned": report.pinned.iter().map(|(l, c)| serde_json::json!({"model": l, "commit": c})).collect::<Vec<_>>(),

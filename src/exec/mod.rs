@@ -154,6 +154,8 @@ pub struct RunReport {
     pub pinned: Vec<(String, String)>,
     /// Wall time spent in forward passes and artifact writing (capture threads).
     pub capture_seconds: f64,
+    /// Where the capture time went, stage by stage.
+    pub capture_stages: capture::CaptureTimes,
     /// Wall time of the whole run, pinning included.
     pub wall_seconds: f64,
 }
@@ -543,9 +545,10 @@ async fn run_inner(
         )
         .await;
         match outcome {
-            Ok((executed, seconds)) => {
-                report.executed += executed;
-                report.capture_seconds += seconds;
+            Ok(run) => {
+                report.executed += run.executed;
+                report.capture_seconds += run.capture_seconds;
+                report.capture_stages += run.stages;
             }
             Err(RunError::Interrupted) => {
                 report.interrupted = true;

@@ -41,6 +41,17 @@ pub(super) fn group_nodes(plan: &Plan) -> Vec<ModelNodes> {
     by_model
 }
 
+/// What one model's capture and analyses did.
+#[derive(Debug, Default)]
+pub(super) struct ModelRun {
+    /// Nodes executed.
+    pub executed: usize,
+    /// Wall time of the capture.
+    pub capture_seconds: f64,
+    /// Where the capture's time went.
+    pub stages: capture::CaptureTimes,
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run_model(
     spec: &SweepSpec,
@@ -58,9 +69,9 @@ pub(super) async fn run_model(
     cancel: &CancellationToken,
     spectra_out: &mut HashMap<usize, Arc<Spectrum>>,
     perturb_for_tests: bool,
-) -> Result<(usize, f64), RunError> {
+) -> Result<ModelRun, RunError> {
     let Some(capture_spec) = &spec.capture else {
-        return Ok((0, 0.0));
+        return Ok(ModelRun::default());
     };
     let pending_spectra: Vec<usize> = nodes
         .spectra
@@ -121,7 +132,10 @@ pub(super) async fn run_model(
         events(&RunEvent::ModelSkipped {
             label: label.to_owned(),
         });
-        return Ok((executed, 0.0));
+        return Ok(ModelRun {
+            executed,
+            ..ModelRun::default()
+        });
     }
     events(&RunEvent::ModelStarted {
         label: label.to_owned(),
@@ -175,7 +189,7 @@ pub(super) async fn run_model(
     let progress_events = events.clone();
     let progress_label = label.to_owned();
     let started = Instant::now();
-    let grams = tokio::task::spawn_blocking(move || {
+    let captured = tokio::task::spawn_blocking(move || {
         capture::run_capture(
             work,
             budget,
@@ -204,7 +218,7 @@ pub(super) async fn run_model(
         else {
             continue;
         };
-        let Some(gram) = grams.get(&(hook, layer)) else {
+        let Some(gram) = captured.grams.get(&(hook, layer)) else {
             continue;
         };
         let gram = gram.clone();
@@ -239,7 +253,11 @@ pub(super) async fn run_model(
         executed += 1;
     }
     executed += send_model_commit(plan, nodes, done, commits).await;
-    Ok((executed, capture_seconds))
+    Ok(ModelRun {
+        executed,
+        capture_seconds,
+        stages: captured.times,
+    })
 }
 
 /// Records the model's ledger-commit node (its inputs are the model's results, so the

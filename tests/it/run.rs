@@ -140,6 +140,15 @@ fn quickstart_end_to_end_then_rerun_does_nothing() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(first["executed"], 43, "{first}");
     assert!(first["bytes_uploaded"].as_u64().unwrap() > 100_000);
+    // Where the capture's time went: each stage ran, and none took longer than the capture
+    // (the stages overlap, so their sum may).
+    let stages = &first["capture_stages"];
+    let capture = first["capture_seconds"].as_f64().unwrap();
+    for stage in ["forward_seconds", "to_host_seconds", "host_seconds"] {
+        let seconds = stages[stage].as_f64().unwrap();
+        assert!(seconds > 0.0 && seconds <= capture, "{stage}: {first}");
+    }
+    assert!(stages["budget_wait_seconds"].as_f64().unwrap() <= capture);
     assert!(
         stderr(&output).contains("results: local://datasets/hubsweep/quickstart"),
         "{}",
@@ -152,6 +161,7 @@ fn quickstart_end_to_end_then_rerun_does_nothing() {
     assert_eq!(second["bytes_uploaded"], 0);
     assert_eq!(second["commits"], 0);
     assert_eq!(second["head"], first["head"]);
+    assert_eq!(second["capture_stages"]["forward_seconds"], 0.0, "{second}");
 
     let status = hubsweep(&ctx)
         .args(["status", "--format", "json"])

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use tokio::sync::{Semaphore, mpsc};
@@ -153,8 +155,59 @@ fn forward_together(
     }
 }
 
-/// What a capture hands back: the Gram accumulators of the spectra it was asked for.
+/// The Gram accumulators of the spectra a capture was asked for.
 pub type Grams = BTreeMap<(Hook, Option<u32>), GramAccumulator>;
+
+/// Where a capture's time went, stage by stage (busy time of each; the stages overlap, so the
+/// sum can exceed the capture's wall time). On a GPU the forward passes only queue kernels:
+/// the device's compute shows up in `to_host`, whose first copy waits for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CaptureTimes {
+    /// Running the forward passes (on a CPU, the compute; on a GPU, queueing it).
+    pub forward: Duration,
+    /// Bringing the hooks to the host (device → host copies, waiting for the device).
+    pub to_host: Duration,
+    /// Host work: narrowing, hashing, appending, Gram updates.
+    pub host: Duration,
+    /// Waiting for `limits.memory` to have room (uploads in flight hold it).
+    pub budget_wait: Duration,
+}
+
+impl std::ops::AddAssign for CaptureTimes {
+    fn add_assign(&mut self, other: Self) {
+        self.forward += other.forward;
+        self.to_host += other.to_host;
+        self.host += other.host;
+        self.budget_wait += other.budget_wait;
+    }
+}
+
+/// What a capture hands back.
+pub struct Captured {
+    /// The Gram accumulators of the spectra it was asked for.
+    pub grams: Grams,
+    /// Where its time went.
+    pub times: CaptureTimes,
+}
+
+/// A duration added to from several threads.
+#[derive(Default)]
+struct Clock(AtomicU64);
+
+impl Clock {
+    /// Runs `work`, adding the time it took.
+    fn time<T>(&self, work: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let out = work();
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.0.fetch_add(nanos, Ordering::Relaxed);
+        out
+    }
+
+    fn total(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+}
 
 /// Reports of progress from the capture thread.
 pub enum CaptureEvent {
@@ -280,8 +333,14 @@ pub fn run_capture(
     records: mpsc::Sender<crate::sink::Committable>,
     progress: impl Fn(CaptureEvent),
     cancel: CancellationToken,
-) -> Result<Grams, RunError> {
+) -> Result<Captured, RunError> {
     let runtime = tokio::runtime::Handle::current();
+    let (forward, to_host, host, budget_wait) = (
+        Clock::default(),
+        Clock::default(),
+        Clock::default(),
+        Clock::default(),
+    );
     let model = &work.model;
     let tensor_err = |what: &str, source: candle_core::Error| RunError::Capture {
         label: work.label.clone(),
@@ -339,12 +398,14 @@ pub fn run_capture(
     // for the whole capture, up to a quarter of the budget — all of it whenever batches overlap
     // (see `overlap`). A shard's artifacts are planned to take half, a little more with their
     // headers and token ids, so both always fit and neither can wait on the other forever.
-    let _batches = runtime
-        .block_on(
-            budget
-                .clone()
-                .acquire_many_owned(budget_permits(batches_bytes.min(work.memory / 4))),
-        )
+    let _batches = budget_wait
+        .time(|| {
+            runtime.block_on(
+                budget
+                    .clone()
+                    .acquire_many_owned(budget_permits(batches_bytes.min(work.memory / 4))),
+            )
+        })
         .map_err(|_| RunError::Interrupted)?;
     for shard in work.shards {
         if cancel.is_cancelled() {
@@ -374,12 +435,14 @@ pub fn run_capture(
                     reason: e.to_string(),
                 }
             })?;
-            let permit = runtime
-                .block_on(
-                    budget
-                        .clone()
-                        .acquire_many_owned(budget_permits(size as u64)),
-                )
+            let permit = budget_wait
+                .time(|| {
+                    runtime.block_on(
+                        budget
+                            .clone()
+                            .acquire_many_owned(budget_permits(size as u64)),
+                    )
+                })
                 .map_err(|_| RunError::Interrupted)?;
             let mut writer =
                 ArtifactWriter::new(specs, &metadata).map_err(|e| RunError::Capture {
@@ -406,7 +469,9 @@ pub fn run_capture(
         // one batch ahead, so the device computes while the host works (the host work, not the
         // forward pass, bounds a GPU capture). On a CPU both stages want the same cores
         // (running ahead measured ~5% slower), so they take turns (see [`overlap`]).
-        let to_host = |acts: Activations, batch_index: usize| -> Result<Vec<Tensor>, RunError> {
+        let copy_to_host = |acts: Activations,
+                            batch_index: usize|
+         -> Result<Vec<Tensor>, RunError> {
             let nudge = work.perturb_for_tests && batch_index == 0;
             let mut host = Vec::with_capacity(shard.targets.len());
             for target in &shard.targets {
@@ -437,7 +502,8 @@ pub fn run_capture(
         };
         let produce = |range: std::ops::Range<usize>| -> Vec<Result<Vec<Tensor>, RunError>> {
             let group = &batches[range.clone()];
-            forward_together(model, &request, group, work.seq_len)
+            forward
+                .time(|| forward_together(model, &request, group, work.seq_len))
                 .into_iter()
                 .zip(range)
                 .map(|(acts, batch_index)| {
@@ -445,11 +511,11 @@ pub fn run_capture(
                         label: work.label.clone(),
                         source: Box::new(source),
                     })
-                    .and_then(|acts| to_host(acts, batch_index))
+                    .and_then(|acts| to_host.time(|| copy_to_host(acts, batch_index)))
                 })
                 .collect()
         };
-        let consume = |batch_index: usize, host: Vec<Tensor>| -> Result<(), RunError> {
+        let mut host_work = |batch_index: usize, host: Vec<Tensor>| -> Result<(), RunError> {
             // The host work of each hook — widening, narrowing, hashing, appending, Gram
             // updates — on every core, a few hooks at a time (each holds a copy of its
             // activations while it works).
@@ -494,6 +560,9 @@ pub fn run_capture(
             }
             Ok(())
         };
+        let consume = |batch_index: usize, tensors: Vec<Tensor>| {
+            host.time(|| host_work(batch_index, tensors))
+        };
         two_stages(batches.len(), at_once, run_ahead, &cancel, produce, consume).map_err(
             |stopped| match stopped {
                 Stopped::Failed(error) => error,
@@ -528,5 +597,13 @@ pub fn run_capture(
             tokens,
         });
     }
-    Ok(grams)
+    Ok(Captured {
+        grams,
+        times: CaptureTimes {
+            forward: forward.total(),
+            to_host: to_host.total(),
+            host: host.total(),
+            budget_wait: budget_wait.total(),
+        },
+    })
 }
