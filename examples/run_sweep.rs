@@ -67,6 +67,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         commits: CommitPolicy::default(),
         dry_run: false,
         perturb_capture_for_tests: false,
+        evict_models: false,
     };
     let events = Arc::new(|event: &RunEvent| {
         if let RunEvent::Pinned { label, commit, .. } = event {

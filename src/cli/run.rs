@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// Uploads in flight at once.
     #[arg(long, default_value_t = 4, value_name = "N")]
     upload_slots: usize,
+    /// Delete the model weights this run downloads from the HF cache as soon as no model
+    /// still to run needs them (for a nearly full disk; weights cached before the run stay).
+    #[arg(long)]
+    evict_models: bool,
     /// Summary format.
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
     format: SummaryFormat,
@@ -294,6 +298,17 @@ fn describe(event: &RunEvent) -> Option<String> {
         RunEvent::Sink(SinkEvent::UploadFailed { path, error }) => {
             format!("FAILED   upload of {path}: {error}")
         }
+        RunEvent::Evicted {
+            label,
+            freed,
+            error,
+        } => match error {
+            None => format!(
+                "evicted  {label}: {} of weights deleted from the HF cache",
+                format_bytes(*freed)
+            ),
+            Some(error) => format!("warning  {label}: cannot delete its weights: {error}"),
+        },
         RunEvent::ShardDone { .. } | RunEvent::Sink(SinkEvent::Uploaded { .. }) => return None,
     })
 }
@@ -323,6 +338,12 @@ pub(super) fn report_run_error(error: &exec::RunError, loaded: &hubsweep::spec::
 /// `hubsweep run SPEC`.
 pub fn run(args: RunArgs, env: &Env) -> ExitCode {
     if let Executor::Slurm = args.executor {
+        if args.evict_models {
+            eprintln!(
+                "error: `--evict-models` applies to local runs; a Slurm worker keeps the weights it downloads in its node's HF cache (clear it with `huggingface-cli delete-cache` or `hf cache`)"
+            );
+            return ExitCode::from(EXIT_CANNOT_RUN);
+        }
         return super::slurm::submit(&args.spec, &args.slurm, args.format, env);
     }
     let Some(loaded) = load(&args.spec, env) else {
@@ -356,6 +377,7 @@ pub fn run(args: RunArgs, env: &Env) -> ExitCode {
             commits: CommitPolicy::default(),
             dry_run: args.dry_run,
             perturb_capture_for_tests: false,
+            evict_models: args.evict_models,
         };
         let cancel = CancellationToken::new();
         let on_interrupt = cancel.clone();

@@ -208,6 +208,7 @@ pub fn submit(spec_path: &Path, args: &SlurmArgs, format: SummaryFormat, env: &E
             commits: CommitPolicy::default(),
             dry_run: false,
             perturb_capture_for_tests: false,
+            evict_models: false,
         };
         let manifest = exec::manifest(&spec, &settings_for_manifest);
         let mut files = vec![(SubmittedPlan::path(&hash), Bytes::from(serde_json::to_vec_pretty(&submitted).unwrap_or_default()))];

@@ -187,6 +187,7 @@ async fn work(
         },
         dry_run: false,
         perturb_capture_for_tests: false,
+        evict_models: false,
     };
     let selection = match args.unit {
         Some(k) if k < units.len() => UnitSelection::unit(k),

@@ -76,6 +76,9 @@ pub struct RunSettings {
     /// has a difference to catch. A real run never sets it; the CLI sets it only for
     /// `reproduce` with `HUBSWEEP_TEST_PERTURB=capture`.
     pub perturb_capture_for_tests: bool,
+    /// Delete the model weights this run downloads from the HF cache as soon as no model
+    /// still to run needs them (weights that were cached before the run stay).
+    pub evict_models: bool,
 }
 
 /// Progress of a run, for a progress bar or a log owned by the caller. Events arrive in order
@@ -125,6 +128,15 @@ pub enum RunEvent {
         label: String,
         /// Why.
         error: String,
+    },
+    /// Weights this run downloaded were deleted from the HF cache (`--evict-models`).
+    Evicted {
+        /// `repo@revision`.
+        label: String,
+        /// Bytes freed.
+        freed: u64,
+        /// Why some could not be deleted (the run goes on).
+        error: Option<String>,
     },
     /// The sink did something.
     Sink(SinkEvent),
@@ -489,7 +501,11 @@ async fn run_inner(
     let by_model = steps::group_nodes(&plan);
     let budget = Arc::new(Semaphore::new(budget_permits(spec.limits.memory) as usize));
     let mut spectra: HashMap<usize, Arc<Spectrum>> = HashMap::new();
+    let mut evicted = vec![false; pinned.len()];
     for (m, nodes) in by_model.iter().enumerate() {
+        if settings.evict_models {
+            steps::evict_weights(&plan, &pinned, &done, m, &mut evicted, &events);
+        }
         if !selection.has_unit(m) {
             continue;
         }
@@ -578,6 +594,9 @@ async fn run_inner(
                 }
             }
         }
+    }
+    if settings.evict_models {
+        steps::evict_weights(&plan, &pinned, &done, pinned.len(), &mut evicted, &events);
     }
     if selection.has_final()
         && !report.interrupted

@@ -141,6 +141,7 @@ pub(super) async fn run_model(
         label: label.to_owned(),
         shards: shards.len(),
     });
+    pinned.fetch_weights(label).await?;
     let files = pinned.files.clone();
     let load_device = device.clone();
     let loaded = tokio::task::spawn_blocking(move || {
@@ -376,6 +377,10 @@ pub(super) async fn run_weight_nodes(
         let Some(job) = weights::WeightJob::of(plan, node, pinned) else {
             continue;
         };
+        job.model.fetch_weights(&job.label).await?;
+        if let Some((_, base)) = &job.base {
+            base.fetch_weights(&job.label).await?;
+        }
         let started = Instant::now();
         let (metrics, bytes) = tokio::task::spawn_blocking(move || weights::compute_node(&job))
             .await
@@ -408,4 +413,42 @@ pub(super) async fn run_weight_nodes(
         executed += 1;
     }
     Ok(executed)
+}
+
+/// Deletes the weights this run downloaded of every model no longer needed once the models
+/// before `next` have run: a model is needed by its own turn and, as the base of a weight
+/// delta, by the turns of the models whose delta nodes are still to run. Each model is
+/// evicted once (`evicted`); a file that cannot be deleted is reported, and the run goes on.
+pub(super) fn evict_weights(
+    plan: &Plan,
+    pinned: &[(crate::spec::ModelInstance, PinnedModel)],
+    done: &HashSet<usize>,
+    next: usize,
+    evicted: &mut [bool],
+    events: &RunEvents,
+) {
+    let base_of_later = |k: usize| {
+        plan.nodes.iter().enumerate().any(|(i, node)| {
+            matches!(node.params, Params::WeightSpectrum { model, delta_from: Some(base), .. }
+                if base as usize == k && model as usize >= next)
+                && !done.contains(&i)
+        })
+    };
+    for (k, (instance, model)) in pinned.iter().enumerate().take(next) {
+        if evicted[k] || base_of_later(k) {
+            continue;
+        }
+        evicted[k] = true;
+        let (freed, error) = match model.evict_weights() {
+            Ok(freed) => (freed, None),
+            Err(error) => (0, Some(crate::hub::client::error_chain(&error))),
+        };
+        if freed > 0 || error.is_some() {
+            events(&RunEvent::Evicted {
+                label: format!("{}@{}", instance.source, instance.revision),
+                freed,
+                error,
+            });
+        }
+    }
 }

@@ -85,63 +85,39 @@ impl ModelFiles {
         Ok(files)
     }
 
-    /// Downloads (or reuses from `source.cache_dir`) `config.json`, the weights and
-    /// `tokenizer.json` of `repo` at `revision` from `source.endpoint`.
-    pub async fn download(
+    /// Resolves `repo` at `revision` on `source.endpoint` and downloads (or reuses from
+    /// `source.cache_dir`) what pinning needs: `config.json`, `tokenizer.json` and, for a
+    /// sharded checkpoint, `model.safetensors.index.json`. The weights are not downloaded:
+    /// `weights` names where they go in the snapshot folder, and [`fetch_weights`] brings them
+    /// when the model's turn comes, so planning, `status` and `--dry-run` download none.
+    ///
+    /// A checkpoint whose weights are in the cache is taken as it is there; otherwise it is
+    /// sharded when the Hub has an index, else a single `model.safetensors`.
+    ///
+    /// [`fetch_weights`]: ModelFiles::fetch_weights
+    pub async fn resolve(
         source: &HubSource,
         repo: &str,
         revision: &str,
     ) -> Result<Self, ModelError> {
-        use hf_hub::api::tokio::ApiBuilder;
-        use hf_hub::{Cache, Repo, RepoType};
-        let download_err =
-            |file: &str, source_err: hf_hub::api::tokio::ApiError| ModelError::Download {
-                repo: repo.to_string(),
-                revision: revision.to_string(),
-                file: file.to_string(),
-                endpoint: source.endpoint.clone(),
-                source: Box::new(source_err),
-            };
-        let api = ApiBuilder::from_cache(Cache::new(source.cache_dir.clone()))
-            .with_endpoint(source.endpoint.trim_end_matches('/').to_string())
-            .with_token(source.token.clone())
-            .with_progress(false)
-            .build()
-            .map_err(|e| download_err(CONFIG, e))?;
-        let api_repo = api.repo(Repo::with_revision(
-            repo.to_string(),
-            RepoType::Model,
-            revision.to_string(),
-        ));
+        let api_repo = source.api_repo(repo, revision)?;
+        let download_err = |file: &str, e| source.download_err(repo, revision, file, e);
         let config = api_repo
             .get(CONFIG)
             .await
             .map_err(|e| download_err(CONFIG, e))?;
         let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
-        let weights = match api_repo.get(SINGLE).await {
-            Ok(path) => vec![path],
-            Err(single_err) => match api_repo.get(INDEX).await {
-                Ok(index) => {
-                    let shards = shards_from_index(&index)?;
-                    let mut paths = Vec::with_capacity(shards.len());
-                    for shard in shards {
-                        let name = shard
-                            .file_name()
-                            .and_then(|n| n.to_str())
-                            .unwrap_or_default()
-                            .to_string();
-                        paths.push(
-                            api_repo
-                                .get(&name)
-                                .await
-                                .map_err(|e| download_err(&name, e))?,
-                        );
-                    }
-                    paths
-                }
-                // Report the single-file error: an auth or network failure shows there first.
-                Err(_) => return Err(download_err(SINGLE, single_err)),
-            },
+        let weights = if dir.join(SINGLE).is_file() {
+            vec![dir.join(SINGLE)]
+        } else if dir.join(INDEX).is_file() {
+            shards_from_index(&dir.join(INDEX))?
+        } else {
+            match api_repo.get(INDEX).await {
+                Ok(index) => shards_from_index(&index)?,
+                // No index on the Hub (or none readable): one file, whose download reports
+                // what is wrong if it is missing too.
+                Err(_) => vec![dir.join(SINGLE)],
+            }
         };
         let tokenizer = api_repo.get(TOKENIZER).await.ok();
         let commit = dir
@@ -156,6 +132,56 @@ impl ModelFiles {
             tokenizer,
             commit,
         })
+    }
+
+    /// Downloads the weight files of a checkpoint [`resolve`](ModelFiles::resolve)d from
+    /// `source` that are not in its snapshot folder yet, at its commit. Returns the files it
+    /// downloaded (none when all were there).
+    pub async fn fetch_weights(
+        &self,
+        source: &HubSource,
+        repo: &str,
+    ) -> Result<Vec<PathBuf>, ModelError> {
+        let missing: Vec<&PathBuf> = self.weights.iter().filter(|p| !p.is_file()).collect();
+        if missing.is_empty() {
+            return Ok(Vec::new());
+        }
+        let revision = self.commit.as_deref().unwrap_or_default();
+        let api_repo = source.api_repo(repo, revision)?;
+        let mut fetched = Vec::with_capacity(missing.len());
+        for path in missing {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let got = api_repo
+                .get(name)
+                .await
+                .map_err(|e| source.download_err(repo, revision, name, e))?;
+            if &got != path {
+                return Err(ModelError::Read {
+                    path: got,
+                    source: std::io::Error::other(format!(
+                        "downloaded outside the pinned snapshot `{}`",
+                        self.dir.display()
+                    )),
+                });
+            }
+            fetched.push(got);
+        }
+        Ok(fetched)
+    }
+
+    /// [`resolve`](ModelFiles::resolve), then [`fetch_weights`](ModelFiles::fetch_weights):
+    /// every file of `repo` at `revision`.
+    pub async fn download(
+        source: &HubSource,
+        repo: &str,
+        revision: &str,
+    ) -> Result<Self, ModelError> {
+        let files = Self::resolve(source, repo, revision).await?;
+        files.fetch_weights(source, repo).await?;
+        Ok(files)
     }
 }
 
@@ -173,6 +199,45 @@ pub struct HubSource {
     pub token: Option<String>,
     /// The HF cache folder downloads go to (and are reused from).
     pub cache_dir: PathBuf,
+}
+
+impl HubSource {
+    /// `repo` at `revision` through `hf-hub`, cache-first.
+    fn api_repo(
+        &self,
+        repo: &str,
+        revision: &str,
+    ) -> Result<hf_hub::api::tokio::ApiRepo, ModelError> {
+        use hf_hub::api::tokio::ApiBuilder;
+        use hf_hub::{Cache, Repo, RepoType};
+        let api = ApiBuilder::from_cache(Cache::new(self.cache_dir.clone()))
+            .with_endpoint(self.endpoint.trim_end_matches('/').to_string())
+            .with_token(self.token.clone())
+            .with_progress(false)
+            .build()
+            .map_err(|e| self.download_err(repo, revision, CONFIG, e))?;
+        Ok(api.repo(Repo::with_revision(
+            repo.to_string(),
+            RepoType::Model,
+            revision.to_string(),
+        )))
+    }
+
+    fn download_err(
+        &self,
+        repo: &str,
+        revision: &str,
+        file: &str,
+        source: hf_hub::api::tokio::ApiError,
+    ) -> ModelError {
+        ModelError::Download {
+            repo: repo.to_string(),
+            revision: revision.to_string(),
+            file: file.to_string(),
+            endpoint: self.endpoint.clone(),
+            source: Box::new(source),
+        }
+    }
 }
 
 impl fmt::Debug for HubSource {

@@ -523,6 +523,7 @@ pub async fn reproduce(
         commits: CommitPolicy::default(),
         dry_run: false,
         perturb_capture_for_tests: settings.perturb_capture_for_tests,
+        evict_models: false,
     };
     let device = match (device_class.as_str(), source.spec.compute.device) {
         ("cuda", crate::spec::DeviceSpec::Cuda(n)) => DeviceSpec::Cuda(n as usize),

@@ -1,7 +1,7 @@
 //! `hubsweep run` through the binary: the quickstart end to end, resume, crashes, faults,
 //! concurrent writers, no local artifact bytes, bounded memory, and bad input at run time.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -1157,5 +1157,116 @@ fn the_python_snippet_in_the_docs_reads_a_run() {
     assert!(
         text.contains("(16, 64)") || text.contains(", 64)"),
         "no activations shape in:\n{text}"
+    );
+}
+
+/// The weight blobs the snapshots under `home` link `model.safetensors` to.
+fn weight_blobs(home: &Path) -> BTreeSet<String> {
+    walk(home)
+        .into_iter()
+        .filter(|path| {
+            path.ends_with("model.safetensors") && path.to_string_lossy().contains("/snapshots/")
+        })
+        .filter_map(|path| path.canonicalize().ok())
+        .filter_map(|blob| Some(blob.file_name()?.to_str()?.to_owned()))
+        .collect()
+}
+
+/// Weights are downloaded when a model's turn comes, not when it is pinned; `--evict-models`
+/// deletes the ones the run downloaded once the run is past them, and only those.
+#[test]
+fn weights_are_fetched_at_their_turn_and_evicted_only_when_the_run_downloaded_them() {
+    // A plain run keeps its weights in the cache: the blobs they live in.
+    let keeper = TestContext::new();
+    let (output, report) = run_json(&keeper, &quickstart(&keeper), &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(report["executed"], 43, "{report}");
+    // The embedded hub keeps its objects (named by sha256, like blobs) beside the cache.
+    let kept = weight_blobs(&keeper.child("hubsweep-home/cache"));
+    assert_eq!(kept.len(), 2, "one weights file per tiny model: {kept:?}");
+
+    // Planning and a dry run download no weights.
+    let ctx = TestContext::new();
+    let spec = quickstart(&ctx);
+    let home = ctx.child("hubsweep-home/cache");
+    let output = hubsweep(&ctx)
+        .args(["run", "--dry-run"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let files: Vec<String> = walk(&home)
+        .iter()
+        .filter_map(|p| Some(p.file_name()?.to_str()?.to_owned()))
+        .collect();
+    assert!(files.iter().any(|f| f == "config.json"), "{files:?}");
+    assert!(
+        !files
+            .iter()
+            .any(|f| f == "model.safetensors" || kept.contains(f)),
+        "{files:?}"
+    );
+
+    // Evicting: the results are complete, the weights are gone, config and tokenizer stay.
+    let mut cmd = hubsweep(&ctx);
+    let output = cmd
+        .args(["run", "--evict-models", "--format", "json"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["executed"], 43, "{report}");
+    assert_eq!(
+        stderr(&output).matches("evicted  local://").count(),
+        2,
+        "{}",
+        stderr(&output)
+    );
+    let files: Vec<String> = walk(&home)
+        .iter()
+        .filter_map(|p| Some(p.file_name()?.to_str()?.to_owned()))
+        .collect();
+    assert!(
+        !files
+            .iter()
+            .any(|f| f == "model.safetensors" || kept.contains(f)),
+        "{files:?}"
+    );
+    assert!(files.iter().any(|f| f == "config.json"), "{files:?}");
+    // A rerun resumes from the ledger without fetching a weight.
+    let (output, again) = run_json(&ctx, &spec, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(again["executed"], 0, "{again}");
+    assert!(weight_blobs(&home).is_empty());
+
+    // Weights cached before the run stay, whatever the flag.
+    let other = keeper.child("other.yaml");
+    let text = std::fs::read_to_string(quickstart(&keeper)).unwrap();
+    std::fs::write(
+        &other,
+        text.replace("hubsweep/quickstart", "hubsweep/quickstart-again"),
+    )
+    .unwrap();
+    let output = hubsweep(&keeper)
+        .args(["run", "--evict-models"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("evicted"), "{}", stderr(&output));
+    assert_eq!(weight_blobs(&keeper.child("hubsweep-home/cache")), kept);
+
+    // The Slurm executor refuses the flag rather than ignoring it.
+    let output = hubsweep(&ctx)
+        .args(["run", "--executor", "slurm", "--evict-models"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("--evict-models"),
+        "{}",
+        stderr(&output)
     );
 }
