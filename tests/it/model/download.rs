@@ -121,17 +121,34 @@ fn sharded_model_and_dataset_download_through_hf_hub() {
         cache_dir: ctx.child("hub-cache"),
     };
 
+    // Resolving (what pinning does) fetches config, tokenizer and the index, no shard.
+    let resolved = runtime
+        .block_on(ModelFiles::resolve(&source, "tiny/llama3", "main"))
+        .unwrap();
+    assert_eq!(resolved.commit.as_deref(), Some(COMMIT));
+    assert_eq!(resolved.weights.len(), 4, "shards from the index");
+    let requested = peer.log.lock().unwrap().clone();
+    assert!(requested.contains(&"tiny/llama3/model.safetensors.index.json".to_string()));
+    assert!(
+        !requested.iter().any(|r| r.contains("model-0000")),
+        "{requested:?}"
+    );
+    assert!(resolved.weights.iter().all(|w| !w.exists()));
     let downloaded = runtime
         .block_on(ModelFiles::download(&source, "tiny/llama3", "main"))
         .unwrap();
-    assert_eq!(downloaded.commit.as_deref(), Some(COMMIT));
-    assert_eq!(downloaded.weights.len(), 4, "shards from the index");
+    assert_eq!(downloaded, resolved);
+    assert!(downloaded.weights.iter().all(|w| w.is_file()));
     let requested = peer.log.lock().unwrap().clone();
     assert!(
-        requested.contains(&"tiny/llama3/model.safetensors".to_string()),
+        requested.contains(&"tiny/llama3/model-00004-of-00004.safetensors".to_string()),
         "{requested:?}"
     );
-    assert!(requested.contains(&"tiny/llama3/model.safetensors.index.json".to_string()));
+    // The index answered: no request for a single file that does not exist.
+    assert!(
+        !requested.contains(&"tiny/llama3/model.safetensors".to_string()),
+        "{requested:?}"
+    );
     // The download filled the standard cache layout: it now resolves offline.
     let cached = ModelFiles::from_cache(&source.cache_dir, "tiny/llama3", "main").unwrap();
     assert_eq!(cached.commit.as_deref(), Some(COMMIT));
