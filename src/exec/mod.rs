@@ -502,6 +502,12 @@ async fn run_inner(
     let budget = Arc::new(Semaphore::new(budget_permits(spec.limits.memory) as usize));
     let mut spectra: HashMap<usize, Arc<Spectrum>> = HashMap::new();
     let mut evicted = vec![false; pinned.len()];
+    // The models whose turn downloads weights: those with captures or weight spectra to run.
+    let needs_weights: Vec<bool> = (0..pinned.len())
+        .map(|m| selection.has_unit(m) && steps::needs_weights(&plan, m, &done))
+        .collect();
+    // The next such model's weights download while this one runs (one ahead).
+    let mut prefetch: Option<(usize, tokio::task::JoinHandle<Result<(), RunError>>)> = None;
     for (m, nodes) in by_model.iter().enumerate() {
         if settings.evict_models {
             steps::evict_weights(&plan, &pinned, &done, m, &mut evicted, &events);
@@ -511,6 +517,18 @@ async fn run_inner(
         }
         let (instance, pinned_model) = &pinned[m];
         let label = format!("{}@{}", instance.source, instance.revision);
+        // This model's own download finishes first (a failed one is retried, and reported,
+        // where the weights are used).
+        if let Some((_, handle)) = prefetch.take_if(|(p, _)| *p == m) {
+            let _ = handle.await;
+        }
+        if prefetch.is_none()
+            && let Some(n) = (m + 1..pinned.len()).find(|&n| needs_weights[n])
+        {
+            let (next, model) = &pinned[n];
+            let fetch = model.weights_fetch(format!("{}@{}", next.source, next.revision));
+            prefetch = Some((n, tokio::spawn(fetch)));
+        }
         if let Some(r) = nodes.resolve.filter(|r| !done.contains(r)) {
             let mut record = records::record(&plan, &plan.nodes[r], None);
             let mut metrics = serde_json::json!({ "commit": pinned_model.commit });
@@ -594,6 +612,11 @@ async fn run_inner(
                 }
             }
         }
+    }
+    // A download for a model that will not run now (a failure stopped the run, or Ctrl-C).
+    if let Some((_, handle)) = prefetch.take() {
+        handle.abort();
+        let _ = handle.await;
     }
     if settings.evict_models {
         steps::evict_weights(&plan, &pinned, &done, pinned.len(), &mut evicted, &events);

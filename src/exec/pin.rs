@@ -340,17 +340,29 @@ fn folder_hash(files: &ModelFiles) -> std::io::Result<String> {
 impl PinnedModel {
     /// Downloads the weights that are not in the cache yet (nothing for a local folder).
     pub async fn fetch_weights(&self, label: &str) -> Result<(), RunError> {
-        let Some((source, repo)) = &self.origin else {
-            return Ok(());
-        };
-        self.files
-            .fetch_weights(source, repo)
-            .await
-            .map(drop)
-            .map_err(|source| RunError::Model {
-                label: label.to_owned(),
-                source: Box::new(source),
-            })
+        self.weights_fetch(label.to_owned()).await
+    }
+
+    /// [`fetch_weights`](PinnedModel::fetch_weights), detached from the model, to run on a
+    /// task of its own (the run downloads the next model's weights while this one runs).
+    pub fn weights_fetch(
+        &self,
+        label: String,
+    ) -> impl Future<Output = Result<(), RunError>> + Send + 'static {
+        let (files, origin) = (self.files.clone(), self.origin.clone());
+        async move {
+            let Some((source, repo)) = origin else {
+                return Ok(());
+            };
+            files
+                .fetch_weights(&source, &repo)
+                .await
+                .map(drop)
+                .map_err(|source| RunError::Model {
+                    label,
+                    source: Box::new(source),
+                })
+        }
     }
 
     /// Deletes from the HF cache the weight files this run downloaded (never those that

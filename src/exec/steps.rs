@@ -415,6 +415,22 @@ pub(super) async fn run_weight_nodes(
     Ok(executed)
 }
 
+/// Whether model `m` has work left that reads its weights: captures (with their artifacts
+/// and spectra) or weight spectra.
+pub(super) fn needs_weights(plan: &Plan, m: usize, done: &HashSet<usize>) -> bool {
+    plan.nodes.iter().enumerate().any(|(i, node)| {
+        !done.contains(&i)
+            && crate::plan::node_model(node) == Some(m as u32)
+            && matches!(
+                node.params,
+                Params::Capture { .. }
+                    | Params::Artifact { .. }
+                    | Params::Spectrum { .. }
+                    | Params::WeightSpectrum { .. }
+            )
+    })
+}
+
 /// Deletes the weights this run downloaded of every model no longer needed once the models
 /// before `next` have run: a model is needed by its own turn and, as the base of a weight
 /// delta, by the turns of the models whose delta nodes are still to run. Each model is

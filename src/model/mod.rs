@@ -140,7 +140,10 @@ pub enum ModelError {
         cache: PathBuf,
     },
     /// Downloading from a Hub endpoint failed.
-    #[error("cannot download `{file}` of `{repo}` at `{revision}` from `{endpoint}`")]
+    #[error(
+        "cannot download `{file}` of `{repo}` at `{revision}` from `{endpoint}`{}",
+        disk_full_hint(source)
+    )]
     Download {
         /// Repo id.
         repo: String,
@@ -418,5 +421,41 @@ impl Model {
         }
         ids.to_device(&self.device)
             .map_err(tensor_err("moving ids to the device"))
+    }
+}
+
+/// What to do when a download failed because the disk holding the HF cache is full.
+fn disk_full_hint(source: &hf_hub::api::tokio::ApiError) -> &'static str {
+    match source {
+        hf_hub::api::tokio::ApiError::IoError(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+            ": the disk holding the HF cache is full (free space there, point `HF_HUB_CACHE` at a larger disk, or run with `--evict-models` so each model's weights leave once it is done)"
+        }
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A download that failed on a full disk says what to do; other failures do not.
+    #[test]
+    fn a_full_disk_is_named_with_what_to_do() {
+        let download = |error: std::io::Error| ModelError::Download {
+            repo: "EleutherAI/pythia-1b".into(),
+            revision: "step1000".into(),
+            file: "model.safetensors".into(),
+            endpoint: "https://huggingface.co".into(),
+            source: Box::new(hf_hub::api::tokio::ApiError::IoError(error)),
+        };
+        let full = download(std::io::Error::from(std::io::ErrorKind::StorageFull)).to_string();
+        assert!(
+            full.starts_with("cannot download `model.safetensors` of `EleutherAI/pythia-1b`")
+                && full.contains("HF cache is full")
+                && full.contains("--evict-models"),
+            "{full}"
+        );
+        let other = download(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(!other.to_string().contains("full"), "{other}");
     }
 }
