@@ -1172,6 +1172,14 @@ fn weight_blobs(home: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+/// The names of every file and link under `dir`.
+fn file_names(dir: &Path) -> Vec<String> {
+    walk(dir)
+        .iter()
+        .filter_map(|p| Some(p.file_name()?.to_str()?.to_owned()))
+        .collect()
+}
+
 /// Weights are downloaded when a model's turn comes, not when it is pinned; `--evict-models`
 /// deletes the ones the run downloaded once the run is past them, and only those.
 #[test]
@@ -1195,10 +1203,7 @@ fn weights_are_fetched_at_their_turn_and_evicted_only_when_the_run_downloaded_th
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    let files: Vec<String> = walk(&home)
-        .iter()
-        .filter_map(|p| Some(p.file_name()?.to_str()?.to_owned()))
-        .collect();
+    let files = file_names(&home);
     assert!(files.iter().any(|f| f == "config.json"), "{files:?}");
     assert!(
         !files
@@ -1223,10 +1228,7 @@ fn weights_are_fetched_at_their_turn_and_evicted_only_when_the_run_downloaded_th
         "{}",
         stderr(&output)
     );
-    let files: Vec<String> = walk(&home)
-        .iter()
-        .filter_map(|p| Some(p.file_name()?.to_str()?.to_owned()))
-        .collect();
+    let files = file_names(&home);
     assert!(
         !files
             .iter()
