@@ -520,7 +520,11 @@ async fn run_inner(
         // This model's own download finishes first (a failed one is retried, and reported,
         // where the weights are used).
         if let Some((_, handle)) = prefetch.take_if(|(p, _)| *p == m) {
-            let _ = handle.await;
+            let abort = handle.abort_handle();
+            tokio::select! {
+                _ = handle => {}
+                () = cancel.cancelled() => abort.abort(),
+            }
         }
         if prefetch.is_none()
             && let Some(n) = (m + 1..pinned.len()).find(|&n| needs_weights[n])

@@ -141,7 +141,12 @@ pub(super) async fn run_model(
         label: label.to_owned(),
         shards: shards.len(),
     });
-    pinned.fetch_weights(label).await?;
+    // The weights, unless the download one model ahead brought them already; Ctrl-C stops
+    // a download here like it stops a capture.
+    tokio::select! {
+        fetched = pinned.fetch_weights(label) => fetched?,
+        () = cancel.cancelled() => return Err(RunError::Interrupted),
+    }
     let files = pinned.files.clone();
     let load_device = device.clone();
     let loaded = tokio::task::spawn_blocking(move || {

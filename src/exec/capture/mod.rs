@@ -515,12 +515,12 @@ pub fn run_capture(
                 })
                 .collect()
         };
-        let mut host_work = |batch_index: usize, host: Vec<Tensor>| -> Result<(), RunError> {
+        let mut host_work = |batch_index: usize, tensors: Vec<Tensor>| -> Result<(), RunError> {
             // The host work of each hook — widening, narrowing, hashing, appending, Gram
             // updates — on every core, a few hooks at a time (each holds a copy of its
             // activations while it works).
             let nudge = work.perturb_for_tests && batch_index == 0;
-            let mut jobs: Vec<HookJob<'_>> = host
+            let mut jobs: Vec<HookJob<'_>> = tensors
                 .into_iter()
                 .zip(&shard.targets)
                 .map(|(tensor, target)| HookJob {
