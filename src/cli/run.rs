@@ -178,9 +178,9 @@ pub(super) fn device_of(spec: &SweepSpec) -> hubsweep::model::DeviceSpec {
 }
 
 /// Prints progress: one line per notable event, and on a terminal a bar (without colour) of
-/// the activation artifacts' bytes uploaded (their total is
-/// exact; the small analysis files are left out), with throughput and ETA, the nodes recorded
-/// in the ledger and the tokens captured.
+/// the activation artifacts' bytes uploaded against their exact total (the small analysis
+/// files are left out), with throughput and ETA, the nodes recorded in the ledger and the
+/// tokens captured.
 pub(super) fn progress_printer() -> RunEvents {
     use std::io::IsTerminal as _;
     /// Counts behind the bar's message.
