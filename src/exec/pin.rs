@@ -369,65 +369,13 @@ impl PinnedModel {
     /// were there when the model was pinned, nor anything outside the cache): the blob each
     /// snapshot entry points to, then the entry. Returns the bytes freed.
     pub fn evict_weights(&self) -> Result<u64, RunError> {
-        match &self.origin {
-            Some((source, _)) => {
-                evict_files(&source.cache_dir, &self.files.weights, &self.cached_weights)
-            }
-            None => Ok(0),
-        }
-    }
-}
-
-/// Deletes the HF-cache files behind the snapshot entries `entries`, except those in `keep`
-/// and anything outside `cache`: each entry's blob (unless another snapshot links to it too),
-/// the blob's `hf-hub` lock, then the entry. Returns the bytes freed.
-fn evict_files(cache: &Path, entries: &[PathBuf], keep: &[PathBuf]) -> Result<u64, RunError> {
-    let cache = cache.canonicalize().unwrap_or(cache.to_path_buf());
-    let mut freed = 0;
-    for entry in entries.iter().filter(|entry| !keep.contains(entry)) {
-        let io = |source| RunError::Io {
-            path: entry.clone(),
-            source,
+        let Some((source, _)) = &self.origin else {
+            return Ok(0);
         };
-        // `hf-hub` links snapshot entries to content-addressed blobs; a plain file is the
-        // data itself. An entry that is not there (never fetched) has nothing to free.
-        let Ok(target) = entry.canonicalize() else {
-            continue;
-        };
-        if !target.starts_with(&cache) {
-            continue;
-        }
-        // A blob another snapshot links to as well (the same file in two revisions) stays;
-        // only this snapshot's entry goes.
-        if !linked_elsewhere(entry, &target) {
-            freed += fs_err::metadata(&target).map_err(io)?.len();
-            fs_err::remove_file(&target).map_err(io)?;
-            let mut lock = target.into_os_string();
-            lock.push(".lock");
-            let _ = std::fs::remove_file(lock);
-        }
-        if entry.symlink_metadata().is_ok() {
-            fs_err::remove_file(entry).map_err(io)?;
-        }
+        self.files
+            .evict_weights(&source.cache_dir, &self.cached_weights)
+            .map_err(|(path, source)| RunError::Io { path, source })
     }
-    Ok(freed)
-}
-
-/// Whether an entry of another snapshot of the same cached repo than `entry`
-/// (`…/snapshots/{sha}/{file}`) resolves to `blob`.
-fn linked_elsewhere(entry: &Path, blob: &Path) -> bool {
-    let Some(snapshots) = entry.parent().and_then(Path::parent) else {
-        return false;
-    };
-    let Ok(folders) = std::fs::read_dir(snapshots) else {
-        return false;
-    };
-    folders
-        .flatten()
-        .filter_map(|folder| std::fs::read_dir(folder.path()).ok())
-        .flatten()
-        .flatten()
-        .any(|other| other.path() != entry && other.path().canonicalize().is_ok_and(|p| p == blob))
 }
 
 /// The planner's view of pinned models.
@@ -546,60 +494,4 @@ pub async fn hold_data_to_ledger(
         sources.pinned_data = DataPin::recorded(spec, state.records.values()).map(|p| p.commit);
     }
     Ok(sources)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A cache with two snapshots of one repo: `a` links `w1` to its own blob and `w2` to a
-    /// blob `b` links to as well; `b` also links `w3`; `outside` is a file beyond the cache.
-    fn cache() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = dir.path().join("cache/models--ns--m");
-        let blobs = repo.join("blobs");
-        std::fs::create_dir_all(&blobs).unwrap();
-        for (name, len) in [("one", 3), ("shared", 5), ("three", 7)] {
-            std::fs::write(blobs.join(name), vec![0u8; len]).unwrap();
-        }
-        std::fs::write(blobs.join("one.lock"), b"").unwrap();
-        let outside = dir.path().join("outside");
-        std::fs::write(&outside, b"keep me").unwrap();
-        for (snapshot, links) in [
-            ("a", vec![("w1", "one"), ("w2", "shared")]),
-            ("b", vec![("w2", "shared"), ("w3", "three")]),
-        ] {
-            let folder = repo.join("snapshots").join(snapshot);
-            std::fs::create_dir_all(&folder).unwrap();
-            for (entry, blob) in links {
-                std::os::unix::fs::symlink(format!("../../blobs/{blob}"), folder.join(entry))
-                    .unwrap();
-            }
-        }
-        std::os::unix::fs::symlink(&outside, repo.join("snapshots/a/w4")).unwrap();
-        let cache = dir.path().join("cache");
-        (dir, cache, repo, outside)
-    }
-
-    #[test]
-    fn eviction_frees_only_blobs_no_other_snapshot_needs_and_nothing_kept_or_outside() {
-        let (_dir, cache, repo, outside) = cache();
-        let a = repo.join("snapshots/a");
-        let entries = [a.join("w1"), a.join("w2"), a.join("w4"), a.join("missing")];
-        let freed = evict_files(&cache, &entries, &[]).unwrap();
-        // `one` (3 bytes) and its lock go; `shared` stays for snapshot b, only a's entry goes.
-        assert_eq!(freed, 3);
-        assert!(!repo.join("blobs/one").exists() && !repo.join("blobs/one.lock").exists());
-        assert!(!a.join("w1").exists() && a.join("w2").symlink_metadata().is_err());
-        assert!(repo.join("blobs/shared").is_file() && repo.join("snapshots/b/w2").is_file());
-        // The link to a file outside the cache is left, and so is the file.
-        assert!(outside.is_file() && a.join("w4").is_file());
-        // Now nothing else links to `shared`: evicting b frees it, unless it is kept.
-        let b = repo.join("snapshots/b");
-        let kept = [b.join("w3")];
-        let freed = evict_files(&cache, &[b.join("w2"), b.join("w3")], &kept).unwrap();
-        assert_eq!(freed, 5);
-        assert!(!repo.join("blobs/shared").exists());
-        assert!(repo.join("blobs/three").is_file() && b.join("w3").is_file());
-    }
 }

@@ -1,5 +1,6 @@
 //! Finding a checkpoint's files: a local folder, the standard HF cache layout, or any Hub
-//! endpoint through `hf-hub` (which fills that same cache).
+//! endpoint through `hf-hub` (which fills that same cache); and deleting downloaded weights
+//! from that cache again.
 //!
 //! The cache layout is `models--{ns}--{name}/refs/{revision}` (a commit sha) and
 //! `models--{ns}--{name}/snapshots/{sha}/{file}`, as `huggingface_hub` writes it.
@@ -183,6 +184,61 @@ impl ModelFiles {
         files.fetch_weights(source, repo).await?;
         Ok(files)
     }
+
+    /// Deletes from the HF cache `cache` what the snapshot entries of these weights point to,
+    /// except the entries in `keep` and anything outside the cache: each entry's blob (unless
+    /// another snapshot links to it too) with its `hf-hub` lock, then the entry. Entries that
+    /// are not there (never fetched) are skipped. Returns the bytes freed, or the path that
+    /// could not be deleted and why.
+    pub fn evict_weights(
+        &self,
+        cache: &Path,
+        keep: &[PathBuf],
+    ) -> Result<u64, (PathBuf, std::io::Error)> {
+        let cache = cache.canonicalize().unwrap_or(cache.to_path_buf());
+        let mut freed = 0;
+        for entry in self.weights.iter().filter(|entry| !keep.contains(entry)) {
+            let failed = |e| (entry.clone(), e);
+            // `hf-hub` links snapshot entries to content-addressed blobs; a plain file is the
+            // data itself.
+            let Ok(target) = entry.canonicalize() else {
+                continue;
+            };
+            if !target.starts_with(&cache) {
+                continue;
+            }
+            // A blob another snapshot links to as well (the same file in two revisions)
+            // stays; only this snapshot's entry goes.
+            if !linked_elsewhere(entry, &target) {
+                freed += std::fs::metadata(&target).map_err(failed)?.len();
+                std::fs::remove_file(&target).map_err(failed)?;
+                let mut lock = target.into_os_string();
+                lock.push(".lock");
+                let _ = std::fs::remove_file(lock);
+            }
+            if entry.symlink_metadata().is_ok() {
+                std::fs::remove_file(entry).map_err(failed)?;
+            }
+        }
+        Ok(freed)
+    }
+}
+
+/// Whether an entry of another snapshot of the same cached repo than `entry`
+/// (`…/snapshots/{sha}/{file}`) resolves to `blob`.
+fn linked_elsewhere(entry: &Path, blob: &Path) -> bool {
+    let Some(snapshots) = entry.parent().and_then(Path::parent) else {
+        return false;
+    };
+    let Ok(folders) = std::fs::read_dir(snapshots) else {
+        return false;
+    };
+    folders
+        .flatten()
+        .filter_map(|folder| std::fs::read_dir(folder.path()).ok())
+        .flatten()
+        .flatten()
+        .any(|other| other.path() != entry && other.path().canonicalize().is_ok_and(|p| p == blob))
 }
 
 fn is_commit_sha(s: &str) -> bool {
@@ -247,5 +303,73 @@ impl fmt::Debug for HubSource {
             .field("token", &self.token.as_ref().map(|_| "***"))
             .field("cache_dir", &self.cache_dir)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weights(entries: &[PathBuf]) -> ModelFiles {
+        ModelFiles {
+            dir: PathBuf::new(),
+            config: PathBuf::new(),
+            weights: entries.to_vec(),
+            tokenizer: None,
+            commit: None,
+        }
+    }
+
+    /// A cache with two snapshots of one repo: `a` links `w1` to its own blob and `w2` to a
+    /// blob `b` links to as well; `b` also links `w3`; `outside` is a file beyond the cache.
+    fn cache() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("cache/models--ns--m");
+        let blobs = repo.join("blobs");
+        std::fs::create_dir_all(&blobs).unwrap();
+        for (name, len) in [("one", 3), ("shared", 5), ("three", 7)] {
+            std::fs::write(blobs.join(name), vec![0u8; len]).unwrap();
+        }
+        std::fs::write(blobs.join("one.lock"), b"").unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, b"keep me").unwrap();
+        for (snapshot, links) in [
+            ("a", vec![("w1", "one"), ("w2", "shared")]),
+            ("b", vec![("w2", "shared"), ("w3", "three")]),
+        ] {
+            let folder = repo.join("snapshots").join(snapshot);
+            std::fs::create_dir_all(&folder).unwrap();
+            for (entry, blob) in links {
+                std::os::unix::fs::symlink(format!("../../blobs/{blob}"), folder.join(entry))
+                    .unwrap();
+            }
+        }
+        std::os::unix::fs::symlink(&outside, repo.join("snapshots/a/w4")).unwrap();
+        let cache = dir.path().join("cache");
+        (dir, cache, repo, outside)
+    }
+
+    #[test]
+    fn eviction_frees_only_blobs_no_other_snapshot_needs_and_nothing_kept_or_outside() {
+        let (_dir, cache, repo, outside) = cache();
+        let a = repo.join("snapshots/a");
+        let entries = [a.join("w1"), a.join("w2"), a.join("w4"), a.join("missing")];
+        let freed = weights(&entries).evict_weights(&cache, &[]).unwrap();
+        // `one` (3 bytes) and its lock go; `shared` stays for snapshot b, only a's entry goes.
+        assert_eq!(freed, 3);
+        assert!(!repo.join("blobs/one").exists() && !repo.join("blobs/one.lock").exists());
+        assert!(!a.join("w1").exists() && a.join("w2").symlink_metadata().is_err());
+        assert!(repo.join("blobs/shared").is_file() && repo.join("snapshots/b/w2").is_file());
+        // The link to a file outside the cache is left, and so is the file.
+        assert!(outside.is_file() && a.join("w4").is_file());
+        // Now nothing else links to `shared`: evicting b frees it, unless it is kept.
+        let b = repo.join("snapshots/b");
+        let kept = [b.join("w3")];
+        let freed = weights(&[b.join("w2"), b.join("w3")])
+            .evict_weights(&cache, &kept)
+            .unwrap();
+        assert_eq!(freed, 5);
+        assert!(!repo.join("blobs/shared").exists());
+        assert!(repo.join("blobs/three").is_file() && b.join("w3").is_file());
     }
 }
