@@ -130,7 +130,9 @@ impl HubDatasetFile {
             .build()
             .map_err(download_err)?;
         let repo = Repo::with_revision(self.repo.clone(), RepoType::Dataset, self.revision.clone());
-        let local = api.repo(repo).get(&self.path).await.map_err(download_err)?;
+        let local = crate::model::files::get_waiting(&api.repo(repo), &self.path)
+            .await
+            .map_err(download_err)?;
         // …/snapshots/{sha}/{path}: the snapshot folder names the commit.
         let depth = Path::new(&self.path).components().count();
         let commit = local

@@ -103,8 +103,7 @@ impl ModelFiles {
     ) -> Result<Self, ModelError> {
         let api_repo = source.api_repo(repo, revision)?;
         let download_err = |file: &str, e| source.download_err(repo, revision, file, e);
-        let config = api_repo
-            .get(CONFIG)
+        let config = get_waiting(&api_repo, CONFIG)
             .await
             .map_err(|e| download_err(CONFIG, e))?;
         let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -113,14 +112,14 @@ impl ModelFiles {
         } else if dir.join(INDEX).is_file() {
             shards_from_index(&dir.join(INDEX))?
         } else {
-            match api_repo.get(INDEX).await {
+            match get_waiting(&api_repo, INDEX).await {
                 Ok(index) => shards_from_index(&index)?,
                 // No index on the Hub (or none readable): one file, whose download reports
                 // what is wrong if it is missing too.
                 Err(_) => vec![dir.join(SINGLE)],
             }
         };
-        let tokenizer = api_repo.get(TOKENIZER).await.ok();
+        let tokenizer = get_waiting(&api_repo, TOKENIZER).await.ok();
         let commit = dir
             .file_name()
             .and_then(|n| n.to_str())
@@ -155,8 +154,7 @@ impl ModelFiles {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or_default();
-            let got = api_repo
-                .get(name)
+            let got = get_waiting(&api_repo, name)
                 .await
                 .map_err(|e| source.download_err(repo, revision, name, e))?;
             if &got != path {
@@ -239,6 +237,41 @@ fn linked_elsewhere(entry: &Path, blob: &Path) -> bool {
         .flatten()
         .flatten()
         .any(|other| other.path() != entry && other.path().canonicalize().is_ok_and(|p| p == blob))
+}
+
+/// `repo.get(name)` (the cache, else a download), waiting for as long as another download of
+/// the same file holds its lock. `hf-hub` gives up on a held lock after 5 s, but a checkpoint
+/// takes minutes, and the holder may be this very run (the next model's weights downloading
+/// ahead while a weight delta reads them as its base) or a second worker on a shared cache.
+/// The lock is an `flock`, which dies with its process, so a held lock is a live download:
+/// once it is released, the file is in the cache (or, if that download failed, this one
+/// starts). A lock that cannot be taken for another reason (a filesystem without `flock`)
+/// is `hf-hub`'s error, as before.
+pub(crate) async fn get_waiting(
+    repo: &hf_hub::api::tokio::ApiRepo,
+    name: &str,
+) -> Result<PathBuf, hf_hub::api::tokio::ApiError> {
+    use hf_hub::api::tokio::ApiError;
+    loop {
+        let held = match repo.get(name).await {
+            Err(ApiError::LockAcquisition(lock)) => lock,
+            done => return done,
+        };
+        loop {
+            let free = std::fs::File::open(&held).map(|file| file.try_lock());
+            match free {
+                // Free now, or deleted with its blob: ask the cache again.
+                Ok(Ok(())) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Ok(Err(std::fs::TryLockError::WouldBlock)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Ok(Err(std::fs::TryLockError::Error(_))) | Err(_) => {
+                    return Err(ApiError::LockAcquisition(held));
+                }
+            }
+        }
+    }
 }
 
 fn is_commit_sha(s: &str) -> bool {

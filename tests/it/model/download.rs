@@ -88,15 +88,8 @@ fn add_dir(files: &mut HashMap<String, Vec<u8>>, repo: &str, dir: &Path) {
     }
 }
 
-#[test]
-fn sharded_model_and_dataset_download_through_hf_hub() {
-    let ctx = TestContext::new();
-    let mut files = HashMap::new();
-    add_dir(&mut files, "tiny/llama3", &fixture("llama_tiny_llama3"));
-    files.insert(
-        "datasets/ns/prompts/data/p.jsonl".into(),
-        b"{\"text\": \"The quick brown fox.\"}\n".to_vec(),
-    );
+/// Serves `files` like a Hub's `resolve` route on loopback, on a runtime of its own.
+fn serve(files: HashMap<String, Vec<u8>>) -> (tokio::runtime::Runtime, Peer, String) {
     let peer = Peer {
         files: Arc::new(files),
         log: Arc::default(),
@@ -115,8 +108,21 @@ fn sharded_model_and_dataset_download_through_hf_hub() {
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         addr
     });
+    (runtime, peer, format!("http://{addr}"))
+}
+
+#[test]
+fn sharded_model_and_dataset_download_through_hf_hub() {
+    let ctx = TestContext::new();
+    let mut files = HashMap::new();
+    add_dir(&mut files, "tiny/llama3", &fixture("llama_tiny_llama3"));
+    files.insert(
+        "datasets/ns/prompts/data/p.jsonl".into(),
+        b"{\"text\": \"The quick brown fox.\"}\n".to_vec(),
+    );
+    let (runtime, peer, endpoint) = serve(files);
     let source = HubSource {
-        endpoint: format!("http://{addr}"),
+        endpoint,
         token: Some("secret".into()),
         cache_dir: ctx.child("hub-cache"),
     };
@@ -182,4 +188,46 @@ fn sharded_model_and_dataset_download_through_hf_hub() {
         "{text}"
     );
     assert!(!text.contains("secret"));
+}
+
+/// hf-hub gives up on a file whose lock another download holds after 5 s; a checkpoint takes
+/// minutes. A weights download waits for as long as the lock is held (another worker on the
+/// same cache, or this run's own download ahead), then finds the file or fetches it itself.
+#[test]
+fn a_weights_download_waits_for_another_holding_the_lock() {
+    let ctx = TestContext::new();
+    let mut files = HashMap::new();
+    add_dir(&mut files, "tiny/llama3", &fixture("llama_tiny_llama3"));
+    let shard = files["tiny/llama3/model-00001-of-00004.safetensors"].clone();
+    let (runtime, _peer, endpoint) = serve(files);
+    let source = HubSource {
+        endpoint,
+        token: Some("secret".into()),
+        cache_dir: ctx.child("hub-cache"),
+    };
+    let resolved = runtime
+        .block_on(ModelFiles::resolve(&source, "tiny/llama3", "main"))
+        .unwrap();
+    // The lock hf-hub takes for the first shard's blob (named by its etag, the sha256).
+    let blobs = source.cache_dir.join("models--tiny--llama3").join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&shard));
+    let lock = std::fs::File::create(blobs.join(format!("{sha}.lock"))).unwrap();
+    lock.lock().unwrap();
+    let held = std::time::Duration::from_secs(7);
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(held);
+        drop(lock);
+    });
+    let started = std::time::Instant::now();
+    let fetched = runtime
+        .block_on(resolved.fetch_weights(&source, "tiny/llama3"))
+        .unwrap();
+    let waited = started.elapsed();
+    holder.join().unwrap();
+    assert!(waited >= held, "returned after {waited:?}, with the lock still held");
+    assert_eq!(fetched.len(), 4);
+    assert!(resolved.weights.iter().all(|w| w.is_file()));
+    let first = resolved.dir.join("model-00001-of-00004.safetensors");
+    assert_eq!(std::fs::read(first).unwrap(), shard);
 }
