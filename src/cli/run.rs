@@ -404,7 +404,7 @@ pub fn run(args: RunArgs, env: &Env) -> ExitCode {
                 print_report(&report, &spec, &args, env);
                 if report.interrupted {
                     ExitCode::from(EXIT_INTERRUPTED)
-                } else if report.failed.is_empty() {
+                } else if report.failed.is_empty() && report.blocked.is_empty() {
                     ExitCode::from(EXIT_OK)
                 } else {
                     ExitCode::from(EXIT_NEGATIVE)
@@ -412,6 +412,24 @@ pub fn run(args: RunArgs, env: &Env) -> ExitCode {
             }
         }
     })
+}
+
+/// The final step's nodes a failure left out (`RunReport::blocked`), a few by name.
+pub(super) fn print_blocked(blocked: &[String]) {
+    const SHOWN: usize = 5;
+    if blocked.is_empty() {
+        return;
+    }
+    eprintln!(
+        "  not run: {} node(s) of the final step that need a failed model's results (a run after the failure is fixed records them):",
+        blocked.len()
+    );
+    for label in blocked.iter().take(SHOWN) {
+        eprintln!("    {label}");
+    }
+    if blocked.len() > SHOWN {
+        eprintln!("    … and {} more", blocked.len() - SHOWN);
+    }
 }
 
 fn print_report(report: &exec::RunReport, spec: &SweepSpec, args: &RunArgs, env: &Env) {
@@ -424,6 +442,7 @@ fn print_report(report: &exec::RunReport, spec: &SweepSpec, args: &RunArgs, env:
             "executed": report.executed,
             "skipped": report.skipped,
             "failed": report.failed.iter().map(|(l, e)| serde_json::json!({"node": l, "error": e})).collect::<Vec<_>>(),
+            "blocked": report.blocked,
             "bytes_uploaded": sink.bytes_sent,
             "objects_deduplicated": sink.objects_deduplicated,
             "commits": sink.commits,
@@ -467,6 +486,7 @@ fn print_report(report: &exec::RunReport, spec: &SweepSpec, args: &RunArgs, env:
     for (label, error) in &report.failed {
         eprintln!("  failed: {label}: {error}");
     }
+    print_blocked(&report.blocked);
     if args.dry_run {
         return;
     }

@@ -235,7 +235,8 @@ async fn work(
             for (label, error) in &report.failed {
                 eprintln!("  failed: {label}: {error}");
             }
-            ExitCode::from(if report.failed.is_empty() {
+            super::run::print_blocked(&report.blocked);
+            ExitCode::from(if report.failed.is_empty() && report.blocked.is_empty() {
                 EXIT_OK
             } else {
                 EXIT_NEGATIVE

@@ -156,6 +156,9 @@ pub struct RunReport {
     pub executed: usize,
     /// Failures: label and reason.
     pub failed: Vec<(String, String)>,
+    /// Nodes of the final step (overlaps, the final ledger commit) left out because something
+    /// they depend on failed, or is not in the ledger: their labels.
+    pub blocked: Vec<String>,
     /// Sink totals (bytes sent, commits, head).
     pub sink: SinkTotals,
     /// Whether Ctrl-C stopped the run.
@@ -508,6 +511,7 @@ async fn run_inner(
         .collect();
     // The next such model's weights download while this one runs (one ahead).
     let mut prefetch: Option<(usize, tokio::task::JoinHandle<Result<(), RunError>>)> = None;
+    let mut failed_models = HashSet::new();
     for (m, nodes) in by_model.iter().enumerate() {
         if settings.evict_models {
             steps::evict_weights(&plan, &pinned, &done, m, &mut evicted, &events);
@@ -559,6 +563,7 @@ async fn run_inner(
                 error: message.clone(),
             });
             report.failed.push((label.clone(), message));
+            failed_models.insert(m);
             if settings.failure == FailurePolicy::FailFast {
                 break;
             }
@@ -599,6 +604,7 @@ async fn run_inner(
                     error: message.clone(),
                 });
                 report.failed.push((label.clone(), message.clone()));
+                failed_models.insert(m);
                 for &c in &nodes.captures {
                     if !done.contains(&c) {
                         let mut record = records::record(&plan, &plan.nodes[c], None);
@@ -629,10 +635,12 @@ async fn run_inner(
         && !report.interrupted
         && (report.failed.is_empty() || settings.failure == FailurePolicy::KeepGoing)
     {
+        let blocked = steps::blocked_final_nodes(&plan, &done, &failed_models, selection);
         report.executed += steps::run_overlaps(
             spec,
             &plan,
             &done,
+            &blocked,
             &state,
             client,
             &repo,
@@ -640,12 +648,11 @@ async fn run_inner(
             &commit_tx,
         )
         .await?;
-        if let Some(last) = plan
-            .nodes
-            .len()
-            .checked_sub(1)
-            .filter(|l| !done.contains(l) && plan.nodes[*l].kind == NodeKind::LedgerCommit)
-        {
+        if let Some(last) = plan.nodes.len().checked_sub(1).filter(|l| {
+            !done.contains(l)
+                && !blocked.contains(l)
+                && plan.nodes[*l].kind == NodeKind::LedgerCommit
+        }) {
             let record = records::record(&plan, &plan.nodes[last], None);
             let _ = commit_tx
                 .send(Committable {
@@ -655,6 +662,10 @@ async fn run_inner(
                 .await;
             report.executed += 1;
         }
+        report.blocked = blocked
+            .iter()
+            .map(|&i| plan.label(&plan.nodes[i]))
+            .collect();
     }
     drop(upload_tx);
     let uploads = uploader.await.unwrap_or_default();
@@ -693,8 +704,13 @@ async fn run_inner(
     totals.objects_deduplicated = uploads.deduplicated;
     totals.upload_busy = uploads.busy;
     for stranded in &totals.stranded {
+        let label = plan
+            .nodes
+            .iter()
+            .find(|n| n.id.is_some_and(|id| id.to_hex() == *stranded))
+            .map_or_else(|| stranded.clone(), |n| plan.label(n));
         report.failed.push((
-            stranded.clone(),
+            label,
             "not committed: an input of it was never committed".into(),
         ));
     }

@@ -287,11 +287,44 @@ async fn send_model_commit(
     1
 }
 
+/// The nodes of the final step (overlaps and the final ledger commit, in plan order) that
+/// cannot be recorded now: those with an input, direct or not, of a model that failed in this
+/// run or that this run leaves to another (a Slurm unit), when the ledger lacks it. A record
+/// needs its inputs recorded, so these wait for a run in which those succeed.
+pub(super) fn blocked_final_nodes(
+    plan: &Plan,
+    done: &HashSet<usize>,
+    failed_models: &HashSet<usize>,
+    selection: &super::UnitSelection,
+) -> Vec<usize> {
+    let mut missing = vec![false; plan.nodes.len()];
+    let mut blocked = Vec::new();
+    for (i, node) in plan.nodes.iter().enumerate() {
+        if done.contains(&i) {
+            continue;
+        }
+        missing[i] = match crate::plan::node_model(node).map(|m| m as usize) {
+            Some(m) if m < plan.models.len() => {
+                failed_models.contains(&m) || !selection.has_unit(m)
+            }
+            _ => {
+                let inputs_missing = node.inputs.iter().any(|&j| missing[j as usize]);
+                if inputs_missing {
+                    blocked.push(i);
+                }
+                inputs_missing
+            }
+        };
+    }
+    blocked
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run_overlaps(
     spec: &SweepSpec,
     plan: &Plan,
     done: &HashSet<usize>,
+    blocked: &[usize],
     state: &LedgerState,
     client: &HubClient,
     repo: &Repo,
@@ -304,7 +337,7 @@ pub(super) async fn run_overlaps(
         let Params::Overlap { k, .. } = &node.params else {
             continue;
         };
-        if done.contains(&i) {
+        if done.contains(&i) || blocked.contains(&i) {
             continue;
         }
         let mut pair = Vec::new();

@@ -1272,3 +1272,106 @@ fn weights_are_fetched_at_their_turn_and_evicted_only_when_the_run_downloaded_th
         stderr(&output)
     );
 }
+
+/// A model that fails at run time (its weights are truncated; pinning reads only their
+/// bytes): fail-fast stops at it; `--keep-going` runs every other model and the overlaps that
+/// do not need it, and names the final-step nodes it leaves out, without a stranded record;
+/// once the model is repaired, a plain rerun completes the sweep.
+#[test]
+fn a_failing_model_stops_the_run_or_with_keep_going_only_what_needs_it() {
+    let ctx = TestContext::new();
+    let fixtures = repo_root().join("tests/fixtures");
+    let broken = ctx.child("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    for name in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(fixtures.join("gpt_neox_tiny").join(name), broken.join(name)).unwrap();
+    }
+    let weights = std::fs::read(broken.join("model.safetensors")).unwrap();
+    std::fs::write(broken.join("model.safetensors"), &weights[..1000]).unwrap();
+    let base = fixtures.join("gpt_neox_tiny");
+    let spec = ctx.child("three.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name: three\noutput: local://alice/three\nmodels:\n  - family: gpt_neox\n    repo: {base}\n  - family: gpt_neox\n    repo: {broken}\n  - family: gpt_neox\n    repo: {seq}\ndata:\n  texts:\n    - \"The quick brown fox jumps over the lazy dog.\"\n    - \"Interpretability asks what a network computes, and how.\"\n  seq_len: 16\ncapture:\n  hooks: [hook_resid_post]\n  layers: all\n  dtype: f32\nanalyses:\n  - spectrum: {{top_k: 8}}\n  - overlap: {{between: model, base: {base}, k: [2]}}\nlimits:\n  memory: 64MiB\n  artifact_bytes: 1MiB\ncompute:\n  device: cpu\n  batch_size: 4\n",
+            base = base.display(),
+            broken = broken.display(),
+            seq = fixtures.join("gpt_neox_tiny_seq").display(),
+        ),
+    )
+    .unwrap();
+    let run = |flags: &[&str]| {
+        let output = hubsweep(&ctx)
+            .args(["run", "--format", "json"])
+            .args(flags)
+            .arg(&spec)
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        (output, json)
+    };
+    let status = || {
+        let output = hubsweep(&ctx)
+            .args(["status", "--format", "json"])
+            .arg(&spec)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let done = |status: &serde_json::Value, m: usize| status["models"][m]["done"].as_u64();
+
+    // Fail-fast: the first model is recorded, the broken one fails, the third never starts.
+    let (output, report) = run(&[]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    let failed = report["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{report}");
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid safetensors file"),
+        "{report}"
+    );
+    let after = status();
+    assert_eq!(done(&after, 0), Some(9), "{after}");
+    assert_eq!(after["models"][1]["failed"], 1, "{after}");
+    assert_eq!(done(&after, 2), Some(0), "{after}");
+
+    // Keep going: the third model and its overlaps with the base run; what needs the broken
+    // model is left out and named (three overlaps and the final ledger commit).
+    let (output, report) = run(&["--keep-going"]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert_eq!(report["failed"].as_array().unwrap().len(), 1, "{report}");
+    let blocked: Vec<&str> = report["blocked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap())
+        .collect();
+    assert_eq!(blocked.len(), 4, "{blocked:?}");
+    assert!(blocked[..3].iter().all(|b| b.starts_with("overlap") && b.contains("broken")));
+    assert_eq!(blocked[3], "ledger final");
+    assert!(err.contains("not run: 4 node(s) of the final step"), "{err}");
+    let after = status();
+    assert_eq!(done(&after, 2), Some(9), "{after}");
+    assert_eq!(after["cross_model"]["done"], 3, "{after}");
+    assert_eq!(after["complete"], false, "{after}");
+    let rt = runtime();
+    rt.block_on(async {
+        let (server, client) = open_store(&ctx.child("hubsweep-home")).await;
+        let repo = dataset("alice/three");
+        let state = LedgerState::read(&client, &repo, "main").await.unwrap();
+        let records = segment_records(&client, &repo, &state).await;
+        check_ledger(&state, &records);
+        server.shutdown().await;
+    });
+
+    // Repaired, a plain rerun records the rest.
+    std::fs::write(broken.join("model.safetensors"), &weights).unwrap();
+    let (output, report) = run(&[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(report["blocked"], serde_json::json!([]), "{report}");
+    assert_eq!(status()["complete"], true);
+}

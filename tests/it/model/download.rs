@@ -225,7 +225,10 @@ fn a_weights_download_waits_for_another_holding_the_lock() {
         .unwrap();
     let waited = started.elapsed();
     holder.join().unwrap();
-    assert!(waited >= held, "returned after {waited:?}, with the lock still held");
+    assert!(
+        waited >= held,
+        "returned after {waited:?}, with the lock still held"
+    );
     assert_eq!(fetched.len(), 4);
     assert!(resolved.weights.iter().all(|w| w.is_file()));
     let first = resolved.dir.join("model-00001-of-00004.safetensors");
