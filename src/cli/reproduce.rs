@@ -58,7 +58,7 @@ pub struct ReproduceArgs {
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
     format: SummaryFormat,
     /// Uploads in flight at once.
-    #[arg(long, default_value_t = 4, value_name = "N")]
+    #[arg(long, default_value_t = exec::DEFAULT_UPLOAD_SLOTS, value_name = "N")]
     upload_slots: usize,
     /// Folder the spec's relative paths (local model folders, data files) are read from: the
     /// manifest does not record where the spec was, so pass the folder it was run from.

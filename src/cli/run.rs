@@ -52,7 +52,7 @@ pub struct RunArgs {
     #[arg(long)]
     keep_going: bool,
     /// Uploads in flight at once.
-    #[arg(long, default_value_t = 4, value_name = "N")]
+    #[arg(long, default_value_t = exec::DEFAULT_UPLOAD_SLOTS, value_name = "N")]
     upload_slots: usize,
     /// Delete the model weights this run downloads from the HF cache as soon as no model
     /// still to run needs them (for a nearly full disk; weights cached before the run stay).
@@ -340,11 +340,15 @@ pub fn run(args: RunArgs, env: &Env) -> ExitCode {
     if let Executor::Slurm = args.executor {
         if args.evict_models {
             eprintln!(
-                "error: `--evict-models` applies to local runs; a Slurm worker keeps the weights it downloads in its node's HF cache (clear it with `huggingface-cli delete-cache` or `hf cache`)"
+                "error: `--evict-models` applies to local runs: on a cluster the HF cache is often shared between nodes, and a worker could delete weights another is about to read; workers keep what they download (clear it afterwards with `hf cache` or `huggingface-cli delete-cache`)"
             );
             return ExitCode::from(EXIT_CANNOT_RUN);
         }
-        return super::slurm::submit(&args.spec, &args.slurm, args.format, env);
+        let worker = hubsweep::slurm::WorkerSettings {
+            keep_going: args.keep_going,
+            upload_slots: args.upload_slots,
+        };
+        return super::slurm::submit(&args.spec, &args.slurm, worker, args.format, env);
     }
     let Some(loaded) = load(&args.spec, env) else {
         return ExitCode::from(EXIT_CANNOT_RUN);

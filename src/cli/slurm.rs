@@ -15,7 +15,9 @@ use hubsweep::hub::{HubClient, Repo};
 use hubsweep::ledger::{self, LedgerState};
 use hubsweep::plan::Plan;
 use hubsweep::sink::CommitPolicy;
-use hubsweep::slurm::{self, Attempt, JobOptions, PollSchedule, Slurm, Submission, SubmittedPlan};
+use hubsweep::slurm::{
+    self, Attempt, JobOptions, PollSchedule, Slurm, Submission, SubmittedPlan, WorkerSettings,
+};
 use hubsweep::spec::HubKind;
 
 use super::run::{SummaryFormat, open_hubs, progress_printer, report_run_error, runtime};
@@ -62,7 +64,13 @@ pub struct SlurmArgs {
 }
 
 /// `hubsweep run SPEC --executor slurm`.
-pub fn submit(spec_path: &Path, args: &SlurmArgs, format: SummaryFormat, env: &Env) -> ExitCode {
+pub fn submit(
+    spec_path: &Path,
+    args: &SlurmArgs,
+    worker: WorkerSettings,
+    format: SummaryFormat,
+    env: &Env,
+) -> ExitCode {
     let Some(loaded) = super::spec::load(spec_path, env) else {
         return ExitCode::from(EXIT_CANNOT_RUN);
     };
@@ -165,6 +173,7 @@ pub fn submit(spec_path: &Path, args: &SlurmArgs, format: SummaryFormat, env: &E
                 log_dir,
                 max_attempts: args.max_attempts.max(1),
             },
+            worker,
         };
         let hash = submitted.hash();
         let job_name = SubmittedPlan::job_name(&hash);
@@ -203,8 +212,8 @@ pub fn submit(spec_path: &Path, args: &SlurmArgs, format: SummaryFormat, env: &E
             output_client: hubs.output.clone(),
             sources: hubs.sources.clone(),
             spec_file: (submitted.spec_file.clone(), submitted.spec_text.clone()),
-            failure: FailurePolicy::FailFast,
-            upload_slots: 1,
+            failure: if submitted.worker.keep_going { FailurePolicy::KeepGoing } else { FailurePolicy::FailFast },
+            upload_slots: submitted.worker.upload_slots,
             commits: CommitPolicy::default(),
             dry_run: false,
             perturb_capture_for_tests: false,
@@ -289,7 +298,11 @@ pub fn submit(spec_path: &Path, args: &SlurmArgs, format: SummaryFormat, env: &E
         print(summary(Some(complete), polls, minutes));
         eprintln!(
             "{}; {} Slurm command(s) in {:.1} min",
-            if complete { "complete" } else { "incomplete: some units failed every attempt (see the job logs and `hubsweep status`)" },
+            match (complete, submitted.worker.keep_going) {
+                (true, _) => "complete",
+                (false, false) => "incomplete: some units failed every attempt (see the job logs and `hubsweep status`)",
+                (false, true) => "incomplete: some units failed every attempt; the final step recorded what does not need them (--keep-going; see the job logs and `hubsweep status`)",
+            },
             slurm.commands_run(),
             minutes
         );

@@ -177,8 +177,12 @@ async fn work(
         output_client: output.clone(),
         sources: sources.clone(),
         spec_file: (submitted.spec_file.clone(), submitted.spec_text.clone()),
-        failure: FailurePolicy::FailFast,
-        upload_slots: 4,
+        failure: if submitted.worker.keep_going {
+            FailurePolicy::KeepGoing
+        } else {
+            FailurePolicy::FailFast
+        },
+        upload_slots: submitted.worker.upload_slots,
         commits: CommitPolicy {
             commits_per_hour: submitted.worker_commits_per_hour,
             // A unit's files go in as few commits as possible: the repo's rate is shared.
@@ -208,7 +212,15 @@ async fn work(
             };
             let missing = slurm::missing_units(&plan, &state);
             if !missing.is_empty() {
-                return resubmit(args, submitted, &plan, &state, &missing, output, repo).await;
+                match resubmit(args, submitted, &plan, &state, &missing, output, repo).await {
+                    Resubmitted::Done(code) => return code,
+                    // The last attempt is spent: with --keep-going, the final step records
+                    // what does not need the missing units (its summary names the rest).
+                    Resubmitted::OutOfAttempts if submitted.worker.keep_going => eprintln!(
+                        "running the final step over the units that are done (--keep-going)"
+                    ),
+                    Resubmitted::OutOfAttempts => return ExitCode::from(EXIT_NEGATIVE),
+                }
             }
             UnitSelection::final_only()
         }
@@ -245,6 +257,14 @@ async fn work(
     }
 }
 
+/// What [`resubmit`] did.
+enum Resubmitted {
+    /// Submitted again (exit 0), or could not (the exit status says why).
+    Done(ExitCode),
+    /// The units have had every attempt: nothing submitted.
+    OutOfAttempts,
+}
+
 /// The final step found units not done: submit them again (a new array and final job), with
 /// the reasons recorded, unless they have had every attempt.
 async fn resubmit(
@@ -255,7 +275,7 @@ async fn resubmit(
     missing: &[usize],
     output: &HubClient,
     repo: &Repo,
-) -> ExitCode {
+) -> Resubmitted {
     let slurm = Slurm::new();
     // What Slurm says about the last attempt's tasks (while it still remembers them).
     let last = Attempt::read(output, repo, &args.plan, args.attempt)
@@ -274,17 +294,17 @@ async fn resubmit(
     }
     if args.attempt >= submitted.options.max_attempts {
         eprintln!(
-            "error: {} unit(s) still not done after {} attempt(s); giving up",
+            "error: {} unit(s) still not done after {} attempt(s); giving up on them",
             missing.len(),
             args.attempt
         );
-        return ExitCode::from(EXIT_NEGATIVE);
+        return Resubmitted::OutOfAttempts;
     }
     let binary = match std::env::current_exe() {
         Ok(b) => b,
         Err(e) => {
             eprintln!("error: cannot find the hubsweep binary's path: {e}");
-            return ExitCode::from(EXIT_CANNOT_RUN);
+            return Resubmitted::Done(ExitCode::from(EXIT_CANNOT_RUN));
         }
     };
     let output_name = args.repo.clone();
@@ -316,11 +336,11 @@ async fn resubmit(
                 attempt.array_job.as_deref().unwrap_or("-"),
                 attempt.final_job
             );
-            ExitCode::from(EXIT_OK)
+            Resubmitted::Done(ExitCode::from(EXIT_OK))
         }
         Err(error) => {
             eprintln!("error: {}", error_chain(&error));
-            ExitCode::from(EXIT_CANNOT_RUN)
+            Resubmitted::Done(ExitCode::from(EXIT_CANNOT_RUN))
         }
     }
 }

@@ -54,6 +54,9 @@ pub enum FailurePolicy {
     KeepGoing,
 }
 
+/// Uploads in flight at once when the user does not say (`--upload-slots`).
+pub const DEFAULT_UPLOAD_SLOTS: usize = 4;
+
 /// Settings of a run (the CLI builds them from flags and the environment).
 #[derive(Clone)]
 pub struct RunSettings {
@@ -65,7 +68,7 @@ pub struct RunSettings {
     pub spec_file: (String, String),
     /// Failure policy.
     pub failure: FailurePolicy,
-    /// Uploads in flight at once.
+    /// Uploads in flight at once ([`DEFAULT_UPLOAD_SLOTS`] unless told).
     pub upload_slots: usize,
     /// Commit batching and pacing.
     pub commits: CommitPolicy,

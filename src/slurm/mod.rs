@@ -23,8 +23,9 @@ mod plan;
 mod track;
 
 pub use plan::{
-    Attempt, JobOptions, PlannedUnit, SLURM_DIR, SubmittedPlan, SweepState, commit_files,
-    final_node_ids, is_complete, missing_units, planned_units, reasons, sweep_state, unit_states,
+    Attempt, JobOptions, PlannedUnit, SLURM_DIR, SubmittedPlan, SweepState, WorkerSettings,
+    commit_files, final_node_ids, is_complete, missing_units, planned_units, reasons, sweep_state,
+    unit_states,
 };
 pub use track::{PollSchedule, state_counts};
 

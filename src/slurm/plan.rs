@@ -107,6 +107,29 @@ pub struct SubmittedPlan {
     pub worker_commits_per_hour: usize,
     /// Slurm options, for resubmissions.
     pub options: JobOptions,
+    /// How workers run their units (a plan written before this field had the defaults).
+    #[serde(default)]
+    pub worker: WorkerSettings,
+}
+
+/// The `run` flags that workers and the final step follow, as the submitter was given them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSettings {
+    /// `--keep-going`: a worker records a failed model's nodes as failed and goes on; when
+    /// units are still missing after the last attempt, the final step runs the overlaps that
+    /// do not need them and writes the index, rather than giving up.
+    pub keep_going: bool,
+    /// `--upload-slots`: uploads each worker has in flight at once.
+    pub upload_slots: usize,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            keep_going: false,
+            upload_slots: crate::exec::DEFAULT_UPLOAD_SLOTS,
+        }
+    }
 }
 
 impl SubmittedPlan {

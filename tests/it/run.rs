@@ -1351,9 +1351,16 @@ fn a_failing_model_stops_the_run_or_with_keep_going_only_what_needs_it() {
         .map(|b| b.as_str().unwrap())
         .collect();
     assert_eq!(blocked.len(), 4, "{blocked:?}");
-    assert!(blocked[..3].iter().all(|b| b.starts_with("overlap") && b.contains("broken")));
+    assert!(
+        blocked[..3]
+            .iter()
+            .all(|b| b.starts_with("overlap") && b.contains("broken"))
+    );
     assert_eq!(blocked[3], "ledger final");
-    assert!(err.contains("not run: 4 node(s) of the final step"), "{err}");
+    assert!(
+        err.contains("not run: 4 node(s) of the final step"),
+        "{err}"
+    );
     let after = status();
     assert_eq!(done(&after, 2), Some(9), "{after}");
     assert_eq!(after["cross_model"]["done"], 3, "{after}");

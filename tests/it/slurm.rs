@@ -440,3 +440,106 @@ fn an_unknown_partition_or_an_sbatch_refusal_submits_nothing() {
     assert!(message.contains("needs an `hf://` output"), "{message}");
     rt.block_on(server.shutdown());
 }
+
+/// `--keep-going` and `--upload-slots` reach the workers through the plan. A unit whose model
+/// cannot load (truncated weights) fails its one attempt; the final step then records what
+/// does not need it — the other units' overlaps and the index — leaves out the final ledger
+/// commit, and the submitter exits 1 saying so.
+#[test]
+fn keep_going_reaches_the_workers_and_the_final_step_records_what_it_can() {
+    if !slurm_available() {
+        return;
+    }
+    let ctx = TestContext::new();
+    let rt = runtime();
+    let server = rt.block_on(rate_limited_server(&ctx));
+    let fixtures = repo_root().join("tests/fixtures");
+    let broken = ctx.child("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    for name in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(fixtures.join("gpt_neox_tiny").join(name), broken.join(name)).unwrap();
+    }
+    let weights = std::fs::read(broken.join("model.safetensors")).unwrap();
+    std::fs::write(broken.join("model.safetensors"), &weights[..1000]).unwrap();
+    let base = fixtures.join("gpt_neox_tiny");
+    let spec = ctx.child("three.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name: three\noutput: hf://datasets/alice/three-slurm\nmodels:\n  - family: gpt_neox\n    repo: {base}\n  - family: gpt_neox\n    repo: {broken}\n  - family: gpt_neox\n    repo: {seq}\ndata:\n  texts:\n    - \"The quick brown fox jumps over the lazy dog.\"\n  seq_len: 16\ncapture:\n  hooks: [hook_resid_post]\n  layers: all\n  dtype: f32\nanalyses:\n  - spectrum: {{top_k: 8}}\n  - overlap: {{between: model, base: {base}, k: [2]}}\nlimits:\n  memory: 64MiB\n  artifact_bytes: 1MiB\ncompute:\n  device: cpu\n  batch_size: 4\n",
+            base = base.display(),
+            broken = broken.display(),
+            seq = fixtures.join("gpt_neox_tiny_seq").display(),
+        ),
+    )
+    .unwrap();
+    let out = hubsweep(&ctx, &server)
+        .args([
+            "run",
+            "--executor",
+            "slurm",
+            "--array-max",
+            "3",
+            "--max-attempts",
+            "1",
+            "--keep-going",
+            "--upload-slots",
+            "2",
+            "--format",
+            "json",
+        ])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(json_of(&out)["complete"], false, "{err}");
+    assert!(
+        err.contains("the final step recorded what does not need them"),
+        "{err}"
+    );
+    rt.block_on(async {
+        let (state, records) = ledger_of(&server, "alice/three-slurm").await;
+        let client = HubClient::builder(server.base_url())
+            .unwrap()
+            .build()
+            .unwrap();
+        let plan = slurm_files(&state)
+            .into_iter()
+            .find(|p| p.ends_with("/plan.json"))
+            .unwrap();
+        let plan = client
+            .download_bytes(&dataset("alice/three-slurm"), "main", &plan)
+            .await
+            .unwrap();
+        let plan: serde_json::Value = serde_json::from_slice(&plan).unwrap();
+        assert_eq!(
+            plan["worker"],
+            serde_json::json!({"keep_going": true, "upload_slots": 2}),
+            "{plan}"
+        );
+        // The broken unit's failure is recorded; the other two units and their overlaps are
+        // (no node twice); the final ledger commit, which needs the broken unit, is not.
+        let results = results(&records);
+        let failed: Vec<&Record> = records.iter().filter(|r| r.error.is_some()).collect();
+        assert!(!failed.is_empty(), "no failure record");
+        let overlaps = results.values().filter(|(k, _)| k == "overlap").count();
+        assert_eq!(overlaps, 3, "overlaps of the third model with the base");
+        let commits = results
+            .values()
+            .filter(|(k, _)| k == "ledger_commit")
+            .count();
+        assert_eq!(
+            commits, 2,
+            "the two good units' commits, and not the final one"
+        );
+        assert!(state.files.contains_key("ledger/index.jsonl"), "no index");
+        for record in records.iter().filter(|r| r.error.is_none()) {
+            for file in &record.files {
+                let have = &state.files[&file.path];
+                assert_eq!(have.sha256.as_deref(), Some(file.sha256.as_str()));
+            }
+        }
+    });
+    rt.block_on(server.shutdown());
+}
