@@ -3,10 +3,11 @@
 //! Artifacts arrive closed and hashed. The uploader sends each as an LFS object as soon as it
 //! arrives (a bounded number in flight; an object the Hub already has costs no transfer) and
 //! releases its memory. The committer batches finished files with their ledger records into
-//! commits: at most `max_files` files each, after `flush_after` of quiet, never more than
-//! `commits_per_hour` in any hour, each carrying a new ledger segment with the records of the
-//! files it adds, on top of the head it last saw (`parentCommit`; a moved branch is re-read and
-//! the commit re-sent). A record is committed only once all its inputs are committed, so the
+//! commits: at most `max_files` files each (the segment included), after `flush_after` of
+//! quiet, never more than `commits_per_hour` in any hour, each carrying a new ledger segment
+//! with the records of the files it adds, on top of the head it last saw (`parentCommit`; a
+//! moved branch is re-read and the commit re-sent). A rate-limit answer with a wait longer
+//! than the client sits out is waited out here, and the same commit re-sent. A record is committed only once all its inputs are committed, so the
 //! ledger's DAG is closed after every commit, whatever happens next.
 
 use std::collections::{HashSet, VecDeque};
@@ -22,10 +23,14 @@ use crate::hub::{
 };
 use crate::ledger::{FileRecord, LedgerState, Record, segment};
 
+/// Rate-limit answers (429 with a wait longer than the client sits out) one commit waits out
+/// before the run reports the error.
+const MAX_RATE_LIMITED_WAITS: u32 = 8;
+
 /// How commits are batched and paced.
 #[derive(Debug, Clone)]
 pub struct CommitPolicy {
-    /// Files per commit at most (the Hub advises ≤ 100).
+    /// Files per commit at most, the ledger segment included (the Hub advises ≤ 100).
     pub max_files: usize,
     /// Commit what is ready after this long without a new file.
     pub flush_after: Duration,
@@ -333,7 +338,7 @@ impl Committer {
                         last_arrival = Instant::now();
                         self.waiting.push_back(item);
                         self.promote();
-                        if self.ready_files() >= self.policy.max_files {
+                        if self.ready_files() + 1 >= self.policy.max_files {
                             self.commit_ready().await?;
                         }
                     }
@@ -398,9 +403,11 @@ impl Committer {
         while !ready.is_empty() {
             let mut files = 0;
             let mut take = 0;
+            // The ledger segment is a file of the commit too.
+            let room = self.policy.max_files.saturating_sub(1).max(1);
             for item in &ready {
                 let n = item.record.files.len() + item.regular.len();
-                if take > 0 && files + n > self.policy.max_files {
+                if take > 0 && files + n > room {
                     break;
                 }
                 files += n;
@@ -535,6 +542,7 @@ impl Committer {
     ) -> Result<(), HubError> {
         self.throttle().await;
         let mut attempt = 0;
+        let mut rate_limited = 0;
         loop {
             attempt += 1;
             let options = CommitOptions {
@@ -561,6 +569,17 @@ impl Committer {
                     if reparent && attempt < self.policy.max_parent_retries =>
                 {
                     self.head = Some(self.client.head(&self.repo, &self.revision).await?);
+                }
+                // The repo's commit quota is spent (by other writers too) for longer than the
+                // client sits out: wait as the Hub asks and send the same commit again. The
+                // files finished meanwhile queue up, so the commits after it carry more.
+                Err(HubError::RateLimited {
+                    retry_after: Some(wait),
+                    ..
+                }) if rate_limited < MAX_RATE_LIMITED_WAITS => {
+                    rate_limited += 1;
+                    (self.events)(&SinkEvent::Throttled { wait });
+                    tokio::time::sleep(wait).await;
                 }
                 Err(err) => return Err(err),
             }

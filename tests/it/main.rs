@@ -10,6 +10,7 @@ mod report_chromium;
 mod reproduce;
 mod reproduce_pins;
 mod run;
+mod sink;
 mod slurm;
 mod slurm_follow;
 mod spec;
