@@ -63,7 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         spec_file: (path.display().to_string(), text),
         failure: FailurePolicy::FailFast,
-        upload_slots: 4,
+        upload_slots: exec::DEFAULT_UPLOAD_SLOTS,
         commits: CommitPolicy::default(),
         dry_run: false,
         perturb_capture_for_tests: false,

@@ -1382,3 +1382,47 @@ fn a_failing_model_stops_the_run_or_with_keep_going_only_what_needs_it() {
     assert_eq!(report["blocked"], serde_json::json!([]), "{report}");
     assert_eq!(status()["complete"], true);
 }
+
+/// The library-API example (`examples/run_sweep.rs`, which `cargo test` builds) runs the
+/// quickstart, and a second run finds everything done.
+#[test]
+fn the_library_example_runs_the_quickstart_then_resumes() {
+    let example = bin()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(format!("run_sweep{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        example.is_file(),
+        "{} is not built: plain `cargo test` builds the examples, `--test it` alone does not",
+        example.display()
+    );
+    let ctx = TestContext::new();
+    let spec = quickstart(&ctx);
+    let run = || {
+        let output = StdCommand::new(&example)
+            .arg(&spec)
+            .current_dir(repo_root())
+            .env_clear()
+            .env("HOME", ctx.child("home"))
+            .env("HUBSWEEP_HOME", ctx.child("hubsweep-home"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let first = run();
+    assert!(
+        first.contains("43 nodes: 43 executed, 0 already done"),
+        "{first}"
+    );
+    assert!(
+        first.contains("pinned local://hubsweep/tiny-llama@main at "),
+        "{first}"
+    );
+    let again = run();
+    assert!(
+        again.contains("43 nodes: 0 executed, 43 already done, 0 bytes uploaded in 0 commits"),
+        "{again}"
+    );
+}
