@@ -14,6 +14,7 @@
 
 pub mod bundled;
 pub mod capture;
+mod models;
 pub mod pin;
 mod records;
 mod steps;
@@ -497,160 +498,36 @@ async fn run_inner(
 
     // The manifest goes in with the first records.
     let ours = manifest(spec, settings);
-    let mut manifest_file = (state.manifest.as_ref() != Some(&ours)).then(|| {
+    let manifest_file = (state.manifest.as_ref() != Some(&ours)).then(|| {
         (
             ledger::MANIFEST_PATH.to_owned(),
             Bytes::from(serde_json::to_vec_pretty(&ours).unwrap_or_default()),
         )
     });
 
-    let by_model = steps::group_nodes(&plan);
     let budget = Arc::new(Semaphore::new(budget_permits(spec.limits.memory) as usize));
     let mut spectra: HashMap<usize, Arc<Spectrum>> = HashMap::new();
-    let mut evicted = vec![false; pinned.len()];
-    // The models whose turn downloads weights: those with captures or weight spectra to run.
-    let needs_weights: Vec<bool> = (0..pinned.len())
-        .map(|m| selection.has_unit(m) && steps::needs_weights(&plan, m, &done))
-        .collect();
-    // The next such model's weights download while this one runs (one ahead).
-    let mut prefetch: Option<(usize, tokio::task::JoinHandle<Result<(), RunError>>)> = None;
-    let mut failed_models = HashSet::new();
-    for (m, nodes) in by_model.iter().enumerate() {
-        if settings.evict_models {
-            steps::evict_weights(&plan, &pinned, &done, m, &mut evicted, &events);
-        }
-        if !selection.has_unit(m) {
-            continue;
-        }
-        let (instance, pinned_model) = &pinned[m];
-        let label = format!("{}@{}", instance.source, instance.revision);
-        // This model's own download finishes first (a failed one is retried, and reported,
-        // where the weights are used).
-        if let Some((_, handle)) = prefetch.take_if(|(p, _)| *p == m) {
-            let abort = handle.abort_handle();
-            tokio::select! {
-                _ = handle => {}
-                () = cancel.cancelled() => abort.abort(),
-            }
-        }
-        if prefetch.is_none()
-            && let Some(n) = (m + 1..pinned.len()).find(|&n| needs_weights[n])
-        {
-            let (next, model) = &pinned[n];
-            let fetch = model.weights_fetch(format!("{}@{}", next.source, next.revision));
-            prefetch = Some((n, tokio::spawn(fetch)));
-        }
-        if let Some(r) = nodes.resolve.filter(|r| !done.contains(r)) {
-            let mut record = records::record(&plan, &plan.nodes[r], None);
-            let mut metrics = serde_json::json!({ "commit": pinned_model.commit });
-            if let Some(data) = &pinned_model.data {
-                metrics["data"] = serde_json::to_value(data).unwrap_or_default();
-            }
-            record.metrics = Some(metrics);
-            let regular = manifest_file.take().into_iter().collect();
-            let _ = commit_tx.send(Committable { record, regular }).await;
-            report.executed += 1;
-        }
-        if cancel.is_cancelled() {
-            report.interrupted = true;
-            break;
-        }
-        let outcome =
-            steps::run_weight_nodes(spec, &plan, m, &pinned, &done, &upload_tx, &commit_tx)
-                .await
-                .map(|executed| report.executed += executed);
-        if let Err(error) = outcome {
-            let message = crate::hub::client::error_chain(&error);
-            events(&RunEvent::ModelFailed {
-                label: label.clone(),
-                error: message.clone(),
-            });
-            report.failed.push((label.clone(), message));
-            failed_models.insert(m);
-            if settings.failure == FailurePolicy::FailFast {
-                break;
-            }
-            continue;
-        }
-        let outcome = steps::run_model(
-            spec,
-            &plan,
-            m,
-            nodes,
-            pinned_model,
-            &label,
-            &done,
-            &device,
-            &budget,
-            &upload_tx,
-            &commit_tx,
-            &events,
-            &cancel,
-            &mut spectra,
-            settings.perturb_capture_for_tests,
-        )
-        .await;
-        match outcome {
-            Ok(run) => {
-                report.executed += run.executed;
-                report.capture_seconds += run.capture_seconds;
-                report.capture_stages += run.stages;
-            }
-            Err(RunError::Interrupted) => {
-                report.interrupted = true;
-                break;
-            }
-            Err(error) => {
-                let message = crate::hub::client::error_chain(&error);
-                events(&RunEvent::ModelFailed {
-                    label: label.clone(),
-                    error: message.clone(),
-                });
-                report.failed.push((label.clone(), message.clone()));
-                failed_models.insert(m);
-                for &c in &nodes.captures {
-                    if !done.contains(&c) {
-                        let mut record = records::record(&plan, &plan.nodes[c], None);
-                        record.error = Some(message.clone());
-                        let _ = commit_tx
-                            .send(Committable {
-                                record,
-                                regular: Vec::new(),
-                            })
-                            .await;
-                    }
-                }
-                if settings.failure == FailurePolicy::FailFast {
-                    break;
-                }
-            }
-        }
-    }
-    // A download for a model that will not run now (a failure stopped the run, or Ctrl-C).
-    if let Some((_, handle)) = prefetch.take() {
-        handle.abort();
-        let _ = handle.await;
-    }
-    if settings.evict_models {
-        steps::evict_weights(&plan, &pinned, &done, pinned.len(), &mut evicted, &events);
-    }
+    let run = steps::Run {
+        spec,
+        settings,
+        plan: &plan,
+        pinned: &pinned,
+        done: &done,
+        selection,
+        device: &device,
+        budget: &budget,
+        uploads: &upload_tx,
+        commits: &commit_tx,
+        events: &events,
+        cancel: &cancel,
+    };
+    let failed_models = models::run_models(&run, &mut report, &mut spectra, manifest_file).await;
     if selection.has_final()
         && !report.interrupted
         && (report.failed.is_empty() || settings.failure == FailurePolicy::KeepGoing)
     {
         let blocked = steps::blocked_final_nodes(&plan, &done, &failed_models, selection);
-        report.executed += steps::run_overlaps(
-            spec,
-            &plan,
-            &done,
-            &blocked,
-            &state,
-            client,
-            &repo,
-            &mut spectra,
-            &commit_tx,
-        )
-        .await?;
+        report.executed += steps::run_overlaps(&run, &blocked, &state, &repo, &mut spectra).await?;
         if let Some(last) = plan.nodes.len().checked_sub(1).filter(|l| {
             !done.contains(l)
                 && !blocked.contains(l)

@@ -1,6 +1,7 @@
 //! The steps of a run, per model revision and across models: grouping the plan's nodes by
-//! model, a model's capture and spectra, its weight spectra, and the overlaps between spectra.
-//! [`super::run_units`] drives them in order.
+//! model, a model's capture and spectra, its weight spectra, the overlaps between spectra, and
+//! the weights a model no longer needs. [`super::models`] takes the models in turn through
+//! them; [`super::run_units`] drives the whole.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -11,14 +12,36 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::analysis::{Centring, Spectrum};
-use crate::hub::{HubClient, Repo};
+use crate::hub::Repo;
 use crate::ledger::LedgerState;
 use crate::model::Model;
 use crate::plan::{self, Params, Plan};
 use crate::sink::{Artifact, Committable, UploadJob};
 use crate::spec::{Hook, SweepSpec};
 
-use super::{ModelNodes, PinnedModel, RunError, RunEvent, RunEvents, capture, records, weights};
+use super::{
+    ModelNodes, PinnedModel, RunError, RunEvent, RunEvents, RunSettings, UnitSelection, capture,
+    records, weights,
+};
+use crate::spec::ModelInstance;
+
+/// What every step of a run reads: the pinned plan against the ledger, the device and memory
+/// budget, and where results go.
+pub(super) struct Run<'a> {
+    pub spec: &'a SweepSpec,
+    pub settings: &'a RunSettings,
+    pub plan: &'a Plan,
+    pub pinned: &'a [(ModelInstance, PinnedModel)],
+    /// Nodes the ledger has, or a node selection leaves out: no step runs them.
+    pub done: &'a HashSet<usize>,
+    pub selection: &'a UnitSelection,
+    pub device: &'a candle_core::Device,
+    pub budget: &'a Arc<Semaphore>,
+    pub uploads: &'a mpsc::Sender<UploadJob>,
+    pub commits: &'a mpsc::Sender<Committable>,
+    pub events: &'a RunEvents,
+    pub cancel: &'a CancellationToken,
+}
 
 pub(super) fn group_nodes(plan: &Plan) -> Vec<ModelNodes> {
     let mut by_model: Vec<ModelNodes> = (0..plan.models.len())
@@ -52,24 +75,30 @@ pub(super) struct ModelRun {
     pub stages: capture::CaptureTimes,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Model `m`'s capture and spectra: its weights (unless downloaded ahead), the forward passes
+/// over its pending shards with their artifacts streamed to the sink, the spectra of the Gram
+/// matrices accumulated on the way, and its ledger-commit node.
 pub(super) async fn run_model(
-    spec: &SweepSpec,
-    plan: &Plan,
+    run: &Run<'_>,
     m: usize,
     nodes: &ModelNodes,
-    pinned: &PinnedModel,
     label: &str,
-    done: &HashSet<usize>,
-    device: &candle_core::Device,
-    budget: &Arc<Semaphore>,
-    uploads: &mpsc::Sender<UploadJob>,
-    commits: &mpsc::Sender<Committable>,
-    events: &RunEvents,
-    cancel: &CancellationToken,
     spectra_out: &mut HashMap<usize, Arc<Spectrum>>,
-    perturb_for_tests: bool,
 ) -> Result<ModelRun, RunError> {
+    let Run {
+        spec,
+        plan,
+        done,
+        device,
+        budget,
+        uploads,
+        commits,
+        events,
+        cancel,
+        ..
+    } = *run;
+    let pinned = &run.pinned[m].1;
+    let perturb_for_tests = run.settings.perturb_capture_for_tests;
     let Some(capture_spec) = &spec.capture else {
         return Ok(ModelRun::default());
     };
@@ -319,19 +348,23 @@ pub(super) fn blocked_final_nodes(
     blocked
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The overlaps between spectra that are not done or blocked, each from the two spectra this
+/// run computed or, for those the ledger has, downloaded. Returns how many it recorded.
 pub(super) async fn run_overlaps(
-    spec: &SweepSpec,
-    plan: &Plan,
-    done: &HashSet<usize>,
+    run: &Run<'_>,
     blocked: &[usize],
     state: &LedgerState,
-    client: &HubClient,
     repo: &Repo,
     spectra: &mut HashMap<usize, Arc<Spectrum>>,
-    commits: &mpsc::Sender<Committable>,
 ) -> Result<usize, RunError> {
-    let _ = spec;
+    let Run {
+        spec,
+        plan,
+        done,
+        commits,
+        ..
+    } = *run;
+    let client = &run.settings.output_client;
     let mut executed = 0;
     for (i, node) in plan.nodes.iter().enumerate() {
         let Params::Overlap { k, .. } = &node.params else {
@@ -395,15 +428,16 @@ pub(super) async fn run_overlaps(
 
 /// Weight-spectrum nodes of model `m` (see [`weights`]); for a spec without `capture`, also the
 /// model's ledger record, which `run_model` writes otherwise.
-pub(super) async fn run_weight_nodes(
-    spec: &SweepSpec,
-    plan: &Plan,
-    m: usize,
-    pinned: &[(crate::spec::ModelInstance, PinnedModel)],
-    done: &HashSet<usize>,
-    uploads: &mpsc::Sender<UploadJob>,
-    commits: &mpsc::Sender<Committable>,
-) -> Result<usize, RunError> {
+pub(super) async fn run_weight_nodes(run: &Run<'_>, m: usize) -> Result<usize, RunError> {
+    let Run {
+        spec,
+        plan,
+        pinned,
+        done,
+        uploads,
+        commits,
+        ..
+    } = *run;
     let mut executed = 0;
     for (i, node) in plan.nodes.iter().enumerate() {
         let Params::WeightSpectrum { model, .. } = node.params else {
@@ -473,14 +507,14 @@ pub(super) fn needs_weights(plan: &Plan, m: usize, done: &HashSet<usize>) -> boo
 /// before `next` have run: a model is needed by its own turn and, as the base of a weight
 /// delta, by the turns of the models whose delta nodes are still to run. Each model is
 /// evicted once (`evicted`); a file that cannot be deleted is reported, and the run goes on.
-pub(super) fn evict_weights(
-    plan: &Plan,
-    pinned: &[(crate::spec::ModelInstance, PinnedModel)],
-    done: &HashSet<usize>,
-    next: usize,
-    evicted: &mut [bool],
-    events: &RunEvents,
-) {
+pub(super) fn evict_weights(run: &Run<'_>, next: usize, evicted: &mut [bool]) {
+    let Run {
+        plan,
+        pinned,
+        done,
+        events,
+        ..
+    } = *run;
     let base_of_later = |k: usize| {
         plan.nodes.iter().enumerate().any(|(i, node)| {
             matches!(node.params, Params::WeightSpectrum { model, delta_from: Some(base), .. }
