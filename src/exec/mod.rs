@@ -3,10 +3,12 @@
 //! 1. Pin every model revision (files, commit sha, dimensions, token windows) and build the
 //!    pinned plan, where every node has its id.
 //! 2. Read the output repo's ledger; every node recorded there with its files present is done.
-//! 3. For each model revision with work left — loaded once, on one device — run its shards
-//!    (capture waits for memory from `limits.memory`), stream artifacts to the sink, accumulate
-//!    spectra; then spectra, overlaps, and the model's ledger record.
-//! 4. The sink uploads as artifacts close and commits in batches with their records; at the
+//! 3. For each model revision with work left — loaded once, on one device, its weights
+//!    downloaded while the model before it runs — run its shards (capture waits for memory
+//!    from `limits.memory`), stream artifacts to the sink, accumulate spectra; then spectra
+//!    and the model's ledger record (`models`, `steps`).
+//! 4. The final step: overlaps, and the final ledger record, unless a failure blocks them.
+//! 5. The sink uploads as artifacts close and commits in batches with their records; at the
 //!    end the compacted index is written. A rerun of a finished sweep commits nothing.
 //!
 //! Cancellation (Ctrl-C) stops new work at the next batch, lets the sink commit what is
