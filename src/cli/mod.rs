@@ -271,3 +271,84 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// A hint for an error caused by a Hub that did not answer (connection refused or reset, no
+/// route, a timeout), naming the endpoint in use; `None` for any other error.
+pub fn unreachable_hint(
+    error: &(dyn std::error::Error + 'static),
+    endpoint: &str,
+) -> Option<String> {
+    use std::io::ErrorKind;
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        let unreachable = e
+            .downcast_ref::<reqwest::Error>()
+            .is_some_and(|r| r.is_connect() || r.is_timeout())
+            || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    ErrorKind::ConnectionRefused
+                        | ErrorKind::ConnectionReset
+                        | ErrorKind::HostUnreachable
+                        | ErrorKind::NetworkUnreachable
+                        | ErrorKind::TimedOut
+                )
+            });
+        if unreachable {
+            return Some(format!(
+                "hint: the Hub at `{endpoint}` did not answer: check `HF_ENDPOINT`, the network and any proxy (`local://` models and outputs need no network)"
+            ));
+        }
+        cause = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use hubsweep::exec::RunError;
+    use hubsweep::hub::HubError;
+
+    /// An error whose cause is a refused connection gets the hint, through the retries'
+    /// wrapping; a Hub that answered (here: no such repo) does not.
+    #[test]
+    fn a_hub_that_does_not_answer_is_named_with_what_to_check() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/api/repos/create");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let refused = runtime
+            .block_on(reqwest::Client::new().get(&url).send())
+            .unwrap_err();
+        let error = RunError::Hub {
+            repo: "hf://datasets/alice/x".into(),
+            source: HubError::RetriesExhausted {
+                url: url.clone(),
+                attempts: 6,
+                last: Box::new(HubError::Transport {
+                    url: url.clone(),
+                    source: refused,
+                }),
+            },
+        };
+        let hint = super::unreachable_hint(&error, "http://127.0.0.1:9").unwrap();
+        assert!(
+            hint.contains("`http://127.0.0.1:9`") && hint.contains("HF_ENDPOINT"),
+            "{hint}"
+        );
+        let answered = RunError::Hub {
+            repo: "hf://datasets/alice/x".into(),
+            source: HubError::RepoNotFound { url },
+        };
+        assert_eq!(
+            super::unreachable_hint(&answered, "http://127.0.0.1:9"),
+            None
+        );
+    }
+}

@@ -333,6 +333,9 @@ pub(super) fn report_run_error(error: &exec::RunError, loaded: &hubsweep::spec::
         render_diagnostics(loaded, &located, env);
     }
     eprintln!("error: {}", super::error_chain(error));
+    if let Some(hint) = super::unreachable_hint(error, &env.hf_endpoint) {
+        eprintln!("  {hint}");
+    }
 }
 
 /// `hubsweep run SPEC`.
