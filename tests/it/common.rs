@@ -104,3 +104,52 @@ pub fn under_a_terminal(
         .stderr(std::process::Stdio::null());
     command
 }
+
+/// A sweep over three tiny GPT-NeoX models whose second cannot load (its weights are cut to
+/// 1,000 bytes; pinning reads only their bytes), with spectra and overlaps against the first.
+#[allow(dead_code)]
+pub struct OneBrokenModel {
+    /// The spec file.
+    pub spec: PathBuf,
+    /// The broken model's folder.
+    pub broken: PathBuf,
+    /// Its weights as they were: written back, they repair it.
+    pub weights: Vec<u8>,
+}
+
+#[allow(dead_code)]
+impl OneBrokenModel {
+    /// Writes the broken model and the spec (output `output`) into `ctx`.
+    pub fn new(ctx: &TestContext, output: &str) -> Self {
+        let fixtures = repo_root().join("tests/fixtures");
+        let broken = ctx.child("broken");
+        std::fs::create_dir_all(&broken).unwrap();
+        for name in ["config.json", "tokenizer.json", "model.safetensors"] {
+            std::fs::copy(fixtures.join("gpt_neox_tiny").join(name), broken.join(name)).unwrap();
+        }
+        let weights = std::fs::read(broken.join("model.safetensors")).unwrap();
+        std::fs::write(broken.join("model.safetensors"), &weights[..1000]).unwrap();
+        let base = fixtures.join("gpt_neox_tiny");
+        let spec = ctx.child("three.yaml");
+        std::fs::write(
+            &spec,
+            format!(
+                "name: three\noutput: {output}\nmodels:\n  - family: gpt_neox\n    repo: {base}\n  - family: gpt_neox\n    repo: {broken}\n  - family: gpt_neox\n    repo: {seq}\ndata:\n  texts:\n    - \"The quick brown fox jumps over the lazy dog.\"\n    - \"Interpretability asks what a network computes, and how.\"\n  seq_len: 16\ncapture:\n  hooks: [hook_resid_post]\n  layers: all\n  dtype: f32\nanalyses:\n  - spectrum: {{top_k: 8}}\n  - overlap: {{between: model, base: {base}, k: [2]}}\nlimits:\n  memory: 64MiB\n  artifact_bytes: 1MiB\ncompute:\n  device: cpu\n  batch_size: 4\n",
+                base = base.display(),
+                broken = broken.display(),
+                seq = fixtures.join("gpt_neox_tiny_seq").display(),
+            ),
+        )
+        .unwrap();
+        Self {
+            spec,
+            broken,
+            weights,
+        }
+    }
+
+    /// Puts the model's weights back.
+    pub fn repair(&self) {
+        std::fs::write(self.broken.join("model.safetensors"), &self.weights).unwrap();
+    }
+}

@@ -10,7 +10,7 @@ use hubsweep::hub::server::{Faults, Server, ServerConfig, ServerHandle};
 use hubsweep::hub::{HubClient, Repo, RepoId};
 use hubsweep::ledger::{LedgerState, Record};
 
-use crate::common::{TestContext, peers_required, repo_root, under_a_terminal};
+use crate::common::{OneBrokenModel, TestContext, peers_required, repo_root, under_a_terminal};
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hubsweep"))
@@ -1280,31 +1280,13 @@ fn weights_are_fetched_at_their_turn_and_evicted_only_when_the_run_downloaded_th
 #[test]
 fn a_failing_model_stops_the_run_or_with_keep_going_only_what_needs_it() {
     let ctx = TestContext::new();
-    let fixtures = repo_root().join("tests/fixtures");
-    let broken = ctx.child("broken");
-    std::fs::create_dir_all(&broken).unwrap();
-    for name in ["config.json", "tokenizer.json", "model.safetensors"] {
-        std::fs::copy(fixtures.join("gpt_neox_tiny").join(name), broken.join(name)).unwrap();
-    }
-    let weights = std::fs::read(broken.join("model.safetensors")).unwrap();
-    std::fs::write(broken.join("model.safetensors"), &weights[..1000]).unwrap();
-    let base = fixtures.join("gpt_neox_tiny");
-    let spec = ctx.child("three.yaml");
-    std::fs::write(
-        &spec,
-        format!(
-            "name: three\noutput: local://alice/three\nmodels:\n  - family: gpt_neox\n    repo: {base}\n  - family: gpt_neox\n    repo: {broken}\n  - family: gpt_neox\n    repo: {seq}\ndata:\n  texts:\n    - \"The quick brown fox jumps over the lazy dog.\"\n    - \"Interpretability asks what a network computes, and how.\"\n  seq_len: 16\ncapture:\n  hooks: [hook_resid_post]\n  layers: all\n  dtype: f32\nanalyses:\n  - spectrum: {{top_k: 8}}\n  - overlap: {{between: model, base: {base}, k: [2]}}\nlimits:\n  memory: 64MiB\n  artifact_bytes: 1MiB\ncompute:\n  device: cpu\n  batch_size: 4\n",
-            base = base.display(),
-            broken = broken.display(),
-            seq = fixtures.join("gpt_neox_tiny_seq").display(),
-        ),
-    )
-    .unwrap();
+    let sweep = OneBrokenModel::new(&ctx, "local://alice/three");
+    let spec = &sweep.spec;
     let run = |flags: &[&str]| {
         let output = hubsweep(&ctx)
             .args(["run", "--format", "json"])
             .args(flags)
-            .arg(&spec)
+            .arg(spec)
             .output()
             .unwrap();
         let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
@@ -1313,7 +1295,7 @@ fn a_failing_model_stops_the_run_or_with_keep_going_only_what_needs_it() {
     let status = || {
         let output = hubsweep(&ctx)
             .args(["status", "--format", "json"])
-            .arg(&spec)
+            .arg(spec)
             .output()
             .unwrap();
         serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
@@ -1376,7 +1358,7 @@ fn a_failing_model_stops_the_run_or_with_keep_going_only_what_needs_it() {
     });
 
     // Repaired, a plain rerun records the rest.
-    std::fs::write(broken.join("model.safetensors"), &weights).unwrap();
+    sweep.repair();
     let (output, report) = run(&[]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(report["blocked"], serde_json::json!([]), "{report}");

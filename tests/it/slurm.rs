@@ -12,7 +12,7 @@ use hubsweep::hub::server::{Faults, Server, ServerConfig, ServerHandle};
 use hubsweep::hub::{HubClient, Repo, RepoId};
 use hubsweep::ledger::{LedgerState, Record};
 
-use crate::common::{TestContext, peers_required, repo_root};
+use crate::common::{OneBrokenModel, TestContext, peers_required, repo_root};
 
 /// Commits per hour the test hub allows per repo: low enough that a sweep which ignored the
 /// limit would be refused, high enough for the tests' few commits.
@@ -453,26 +453,7 @@ fn keep_going_reaches_the_workers_and_the_final_step_records_what_it_can() {
     let ctx = TestContext::new();
     let rt = runtime();
     let server = rt.block_on(rate_limited_server(&ctx));
-    let fixtures = repo_root().join("tests/fixtures");
-    let broken = ctx.child("broken");
-    std::fs::create_dir_all(&broken).unwrap();
-    for name in ["config.json", "tokenizer.json", "model.safetensors"] {
-        std::fs::copy(fixtures.join("gpt_neox_tiny").join(name), broken.join(name)).unwrap();
-    }
-    let weights = std::fs::read(broken.join("model.safetensors")).unwrap();
-    std::fs::write(broken.join("model.safetensors"), &weights[..1000]).unwrap();
-    let base = fixtures.join("gpt_neox_tiny");
-    let spec = ctx.child("three.yaml");
-    std::fs::write(
-        &spec,
-        format!(
-            "name: three\noutput: hf://datasets/alice/three-slurm\nmodels:\n  - family: gpt_neox\n    repo: {base}\n  - family: gpt_neox\n    repo: {broken}\n  - family: gpt_neox\n    repo: {seq}\ndata:\n  texts:\n    - \"The quick brown fox jumps over the lazy dog.\"\n  seq_len: 16\ncapture:\n  hooks: [hook_resid_post]\n  layers: all\n  dtype: f32\nanalyses:\n  - spectrum: {{top_k: 8}}\n  - overlap: {{between: model, base: {base}, k: [2]}}\nlimits:\n  memory: 64MiB\n  artifact_bytes: 1MiB\ncompute:\n  device: cpu\n  batch_size: 4\n",
-            base = base.display(),
-            broken = broken.display(),
-            seq = fixtures.join("gpt_neox_tiny_seq").display(),
-        ),
-    )
-    .unwrap();
+    let spec = OneBrokenModel::new(&ctx, "hf://datasets/alice/three-slurm").spec;
     let out = hubsweep(&ctx, &server)
         .args([
             "run",

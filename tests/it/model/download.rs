@@ -88,8 +88,12 @@ fn add_dir(files: &mut HashMap<String, Vec<u8>>, repo: &str, dir: &Path) {
     }
 }
 
-/// Serves `files` like a Hub's `resolve` route on loopback, on a runtime of its own.
-fn serve(files: HashMap<String, Vec<u8>>) -> (tokio::runtime::Runtime, Peer, String) {
+/// Serves `files` like a Hub's `resolve` route on loopback, on a runtime of its own; the
+/// source reaches it with the token it wants and a cache in `ctx`.
+fn serve(
+    ctx: &TestContext,
+    files: HashMap<String, Vec<u8>>,
+) -> (tokio::runtime::Runtime, Peer, HubSource) {
     let peer = Peer {
         files: Arc::new(files),
         log: Arc::default(),
@@ -108,7 +112,12 @@ fn serve(files: HashMap<String, Vec<u8>>) -> (tokio::runtime::Runtime, Peer, Str
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         addr
     });
-    (runtime, peer, format!("http://{addr}"))
+    let source = HubSource {
+        endpoint: format!("http://{addr}"),
+        token: Some("secret".into()),
+        cache_dir: ctx.child("hub-cache"),
+    };
+    (runtime, peer, source)
 }
 
 #[test]
@@ -120,12 +129,7 @@ fn sharded_model_and_dataset_download_through_hf_hub() {
         "datasets/ns/prompts/data/p.jsonl".into(),
         b"{\"text\": \"The quick brown fox.\"}\n".to_vec(),
     );
-    let (runtime, peer, endpoint) = serve(files);
-    let source = HubSource {
-        endpoint,
-        token: Some("secret".into()),
-        cache_dir: ctx.child("hub-cache"),
-    };
+    let (runtime, peer, source) = serve(&ctx, files);
 
     // Resolving (what pinning does) fetches config, tokenizer and the index, no shard.
     let resolved = runtime
@@ -199,12 +203,7 @@ fn a_weights_download_waits_for_another_holding_the_lock() {
     let mut files = HashMap::new();
     add_dir(&mut files, "tiny/llama3", &fixture("llama_tiny_llama3"));
     let shard = files["tiny/llama3/model-00001-of-00004.safetensors"].clone();
-    let (runtime, _peer, endpoint) = serve(files);
-    let source = HubSource {
-        endpoint,
-        token: Some("secret".into()),
-        cache_dir: ctx.child("hub-cache"),
-    };
+    let (runtime, _peer, source) = serve(&ctx, files);
     let resolved = runtime
         .block_on(ModelFiles::resolve(&source, "tiny/llama3", "main"))
         .unwrap();
