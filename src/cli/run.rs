@@ -279,6 +279,9 @@ fn describe(event: &RunEvent) -> Option<String> {
             "plan     {nodes} nodes, {done} already in the ledger, {} of artifacts to make",
             format_bytes(*pending_bytes)
         ),
+        RunEvent::Downloading { label, files } => {
+            format!("download {label}: {files} weight file(s) into the HF cache")
+        }
         RunEvent::ModelStarted { label, shards } => format!("capture  {label}: {shards} shard(s)"),
         RunEvent::ModelSkipped { label } => format!("skip     {label}: already in the ledger"),
         RunEvent::ModelFailed { label, error } => format!("FAILED   {label}: {error}"),

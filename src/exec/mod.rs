@@ -109,6 +109,13 @@ pub enum RunEvent {
         /// Artifact bytes still to produce.
         pending_bytes: u64,
     },
+    /// The run waits for a model revision's weights to download.
+    Downloading {
+        /// `repo@revision`, or the node that needs them.
+        label: String,
+        /// Weight files not in the cache yet.
+        files: usize,
+    },
     /// A model revision starts capturing.
     ModelStarted {
         /// `repo@revision`.

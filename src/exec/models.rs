@@ -53,6 +53,13 @@ pub(super) async fn run_models(
         // This model's own download finishes first (a failed one is retried, and reported,
         // where the weights are used).
         if let Some((_, handle)) = prefetch.take_if(|(p, _)| *p == m) {
+            let files = pinned_model.missing_weights();
+            if !handle.is_finished() && files > 0 {
+                (run.events)(&RunEvent::Downloading {
+                    label: label.clone(),
+                    files,
+                });
+            }
             let abort = handle.abort_handle();
             tokio::select! {
                 _ = handle => {}

@@ -343,6 +343,14 @@ impl PinnedModel {
         self.weights_fetch(label.to_owned()).await
     }
 
+    /// How many of its weight files are not in the cache yet (none for a local folder).
+    pub fn missing_weights(&self) -> usize {
+        if self.origin.is_none() {
+            return 0;
+        }
+        self.files.weights.iter().filter(|p| !p.is_file()).count()
+    }
+
     /// [`fetch_weights`](PinnedModel::fetch_weights), detached from the model, to run on a
     /// task of its own (the run downloads the next model's weights while this one runs).
     pub fn weights_fetch(
@@ -435,9 +443,15 @@ pub async fn pin_and_plan(
     let mut module_errors = Vec::new();
     if spec.weights.is_some() {
         for (checked, (instance, model)) in pinned.iter().enumerate() {
-            model
-                .fetch_weights(&format!("{}@{}", instance.source, instance.revision))
-                .await?;
+            let label = format!("{}@{}", instance.source, instance.revision);
+            let files = model.missing_weights();
+            if files > 0 {
+                events(&RunEvent::Downloading {
+                    label: label.clone(),
+                    files,
+                });
+            }
+            model.fetch_weights(&label).await?;
             module_errors = super::weights::check_modules(spec, &pinned[..=checked])?;
             if module_errors.is_empty() {
                 break;

@@ -166,16 +166,12 @@ pub(super) async fn run_model(
             ..ModelRun::default()
         });
     }
+    // The weights, unless the download one model ahead brought them already.
+    fetch_weights(run, pinned, label).await?;
     events(&RunEvent::ModelStarted {
         label: label.to_owned(),
         shards: shards.len(),
     });
-    // The weights, unless the download one model ahead brought them already; Ctrl-C stops
-    // a download here like it stops a capture.
-    tokio::select! {
-        fetched = pinned.fetch_weights(label) => fetched?,
-        () = cancel.cancelled() => return Err(RunError::Interrupted),
-    }
     let files = pinned.files.clone();
     let load_device = device.clone();
     let loaded = tokio::task::spawn_blocking(move || {
@@ -449,9 +445,9 @@ pub(super) async fn run_weight_nodes(run: &Run<'_>, m: usize) -> Result<usize, R
         let Some(job) = weights::WeightJob::of(plan, node, pinned) else {
             continue;
         };
-        job.model.fetch_weights(&job.label).await?;
+        fetch_weights(run, &job.model, &job.label).await?;
         if let Some((_, base)) = &job.base {
-            base.fetch_weights(&job.label).await?;
+            fetch_weights(run, base, &job.label).await?;
         }
         let started = Instant::now();
         let (metrics, bytes) = tokio::task::spawn_blocking(move || weights::compute_node(&job))
@@ -485,6 +481,23 @@ pub(super) async fn run_weight_nodes(run: &Run<'_>, m: usize) -> Result<usize, R
         executed += 1;
     }
     Ok(executed)
+}
+
+/// Downloads the weight files of `model` not in the cache yet, saying so first (on a slow
+/// link this takes minutes); Ctrl-C stops the download like it stops a capture.
+async fn fetch_weights(run: &Run<'_>, model: &PinnedModel, label: &str) -> Result<(), RunError> {
+    let files = model.missing_weights();
+    if files == 0 {
+        return Ok(());
+    }
+    (run.events)(&RunEvent::Downloading {
+        label: label.to_owned(),
+        files,
+    });
+    tokio::select! {
+        fetched = model.fetch_weights(label) => fetched,
+        () = run.cancel.cancelled() => Err(RunError::Interrupted),
+    }
 }
 
 /// Whether model `m` has work left that reads its weights: captures (with their artifacts

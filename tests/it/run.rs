@@ -1228,6 +1228,12 @@ fn weights_are_fetched_at_their_turn_and_evicted_only_when_the_run_downloaded_th
         "{}",
         stderr(&output)
     );
+    // The wait for a download is said (the first model's: the second downloads ahead).
+    assert!(
+        stderr(&output).contains("download local://hubsweep/tiny-gpt-neox@main: 1 weight file(s)"),
+        "{}",
+        stderr(&output)
+    );
     let files = file_names(&home);
     assert!(
         !files
@@ -1257,6 +1263,7 @@ fn weights_are_fetched_at_their_turn_and_evicted_only_when_the_run_downloaded_th
         .unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(!stderr(&output).contains("evicted"), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("download"), "{}", stderr(&output));
     assert_eq!(weight_blobs(&keeper.child("hubsweep-home/cache")), kept);
 
     // The Slurm executor refuses the flag rather than ignoring it.
