@@ -129,7 +129,7 @@ pub fn submit(
         };
         let planning = async {
             let sources = exec::hold_data_to_ledger(&spec, &hubs.sources, &hubs.output).await?;
-            let (plan, pinned) = exec::pin_and_plan(&spec, &sources, env.device_class(spec.compute.device), &progress_printer()).await?;
+            let (plan, pinned) = exec::pin_and_plan(&spec, &sources, env.device_class(spec.compute.device), &progress_printer(), exec::PinCheck::Full).await?;
             let repo = exec::output_repo(&spec)?;
             hubs.output.create_repo(&repo, false, true).await.map_err(|source| exec::RunError::Hub { repo: spec.output.to_string(), source })?;
             let state = LedgerState::read(&hubs.output, &repo, "main")

@@ -43,7 +43,7 @@ use crate::sink::{
 };
 use crate::spec::{Diagnostic, SweepSpec};
 
-pub use pin::{DataPin, PinnedModel, Sources, hold_data_to_ledger, pin_and_plan};
+pub use pin::{DataPin, PinCheck, PinnedModel, Sources, hold_data_to_ledger, pin_and_plan};
 pub use records::{default_tolerances, now_rfc3339};
 pub use unit::{UnitSelection, WorkUnit};
 
@@ -436,7 +436,7 @@ async fn run_inner(
         }
         None => {
             let sources = hold_data_to_ledger(spec, &settings.sources, client).await?;
-            pin_and_plan(spec, &sources, device_class, &events).await?
+            pin_and_plan(spec, &sources, device_class, &events, PinCheck::Full).await?
         }
     };
     if !settings.dry_run {

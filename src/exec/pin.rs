@@ -411,12 +411,26 @@ impl ModelLookup for PinnedLookup<'_> {
     }
 }
 
-/// Pins models and builds the pinned plan (also used by `status` and `--dry-run`).
+/// What pinning checks before a plan is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinCheck {
+    /// Everything, a weight sweep's module patterns included: the checkpoints are downloaded
+    /// one after another until every pattern has matched one (usually the first). For what is
+    /// about to run, or to be submitted: `run`, `--dry-run`, the Slurm submitter, `reproduce`.
+    Full,
+    /// Everything but the module patterns, so pinning downloads no weights: for reading
+    /// progress (`status`) and for a Slurm worker, whose submitter checked them. The plan is
+    /// the same (node ids do not depend on the checkpoints' keys).
+    NoWeights,
+}
+
+/// Pins models and builds the pinned plan (`check` says what is checked first).
 pub async fn pin_and_plan(
     spec: &SweepSpec,
     sources: &Sources,
     device_class: &str,
     events: &RunEvents,
+    check: PinCheck,
 ) -> Result<(Plan, Vec<(ModelInstance, PinnedModel)>), RunError> {
     let (data, data_pin) = fetch_data(spec, sources).await?;
     let mut pinned = Vec::new();
@@ -441,7 +455,7 @@ pub async fn pin_and_plan(
     // the weights of one model after another, until every pattern matched in one (usually
     // the first; the rest are downloaded when their turn comes).
     let mut module_errors = Vec::new();
-    if spec.weights.is_some() {
+    if spec.weights.is_some() && check == PinCheck::Full {
         for (checked, (instance, model)) in pinned.iter().enumerate() {
             let label = format!("{}@{}", instance.source, instance.revision);
             let files = model.missing_weights();

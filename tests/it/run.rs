@@ -1161,7 +1161,7 @@ fn the_python_snippet_in_the_docs_reads_a_run() {
 }
 
 /// The weight blobs the snapshots under `home` link `model.safetensors` to.
-fn weight_blobs(home: &Path) -> BTreeSet<String> {
+pub(crate) fn weight_blobs(home: &Path) -> BTreeSet<String> {
     walk(home)
         .into_iter()
         .filter(|path| {

@@ -492,3 +492,42 @@ fn report_draws_the_run(ctx: &TestContext) {
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(json["weights"].as_array().unwrap().len(), 40);
 }
+
+/// Checking module patterns downloads checkpoints, so only what is about to run checks them:
+/// `status` (and a Slurm worker, whose submitter checked) pins without a weight, while a dry
+/// run downloads checkpoints until every pattern matched — here the first one only.
+#[test]
+fn status_downloads_no_weights_and_a_dry_run_only_what_the_patterns_need() {
+    let ctx = TestContext::new();
+    let text = WEIGHTS_SPEC.replace(
+        "[attention.query_key_value, \"mlp.*\", \"self_attn.*_proj\", gpt_neox.embed_in]",
+        "[attention.query_key_value]",
+    );
+    let spec = write_spec(&ctx, "neox-weights.yaml", &text);
+    let cache = ctx.child("hubsweep-home/cache");
+    let output = crate::run::hubsweep(&ctx)
+        .args(["status", "--format", "json"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["complete"], false, "{status}");
+    assert!(crate::run::weight_blobs(&cache).is_empty());
+    let output = crate::run::hubsweep(&ctx)
+        .args(["run", "--dry-run"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        crate::run::weight_blobs(&cache).len(),
+        1,
+        "the first checkpoint's"
+    );
+    assert!(
+        stderr(&output).contains("download local://hubsweep/tiny-gpt-neox@main"),
+        "{}",
+        stderr(&output)
+    );
+}
