@@ -436,9 +436,28 @@ async fn run_inner(
         }
         None => {
             let sources = hold_data_to_ledger(spec, &settings.sources, client).await?;
-            pin_and_plan(spec, &sources, device_class, &events, PinCheck::Full).await?
+            pin_and_plan(spec, &sources, device_class, &events, PinCheck::NoWeights).await?
         }
     };
+    // A weight sweep's module patterns are checked (downloading checkpoints) before anything
+    // is written, but only while weight spectra are still to run: a rerun of a finished sweep
+    // downloads nothing.
+    if spec.weights.is_some() {
+        let early = read_state().await?;
+        let pending = plan.nodes.iter().any(|node| {
+            let id = node.id.map(|id| id.to_hex()).unwrap_or_default();
+            matches!(node.params, plan::Params::WeightSpectrum { model, .. } if selection.has_unit(model as usize))
+                && !early.is_done(&id)
+                && !selection.excludes(&id)
+        });
+        if pending {
+            // The models this run takes turns with first: a Slurm worker's own unit.
+            let (mine, others): (Vec<usize>, Vec<usize>) =
+                (0..pinned.len()).partition(|&m| selection.has_unit(m));
+            let order: Vec<usize> = mine.into_iter().chain(others).collect();
+            pin::check_module_patterns(spec, &pinned, &order, &events).await?;
+        }
+    }
     if !settings.dry_run {
         client
             .create_repo(&repo, false, true)

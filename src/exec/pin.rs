@@ -451,31 +451,9 @@ pub async fn pin_and_plan(
             pinned.push((instance, model));
         }
     }
-    // Module patterns are checked against the checkpoints' keys now, before anything runs:
-    // the weights of one model after another, until every pattern matched in one (usually
-    // the first; the rest are downloaded when their turn comes).
-    let mut module_errors = Vec::new();
-    if spec.weights.is_some() && check == PinCheck::Full {
-        for (checked, (instance, model)) in pinned.iter().enumerate() {
-            let label = format!("{}@{}", instance.source, instance.revision);
-            let files = model.missing_weights();
-            if files > 0 {
-                events(&RunEvent::Downloading {
-                    label: label.clone(),
-                    files,
-                });
-            }
-            model.fetch_weights(&label).await?;
-            module_errors = super::weights::check_modules(spec, &pinned[..=checked])?;
-            if module_errors.is_empty() {
-                break;
-            }
-        }
-    }
-    if !module_errors.is_empty() {
-        return Err(RunError::Plan {
-            diagnostics: module_errors,
-        });
+    if check == PinCheck::Full {
+        let order: Vec<usize> = (0..pinned.len()).collect();
+        check_module_patterns(spec, &pinned, &order, events).await?;
     }
     let lookup = PinnedLookup { models: &pinned };
     let options = PlanOptions {
@@ -498,6 +476,46 @@ pub async fn pin_and_plan(
         });
     }
     Ok((plan, pinned))
+}
+
+/// Checks a weight sweep's module patterns against the checkpoints' keys, before anything
+/// runs: the weights of one model after another (in `order`, indices into `pinned`; the models
+/// a run is about to use first) are downloaded until every pattern matched in one of them
+/// (usually the first; the rest are downloaded when their turn comes). A pattern that matches
+/// nothing is a plan error, with a "did you mean" where one fits.
+pub(crate) async fn check_module_patterns(
+    spec: &SweepSpec,
+    pinned: &[(ModelInstance, PinnedModel)],
+    order: &[usize],
+    events: &RunEvents,
+) -> Result<(), RunError> {
+    if spec.weights.is_none() {
+        return Ok(());
+    }
+    let mut module_errors = Vec::new();
+    for (checked, &m) in order.iter().enumerate() {
+        let (instance, model) = &pinned[m];
+        let label = format!("{}@{}", instance.source, instance.revision);
+        let files = model.missing_weights();
+        if files > 0 {
+            events(&RunEvent::Downloading {
+                label: label.clone(),
+                files,
+            });
+        }
+        model.fetch_weights(&label).await?;
+        module_errors =
+            super::weights::check_modules(spec, order[..=checked].iter().map(|&k| &pinned[k].1))?;
+        if module_errors.is_empty() {
+            return Ok(());
+        }
+    }
+    if module_errors.is_empty() {
+        return Ok(());
+    }
+    Err(RunError::Plan {
+        diagnostics: module_errors,
+    })
 }
 
 /// `sources` holding the spec's Hub data file to the commit the output repo's ledger records

@@ -145,15 +145,15 @@ fn matrix_keys(index: &BTreeMap<String, TensorEntry>) -> Vec<&str> {
 /// Checks every module pattern against the pinned checkpoints' keys, before anything runs: a
 /// pattern that matches no weight matrix of any model is an error at `/weights/modules/N` (in a
 /// sweep over several families a pattern may fit only some of them).
-pub fn check_modules(
+pub fn check_modules<'a>(
     spec: &SweepSpec,
-    pinned: &[(ModelInstance, PinnedModel)],
+    pinned: impl IntoIterator<Item = &'a PinnedModel>,
 ) -> Result<Vec<Diagnostic>, RunError> {
     let Some(weights) = &spec.weights else {
         return Ok(Vec::new());
     };
     let mut keys = std::collections::BTreeSet::new();
-    for (_, model) in pinned {
+    for model in pinned {
         let index = checkpoint_index(&model.files.weights)?;
         keys.extend(matrix_keys(&index).into_iter().map(str::to_owned));
     }

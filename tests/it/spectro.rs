@@ -493,11 +493,12 @@ fn report_draws_the_run(ctx: &TestContext) {
     assert_eq!(json["weights"].as_array().unwrap().len(), 40);
 }
 
-/// Checking module patterns downloads checkpoints, so only what is about to run checks them:
-/// `status` (and a Slurm worker, whose submitter checked) pins without a weight, while a dry
-/// run downloads checkpoints until every pattern matched — here the first one only.
+/// Checking module patterns downloads checkpoints, so only weight spectra about to run check
+/// them: `status` pins without a weight; a dry run of a new sweep downloads checkpoints until
+/// every pattern matched (here the first one only); a rerun or dry run of a finished sweep
+/// downloads nothing, even after `--evict-models` deleted the weights.
 #[test]
-fn status_downloads_no_weights_and_a_dry_run_only_what_the_patterns_need() {
+fn only_weight_spectra_still_to_run_download_checkpoints_to_check_patterns() {
     let ctx = TestContext::new();
     let text = WEIGHTS_SPEC.replace(
         "[attention.query_key_value, \"mlp.*\", \"self_attn.*_proj\", gpt_neox.embed_in]",
@@ -530,4 +531,27 @@ fn status_downloads_no_weights_and_a_dry_run_only_what_the_patterns_need() {
         "{}",
         stderr(&output)
     );
+    // The sweep in a fresh home, leaving no weights behind (it downloaded them all); then a
+    // rerun and a dry run of the finished sweep check no pattern, so they download nothing.
+    let ctx = TestContext::new();
+    let spec = write_spec(&ctx, "neox-weights.yaml", &text);
+    let cache = ctx.child("hubsweep-home/cache");
+    let output = crate::run::hubsweep(&ctx)
+        .args(["run", "--evict-models"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(crate::run::weight_blobs(&cache).is_empty());
+    let (output, again) = run_json(&ctx, &spec, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(again["executed"], 0, "{again}");
+    let output = crate::run::hubsweep(&ctx)
+        .args(["run", "--dry-run"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("download"), "{}", stderr(&output));
+    assert!(crate::run::weight_blobs(&cache).is_empty());
 }
