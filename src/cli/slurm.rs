@@ -129,12 +129,19 @@ pub fn submit(
         };
         let planning = async {
             let sources = exec::hold_data_to_ledger(&spec, &hubs.sources, &hubs.output).await?;
-            let (plan, pinned) = exec::pin_and_plan(&spec, &sources, env.device_class(spec.compute.device), &progress_printer(), exec::PinCheck::Full).await?;
+            let events = progress_printer();
+            let (plan, pinned) = exec::pin_and_plan(&spec, &sources, env.device_class(spec.compute.device), &events, exec::PinCheck::NoWeights).await?;
             let repo = exec::output_repo(&spec)?;
+            let read_state = || async {
+                LedgerState::read(&hubs.output, &repo, "main")
+                    .await
+                    .map_err(|source| exec::RunError::Ledger { repo: spec.output.to_string(), source })
+            };
+            // Module patterns are checked while weight spectra are still to run, before the repo
+            // is created: a bad pattern is refused with nothing written.
+            exec::check_pending_module_patterns(&spec, &plan, &pinned, &read_state().await?, &exec::UnitSelection::All, &events).await?;
             hubs.output.create_repo(&repo, false, true).await.map_err(|source| exec::RunError::Hub { repo: spec.output.to_string(), source })?;
-            let state = LedgerState::read(&hubs.output, &repo, "main")
-                .await
-                .map_err(|source| exec::RunError::Ledger { repo: spec.output.to_string(), source })?;
+            let state = read_state().await?;
             Ok::<_, exec::RunError>((plan, pinned, repo, state))
         };
         // Until the jobs are submitted, Ctrl-C simply stops: nothing exists to cancel.

@@ -338,6 +338,33 @@ pub fn manifest(spec: &SweepSpec, settings: &RunSettings) -> Manifest {
     }
 }
 
+/// Checks a weight sweep's module patterns against the checkpoints (downloading them, as
+/// [`PinCheck::Full`] does) when weight spectra of `selection` are still to run by `state`,
+/// starting with the models the selection takes turns with: a finished sweep, or a Slurm unit
+/// without weight spectra, downloads nothing.
+pub async fn check_pending_module_patterns(
+    spec: &SweepSpec,
+    plan: &Plan,
+    pinned: &[(crate::spec::ModelInstance, PinnedModel)],
+    state: &LedgerState,
+    selection: &UnitSelection,
+    events: &RunEvents,
+) -> Result<(), RunError> {
+    let pending = plan.nodes.iter().any(|node| {
+        let id = node.id.map(|id| id.to_hex()).unwrap_or_default();
+        matches!(node.params, plan::Params::WeightSpectrum { model, .. } if selection.has_unit(model as usize))
+            && !state.is_done(&id)
+            && !selection.excludes(&id)
+    });
+    if !pending {
+        return Ok(());
+    }
+    let (mine, others): (Vec<usize>, Vec<usize>) =
+        (0..pinned.len()).partition(|&m| selection.has_unit(m));
+    let order: Vec<usize> = mine.into_iter().chain(others).collect();
+    pin::check_module_patterns(spec, pinned, &order, events).await
+}
+
 /// Runs a sweep. See the module docs.
 pub async fn run(
     spec: &SweepSpec,
@@ -440,23 +467,10 @@ async fn run_inner(
         }
     };
     // A weight sweep's module patterns are checked (downloading checkpoints) before anything
-    // is written, but only while weight spectra are still to run: a rerun of a finished sweep
-    // downloads nothing.
+    // is written, but only while weight spectra are still to run.
     if spec.weights.is_some() {
         let early = read_state().await?;
-        let pending = plan.nodes.iter().any(|node| {
-            let id = node.id.map(|id| id.to_hex()).unwrap_or_default();
-            matches!(node.params, plan::Params::WeightSpectrum { model, .. } if selection.has_unit(model as usize))
-                && !early.is_done(&id)
-                && !selection.excludes(&id)
-        });
-        if pending {
-            // The models this run takes turns with first: a Slurm worker's own unit.
-            let (mine, others): (Vec<usize>, Vec<usize>) =
-                (0..pinned.len()).partition(|&m| selection.has_unit(m));
-            let order: Vec<usize> = mine.into_iter().chain(others).collect();
-            pin::check_module_patterns(spec, &pinned, &order, &events).await?;
-        }
+        check_pending_module_patterns(spec, &plan, &pinned, &early, selection, &events).await?;
     }
     if !settings.dry_run {
         client
