@@ -548,7 +548,7 @@ pub fn status(args: StatusArgs, env: &Env) -> ExitCode {
         let outcome = async {
             let device_class = if cfg!(feature = "cuda") { "cuda" } else { "cpu" };
             let sources = exec::hold_data_to_ledger(&spec, &hubs.sources, &hubs.output).await?;
-            let (plan, _) = exec::pin_and_plan(&spec, &sources, device_class, &quiet, exec::PinCheck::NoWeights).await?;
+            let (plan, _) = exec::pin_and_plan(&spec, &sources, device_class, &quiet).await?;
             let repo = exec::output_repo(&spec)?;
             let state = hubsweep::ledger::LedgerState::read(&hubs.output, &repo, "main")
                 .await

@@ -130,7 +130,7 @@ pub fn submit(
         let planning = async {
             let sources = exec::hold_data_to_ledger(&spec, &hubs.sources, &hubs.output).await?;
             let events = progress_printer();
-            let (plan, pinned) = exec::pin_and_plan(&spec, &sources, env.device_class(spec.compute.device), &events, exec::PinCheck::NoWeights).await?;
+            let (plan, pinned) = exec::pin_and_plan(&spec, &sources, env.device_class(spec.compute.device), &events).await?;
             let repo = exec::output_repo(&spec)?;
             let read_state = || async {
                 LedgerState::read(&hubs.output, &repo, "main")

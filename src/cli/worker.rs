@@ -154,16 +154,7 @@ async fn work(
 ) -> ExitCode {
     let device_class = env.device_class(spec.compute.device);
     let pinned = match exec::hold_data_to_ledger(spec, sources, output).await {
-        Ok(sources) => {
-            exec::pin_and_plan(
-                spec,
-                &sources,
-                device_class,
-                &quiet(),
-                exec::PinCheck::NoWeights,
-            )
-            .await
-        }
+        Ok(sources) => exec::pin_and_plan(spec, &sources, device_class, &quiet()).await,
         Err(error) => Err(error),
     };
     let plan = match pinned {

@@ -43,7 +43,7 @@ use crate::sink::{
 };
 use crate::spec::{Diagnostic, SweepSpec};
 
-pub use pin::{DataPin, PinCheck, PinnedModel, Sources, hold_data_to_ledger, pin_and_plan};
+pub use pin::{DataPin, PinnedModel, Sources, hold_data_to_ledger, pin_and_plan};
 pub use records::{default_tolerances, now_rfc3339};
 pub use unit::{UnitSelection, WorkUnit};
 
@@ -338,10 +338,11 @@ pub fn manifest(spec: &SweepSpec, settings: &RunSettings) -> Manifest {
     }
 }
 
-/// Checks a weight sweep's module patterns against the checkpoints (downloading them, as
-/// [`PinCheck::Full`] does) when weight spectra of `selection` are still to run by `state`,
-/// starting with the models the selection takes turns with: a finished sweep, or a Slurm unit
-/// without weight spectra, downloads nothing.
+/// Checks a weight sweep's module patterns against the checkpoints' keys when weight spectra
+/// of `selection` are still to run by `state`, so a bad pattern is refused before anything
+/// runs. Checkpoints are downloaded one after another until every pattern matched in one
+/// (usually the first), starting with the models the selection takes turns with; a finished
+/// sweep, or a Slurm unit without weight spectra, downloads nothing.
 pub async fn check_pending_module_patterns(
     spec: &SweepSpec,
     plan: &Plan,
@@ -463,7 +464,7 @@ async fn run_inner(
         }
         None => {
             let sources = hold_data_to_ledger(spec, &settings.sources, client).await?;
-            pin_and_plan(spec, &sources, device_class, &events, PinCheck::NoWeights).await?
+            pin_and_plan(spec, &sources, device_class, &events).await?
         }
     };
     // A weight sweep's module patterns are checked (downloading checkpoints) before anything

@@ -411,26 +411,15 @@ impl ModelLookup for PinnedLookup<'_> {
     }
 }
 
-/// What pinning checks before a plan is built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PinCheck {
-    /// Everything, a weight sweep's module patterns included: the checkpoints are downloaded
-    /// one after another until every pattern has matched one (usually the first). For what is
-    /// about to run, or to be submitted: `run`, `--dry-run`, the Slurm submitter, `reproduce`.
-    Full,
-    /// Everything but the module patterns, so pinning downloads no weights: for reading
-    /// progress (`status`) and for a Slurm worker, whose submitter checked them. The plan is
-    /// the same (node ids do not depend on the checkpoints' keys).
-    NoWeights,
-}
-
-/// Pins models and builds the pinned plan (`check` says what is checked first).
+/// Pins models and builds the pinned plan. Pinning downloads no weights: a weight sweep's
+/// module patterns are checked against the checkpoints by
+/// [`check_pending_module_patterns`](super::check_pending_module_patterns), which `run` calls
+/// while weight spectra are still to run (node ids do not depend on the checkpoints' keys).
 pub async fn pin_and_plan(
     spec: &SweepSpec,
     sources: &Sources,
     device_class: &str,
     events: &RunEvents,
-    check: PinCheck,
 ) -> Result<(Plan, Vec<(ModelInstance, PinnedModel)>), RunError> {
     let (data, data_pin) = fetch_data(spec, sources).await?;
     let mut pinned = Vec::new();
@@ -450,10 +439,6 @@ pub async fn pin_and_plan(
             });
             pinned.push((instance, model));
         }
-    }
-    if check == PinCheck::Full {
-        let order: Vec<usize> = (0..pinned.len()).collect();
-        check_module_patterns(spec, &pinned, &order, events).await?;
     }
     let lookup = PinnedLookup { models: &pinned };
     let options = PlanOptions {

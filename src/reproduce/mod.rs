@@ -466,15 +466,9 @@ pub async fn reproduce(
     // Like models, the Hub data file is read at its recorded commit, never the branch again.
     sources.pinned_data = DataPin::recorded(&source.spec, records.values()).map(|pin| pin.commit);
     // Pinned once, here: the rerun below runs this very plan instead of pinning again.
-    let (plan, pinned) = exec::pin_and_plan(
-        &source.spec,
-        &sources,
-        &device_class,
-        &events,
-        exec::PinCheck::Full,
-    )
-    .await
-    .map_err(|e| ReproduceError::Rebuild(Box::new(e)))?;
+    let (plan, pinned) = exec::pin_and_plan(&source.spec, &sources, &device_class, &events)
+        .await
+        .map_err(|e| ReproduceError::Rebuild(Box::new(e)))?;
     let (id_rows, matched) = compare::check_ids(&plan, records);
     let chosen = select::choose(&plan, &settings.selection)?;
     let id_of = |i: usize| plan.nodes[i].id.map(|id| id.to_hex()).unwrap_or_default();
