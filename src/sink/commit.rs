@@ -27,6 +27,18 @@ use crate::ledger::{FileRecord, LedgerState, Record, segment};
 /// before the run reports the error.
 const MAX_RATE_LIMITED_WAITS: u32 = 8;
 
+/// The wait a commit refused for the rate limit asks for: a 429 whose wait is longer than the
+/// client sits out, or the last of the client's attempts (no `Retry-After`: a minute).
+fn rate_limit_wait(error: &HubError) -> Option<Duration> {
+    match error {
+        HubError::RateLimited { retry_after, .. } => {
+            Some(retry_after.unwrap_or(Duration::from_secs(60)))
+        }
+        HubError::RetriesExhausted { last, .. } => rate_limit_wait(last),
+        _ => None,
+    }
+}
+
 /// How commits are batched and paced.
 #[derive(Debug, Clone)]
 pub struct CommitPolicy {
@@ -571,17 +583,17 @@ impl Committer {
                     self.head = Some(self.client.head(&self.repo, &self.revision).await?);
                 }
                 // The repo's commit quota is spent (by other writers too) for longer than the
-                // client sits out: wait as the Hub asks and send the same commit again. The
-                // files finished meanwhile queue up, so the commits after it carry more.
-                Err(HubError::RateLimited {
-                    retry_after: Some(wait),
-                    ..
-                }) if rate_limited < MAX_RATE_LIMITED_WAITS => {
-                    rate_limited += 1;
-                    (self.events)(&SinkEvent::Throttled { wait });
-                    tokio::time::sleep(wait).await;
-                }
-                Err(err) => return Err(err),
+                // client sits out, or for all its attempts: wait as the Hub asks and send the
+                // same commit again. The files finished meanwhile queue up, so the commits
+                // after it carry more.
+                Err(err) => match rate_limit_wait(&err) {
+                    Some(wait) if rate_limited < MAX_RATE_LIMITED_WAITS => {
+                        rate_limited += 1;
+                        (self.events)(&SinkEvent::Throttled { wait });
+                        tokio::time::sleep(wait).await;
+                    }
+                    _ => return Err(err),
+                },
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The committer against the embedded hub, through the library API: at most `max_files` files a
 //! commit (its ledger segment included), no record in a commit before its inputs, and a
-//! rate-limit answer longer than the client sits out waited out instead of failing the run.
+//! rate-limit answer the client does not sit out (too long, or past its attempts) waited out
+//! instead of failing the run.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -34,20 +35,39 @@ fn chained_record(i: usize) -> Record {
     }
 }
 
+/// The 429 reaches the committer as the Hub's hour-long one would: a wait longer than the
+/// client sits out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_hold_at_most_max_files_and_a_long_rate_limit_is_waited_out() {
+    commit_through_a_429(RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        max_server_wait: Duration::ZERO,
+    })
+    .await;
+}
+
+/// The 429 reaches the committer after the client's last attempt (here its only one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_that_outlasts_the_clients_attempts_is_waited_out() {
+    commit_through_a_429(RetryPolicy {
+        max_attempts: 1,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        max_server_wait: Duration::from_secs(5),
+    })
+    .await;
+}
+
+/// 25 chained records, one file each, through a committer of at most 10 files a commit, while
+/// the server answers the first commit with 429 and `Retry-After: 1`; `retry` is the client's.
+async fn commit_through_a_429(retry: RetryPolicy) {
     let ctx = TestContext::new();
     let server = start_server(ctx.path(), |_| {}).await;
-    // The client sits out no server wait: the 429 reaches the committer, as an hour-long one
-    // from the Hub would.
     let client = HubClient::builder(server.base_url())
         .unwrap()
-        .retry(RetryPolicy {
-            max_attempts: 3,
-            base_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(50),
-            max_server_wait: Duration::ZERO,
-        })
+        .retry(retry)
         .build()
         .unwrap();
     let repo = model("alice/batched");
