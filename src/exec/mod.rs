@@ -43,7 +43,9 @@ use crate::sink::{
 };
 use crate::spec::{Diagnostic, SweepSpec};
 
-pub use pin::{DataPin, PinnedModel, Sources, hold_data_to_ledger, pin_and_plan};
+pub use pin::{
+    DataPin, PinnedModel, Sources, check_pending_module_patterns, hold_data_to_ledger, pin_and_plan,
+};
 pub use records::{default_tolerances, now_rfc3339};
 pub use unit::{UnitSelection, WorkUnit};
 
@@ -336,34 +338,6 @@ pub fn manifest(spec: &SweepSpec, settings: &RunSettings) -> Manifest {
         },
         tolerances: records::default_tolerances(),
     }
-}
-
-/// Checks a weight sweep's module patterns against the checkpoints' keys when weight spectra
-/// of `selection` are still to run by `state`, so a bad pattern is refused before anything
-/// runs. Checkpoints are downloaded one after another until every pattern matched in one
-/// (usually the first), starting with the models the selection takes turns with; a finished
-/// sweep, or a Slurm unit without weight spectra, downloads nothing.
-pub async fn check_pending_module_patterns(
-    spec: &SweepSpec,
-    plan: &Plan,
-    pinned: &[(crate::spec::ModelInstance, PinnedModel)],
-    state: &LedgerState,
-    selection: &UnitSelection,
-    events: &RunEvents,
-) -> Result<(), RunError> {
-    let pending = plan.nodes.iter().any(|node| {
-        let id = node.id.map(|id| id.to_hex()).unwrap_or_default();
-        matches!(node.params, plan::Params::WeightSpectrum { model, .. } if selection.has_unit(model as usize))
-            && !state.is_done(&id)
-            && !selection.excludes(&id)
-    });
-    if !pending {
-        return Ok(());
-    }
-    let (mine, others): (Vec<usize>, Vec<usize>) =
-        (0..pinned.len()).partition(|&m| selection.has_unit(m));
-    let order: Vec<usize> = mine.into_iter().chain(others).collect();
-    pin::check_module_patterns(spec, pinned, &order, events).await
 }
 
 /// Runs a sweep. See the module docs.

@@ -463,6 +463,34 @@ pub async fn pin_and_plan(
     Ok((plan, pinned))
 }
 
+/// Checks a weight sweep's module patterns against the checkpoints' keys when weight spectra
+/// of `selection` are still to run by `state`, so a bad pattern is refused before anything
+/// runs. Checkpoints are downloaded one after another until every pattern matched in one
+/// (usually the first), starting with the models the selection takes turns with; a finished
+/// sweep, or a Slurm unit without weight spectra, downloads nothing.
+pub async fn check_pending_module_patterns(
+    spec: &SweepSpec,
+    plan: &Plan,
+    pinned: &[(ModelInstance, PinnedModel)],
+    state: &LedgerState,
+    selection: &super::UnitSelection,
+    events: &RunEvents,
+) -> Result<(), RunError> {
+    let pending = plan.nodes.iter().any(|node| {
+        let id = node.id.map(|id| id.to_hex()).unwrap_or_default();
+        matches!(node.params, crate::plan::Params::WeightSpectrum { model, .. } if selection.has_unit(model as usize))
+            && !state.is_done(&id)
+            && !selection.excludes(&id)
+    });
+    if !pending {
+        return Ok(());
+    }
+    let (mine, others): (Vec<usize>, Vec<usize>) =
+        (0..pinned.len()).partition(|&m| selection.has_unit(m));
+    let order: Vec<usize> = mine.into_iter().chain(others).collect();
+    check_module_patterns(spec, pinned, &order, events).await
+}
+
 /// Checks a weight sweep's module patterns against the checkpoints' keys, before anything
 /// runs: the weights of one model after another (in `order`, indices into `pinned`; the models
 /// a run is about to use first) are downloaded until every pattern matched in one of them
