@@ -45,6 +45,14 @@ pub(crate) fn run_json(
     (output, json)
 }
 
+/// `hubsweep ARGS SPEC` in `ctx`, which must exit 0; its stdout, and its stderr.
+pub(crate) fn succeed(ctx: &TestContext, args: &[&str], spec: &Path) -> (Vec<u8>, String) {
+    let output = hubsweep(ctx).args(args).arg(spec).output().unwrap();
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "hubsweep {args:?}: {err}");
+    (output.stdout, err)
+}
+
 pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -1256,14 +1264,11 @@ fn weights_are_fetched_at_their_turn_and_evicted_only_when_the_run_downloaded_th
         text.replace("hubsweep/quickstart", "hubsweep/quickstart-again"),
     )
     .unwrap();
-    let output = hubsweep(&keeper)
-        .args(["run", "--evict-models"])
-        .arg(&other)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    assert!(!stderr(&output).contains("evicted"), "{}", stderr(&output));
-    assert!(!stderr(&output).contains("download"), "{}", stderr(&output));
+    let (_, err) = succeed(&keeper, &["run", "--evict-models"], &other);
+    assert!(
+        !err.contains("evicted") && !err.contains("download"),
+        "{err}"
+    );
     assert_eq!(weight_blobs(&keeper.child("hubsweep-home/cache")), kept);
 
     // The Slurm executor refuses the flag rather than ignoring it.

@@ -10,7 +10,10 @@ use hubsweep::ledger::{LedgerState, Record};
 use sha2::Digest as _;
 
 use crate::common::{TestContext, repo_root};
-use crate::run::{check_ledger, dataset, open_store, run_json, runtime, segment_records, stderr};
+use crate::run::{
+    check_ledger, dataset, open_store, run_json, runtime, segment_records, stderr, succeed,
+    weight_blobs,
+};
 
 /// The two bundled tiny models (one per family, both 64 wide) with spectra, overlaps of the
 /// Llama's subspaces with the GPT-NeoX's, and weight spectra; each family's patterns match only
@@ -506,52 +509,27 @@ fn only_weight_spectra_still_to_run_download_checkpoints_to_check_patterns() {
     );
     let spec = write_spec(&ctx, "neox-weights.yaml", &text);
     let cache = ctx.child("hubsweep-home/cache");
-    let output = crate::run::hubsweep(&ctx)
-        .args(["status", "--format", "json"])
-        .arg(&spec)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let (stdout, _) = succeed(&ctx, &["status", "--format", "json"], &spec);
+    let status: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     assert_eq!(status["complete"], false, "{status}");
-    assert!(crate::run::weight_blobs(&cache).is_empty());
-    let output = crate::run::hubsweep(&ctx)
-        .args(["run", "--dry-run"])
-        .arg(&spec)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    assert_eq!(
-        crate::run::weight_blobs(&cache).len(),
-        1,
-        "the first checkpoint's"
-    );
+    assert!(weight_blobs(&cache).is_empty());
+    let (_, err) = succeed(&ctx, &["run", "--dry-run"], &spec);
+    assert_eq!(weight_blobs(&cache).len(), 1, "the first checkpoint's");
     assert!(
-        stderr(&output).contains("download local://hubsweep/tiny-gpt-neox@main"),
-        "{}",
-        stderr(&output)
+        err.contains("download local://hubsweep/tiny-gpt-neox@main"),
+        "{err}"
     );
     // The sweep in a fresh home, leaving no weights behind (it downloaded them all); then a
     // rerun and a dry run of the finished sweep check no pattern, so they download nothing.
     let ctx = TestContext::new();
     let spec = write_spec(&ctx, "neox-weights.yaml", &text);
     let cache = ctx.child("hubsweep-home/cache");
-    let output = crate::run::hubsweep(&ctx)
-        .args(["run", "--evict-models"])
-        .arg(&spec)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    assert!(crate::run::weight_blobs(&cache).is_empty());
-    let (output, again) = run_json(&ctx, &spec, &[]);
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    succeed(&ctx, &["run", "--evict-models"], &spec);
+    assert!(weight_blobs(&cache).is_empty());
+    let (stdout, _) = succeed(&ctx, &["run", "--format", "json"], &spec);
+    let again: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     assert_eq!(again["executed"], 0, "{again}");
-    let output = crate::run::hubsweep(&ctx)
-        .args(["run", "--dry-run"])
-        .arg(&spec)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    assert!(!stderr(&output).contains("download"), "{}", stderr(&output));
-    assert!(crate::run::weight_blobs(&cache).is_empty());
+    let (_, err) = succeed(&ctx, &["run", "--dry-run"], &spec);
+    assert!(!err.contains("download"), "{err}");
+    assert!(weight_blobs(&cache).is_empty());
 }
