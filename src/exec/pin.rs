@@ -351,6 +351,25 @@ impl PinnedModel {
         self.files.weights.iter().filter(|p| !p.is_file()).count()
     }
 
+    /// [`fetch_weights`](PinnedModel::fetch_weights), saying first how many files it downloads
+    /// ([`RunEvent::Downloading`]; nothing when all are in the cache): on a slow link this is
+    /// minutes.
+    pub async fn fetch_weights_saying(
+        &self,
+        label: &str,
+        events: &RunEvents,
+    ) -> Result<(), RunError> {
+        let files = self.missing_weights();
+        if files == 0 {
+            return Ok(());
+        }
+        events(&RunEvent::Downloading {
+            label: label.to_owned(),
+            files,
+        });
+        self.fetch_weights(label).await
+    }
+
     /// [`fetch_weights`](PinnedModel::fetch_weights), detached from the model, to run on a
     /// task of its own (the run downloads the next model's weights while this one runs).
     pub fn weights_fetch(
@@ -477,10 +496,11 @@ pub async fn check_pending_module_patterns(
     events: &RunEvents,
 ) -> Result<(), RunError> {
     let pending = plan.nodes.iter().any(|node| {
+        let crate::plan::Params::WeightSpectrum { model, .. } = node.params else {
+            return false;
+        };
         let id = node.id.map(|id| id.to_hex()).unwrap_or_default();
-        matches!(node.params, crate::plan::Params::WeightSpectrum { model, .. } if selection.has_unit(model as usize))
-            && !state.is_done(&id)
-            && !selection.excludes(&id)
+        selection.has_unit(model as usize) && !state.is_done(&id) && !selection.excludes(&id)
     });
     if !pending {
         return Ok(());
@@ -496,7 +516,7 @@ pub async fn check_pending_module_patterns(
 /// a run is about to use first) are downloaded until every pattern matched in one of them
 /// (usually the first; the rest are downloaded when their turn comes). A pattern that matches
 /// nothing is a plan error, with a "did you mean" where one fits.
-pub(crate) async fn check_module_patterns(
+async fn check_module_patterns(
     spec: &SweepSpec,
     pinned: &[(ModelInstance, PinnedModel)],
     order: &[usize],
@@ -509,14 +529,7 @@ pub(crate) async fn check_module_patterns(
     for (checked, &m) in order.iter().enumerate() {
         let (instance, model) = &pinned[m];
         let label = format!("{}@{}", instance.source, instance.revision);
-        let files = model.missing_weights();
-        if files > 0 {
-            events(&RunEvent::Downloading {
-                label: label.clone(),
-                files,
-            });
-        }
-        model.fetch_weights(&label).await?;
+        model.fetch_weights_saying(&label, events).await?;
         module_errors =
             super::weights::check_modules(spec, order[..=checked].iter().map(|&k| &pinned[k].1))?;
         if module_errors.is_empty() {

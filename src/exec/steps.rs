@@ -483,19 +483,11 @@ pub(super) async fn run_weight_nodes(run: &Run<'_>, m: usize) -> Result<usize, R
     Ok(executed)
 }
 
-/// Downloads the weight files of `model` not in the cache yet, saying so first (on a slow
-/// link this takes minutes); Ctrl-C stops the download like it stops a capture.
+/// Downloads the weight files of `model` not in the cache yet, saying so first; Ctrl-C stops
+/// the download like it stops a capture.
 async fn fetch_weights(run: &Run<'_>, model: &PinnedModel, label: &str) -> Result<(), RunError> {
-    let files = model.missing_weights();
-    if files == 0 {
-        return Ok(());
-    }
-    (run.events)(&RunEvent::Downloading {
-        label: label.to_owned(),
-        files,
-    });
     tokio::select! {
-        fetched = model.fetch_weights(label) => fetched,
+        fetched = model.fetch_weights_saying(label, run.events) => fetched,
         () = run.cancel.cancelled() => Err(RunError::Interrupted),
     }
 }

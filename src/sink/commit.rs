@@ -6,9 +6,10 @@
 //! commits: at most `max_files` files each (the segment included), after `flush_after` of
 //! quiet, never more than `commits_per_hour` in any hour, each carrying a new ledger segment
 //! with the records of the files it adds, on top of the head it last saw (`parentCommit`; a
-//! moved branch is re-read and the commit re-sent). A rate-limit answer with a wait longer
-//! than the client sits out is waited out here, and the same commit re-sent. A record is committed only once all its inputs are committed, so the
-//! ledger's DAG is closed after every commit, whatever happens next.
+//! moved branch is re-read and the commit re-sent). A rate-limit answer the client does not sit
+//! out (too long a wait, or past its attempts) is waited out here, and the same commit re-sent.
+//! A record is committed only once all its inputs are committed, so the ledger's DAG is closed
+//! after every commit, whatever happens next.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -23,8 +24,8 @@ use crate::hub::{
 };
 use crate::ledger::{FileRecord, LedgerState, Record, segment};
 
-/// Rate-limit answers (429 with a wait longer than the client sits out) one commit waits out
-/// before the run reports the error.
+/// Rate-limit answers that came back from the client (see [`rate_limit_wait`]) one commit
+/// waits out before the run reports the error.
 const MAX_RATE_LIMITED_WAITS: u32 = 8;
 
 /// The wait a commit refused for the rate limit asks for: a 429 whose wait is longer than the
