@@ -1,7 +1,7 @@
 //! hubsweep: declarative activation sweeps over model families, checkpoints and layers,
 //! streamed to the Hugging Face Hub with a ledger anyone can check.
 //!
-//! Data flow, one direction (DESIGN.md):
+//! Data flow, one direction:
 //!
 //! ```text
 //! sweeps/*.yaml ─► spec (parse, validate, expand) ─► plan (DAG, node ids, estimates)
@@ -14,14 +14,14 @@
 //! | --- | --- |
 //! | [`spec`] | YAML types, validation with source locations, grid expansion |
 //! | [`plan`] | node kinds, content-addressed node ids, the DAG, size and memory estimates |
-//! | [`exec`] | the scheduler: pinning, resource limits, cancellation, events |
+//! | [`exec`] | the [`exec::Session`] every front end opens a sweep with (hubs, pin once, run), the scheduler: resource limits, cancellation, events |
 //! | [`model`] | config loading, GPT-NeoX and Llama forward passes with hook points, tokenizer, GGUF import |
 //! | [`data`] | prompt sources, tokenization into windows, token shards |
 //! | [`analysis`] | streaming Gram accumulation, eigen spectra and metrics, overlaps, weight spectra |
-//! | [`sink`] | in-memory safetensors serialization with sha256, upload pipeline, commit batching |
-//! | [`hub`] | Hub HTTP client, downloads through hf-hub, and the embedded Hub-compatible server |
-//! | [`slurm`] | work units submitted to a Slurm cluster as a job array, tracked and resubmitted |
-//! | [`ledger`] | manifest, per-node records, segments and the compacted index on the Hub; `verify` |
+//! | [`sink`] | in-memory safetensors serialization with sha256; [`sink::Sink::start`] / `finish`: upload pipeline, commit batching, the index |
+//! | [`hub`] | Hub HTTP client, downloads through hf-hub, the embedded Hub-compatible server, the bundled models |
+//! | [`slurm`] | the submitter: work units submitted to a Slurm cluster as a job array, tracked and resubmitted |
+//! | [`ledger`] | manifest, per-node records, segments, the compacted index and metrics tables on the Hub; progress; `verify` |
 //! | [`reproduce`] | a ledger's plan rebuilt from its manifest at the recorded pins, rerun and compared |
 //! | [`fuzzing`] | fuzz target bodies for the hostile-input parsers (run by `fuzz/` and the tests) |
 //! | [`report`] | the metrics tables drawn as a self-contained HTML page (inline SVG), CSV, JSON |

@@ -32,7 +32,7 @@ pub use gram::GramAccumulator;
 pub use metrics::SpectrumMetrics;
 pub use overlap::{SubspaceOverlap, overlap_k_values, overlaps, subspace_overlap};
 pub use spectrum::{ActivationMetrics, Centring, Decomposition, Eigenbasis, Spectrum};
-pub use store::{GRAM_FORMAT, SPECTRUM_FORMAT, SPECTRUM_FORMAT_VERSION, WEIGHT_SPECTRUM_FORMAT};
+pub use store::{GRAM_FORMAT, SPECTRUM_FORMAT, SPECTRUM_FORMAT_VERSION};
 pub use weights::{
     QkvSplit, SvdMethod, WeightMatch, WeightMatrix, WeightSpectrum, match_weight_modules,
     split_fused_qkv, weight_delta_spectrum, weight_spectra, weight_spectrum,

@@ -22,8 +22,8 @@
 //!
 //! with `__metadata__` `{"hubsweep.gram": "{\"version\":1,\"rows\":N}"}`.
 //!
-//! A weight spectrum ([`WeightSpectrum::to_safetensors`]): `singular_values` `[min(r, c)]`,
-//! with `__metadata__` `{"hubsweep.weight_spectrum": "{\"version\":1,\"rows\":R,\"cols\":C}"}`.
+//! Weight spectra are stored one file per `weight_spectrum` node, by the run
+//! (`exec::weights`, metadata key `hubsweep.weights`; layout in docs/analysis.md).
 //!
 //! The metadata holds exactly one key: the safetensors crate writes metadata from a
 //! `HashMap`, whose order varies between runs, and one key keeps the bytes deterministic.
@@ -37,15 +37,12 @@ use serde::{Deserialize, Serialize};
 
 use super::gram::GramAccumulator;
 use super::spectrum::{Decomposition, Eigenbasis, Spectrum};
-use super::weights::WeightSpectrum;
 use super::{AnalysisError, check_shape};
 
 /// The metadata key of a stored spectrum.
 pub const SPECTRUM_FORMAT: &str = "hubsweep.spectrum";
 /// The metadata key of a stored Gram accumulator.
 pub const GRAM_FORMAT: &str = "hubsweep.gram";
-/// The metadata key of a stored weight spectrum.
-pub const WEIGHT_SPECTRUM_FORMAT: &str = "hubsweep.weight_spectrum";
 /// The layout version written by [`Spectrum::to_safetensors`] and
 /// [`GramAccumulator::to_safetensors`].
 pub const SPECTRUM_FORMAT_VERSION: u32 = 1;
@@ -55,13 +52,6 @@ struct SpectrumHeader {
     version: u32,
     rows: u64,
     top_k: usize,
-}
-
-#[derive(Serialize, Deserialize)]
-struct WeightHeader {
-    version: u32,
-    rows: usize,
-    cols: usize,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -317,36 +307,5 @@ impl GramAccumulator {
         let mut accumulator = GramAccumulator::new(width);
         accumulator.push_gram(&gram, &column_sums, header.rows)?;
         Ok(accumulator)
-    }
-}
-
-impl WeightSpectrum {
-    /// The singular values as safetensors bytes (layout in `docs/analysis.md`).
-    /// Deterministic.
-    pub fn to_safetensors(&self) -> Result<Vec<u8>, AnalysisError> {
-        let header = WeightHeader {
-            version: SPECTRUM_FORMAT_VERSION,
-            rows: self.rows,
-            cols: self.cols,
-        };
-        let tensors = vec![(
-            "singular_values".to_string(),
-            vec![self.singular_values.len()],
-            self.singular_values.clone(),
-        )];
-        write(tensors, WEIGHT_SPECTRUM_FORMAT, &header)
-    }
-
-    /// Reads a weight spectrum written by [`WeightSpectrum::to_safetensors`].
-    pub fn from_safetensors(bytes: &[u8]) -> Result<Self, AnalysisError> {
-        let (reader, header): (_, WeightHeader) = Reader::open(bytes, WEIGHT_SPECTRUM_FORMAT)?;
-        check_version(header.version)?;
-        let count = header.rows.min(header.cols);
-        let (_, singular_values) = reader.required("singular_values", &[Some(count)])?;
-        Ok(WeightSpectrum {
-            rows: header.rows,
-            cols: header.cols,
-            singular_values,
-        })
     }
 }

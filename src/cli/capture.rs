@@ -2,14 +2,15 @@
 //! `run_with_cache`, writing the named activations to a safetensors file.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{DType, Tensor};
 use hubsweep::data::{TextTokenizer, TokenWindows};
 use hubsweep::model::hooks::{self, HookPoint};
-use hubsweep::model::{ComputeDtype, DeviceSpec, HubSource, Model, ModelConfig, ModelFiles};
+use hubsweep::model::{ComputeDtype, DeviceSpec, Model, ModelConfig, ModelFiles};
 
 use super::Env;
+use super::shared::{error_chain, resolve_model};
 
 /// Arguments of `hubsweep capture`.
 #[derive(Debug, clap::Args)]
@@ -43,52 +44,6 @@ pub struct CaptureArgs {
     /// Start each text with the model's BOS token (`bos_token_id` in config.json).
     #[arg(long)]
     prepend_bos: bool,
-}
-
-/// Resolves `--model`: an existing folder, else `REPO[@REV]` from the cache, else the Hub.
-pub fn resolve_model(spec: &str, env: &Env) -> Result<ModelFiles, String> {
-    let path = Path::new(spec);
-    if path.is_dir() {
-        return ModelFiles::from_dir(path).map_err(chain);
-    }
-    let (repo, revision) = spec.split_once('@').unwrap_or((spec, "main"));
-    if repo.split('/').count() != 2 || repo.starts_with('/') || repo.starts_with('.') {
-        return Err(format!(
-            "`{spec}` is neither a folder nor a repo id `namespace/name[@revision]`"
-        ));
-    }
-    let cache = env.hf_hub_cache_dir();
-    match ModelFiles::from_cache(&cache, repo, revision) {
-        Ok(files) => Ok(files),
-        Err(cache_err) if env.hf_hub_offline => {
-            Err(format!("{} (HF_HUB_OFFLINE is set)", chain(cache_err)))
-        }
-        Err(_) => {
-            let source = HubSource {
-                endpoint: env.hf_endpoint.clone(),
-                token: env.hf_token.clone(),
-                cache_dir: cache,
-            };
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| format!("cannot start the download runtime: {e}"))?;
-            runtime
-                .block_on(ModelFiles::download(&source, repo, revision))
-                .map_err(chain)
-        }
-    }
-}
-
-/// An error and its causes on one line.
-pub fn chain(err: impl std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
 }
 
 /// Parses `--layers` against a model with `n_layers` blocks.
@@ -152,7 +107,7 @@ fn input_rows(
     config: &ModelConfig,
 ) -> Result<Vec<Vec<u32>>, String> {
     if let Some(path) = &args.ids {
-        let text = fs_err::read_to_string(path).map_err(chain)?;
+        let text = fs_err::read_to_string(path).map_err(|e| error_chain(&e))?;
         let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| format!("`{}` is not JSON: {e}", path.display()))?;
         let as_row = |v: &serde_json::Value| -> Option<Vec<u32>> {
@@ -181,7 +136,7 @@ fn input_rows(
             files.dir.display()
         )
     })?;
-    let tokenizer = TextTokenizer::from_file(tokenizer_path).map_err(chain)?;
+    let tokenizer = TextTokenizer::from_file(tokenizer_path).map_err(|e| error_chain(&e))?;
     let bos = if args.prepend_bos {
         Some(
             config
@@ -194,7 +149,7 @@ fn input_rows(
     args.text
         .iter()
         .map(|t| {
-            let ids = tokenizer.encode(t).map_err(chain)?;
+            let ids = tokenizer.encode(t).map_err(|e| error_chain(&e))?;
             Ok(bos.into_iter().chain(ids).collect())
         })
         .collect()
@@ -202,27 +157,28 @@ fn input_rows(
 
 /// Runs the command; `Err` is a message for stderr (exit code 2).
 pub fn run(args: &CaptureArgs, env: &Env) -> Result<(), String> {
-    let device_spec: DeviceSpec = args.device.parse().map_err(chain)?;
-    let device = device_spec.open().map_err(chain)?;
+    let device_spec: DeviceSpec = args.device.parse().map_err(|e| error_chain(&e))?;
+    let device = device_spec.open().map_err(|e| error_chain(&e))?;
     let files = resolve_model(&args.model, env)?;
-    let config = ModelConfig::from_file(&files.config).map_err(chain)?;
+    let config = ModelConfig::from_file(&files.config).map_err(|e| error_chain(&e))?;
     let layers = parse_layers(&args.layers, config.n_layers)?;
     let names = hook_names(&args.hooks, &layers);
     // Validate hooks before the (slow) weight load.
-    let request = hubsweep::model::HookRequest::new(&names, &config).map_err(chain)?;
+    let request =
+        hubsweep::model::HookRequest::new(&names, &config).map_err(|e| error_chain(&e))?;
     let rows = input_rows(args, &files, &config)?;
     let windows = TokenWindows::from_rows(&rows).map_err(|_| {
         let lengths: Vec<usize> = rows.iter().map(Vec::len).collect();
         format!("prompts must be non-empty and tokenize to equal lengths, got {lengths:?}; pass one --text or use --ids")
     })?;
-    let model = Model::load(&files, &device, args.dtype.dtype()).map_err(chain)?;
+    let model = Model::load(&files, &device, args.dtype.dtype()).map_err(|e| error_chain(&e))?;
     let ids = Tensor::from_slice(
         windows.tokens(),
         (windows.n_windows(), windows.seq_len()),
         &candle_core::Device::Cpu,
     )
-    .map_err(chain)?;
-    let acts = model.forward(&ids, &request).map_err(chain)?;
+    .map_err(|e| error_chain(&e))?;
+    let acts = model.forward(&ids, &request).map_err(|e| error_chain(&e))?;
 
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for (name, t) in acts.iter() {
@@ -230,12 +186,15 @@ pub fn run(args: &CaptureArgs, env: &Env) -> Result<(), String> {
             name.to_string(),
             t.contiguous()
                 .and_then(|t| t.to_device(&candle_core::Device::Cpu))
-                .map_err(chain)?,
+                .map_err(|e| error_chain(&e))?,
         );
     }
-    tensors.insert("input_ids".into(), ids.to_dtype(DType::I64).map_err(chain)?);
+    tensors.insert(
+        "input_ids".into(),
+        ids.to_dtype(DType::I64).map_err(|e| error_chain(&e))?,
+    );
     candle_core::safetensors::save(&tensors, &args.out)
-        .map_err(|e| format!("cannot write `{}`: {}", args.out.display(), chain(e)))?;
+        .map_err(|e| format!("cannot write `{}`: {}", args.out.display(), error_chain(&e)))?;
     let mut listed: Vec<(&String, &Tensor)> = tensors.iter().collect();
     listed.sort_by_key(|(n, _)| HookPoint::parse(n).ok());
     for (name, t) in listed {

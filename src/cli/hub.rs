@@ -237,7 +237,7 @@ fn summary_json(repo: &Repo, upload: &FolderUpload) -> serde_json::Value {
 }
 
 fn fail(error: &dyn std::error::Error) -> ExitCode {
-    eprintln!("error: {}", super::error_chain(error));
+    eprintln!("error: {}", super::shared::error_chain(error));
     ExitCode::from(EXIT_CANNOT_RUN)
 }
 
@@ -255,7 +255,7 @@ async fn run_import(args: ImportArgs, env: &Env) -> ExitCode {
                     eprintln!(
                         "error: cannot convert `{}`: {}",
                         gguf.display(),
-                        super::error_chain(&error)
+                        super::shared::error_chain(&error)
                     );
                     return ExitCode::from(EXIT_CANNOT_RUN);
                 }
@@ -376,7 +376,7 @@ async fn run_serve(args: ServeArgs, env: &Env) -> ExitCode {
     let handle = match Server::start(config).await {
         Ok(handle) => handle,
         Err(error) => {
-            eprintln!("error: {}", super::error_chain(&error));
+            eprintln!("error: {}", super::shared::error_chain(&error));
             return ExitCode::from(EXIT_CANNOT_RUN);
         }
     };

@@ -1,6 +1,6 @@
 //! Command-line front end: argument parsing, environment, printing and exit codes.
 //!
-//! Exit codes are a contract (DESIGN.md): 0 success, 1 ran but negative, 2 could not run,
+//! Exit codes are a contract (README): 0 success, 1 ran but negative, 2 could not run,
 //! 130 interrupted. stdout carries data only; diagnostics and progress go to stderr.
 
 mod capture;
@@ -9,6 +9,7 @@ mod inspect;
 mod report;
 mod reproduce;
 mod run;
+mod shared;
 mod slurm;
 mod spec;
 mod verify;
@@ -19,7 +20,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hubsweep::spec::{DeviceSpec, Diagnostic, Loaded, Severity, diag::Rendered, tree::Location};
 
 /// Exit code: the command ran and the answer is positive.
 pub const EXIT_OK: u8 = 0;
@@ -55,7 +55,7 @@ enum Command {
     /// Draw an output repo's metrics: HTML with plots, or CSV / JSON.
     Report(report::ReportArgs),
     /// Run a sweep: capture, analyse, stream to the Hub, record the ledger; resumes by default.
-    Run(run::RunArgs),
+    Run(shared::RunArgs),
     /// Show a sweep's progress against its ledger: done, pending and failed per model.
     Status(run::StatusArgs),
     /// Check spec files: every error at once, with locations and hints.
@@ -146,77 +146,6 @@ impl Env {
         self.hf_hub_cache()
             .unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"))
     }
-
-    /// The device class a run would use for `device` (part of capture pins).
-    pub fn device_class(&self, device: DeviceSpec) -> &'static str {
-        match device {
-            DeviceSpec::Cpu => "cpu",
-            DeviceSpec::Cuda(_) => "cuda",
-            // Without the `cuda` feature, `auto` is the CPU.
-            DeviceSpec::Auto => {
-                if cfg!(feature = "cuda") {
-                    "cuda"
-                } else {
-                    "cpu"
-                }
-            }
-        }
-    }
-}
-
-/// Longest source line miette is asked to draw. Longer lines are unreadable in a terminal, and
-/// past column 65,535 miette's padding overflows Rust's format width and panics (a spec with
-/// 200,000 token ids on one line did this).
-const MAX_SNIPPET_LINE: usize = 1_000;
-
-/// Whether the lines around `location` (miette shows one line of context each side) are short
-/// enough to draw as a snippet.
-fn snippet_fits(text: &str, location: &Location) -> bool {
-    let line = usize::try_from(location.line).unwrap_or(usize::MAX);
-    text.lines()
-        .enumerate()
-        .skip(line.saturating_sub(2))
-        .take(3)
-        .all(|(_, l)| l.chars().count() <= MAX_SNIPPET_LINE)
-}
-
-/// Renders spec diagnostics to stderr with miette: location, snippet, label and hint. A
-/// location on a very long line gets `file:line:column` and the hint without the snippet.
-pub fn render_diagnostics(loaded: &Loaded, diagnostics: &[Diagnostic], env: &Env) {
-    let theme = if env.color {
-        miette::GraphicalTheme::unicode()
-    } else {
-        miette::GraphicalTheme::unicode_nocolor()
-    };
-    let handler = miette::GraphicalReportHandler::new_themed(theme)
-        .with_width(100)
-        .with_context_lines(1);
-    for diagnostic in diagnostics {
-        if let Some(location) = &diagnostic.location
-            && !snippet_fits(&loaded.text, location)
-        {
-            let kind = match diagnostic.severity {
-                Severity::Error => "error",
-                Severity::Warning => "warning",
-            };
-            eprintln!("{kind}: {}", diagnostic.message);
-            eprintln!(
-                "  --> {}:{}:{} (`{}`; the line is too long to show)",
-                loaded.file_name, location.line, location.column, diagnostic.path
-            );
-            if let Some(help) = &diagnostic.help {
-                eprintln!("  help: {help}");
-            }
-            continue;
-        }
-        let rendered = Rendered::new(diagnostic.clone(), &loaded.file_name, loaded.text.clone());
-        let mut out = String::new();
-        if handler.render_report(&mut out, &rendered).is_ok() {
-            eprint!("{out}");
-        } else {
-            eprintln!("{}: {}", loaded.file_name, diagnostic.message);
-        }
-    }
 }
 
 /// Parses arguments, runs the command and maps the outcome to an exit code.
@@ -234,10 +163,14 @@ pub fn main() -> ExitCode {
         }
     };
     let env = Env::from_process();
+    init_logging(env.color);
     match cli.command {
         Command::Validate(args) => spec::validate(args, &env),
         Command::Plan(args) => spec::plan(args, &env),
-        Command::Run(args) => run::run(args, &env),
+        Command::Run(args) => match args.executor {
+            shared::Executor::Local => run::run(args, &env),
+            shared::Executor::Slurm => slurm::submit(&args, &env),
+        },
         Command::Report(args) => report::run(args, &env),
         Command::Status(args) => run::status(args, &env),
         Command::Worker(args) => worker::worker(args, &env),
@@ -249,6 +182,23 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `RUST_LOG` (`debug`, `hubsweep=debug,tower_http=info`, …): log lines on stderr, through
+/// `tracing`; nothing is logged when it is unset or empty. stdout never carries them.
+fn init_logging(color: bool) {
+    let Some(filter) = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(tracing_subscriber::EnvFilter::new)
+    else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(color)
+        .try_init();
+}
+
 /// Exit code for a command that either succeeds or cannot run, printing the reason.
 fn exit_for(outcome: Result<(), String>) -> ExitCode {
     match outcome {
@@ -257,98 +207,5 @@ fn exit_for(outcome: Result<(), String>) -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::from(EXIT_CANNOT_RUN)
         }
-    }
-}
-
-/// An error and its causes on one line: `outer: inner: root`.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// A hint for an error caused by a Hub that did not answer (connection refused or reset, no
-/// route, a timeout), naming the endpoint in use; `None` for any other error.
-pub fn unreachable_hint(
-    error: &(dyn std::error::Error + 'static),
-    endpoint: &str,
-) -> Option<String> {
-    use std::io::ErrorKind;
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        let unreachable = e
-            .downcast_ref::<reqwest::Error>()
-            .is_some_and(|r| r.is_connect() || r.is_timeout())
-            || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
-                matches!(
-                    io.kind(),
-                    ErrorKind::ConnectionRefused
-                        | ErrorKind::ConnectionReset
-                        | ErrorKind::HostUnreachable
-                        | ErrorKind::NetworkUnreachable
-                        | ErrorKind::TimedOut
-                )
-            });
-        if unreachable {
-            return Some(format!(
-                "hint: the Hub at `{endpoint}` did not answer: check `HF_ENDPOINT`, the network and any proxy (`local://` models and outputs need no network)"
-            ));
-        }
-        cause = e.source();
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use hubsweep::exec::RunError;
-    use hubsweep::hub::HubError;
-
-    /// An error whose cause is a refused connection gets the hint, through the retries'
-    /// wrapping; a Hub that answered (here: no such repo) does not.
-    #[test]
-    fn a_hub_that_does_not_answer_is_named_with_what_to_check() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = format!("http://127.0.0.1:{port}/api/repos/create");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let refused = runtime
-            .block_on(reqwest::Client::new().get(&url).send())
-            .unwrap_err();
-        let error = RunError::Hub {
-            repo: "hf://datasets/alice/x".into(),
-            source: HubError::RetriesExhausted {
-                url: url.clone(),
-                attempts: 6,
-                last: Box::new(HubError::Transport {
-                    url: url.clone(),
-                    source: refused,
-                }),
-            },
-        };
-        let hint = super::unreachable_hint(&error, "http://127.0.0.1:9").unwrap();
-        assert!(
-            hint.contains("`http://127.0.0.1:9`") && hint.contains("HF_ENDPOINT"),
-            "{hint}"
-        );
-        let answered = RunError::Hub {
-            repo: "hf://datasets/alice/x".into(),
-            source: HubError::RepoNotFound { url },
-        };
-        assert_eq!(
-            super::unreachable_hint(&answered, "http://127.0.0.1:9"),
-            None
-        );
     }
 }

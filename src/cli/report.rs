@@ -6,11 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use hubsweep::analysis::Spectrum;
-use hubsweep::hub::server::{Server, ServerConfig};
-use hubsweep::hub::{HubClient, Token};
 use hubsweep::ledger::tables::{OVERLAPS_PATH, SPECTRA_PATH, WEIGHTS_PATH};
 use hubsweep::report::{self, ReportData};
 
+use super::shared::{error_chain, open_hub, parse_repo, runtime};
 use super::{EXIT_CANNOT_RUN, EXIT_OK, Env};
 
 /// Output format.
@@ -43,37 +42,23 @@ pub struct ReportArgs {
 
 async fn gather(args: &ReportArgs, env: &Env) -> Result<String, String> {
     // The same `REPO[@REV]` syntax as `verify` (and a spec's `output:`).
-    let target = super::verify::parse_repo(&args.repo)?;
-    let mut server = None;
-    let (client, file_base) = if target.local {
-        let mut config = ServerConfig::new(env.hubsweep_home().join("hub"));
-        config.addr = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
-        let handle = Server::start(config)
-            .await
-            .map_err(|e| format!("cannot open the embedded hub: {}", super::error_chain(&e)))?;
-        let client = HubClient::builder(handle.base_url())
-            .and_then(|b| b.build())
-            .map_err(|e| e.to_string())?;
-        server = Some(handle);
+    let target = parse_repo(&args.repo)?;
+    let (client, server) = open_hub(&target, env).await.map_err(|e| error_chain(&e))?;
+    let file_base = if target.local {
         // The embedded hub lives only while this command runs: no links, paths only.
-        (client, String::new())
+        String::new()
     } else {
-        let client = HubClient::builder(&env.hf_endpoint)
-            .map(|b| b.token(env.hf_token.clone().map(Token::new)))
-            .and_then(|b| b.build())
-            .map_err(|e| format!("cannot use `HF_ENDPOINT` `{}`: {e}", env.hf_endpoint))?;
         let kind = if target.display.contains("models/") {
             ""
         } else {
             "datasets/"
         };
-        let base = format!(
+        format!(
             "{}/{kind}{}/resolve/{}/",
             env.hf_endpoint.trim_end_matches('/'),
             target.repo.id,
             target.revision
-        );
-        (client, base)
+        )
     };
     let fetch = |path: &'static str| {
         let (client, repo, revision) = (&client, &target.repo, &target.revision);
@@ -81,15 +66,15 @@ async fn gather(args: &ReportArgs, env: &Env) -> Result<String, String> {
             client
                 .download_bytes(repo, revision, path)
                 .await
-                .map_err(|e| format!("cannot read `{path}`: {}", super::error_chain(&e)))
+                .map_err(|e| format!("cannot read `{path}`: {}", error_chain(&e)))
         }
     };
     let spectra = report::parse_rows(SPECTRA_PATH, &fetch(SPECTRA_PATH).await?)
-        .map_err(|e| super::error_chain(&e))?;
+        .map_err(|e| error_chain(&e))?;
     let overlaps = report::parse_rows(OVERLAPS_PATH, &fetch(OVERLAPS_PATH).await?)
-        .map_err(|e| super::error_chain(&e))?;
+        .map_err(|e| error_chain(&e))?;
     let weights = report::parse_rows(WEIGHTS_PATH, &fetch(WEIGHTS_PATH).await?)
-        .map_err(|e| super::error_chain(&e))?;
+        .map_err(|e| error_chain(&e))?;
     let mut data = ReportData {
         repo: target.display.clone(),
         file_base,
@@ -118,7 +103,7 @@ async fn gather(args: &ReportArgs, env: &Env) -> Result<String, String> {
             let bytes = client
                 .download_bytes(&target.repo, &target.revision, &file)
                 .await
-                .map_err(|e| format!("cannot read `{file}`: {}", super::error_chain(&e)))?;
+                .map_err(|e| format!("cannot read `{file}`: {}", error_chain(&e)))?;
             let spectrum =
                 Spectrum::from_safetensors(&bytes).map_err(|e| format!("`{file}`: {e}"))?;
             data.layer_spectra
@@ -137,15 +122,9 @@ async fn gather(args: &ReportArgs, env: &Env) -> Result<String, String> {
 
 /// Runs `hubsweep report`.
 pub fn run(args: ReportArgs, env: &Env) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_CANNOT_RUN);
-        }
+        Err(code) => return code,
     };
     let text = match runtime.block_on(gather(&args, env)) {
         Ok(text) => text,

@@ -5,19 +5,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use hubsweep::exec::{self, Sources};
-use hubsweep::hub::server::{Server, ServerConfig};
-use hubsweep::hub::{HubClient, RepoType, Token};
-use hubsweep::model::HubSource;
+use hubsweep::exec::session::hf_client;
+use hubsweep::exec::{self, Embedded, EmbeddedHub, Session};
+use hubsweep::hub::RepoType;
 use hubsweep::reproduce::{
-    self, ReproduceError, ReproduceReport, ReproduceSettings, Scratch, Selection, Target,
-    ToleranceOverrides,
+    self, ReproduceError, ReproduceReport, ReproduceSettings, Scratch, Selection, SourceLedger,
+    Target, ToleranceOverrides,
 };
 use hubsweep::spec::{DataSource, ModelSource};
 use tokio_util::sync::CancellationToken;
 
-use super::run::{SummaryFormat, progress_printer, runtime};
-use super::verify::parse_repo;
+use super::shared::{
+    SummaryFormat, error_chain, hub_settings, parse_repo, progress_printer, render_diagnostics,
+    runtime,
+};
 use super::{EXIT_CANNOT_RUN, EXIT_INTERRUPTED, EXIT_NEGATIVE, EXIT_OK, Env};
 
 /// The value of `HUBSWEEP_TEST_PERTURB` that perturbs captured activations (test-only).
@@ -189,112 +190,80 @@ pub fn run(args: ReproduceArgs, env: &Env) -> ExitCode {
     };
     runtime.block_on(async {
         // The scratch repo lives on the embedded hub, so it is always started.
-        let home = env.hubsweep_home();
-        let mut config = ServerConfig::new(home.join("hub"));
-        config.addr = ([127, 0, 0, 1], 0).into();
-        let server = match Server::start(config).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!(
-                    "error: cannot open the embedded hub over `{}`: {}",
-                    home.join("hub").display(),
-                    super::error_chain(&e)
-                );
+        let settings = hub_settings(env);
+        let hub = match EmbeddedHub::start(&settings.home).await {
+            Ok(hub) => hub,
+            Err(error) => {
+                eprintln!("error: {}", error_chain(&error));
                 return ExitCode::from(EXIT_CANNOT_RUN);
             }
         };
-        let code = with_hub(&args, env, &server, source_ref, target, overrides, perturb).await;
-        server.shutdown().await;
+        let source_client = if source_ref.local {
+            Ok(hub.client().clone())
+        } else {
+            hf_client(&settings.hf)
+        };
+        let source = match source_client {
+            Ok(client) => {
+                reproduce::read_source(
+                    &client,
+                    &source_ref.repo,
+                    &source_ref.display,
+                    &source_ref.revision,
+                )
+                .await
+            }
+            Err(error) => {
+                hub.shutdown().await;
+                eprintln!("error: {}", error_chain(&error));
+                return ExitCode::from(EXIT_CANNOT_RUN);
+            }
+        };
+        let source = match source {
+            Ok(s) => s,
+            Err(error) => {
+                hub.shutdown().await;
+                if let ReproduceError::InvalidSpec { loaded } = &error {
+                    render_diagnostics(loaded, &loaded.diagnostics, env);
+                    eprintln!("error: {error}: it cannot be rebuilt");
+                } else {
+                    eprintln!("error: {}", error_chain(&error));
+                }
+                return ExitCode::from(EXIT_CANNOT_RUN);
+            }
+        };
+        // A manifest has no folder: relative model and data paths are read from the one named.
+        let opened = Session::open(
+            source.spec.clone(),
+            &settings,
+            args.relative_to.clone(),
+            Embedded::Running(hub),
+        )
+        .await;
+        let mut session = match opened {
+            Ok(s) => s,
+            Err(error) => {
+                eprintln!("error: {}", error_chain(&error));
+                return ExitCode::from(EXIT_CANNOT_RUN);
+            }
+        };
+        let code = rerun(&args, &mut session, &source, target, overrides, perturb).await;
+        session.close().await;
         code
     })
 }
 
-async fn with_hub(
+/// Reruns and compares, then renders the report.
+async fn rerun(
     args: &ReproduceArgs,
-    env: &Env,
-    server: &hubsweep::hub::server::ServerHandle,
-    source_ref: super::verify::RepoRef,
+    session: &mut Session,
+    source: &SourceLedger,
     target: Target,
     overrides: ToleranceOverrides,
     perturb: bool,
 ) -> ExitCode {
-    let fail = |message: String| {
-        eprintln!("error: {message}");
-        ExitCode::from(EXIT_CANNOT_RUN)
-    };
-    let local = match HubClient::builder(server.base_url()).and_then(|b| b.build()) {
-        Ok(c) => c,
-        Err(e) => return fail(e.to_string()),
-    };
-    let source_client = if source_ref.local {
-        local.clone()
-    } else {
-        match HubClient::builder(&env.hf_endpoint)
-            .map(|b| b.token(env.hf_token.clone().map(Token::new)))
-            .and_then(|b| b.build())
-        {
-            Ok(c) => c,
-            Err(e) => {
-                return fail(format!(
-                    "cannot use `HF_ENDPOINT` `{}`: {e}",
-                    env.hf_endpoint
-                ));
-            }
-        }
-    };
-    let source = match reproduce::read_source(
-        &source_client,
-        &source_ref.repo,
-        &source_ref.display,
-        &source_ref.revision,
-    )
-    .await
-    {
-        Ok(s) => s,
-        Err(ReproduceError::InvalidSpec { loaded }) => {
-            super::render_diagnostics(&loaded, &loaded.diagnostics, env);
-            return fail(format!(
-                "the manifest's spec `{}` does not validate with this hubsweep: it cannot be rebuilt",
-                loaded.file_name
-            ));
-        }
-        Err(e) => return fail(super::error_chain(&e)),
-    };
-    // The quickstart's tiny models ship inside the binary: import them as `run` does.
-    for group in &source.spec.models {
-        for instance in hubsweep::spec::expand_group(group, &mut Vec::new()) {
-            if let ModelSource::Local(id) = &instance.source
-                && let Err(e) = hubsweep::hub::bundled::ensure(&local, id).await
-            {
-                return fail(format!(
-                    "cannot import bundled model `{id}`: {}",
-                    super::error_chain(&e)
-                ));
-            }
-        }
-    }
-    let sources = Sources {
-        hf: HubSource {
-            endpoint: env.hf_endpoint.clone(),
-            token: env.hf_token.clone(),
-            cache_dir: env
-                .hf_hub_cache()
-                .unwrap_or_else(|| env.hubsweep_home().join("hf-cache")),
-        },
-        local: Some(HubSource {
-            endpoint: server.base_url().to_owned(),
-            token: None,
-            cache_dir: env.hubsweep_home().join("cache"),
-        }),
-        // A manifest has no folder: relative model and data paths are read from the one named.
-        spec_dir: args.relative_to.clone(),
-        pinned: Default::default(),
-        pinned_data: None,
-    };
     let settings = ReproduceSettings {
-        target_client: local,
         target,
-        sources,
         selection: Selection {
             patterns: args.nodes.clone(),
             sample: args.sample.map(|n| n as usize),
@@ -313,13 +282,19 @@ async fn with_hub(
             on_interrupt.cancel();
         }
     });
-    match reproduce::reproduce(&source, &settings, progress_printer(), cancel).await {
-        Err(e) if has_relative_paths(&source.spec) && is_not_found(&e) => fail(format!(
-            "{}\n  hint: the spec's relative paths are read from `{}`; pass the folder the spec was run from with `--relative-to DIR`",
-            super::error_chain(&e),
-            args.relative_to.display()
-        )),
-        Err(e) => fail(super::error_chain(&e)),
+    match reproduce::reproduce(session, source, &settings, progress_printer(), cancel).await {
+        Err(e) if has_relative_paths(&source.spec) && is_not_found(&e) => {
+            eprintln!(
+                "error: {}\n  hint: the spec's relative paths are read from `{}`; pass the folder the spec was run from with `--relative-to DIR`",
+                error_chain(&e),
+                args.relative_to.display()
+            );
+            ExitCode::from(EXIT_CANNOT_RUN)
+        }
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            ExitCode::from(EXIT_CANNOT_RUN)
+        }
         Ok(report) => {
             print_report(&report, args.format);
             if report.interrupted {

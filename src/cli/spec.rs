@@ -8,7 +8,8 @@ use clap::{Args, ValueEnum};
 use hubsweep::plan::{self, LocalLookup, PlanOptions};
 use hubsweep::spec::{self, ModelSource, Severity};
 
-use super::{EXIT_CANNOT_RUN, EXIT_OK, Env, render_diagnostics};
+use super::shared::{load, render_diagnostics};
+use super::{EXIT_CANNOT_RUN, EXIT_OK, Env};
 
 /// Arguments of `validate`.
 #[derive(Debug, Args)]
@@ -43,21 +44,6 @@ pub struct PlanArgs {
     explain: Option<String>,
 }
 
-/// Reads and validates one spec file, printing its diagnostics to stderr.
-pub fn load(path: &Path, env: &Env) -> Option<spec::Loaded> {
-    let name = path.display().to_string();
-    let bytes = match read_limited(path) {
-        Ok(bytes) => bytes,
-        Err(err) => {
-            eprintln!("error: cannot read `{name}`: {err}");
-            return None;
-        }
-    };
-    let loaded = spec::load(&name, &bytes);
-    render_diagnostics(&loaded, &loaded.diagnostics, env);
-    Some(loaded)
-}
-
 /// Answers for the bundled `local://hubsweep/…` models from their embedded configs, and for
 /// everything else as [`LocalLookup`] does.
 struct WithBundled(LocalLookup);
@@ -81,17 +67,6 @@ impl plan::ModelLookup for WithBundled {
         }
         self.0.lookup(source, revision)
     }
-}
-
-/// Reads at most a little more than the spec limit, so a huge file is refused without
-/// reading all of it.
-fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read as _;
-    let file = fs_err::File::open(path)?;
-    let mut bytes = Vec::new();
-    file.take(spec::tree::MAX_SPEC_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)?;
-    Ok(bytes)
 }
 
 fn summary(loaded: &spec::Loaded) -> String {
@@ -154,7 +129,9 @@ pub fn plan(args: PlanArgs, env: &Env) -> ExitCode {
     let options = PlanOptions {
         lookup: &lookup,
         data_hash: plan::lookup::local_data_hash(&spec.data.source, &base_dir),
-        device_class: env.device_class(spec.compute.device).to_owned(),
+        device_class: hubsweep::exec::DeviceClass::of(spec.compute.device, hubsweep::exec::session::cuda_usable)
+            .as_str()
+            .to_owned(),
     };
     let plan = plan::build(spec, &options);
     let located: Vec<_> = plan

@@ -3,10 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use hubsweep::hub::server::{Server, ServerConfig, ServerHandle};
-use hubsweep::hub::{HubClient, Repo, RepoId, Token};
 use hubsweep::ledger::verify::{self, CheckKind, VerifyOptions, VerifyReport};
 
+use super::shared::{RepoRef, error_chain, open_hub, parse_repo, runtime};
 use super::{EXIT_CANNOT_RUN, EXIT_NEGATIVE, EXIT_OK, Env};
 
 /// Arguments of `verify`.
@@ -25,92 +24,6 @@ pub struct VerifyArgs {
     jobs: usize,
 }
 
-/// A repo named on the command line.
-pub struct RepoRef {
-    /// Embedded (`local://`) or the Hugging Face Hub (`hf://`).
-    pub local: bool,
-    /// The repo.
-    pub repo: Repo,
-    /// The revision (`main` unless given).
-    pub revision: String,
-    /// As written, without the revision.
-    pub display: String,
-}
-
-/// Parses `local://[datasets/|models/]NS/NAME[@REV]` or `hf://datasets|models/NS/NAME[@REV]`.
-pub fn parse_repo(text: &str) -> Result<RepoRef, String> {
-    let (name, revision) = match text.split_once('@') {
-        Some((name, rev)) if !rev.is_empty() => (name, rev.to_owned()),
-        Some(_) => return Err(format!("`{text}`: empty revision after `@`")),
-        None => (text, "main".to_owned()),
-    };
-    let (local, rest) = if let Some(rest) = name.strip_prefix("local://") {
-        (true, rest)
-    } else if let Some(rest) = name.strip_prefix("hf://") {
-        (false, rest)
-    } else {
-        return Err(format!(
-            "`{text}` is not a repo URL: write `local://NS/NAME` or `hf://datasets/NS/NAME`"
-        ));
-    };
-    let (dataset, id) = if let Some(id) = rest.strip_prefix("datasets/") {
-        (true, id)
-    } else if let Some(id) = rest.strip_prefix("models/") {
-        (false, id)
-    } else if local {
-        (true, rest)
-    } else {
-        return Err(format!(
-            "`{text}` does not say whether the repo is a dataset or a model: write `hf://datasets/{rest}`"
-        ));
-    };
-    let (ns, repo_name) = id
-        .split_once('/')
-        .ok_or_else(|| format!("`{text}`: the repo id must be `NAMESPACE/NAME`"))?;
-    let id = RepoId::new(ns, repo_name).map_err(|e| format!("`{text}`: {e}"))?;
-    let repo = if dataset {
-        Repo::dataset(id)
-    } else {
-        Repo::model(id)
-    };
-    Ok(RepoRef {
-        local,
-        repo,
-        revision,
-        display: name.to_owned(),
-    })
-}
-
-/// A client for the repo's hub: the embedded store in `$HUBSWEEP_HOME/hub` (served in-process)
-/// or `HF_ENDPOINT` with `HF_TOKEN`.
-pub async fn open_hub(
-    target: &RepoRef,
-    env: &Env,
-) -> Result<(HubClient, Option<ServerHandle>), String> {
-    if target.local {
-        let store = env.hubsweep_home().join("hub");
-        let mut config = ServerConfig::new(store.clone());
-        config.addr = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
-        let handle = Server::start(config).await.map_err(|e| {
-            format!(
-                "cannot open the embedded hub over `{}`: {}",
-                store.display(),
-                super::error_chain(&e)
-            )
-        })?;
-        let client = HubClient::builder(handle.base_url())
-            .and_then(|b| b.build())
-            .map_err(|e| e.to_string())?;
-        Ok((client, Some(handle)))
-    } else {
-        let client = HubClient::builder(&env.hf_endpoint)
-            .map(|b| b.token(env.hf_token.clone().map(Token::new)))
-            .and_then(|b| b.build())
-            .map_err(|e| format!("cannot use `HF_ENDPOINT` `{}`: {e}", env.hf_endpoint))?;
-        Ok((client, None))
-    }
-}
-
 /// `hubsweep verify`.
 pub fn run(args: VerifyArgs, env: &Env) -> ExitCode {
     let target = match parse_repo(&args.repo) {
@@ -120,21 +33,15 @@ pub fn run(args: VerifyArgs, env: &Env) -> ExitCode {
             return ExitCode::from(EXIT_CANNOT_RUN);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_CANNOT_RUN);
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let (client, server) = match open_hub(&target, env).await {
             Ok(x) => x,
-            Err(message) => {
-                eprintln!("error: {message}");
+            Err(error) => {
+                eprintln!("error: {}", error_chain(&error));
                 return ExitCode::from(EXIT_CANNOT_RUN);
             }
         };
@@ -149,7 +56,7 @@ pub fn run(args: VerifyArgs, env: &Env) -> ExitCode {
         }
         match outcome {
             Err(e) => {
-                eprintln!("error: {}", super::error_chain(&e));
+                eprintln!("error: {}", error_chain(&e));
                 ExitCode::from(EXIT_CANNOT_RUN)
             }
             Ok(report) => {

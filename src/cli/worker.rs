@@ -5,22 +5,24 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Args;
-use hubsweep::exec::{self, FailurePolicy, RunEvent, RunEvents, RunSettings, UnitSelection};
-use hubsweep::hub::{HubClient, Repo, Token};
+use hubsweep::exec::session::hf_client;
+use hubsweep::exec::{self, Embedded, FailurePolicy, RunSettings, Session, UnitSelection};
+use hubsweep::hub::{HubClient, Repo};
 use hubsweep::ledger::LedgerState;
 use hubsweep::plan::Plan;
 use hubsweep::sink::CommitPolicy;
 use hubsweep::slurm::{self, Attempt, Slurm, Submission, SubmittedPlan};
-use hubsweep::spec::SweepSpec;
 use tokio_util::sync::CancellationToken;
 
-use super::run::{device_of, open_hubs, progress_printer, report_run_error, runtime};
-use super::{EXIT_CANNOT_RUN, EXIT_NEGATIVE, EXIT_OK, Env, error_chain};
+use super::shared::{
+    error_chain, hub_settings, open_session, parse_repo, print_blocked, progress_printer,
+    report_run_error, runtime,
+};
+use super::{EXIT_CANNOT_RUN, EXIT_NEGATIVE, EXIT_OK, Env};
 
 /// Arguments of `worker`.
 #[derive(Debug, Args)]
@@ -51,8 +53,8 @@ pub struct WorkerArgs {
 }
 
 /// The output repo of a `worker` command line: only `hf://` (a job shares nothing but the Hub).
-fn parse_repo(text: &str) -> Option<Repo> {
-    match super::verify::parse_repo(text) {
+fn parse_worker_repo(text: &str) -> Option<Repo> {
+    match parse_repo(text) {
         Ok(parsed) if !parsed.local && parsed.revision == "main" && !text.contains('@') => {
             Some(parsed.repo)
         }
@@ -60,20 +62,9 @@ fn parse_repo(text: &str) -> Option<Repo> {
     }
 }
 
-fn hf_client(env: &Env) -> Result<HubClient, String> {
-    HubClient::builder(&env.hf_endpoint)
-        .map(|b| b.token(env.hf_token.clone().map(Token::new)))
-        .and_then(|b| b.build())
-        .map_err(|e| format!("cannot use `HF_ENDPOINT` `{}`: {e}", env.hf_endpoint))
-}
-
-fn quiet() -> RunEvents {
-    Arc::new(|_: &RunEvent| {})
-}
-
 /// `hubsweep worker REPO --plan HASH (--unit K | --final)`: one job of a Slurm sweep.
 pub fn worker(args: WorkerArgs, env: &Env) -> ExitCode {
-    let Some(repo) = parse_repo(&args.repo) else {
+    let Some(repo) = parse_worker_repo(&args.repo) else {
         eprintln!(
             "error: `{}` is not an output repo (write `hf://datasets/NS/NAME`)",
             args.repo
@@ -85,10 +76,10 @@ pub fn worker(args: WorkerArgs, env: &Env) -> ExitCode {
         Err(code) => return code,
     };
     runtime.block_on(async {
-        let client = match hf_client(env) {
+        let client = match hf_client(&hub_settings(env).hf) {
             Ok(c) => c,
-            Err(message) => {
-                eprintln!("error: {message}");
+            Err(error) => {
+                eprintln!("error: {}", error_chain(&error));
                 return ExitCode::from(EXIT_CANNOT_RUN);
             }
         };
@@ -111,62 +102,44 @@ pub fn worker(args: WorkerArgs, env: &Env) -> ExitCode {
             }
         };
         let loaded = hubsweep::spec::load(&submitted.spec_file, submitted.spec_text.as_bytes());
-        let Some(spec) = loaded.spec.clone() else {
+        if loaded.spec.is_none() {
             eprintln!("error: the spec in `{path}` does not validate with this hubsweep version");
             return ExitCode::from(EXIT_CANNOT_RUN);
-        };
-        let spec_path = Path::new(&submitted.spec_dir).join(&submitted.spec_file);
-        let hubs = match open_hubs(&spec, &spec_path, env).await {
-            Ok(h) => h,
-            Err(message) => {
-                eprintln!("error: {message}");
-                return ExitCode::from(EXIT_CANNOT_RUN);
-            }
-        };
-        let outcome = work(
-            &args,
-            &submitted,
-            &spec,
-            &loaded,
-            &hubs.output,
-            &hubs.sources,
-            &repo,
-            env,
-        )
-        .await;
-        if let Some(server) = hubs.local {
-            server.shutdown().await;
         }
+        let spec_dir = Path::new(&submitted.spec_dir);
+        let session = match open_session(&loaded, spec_dir, env, Embedded::IfUsed).await {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        let outcome = work(&args, &submitted, &session, &loaded, &client, &repo, env).await;
+        session.close().await;
         outcome
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One job: the sweep pinned once here, checked against the submitter's plan, then its unit
+/// (or the final step, after resubmitting what is missing) run from that pinning.
 async fn work(
     args: &WorkerArgs,
     submitted: &SubmittedPlan,
-    spec: &SweepSpec,
+    session: &Session,
     loaded: &hubsweep::spec::Loaded,
     output: &HubClient,
-    sources: &exec::Sources,
     repo: &Repo,
     env: &Env,
 ) -> ExitCode {
-    let device_class = env.device_class(spec.compute.device);
-    let pinned = match exec::hold_data_to_ledger(spec, sources, output).await {
-        Ok(sources) => exec::pin_and_plan(spec, &sources, device_class, &quiet()).await,
-        Err(error) => Err(error),
-    };
-    let plan = match pinned {
-        Ok((plan, _)) => plan,
+    let events = progress_printer();
+    let pinned = match session.pin(&events).await {
+        Ok(pinned) => pinned,
         Err(error) => {
             report_run_error(&error, loaded, env);
             return ExitCode::from(EXIT_CANNOT_RUN);
         }
     };
     // Same pins, same node ids, or the worker would record other nodes than were planned.
-    let units = slurm::planned_units(&plan);
-    if units != submitted.units || slurm::final_node_ids(&plan) != submitted.final_nodes {
+    let plan = &pinned.plan;
+    let units = slurm::planned_units(plan);
+    if units != submitted.units || slurm::final_node_ids(plan) != submitted.final_nodes {
         eprintln!(
             "error: pinning here gives other node ids than the submitter's plan {} (a model revision moved?); resubmit the sweep",
             args.plan
@@ -174,8 +147,6 @@ async fn work(
         return ExitCode::from(EXIT_CANNOT_RUN);
     }
     let settings = RunSettings {
-        output_client: output.clone(),
-        sources: sources.clone(),
         spec_file: (submitted.spec_file.clone(), submitted.spec_text.clone()),
         failure: if submitted.worker.keep_going {
             FailurePolicy::KeepGoing
@@ -203,16 +174,9 @@ async fn work(
             return ExitCode::from(EXIT_CANNOT_RUN);
         }
         None => {
-            let state = match LedgerState::read(output, repo, "main").await {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: cannot read the ledger: {}", error_chain(&e));
-                    return ExitCode::from(EXIT_CANNOT_RUN);
-                }
-            };
-            let missing = slurm::missing_units(&plan, &state);
+            let missing = slurm::missing_units(plan, &pinned.state);
             if !missing.is_empty() {
-                match resubmit(args, submitted, &plan, &state, &missing, output, repo).await {
+                match resubmit(args, submitted, plan, &pinned.state, &missing, output, repo).await {
                     Resubmitted::Done(code) => return code,
                     // The last attempt is spent: with --keep-going, the final step records
                     // what does not need the missing units (its summary names the rest).
@@ -225,15 +189,15 @@ async fn work(
             UnitSelection::final_only()
         }
     };
-    let outcome = exec::run_units(
-        spec,
-        &settings,
-        device_of(spec),
-        progress_printer(),
-        CancellationToken::new(),
-        &selection,
-    )
-    .await;
+    let outcome = session
+        .run(
+            pinned,
+            &settings,
+            &selection,
+            events,
+            CancellationToken::new(),
+        )
+        .await;
     match outcome {
         Err(error) => {
             report_run_error(&error, loaded, env);
@@ -247,7 +211,7 @@ async fn work(
             for (label, error) in &report.failed {
                 eprintln!("  failed: {label}: {error}");
             }
-            super::run::print_blocked(&report.blocked);
+            print_blocked(&report.blocked);
             ExitCode::from(if report.failed.is_empty() && report.blocked.is_empty() {
                 EXIT_OK
             } else {

@@ -18,33 +18,27 @@ pub mod capture;
 mod models;
 pub mod pin;
 mod records;
+pub mod session;
 mod steps;
 pub mod unit;
 pub mod weights;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
-use bytes::Bytes;
-use tokio::sync::{Semaphore, mpsc};
-use tokio_util::sync::CancellationToken;
-
-use crate::analysis::Spectrum;
-use crate::hub::{HubClient, HubError, Repo, RepoId};
-use crate::ledger::{self, LedgerState, Manifest, Record};
-use crate::model::{DeviceSpec, ModelError};
-use crate::plan::{self, NodeKind, Plan};
-use crate::sink::{
-    CommitPolicy, Committable, Committer, SinkEvent, SinkEvents, SinkTotals, UploadJob,
-};
+use crate::hub::{HubError, Repo, RepoId};
+use crate::ledger::{self, Manifest};
+use crate::model::ModelError;
+use crate::plan;
+use crate::sink::{CommitPolicy, SinkError, SinkEvent, SinkTotals};
 use crate::spec::{Diagnostic, SweepSpec};
 
 pub use pin::{
     DataPin, PinnedModel, Sources, check_pending_module_patterns, hold_data_to_ledger, pin_and_plan,
 };
 pub use records::{default_tolerances, now_rfc3339};
+pub use session::{DeviceClass, Embedded, EmbeddedHub, HubSettings, PinnedSweep, Session};
 pub use unit::{UnitSelection, WorkUnit};
 
 /// What to do when a node fails.
@@ -60,13 +54,10 @@ pub enum FailurePolicy {
 /// Uploads in flight at once when the user does not say (`--upload-slots`).
 pub const DEFAULT_UPLOAD_SLOTS: usize = 4;
 
-/// Settings of a run (the CLI builds them from flags and the environment).
+/// Settings of a run (the CLI builds them from flags; where the hubs are is the
+/// [`Session`]'s).
 #[derive(Clone)]
 pub struct RunSettings {
-    /// Client for the output repo's Hub.
-    pub output_client: HubClient,
-    /// Where models and data come from.
-    pub sources: Sources,
     /// The spec file's name and text, for the manifest.
     pub spec_file: (String, String),
     /// Failure policy.
@@ -158,6 +149,11 @@ pub enum RunEvent {
 /// Callback for run events.
 pub type RunEvents = Arc<dyn Fn(&RunEvent) + Send + Sync>;
 
+/// Events that say nothing (for callers without a progress display).
+pub fn quiet() -> RunEvents {
+    Arc::new(|_: &RunEvent| {})
+}
+
 /// What a run did.
 #[derive(Debug, Clone, Default)]
 pub struct RunReport {
@@ -194,6 +190,51 @@ pub enum RunError {
     /// The spec has `local://` repos but no embedded hub was started.
     #[error("the spec uses `local://` repos but no embedded hub is running")]
     NoLocalHub,
+    /// A Hub endpoint cannot be used (not a URL, or the client cannot be built).
+    #[error("cannot use the Hub endpoint `{endpoint}`")]
+    Endpoint {
+        /// The endpoint (`HF_ENDPOINT`).
+        endpoint: String,
+        /// Cause.
+        #[source]
+        source: HubError,
+    },
+    /// The embedded hub did not start.
+    #[error("cannot start the embedded hub over `{}`", store.display())]
+    EmbeddedHub {
+        /// Its store.
+        store: PathBuf,
+        /// Cause (boxed: a server error is large).
+        #[source]
+        source: Box<crate::hub::server::ServerError>,
+    },
+    /// A bundled model could not be imported into the embedded hub.
+    #[error("cannot import bundled model `{model}`")]
+    Bundled {
+        /// `NS/NAME`.
+        model: String,
+        /// Cause.
+        #[source]
+        source: HubError,
+    },
+    /// The output repo's name is not a valid repo id.
+    #[error("invalid output repo `{repo}`")]
+    OutputRepo {
+        /// The name in the spec.
+        repo: String,
+        /// Cause.
+        #[source]
+        source: crate::hub::InvalidRepoId,
+    },
+    /// The sink could not commit what the run made.
+    #[error("output repo `{repo}`")]
+    Sink {
+        /// The repo.
+        repo: String,
+        /// Cause.
+        #[source]
+        source: SinkError,
+    },
     /// A model could not be found, downloaded or loaded.
     #[error("model `{label}`")]
     Model {
@@ -266,17 +307,52 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
-    /// A forward pass or its bookkeeping failed.
+    /// A forward pass or its bookkeeping failed, for a reason with no error behind it.
     #[error("capture of `{label}` failed: {reason}")]
     Capture {
-        /// `repo@revision`.
+        /// `repo@revision`, or the node.
         label: String,
         /// What failed.
         reason: String,
     },
-    /// The spec asks for something this version cannot run yet.
-    #[error("{0}")]
-    Unsupported(String),
+    /// A tensor operation of a capture failed.
+    #[error("capture of `{label}` failed: {what}")]
+    Tensor {
+        /// `repo@revision`.
+        label: String,
+        /// The operation.
+        what: String,
+        /// Cause (boxed: a tensor error is large, and a run error travels by value).
+        #[source]
+        source: Box<candle_core::Error>,
+    },
+    /// An artifact could not be laid out or written.
+    #[error("capture of `{label}` failed: cannot write an artifact")]
+    Artifact {
+        /// `repo@revision`.
+        label: String,
+        /// Cause.
+        #[source]
+        source: crate::sink::WriteError,
+    },
+    /// A spectrum, an overlap or a stored spectrum read back failed.
+    #[error("analysis of `{label}` failed")]
+    Analysis {
+        /// `repo@revision`, or the node.
+        label: String,
+        /// Cause.
+        #[source]
+        source: crate::analysis::AnalysisError,
+    },
+    /// A worker thread of the run stopped before it finished (it panicked).
+    #[error("a worker of `{label}` stopped")]
+    Task {
+        /// `repo@revision`, or the node.
+        label: String,
+        /// Cause.
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// Ctrl-C.
     #[error("interrupted")]
     Interrupted,
@@ -304,18 +380,19 @@ pub fn output_repo(spec: &SweepSpec) -> Result<Repo, RunError> {
         .repo_id
         .split_once('/')
         .unwrap_or(("", &spec.output.repo_id));
-    let id = RepoId::new(namespace, name)
-        .map_err(|e| RunError::Unsupported(format!("invalid output repo: {e}")))?;
+    let id = RepoId::new(namespace, name).map_err(|source| RunError::OutputRepo {
+        repo: spec.output.repo_id.clone(),
+        source,
+    })?;
     Ok(match spec.output.repo_type {
         crate::spec::RepoType::Model => Repo::model(id),
         crate::spec::RepoType::Dataset => Repo::dataset(id),
     })
 }
 
-/// The manifest this run writes.
-pub fn manifest(spec: &SweepSpec, settings: &RunSettings) -> Manifest {
+/// The manifest a run of `spec`, read from file `file_name` with text `text`, writes.
+pub fn manifest(spec: &SweepSpec, file_name: &str, text: &str) -> Manifest {
     use sha2::{Digest, Sha256};
-    let (file_name, text) = &settings.spec_file;
     let canonical = crate::spec::load(file_name, text.as_bytes())
         .tree
         .map(|t| plan::id::canonical_json(&t.to_json()))
@@ -329,287 +406,11 @@ pub fn manifest(spec: &SweepSpec, settings: &RunSettings) -> Manifest {
         sweep: spec.name.clone(),
         output: spec.output.to_string(),
         spec: ledger::SpecText {
-            file_name: file_name.clone(),
-            text: text.clone(),
+            file_name: file_name.to_owned(),
+            text: text.to_owned(),
             sha256: hex::encode(Sha256::digest(text.as_bytes())),
             canonical_sha256: hex::encode(Sha256::digest(canonical.as_bytes())),
         },
         tolerances: records::default_tolerances(),
     }
-}
-
-/// Runs a sweep. See the module docs.
-pub async fn run(
-    spec: &SweepSpec,
-    settings: &RunSettings,
-    device: DeviceSpec,
-    events: RunEvents,
-    cancel: CancellationToken,
-) -> Result<RunReport, RunError> {
-    run_units(spec, settings, device, events, cancel, &UnitSelection::All).await
-}
-
-/// A plan pinned by [`pin_and_plan`], with its pinned models, for [`run_units_pinned`].
-pub struct Pinned {
-    /// The pinned plan.
-    pub plan: Plan,
-    /// The pinned models, in plan order.
-    pub models: Vec<(crate::spec::ModelInstance, PinnedModel)>,
-}
-
-/// Runs the selected work units of a sweep (and the final step if selected) through the same
-/// sink and ledger as a full run: what a cluster worker does (see [`unit`]).
-pub async fn run_units(
-    spec: &SweepSpec,
-    settings: &RunSettings,
-    device: DeviceSpec,
-    events: RunEvents,
-    cancel: CancellationToken,
-    selection: &UnitSelection,
-) -> Result<RunReport, RunError> {
-    run_inner(spec, settings, device, events, cancel, selection, None).await
-}
-
-/// [`run_units`] over models pinned already: `reproduce` pins once (at the ledger's commits)
-/// to check the ids, then reruns that same plan instead of pinning again. `pinned` must come
-/// from [`pin_and_plan`] of this spec's models and data with `settings.sources`, for the
-/// device class of `device` (checked: the class is part of every capture id); the spec may
-/// differ in its `output`, which no id depends on.
-pub async fn run_units_pinned(
-    spec: &SweepSpec,
-    settings: &RunSettings,
-    device: DeviceSpec,
-    events: RunEvents,
-    cancel: CancellationToken,
-    selection: &UnitSelection,
-    pinned: Pinned,
-) -> Result<RunReport, RunError> {
-    run_inner(
-        spec,
-        settings,
-        device,
-        events,
-        cancel,
-        selection,
-        Some(pinned),
-    )
-    .await
-}
-
-async fn run_inner(
-    spec: &SweepSpec,
-    settings: &RunSettings,
-    device: DeviceSpec,
-    events: RunEvents,
-    cancel: CancellationToken,
-    selection: &UnitSelection,
-    prepinned: Option<Pinned>,
-) -> Result<RunReport, RunError> {
-    let run_started = Instant::now();
-    let client = &settings.output_client;
-    let repo = output_repo(spec)?;
-    let repo_name = spec.output.to_string();
-    let hub_err = |source| RunError::Hub {
-        repo: repo_name.clone(),
-        source,
-    };
-    let device = device.open().map_err(|source| RunError::Model {
-        label: "device".into(),
-        source: Box::new(source),
-    })?;
-    let device_class = if device.is_cuda() { "cuda" } else { "cpu" };
-    let read_state = || async {
-        LedgerState::read(client, &repo, "main")
-            .await
-            .map_err(|source| RunError::Ledger {
-                repo: repo_name.clone(),
-                source,
-            })
-    };
-    let (plan, pinned) = match prepinned {
-        Some(Pinned { plan, models }) if plan.device_class() == device_class => (plan, models),
-        Some(Pinned { plan, .. }) => {
-            return Err(RunError::Unsupported(format!(
-                "the plan was pinned for device class `{}`, but the run is on `{device_class}`",
-                plan.device_class()
-            )));
-        }
-        None => {
-            let sources = hold_data_to_ledger(spec, &settings.sources, client).await?;
-            pin_and_plan(spec, &sources, device_class, &events).await?
-        }
-    };
-    // A weight sweep's module patterns are checked (downloading checkpoints) before anything
-    // is written, but only while weight spectra are still to run.
-    if spec.weights.is_some() {
-        let early = read_state().await?;
-        check_pending_module_patterns(spec, &plan, &pinned, &early, selection, &events).await?;
-    }
-    if !settings.dry_run {
-        client
-            .create_repo(&repo, false, true)
-            .await
-            .map_err(hub_err)?;
-    }
-    let state = read_state().await?;
-    let mut report = RunReport {
-        nodes: plan.nodes.len(),
-        output: repo_name.clone(),
-        pinned: pinned
-            .iter()
-            .map(|(i, p)| (format!("{}@{}", i.source, i.revision), p.commit.clone()))
-            .collect(),
-        ..RunReport::default()
-    };
-    let id = |i: usize| plan.nodes[i].id.map(|id| id.to_hex()).unwrap_or_default();
-    let in_ledger: HashSet<usize> = (0..plan.nodes.len())
-        .filter(|&i| state.is_done(&id(i)))
-        .collect();
-    report.skipped = in_ledger.len();
-    // Nodes outside a node selection are treated as done: the steps below skip them exactly
-    // as they skip what the ledger has.
-    let done: HashSet<usize> = (0..plan.nodes.len())
-        .filter(|&i| in_ledger.contains(&i) || selection.excludes(&id(i)))
-        .collect();
-    let pending_bytes = records::pending_artifact_bytes(spec, &plan, &pinned, &done);
-    events(&RunEvent::Planned {
-        nodes: plan.nodes.len(),
-        done: done.len(),
-        pending_bytes,
-    });
-    report.sink.head = state.head.clone();
-    if settings.dry_run || done.len() == plan.nodes.len() || selection.all_done(&plan, &done) {
-        return Ok(report);
-    }
-
-    // The sink: uploader → committer, both async.
-    let sink_events: SinkEvents = {
-        let events = events.clone();
-        Arc::new(move |e: &SinkEvent| events(&RunEvent::Sink(e.clone())))
-    };
-    // Closed artifacts queue here for an upload slot. What bounds them is the memory budget
-    // their permits hold, not this channel: a queue as short as the upload slots made capture
-    // wait at the end of every shard until all but a few of its artifacts had been sent.
-    let (upload_tx, upload_rx) = mpsc::channel::<UploadJob>(1024);
-    let (commit_tx, commit_rx) = mpsc::channel::<Committable>(1024);
-    let uploader = tokio::spawn(crate::sink::commit::upload_stage(
-        client.clone(),
-        repo.clone(),
-        "main".into(),
-        settings.upload_slots,
-        upload_rx,
-        commit_tx.clone(),
-        sink_events.clone(),
-    ));
-    let committer = Committer::new(
-        client.clone(),
-        repo.clone(),
-        "main".into(),
-        &state,
-        settings.commits.clone(),
-        sink_events,
-    );
-    let committer = tokio::spawn(committer.run(commit_rx));
-
-    // The manifest goes in with the first records.
-    let ours = manifest(spec, settings);
-    let manifest_file = (state.manifest.as_ref() != Some(&ours)).then(|| {
-        (
-            ledger::MANIFEST_PATH.to_owned(),
-            Bytes::from(serde_json::to_vec_pretty(&ours).unwrap_or_default()),
-        )
-    });
-
-    let budget = Arc::new(Semaphore::new(budget_permits(spec.limits.memory) as usize));
-    let mut spectra: HashMap<usize, Arc<Spectrum>> = HashMap::new();
-    let run = steps::Run {
-        spec,
-        settings,
-        plan: &plan,
-        pinned: &pinned,
-        done: &done,
-        selection,
-        device: &device,
-        budget: &budget,
-        uploads: &upload_tx,
-        commits: &commit_tx,
-        events: &events,
-        cancel: &cancel,
-    };
-    let failed_models = models::run_models(&run, &mut report, &mut spectra, manifest_file).await;
-    if selection.has_final()
-        && !report.interrupted
-        && (report.failed.is_empty() || settings.failure == FailurePolicy::KeepGoing)
-    {
-        let blocked = steps::blocked_final_nodes(&plan, &done, &failed_models, selection);
-        report.executed += steps::run_overlaps(&run, &blocked, &state, &repo, &mut spectra).await?;
-        if let Some(last) = plan.nodes.len().checked_sub(1).filter(|l| {
-            !done.contains(l)
-                && !blocked.contains(l)
-                && plan.nodes[*l].kind == NodeKind::LedgerCommit
-        }) {
-            let record = records::record(&plan, &plan.nodes[last], None);
-            let _ = commit_tx
-                .send(Committable {
-                    record,
-                    regular: Vec::new(),
-                })
-                .await;
-            report.executed += 1;
-        }
-        report.blocked = blocked
-            .iter()
-            .map(|&i| plan.label(&plan.nodes[i]))
-            .collect();
-    }
-    drop(upload_tx);
-    let uploads = uploader.await.unwrap_or_default();
-    drop(commit_tx);
-    let (mut committer, mut totals) = match committer.await {
-        Ok(result) => result.map_err(hub_err)?,
-        Err(join) => {
-            return Err(RunError::Unsupported(format!(
-                "the committer stopped: {join}"
-            )));
-        }
-    };
-    // Units leave the index to the final step (one commit, not one per unit).
-    if selection.has_final() && !committer.written.is_empty() {
-        // The compacted index: every record once, sorted by id.
-        let mut all: Vec<Record> = state.records.values().cloned().collect();
-        all.extend(committer.written.iter().cloned());
-        let index = ledger::compact(all.iter());
-        let mut files = vec![(ledger::INDEX_PATH.to_owned(), Bytes::from(index))];
-        // The flat metrics tables go in the same commit, derived from the same records.
-        let by_id: HashMap<String, &Record> = all.iter().map(|r| (r.id.clone(), r)).collect();
-        files.extend(
-            ledger::tables::tables(&plan, &by_id)
-                .into_iter()
-                .map(|(path, bytes)| (path, Bytes::from(bytes))),
-        );
-        committer
-            .commit_files("hubsweep: ledger index and metrics tables", files)
-            .await
-            .map_err(hub_err)?;
-        totals.commits += 1;
-        totals.head = committer.head().map(str::to_owned);
-    }
-    totals.head = totals.head.or(state.head.clone());
-    totals.bytes_sent = uploads.bytes_sent;
-    totals.objects_deduplicated = uploads.deduplicated;
-    totals.upload_busy = uploads.busy;
-    for stranded in &totals.stranded {
-        let label = plan
-            .nodes
-            .iter()
-            .find(|n| n.id.is_some_and(|id| id.to_hex() == *stranded))
-            .map_or_else(|| stranded.clone(), |n| plan.label(n));
-        report.failed.push((
-            label,
-            "not committed: an input of it was never committed".into(),
-        ));
-    }
-    report.sink = totals;
-    report.wall_seconds = run_started.elapsed().as_secs_f64();
-    Ok(report)
 }

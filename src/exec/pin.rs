@@ -440,6 +440,9 @@ pub async fn pin_and_plan(
     device_class: &str,
     events: &RunEvents,
 ) -> Result<(Plan, Vec<(ModelInstance, PinnedModel)>), RunError> {
+    // Every pinning tokenizes the data for every model: a command does it once (the Slurm
+    // tests count these lines in the jobs' logs).
+    tracing::debug!(sweep = %spec.name, device = device_class, "pinning the sweep");
     let (data, data_pin) = fetch_data(spec, sources).await?;
     let mut pinned = Vec::new();
     for group in &spec.models {
@@ -449,6 +452,7 @@ pub async fn pin_and_plan(
             }) {
                 continue;
             }
+            tracing::debug!(model = %format!("{}@{}", instance.source, instance.revision), "pinning a model revision");
             let mut model = pin_model(spec, &instance, &data, sources).await?;
             model.data = data_pin.clone();
             events(&RunEvent::Pinned {

@@ -30,6 +30,8 @@ use crate::spec::ModelInstance;
 pub(super) struct Run<'a> {
     pub spec: &'a SweepSpec,
     pub settings: &'a RunSettings,
+    /// The output repo's client.
+    pub client: &'a crate::hub::HubClient,
     pub plan: &'a Plan,
     pub pinned: &'a [(ModelInstance, PinnedModel)],
     /// Nodes the ledger has, or a node selection leaves out: no step runs them.
@@ -178,9 +180,9 @@ pub(super) async fn run_model(
         Model::load(&files, &load_device, candle_core::DType::F32)
     })
     .await
-    .map_err(|e| RunError::Capture {
+    .map_err(|source| RunError::Task {
         label: label.to_owned(),
-        reason: e.to_string(),
+        source,
     })?
     .map_err(|source| RunError::Model {
         label: label.to_owned(),
@@ -236,9 +238,9 @@ pub(super) async fn run_model(
         )
     })
     .await
-    .map_err(|e| RunError::Capture {
+    .map_err(|source| RunError::Task {
         label: label.to_owned(),
-        reason: e.to_string(),
+        source,
     })??;
     let capture_seconds = started.elapsed().as_secs_f64();
     // Spectra: decompose each accumulated Gram matrix (CPU-heavy, off the async threads).
@@ -255,18 +257,20 @@ pub(super) async fn run_model(
         let gram = gram.clone();
         let spectrum = tokio::task::spawn_blocking(move || gram.finish(top_k as usize))
             .await
-            .map_err(|e| RunError::Capture {
+            .map_err(|source| RunError::Task {
                 label: label.to_owned(),
-                reason: e.to_string(),
+                source,
             })?
-            .map_err(|e| RunError::Capture {
+            .map_err(|source| RunError::Analysis {
                 label: label.to_owned(),
-                reason: e.to_string(),
+                source,
             })?;
-        let bytes = spectrum.to_safetensors().map_err(|e| RunError::Capture {
-            label: label.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let bytes = spectrum
+            .to_safetensors()
+            .map_err(|source| RunError::Analysis {
+                label: label.to_owned(),
+                source,
+            })?;
         let artifact = Artifact::from_bytes(Bytes::from(bytes));
         let mut record = records::record(plan, &plan.nodes[s], Some(started));
         record.metrics = serde_json::to_value(spectrum.metrics()).ok();
@@ -360,7 +364,7 @@ pub(super) async fn run_overlaps(
         commits,
         ..
     } = *run;
-    let client = &run.settings.output_client;
+    let client = run.client;
     let mut executed = 0;
     for (i, node) in plan.nodes.iter().enumerate() {
         let Params::Overlap { k, .. } = &node.params else {
@@ -389,10 +393,12 @@ pub(super) async fn run_overlaps(
                             repo: spec.output.to_string(),
                             source,
                         })?;
-                    let s = Arc::new(
-                        Spectrum::from_safetensors(&bytes)
-                            .map_err(|e| RunError::Unsupported(e.to_string()))?,
-                    );
+                    let s = Arc::new(Spectrum::from_safetensors(&bytes).map_err(|source| {
+                        RunError::Analysis {
+                            label: plan.label(&plan.nodes[input]),
+                            source,
+                        }
+                    })?);
                     spectra.insert(input, s.clone());
                     s
                 }
@@ -408,7 +414,10 @@ pub(super) async fn run_overlaps(
             other.part(Centring::Centred),
             k,
         )
-        .map_err(|e| RunError::Unsupported(format!("overlap `{}`: {e}", plan.label(node))))?;
+        .map_err(|source| RunError::Analysis {
+            label: plan.label(node),
+            source,
+        })?;
         let mut record = records::record(plan, node, None);
         record.metrics = Some(serde_json::json!({ "overlaps": overlaps, "centring": "centred" }));
         let _ = commits
@@ -452,9 +461,9 @@ pub(super) async fn run_weight_nodes(run: &Run<'_>, m: usize) -> Result<usize, R
         let started = Instant::now();
         let (metrics, bytes) = tokio::task::spawn_blocking(move || weights::compute_node(&job))
             .await
-            .map_err(|e| RunError::Capture {
+            .map_err(|source| RunError::Task {
                 label: plan.label(node),
-                reason: e.to_string(),
+                source,
             })??;
         let mut record = records::record(plan, node, Some(started));
         record.metrics = serde_json::to_value(&metrics).ok();

@@ -207,6 +207,10 @@ pub fn compute_node(job: &WeightJob) -> Result<(WeightNodeMetrics, Vec<u8>), Run
         label: job.label.clone(),
         reason,
     };
+    let analysis = |source| RunError::Analysis {
+        label: job.label.clone(),
+        source,
+    };
     let this = &job.model;
     let index = checkpoint_index(&this.files.weights)?;
     let base = match &job.base {
@@ -219,7 +223,7 @@ pub fn compute_node(job: &WeightJob) -> Result<(WeightNodeMetrics, Vec<u8>), Run
     {
         Ok(matches) => matches,
         Err(analysis::AnalysisError::UnmatchedModules { .. }) => Vec::new(),
-        Err(e) => return Err(failed(e.to_string())),
+        Err(e) => return Err(analysis(e)),
     };
     let method = SvdMethod::SvdF64;
     let mut matrices = Vec::new();
@@ -268,7 +272,7 @@ pub fn compute_node(job: &WeightJob) -> Result<(WeightNodeMetrics, Vec<u8>), Run
                     this.config.head_dim,
                     cols,
                 )
-                .map_err(|e| failed(e.to_string()))?;
+                .map_err(analysis)?;
                 let part_rows = split.rows;
                 parts.push((Some("query"), split.query, part_rows));
                 parts.push((Some("key"), split.key, part_rows));
@@ -285,14 +289,17 @@ pub fn compute_node(job: &WeightJob) -> Result<(WeightNodeMetrics, Vec<u8>), Run
                     .map(move |(_, values, rows)| WeightMatrix::new(values, *rows, *cols))
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(analysis)?;
         let mut spectra = analysis::weight_spectra(&views, method).into_iter();
         for (found, _, parts) in &loaded {
             for (part, _, _) in parts {
                 let spectrum: WeightSpectrum = spectra
                     .next()
                     .ok_or_else(|| failed(format!("`{}`: no spectrum", found.key)))?
-                    .map_err(|e| failed(format!("`{}`: {e}", found.key)))?;
+                    .map_err(|source| RunError::Analysis {
+                        label: format!("{}, `{}`", job.label, found.key),
+                        source,
+                    })?;
                 let tensor = match part {
                     Some(part) => format!("{}.{part}", found.key),
                     None => found.key.clone(),

@@ -1,6 +1,6 @@
 //! The Hub: a client for the Hugging Face Hub's upload and download protocol, and an embedded
-//! Hub-compatible server. The wire protocol is described in `shared/reference/hub-protocol.md`;
-//! what our server implements, its flags, faults and store layout are in `docs/hub.md`.
+//! Hub-compatible server. The wire protocol, what our server implements, its flags, faults and
+//! store layout are in `docs/hub.md`.
 //!
 //! - [`client`]: [`HubClient`] — create repo, preupload, LFS batch + basic/multipart transfer
 //!   from memory ([`LfsSource::Bytes`]) or files, NDJSON commits without blind retries,

@@ -21,7 +21,8 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 
 pub use record::{FileRecord, Manifest, Record, SCHEMA_VERSION, SpecText, Timing, Tolerance, Tool};
-pub use state::{LedgerState, RepoFile, StateError};
+pub use state::{LedgerState, PlanProgress, Progress, RepoFile, StateError};
+pub use tables::index_files;
 
 /// Folder of the ledger in the output repo.
 pub const LEDGER_DIR: &str = "ledger";

@@ -130,3 +130,72 @@ impl LedgerState {
         self.manifest.is_some() || self.files.keys().any(|p| p.starts_with(SEGMENTS_DIR))
     }
 }
+
+/// How far a plan is in a ledger: its nodes done, pending (never recorded, or only as a
+/// failure and retried since) and failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Progress {
+    /// Recorded with a result.
+    pub done: usize,
+    /// Not recorded.
+    pub pending: usize,
+    /// Recorded as failed.
+    pub failed: usize,
+}
+
+impl Progress {
+    /// Nothing pending, nothing failed.
+    pub fn is_complete(&self) -> bool {
+        self.pending == 0 && self.failed == 0
+    }
+
+    fn count(&mut self, state: &LedgerState, id: &str) {
+        if state.is_done(id) {
+            self.done += 1;
+        } else if state.has_failed(id) {
+            self.failed += 1;
+        } else {
+            self.pending += 1;
+        }
+    }
+}
+
+/// [`Progress`] of a plan: per model revision (in plan order, by label), and of the nodes
+/// across models (overlaps and the final ledger record).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanProgress {
+    /// `repo@revision` and its nodes' progress.
+    pub models: Vec<(String, Progress)>,
+    /// The nodes that belong to no one model.
+    pub cross_model: Progress,
+}
+
+impl PlanProgress {
+    /// Every node done.
+    pub fn is_complete(&self) -> bool {
+        self.cross_model.is_complete() && self.models.iter().all(|(_, p)| p.is_complete())
+    }
+}
+
+impl LedgerState {
+    /// How far `plan` is in this ledger (what `status` shows).
+    pub fn progress(&self, plan: &crate::plan::Plan) -> PlanProgress {
+        let mut progress = PlanProgress {
+            models: plan
+                .models
+                .iter()
+                .map(|m| (m.label(), Progress::default()))
+                .collect(),
+            cross_model: Progress::default(),
+        };
+        for node in &plan.nodes {
+            let id = node.id.map(|i| i.to_hex()).unwrap_or_default();
+            let slot = match crate::plan::node_model(node) {
+                Some(m) => &mut progress.models[m as usize].1,
+                None => &mut progress.cross_model,
+            };
+            slot.count(self, &id);
+        }
+        progress
+    }
+}

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::Record;
@@ -309,4 +310,20 @@ pub fn tables(plan: &Plan, records: &HashMap<String, &Record>) -> Vec<(String, V
         (OVERLAPS_PATH.to_owned(), jsonl(&overlaps)),
         (WEIGHTS_PATH.to_owned(), jsonl(&weights)),
     ]
+}
+
+/// The files written in the one commit that closes a sweep, all derived from `records` (every
+/// record of the ledger): the compacted index, and the flat metrics tables beside it.
+pub fn index_files(plan: &Plan, records: &[Record]) -> Vec<(String, Bytes)> {
+    let mut files = vec![(
+        super::INDEX_PATH.to_owned(),
+        Bytes::from(super::compact(records.iter())),
+    )];
+    let by_id: HashMap<String, &Record> = records.iter().map(|r| (r.id.clone(), r)).collect();
+    files.extend(
+        tables(plan, &by_id)
+            .into_iter()
+            .map(|(path, bytes)| (path, Bytes::from(bytes))),
+    );
+    files
 }

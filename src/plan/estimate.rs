@@ -1,6 +1,6 @@
 //! Size, file-count, commit and memory estimates, and the refusals they lead to.
 //!
-//! The Hub's limits (hub-protocol.md §8): at most 100,000 files per repo, 10,000 entries per
+//! The Hub's limits (docs/hub.md, "Limits"): at most 100,000 files per repo, 10,000 entries per
 //! folder, and about 128 commits per hour per repo; a commit carries at most 100 files here.
 
 use serde::Serialize;

@@ -1,7 +1,7 @@
 //! Content-addressed node ids.
 //!
 //! A node id is the sha256 of a canonical JSON record — sorted keys, no whitespace — of the
-//! node's kind, kind version, parameters, input ids and pins (DESIGN.md, "Node identity"). The
+//! node's kind, kind version, parameters, input ids and pins (docs/plan.md). The
 //! same inputs give the same id, the same place on the Hub, and a skip on rerun.
 
 use std::fmt;

@@ -2,6 +2,7 @@
 //! SVG, no script, no network asset), or the numbers as CSV or JSON. Pure string building; the
 //! CLI fetches the tables and files.
 
+mod columns;
 mod svg;
 
 use std::fmt::Write as _;
@@ -249,7 +250,7 @@ pub fn render_html(data: &ReportData) -> String {
             svg::render(plot, 1100, 360)
         );
     }
-    let link = |file: &Option<String>| match file {
+    let link = |file: Option<&str>| match file {
         Some(f) if !data.file_base.is_empty() => format!(
             "<a href=\"{}{}\">{}</a>",
             escape(&data.file_base),
@@ -260,66 +261,19 @@ pub fn render_html(data: &ReportData) -> String {
         None => String::new(),
     };
     if !data.spectra.is_empty() {
-        html.push_str("<h2>spectra</h2><table id=\"spectra\"><tr><th>model</th><th>revision</th><th>hook</th><th>layer</th><th>centring</th><th>stable rank</th><th>effective rank</th><th>k90</th><th>k99</th><th>file</th></tr>\n");
-        for r in &data.spectra {
-            let _ = writeln!(
-                html,
-                "<tr><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td>{}</td><td class=l>{}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td><td>{}</td><td class=l>{}</td></tr>",
-                escape(&r.model),
-                escape(&r.revision),
-                escape(&r.hook),
-                r.layer.map_or("final".into(), |l| l.to_string()),
-                r.centring,
-                r.metrics.stable_rank,
-                r.metrics.effective_rank,
-                r.metrics.k90,
-                r.metrics.k99,
-                link(&r.file)
-            );
-        }
-        html.push_str("</table>\n");
+        columns::html_table(&mut html, "spectra", columns::SPECTRA, &data.spectra, &link);
     }
     if !data.overlaps.is_empty() {
-        html.push_str("<h2>overlaps</h2><table id=\"overlaps\"><tr><th>model</th><th>base</th><th>hook</th><th>layer</th><th>k</th><th>γ</th><th>baseline</th><th>ratio</th></tr>\n");
-        for r in &data.overlaps {
-            let _ = writeln!(
-                html,
-                "<tr><td class=l>{}@{}</td><td class=l>{}@{}</td><td class=l>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.2}</td></tr>",
-                escape(&r.model),
-                escape(&r.revision),
-                escape(&r.base_model),
-                escape(&r.base_revision),
-                escape(&r.hook),
-                r.layer.map_or("final".into(), |l| l.to_string()),
-                r.k,
-                r.gamma,
-                r.baseline,
-                r.ratio
-            );
-        }
-        html.push_str("</table>\n");
+        columns::html_table(
+            &mut html,
+            "overlaps",
+            columns::OVERLAPS,
+            &data.overlaps,
+            &link,
+        );
     }
     if !data.weights.is_empty() {
-        html.push_str("<h2>weights</h2><table id=\"weights\"><tr><th>model</th><th>revision</th><th>delta from</th><th>key</th><th>part</th><th>shape</th><th>stable rank</th><th>effective rank</th><th>k90</th><th>k99</th><th>file</th></tr>\n");
-        for r in &data.weights {
-            let _ = writeln!(
-                html,
-                "<tr><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td><td>{}×{}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td><td>{}</td><td class=l>{}</td></tr>",
-                escape(&r.model),
-                escape(&r.revision),
-                escape(r.delta_from.as_deref().unwrap_or("")),
-                escape(&r.key),
-                escape(r.part.as_deref().unwrap_or("")),
-                r.rows,
-                r.cols,
-                r.metrics.stable_rank,
-                r.metrics.effective_rank,
-                r.metrics.k90,
-                r.metrics.k99,
-                link(&r.file)
-            );
-        }
-        html.push_str("</table>\n");
+        columns::html_table(&mut html, "weights", columns::WEIGHTS, &data.weights, &link);
     }
     html.push_str("</body></html>\n");
     html
@@ -339,69 +293,10 @@ pub fn render_json(data: &ReportData) -> String {
 /// The spectra rows as CSV (the table the plots draw), then the overlaps and weights, each
 /// section headed by a `# table` line.
 pub fn render_csv(data: &ReportData) -> String {
-    let mut out = String::from(
-        "# spectra\nmodel,revision,hook,layer,centring,rows,width,stable_rank,effective_rank,participation_ratio,k90,k99,spectral_norm,file\n",
-    );
-    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    let layer = |l: Option<u32>| l.map_or(String::new(), |l| l.to_string());
-    for r in &data.spectra {
-        let _ = writeln!(
-            out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
-            q(&r.model),
-            q(&r.revision),
-            q(&r.hook),
-            layer(r.layer),
-            r.centring,
-            r.rows,
-            r.width,
-            r.metrics.stable_rank,
-            r.metrics.effective_rank,
-            r.metrics.participation_ratio,
-            r.metrics.k90,
-            r.metrics.k99,
-            r.metrics.spectral_norm,
-            q(r.file.as_deref().unwrap_or(""))
-        );
-    }
-    out.push_str(
-        "# overlaps\nmodel,revision,base_model,base_revision,hook,layer,k,gamma,baseline,ratio\n",
-    );
-    for r in &data.overlaps {
-        let _ = writeln!(
-            out,
-            "{},{},{},{},{},{},{},{},{},{}",
-            q(&r.model),
-            q(&r.revision),
-            q(&r.base_model),
-            q(&r.base_revision),
-            q(&r.hook),
-            layer(r.layer),
-            r.k,
-            r.gamma,
-            r.baseline,
-            r.ratio
-        );
-    }
-    out.push_str("# weights\nmodel,revision,delta_from,key,part,rows,cols,stable_rank,effective_rank,k90,k99,spectral_norm\n");
-    for r in &data.weights {
-        let _ = writeln!(
-            out,
-            "{},{},{},{},{},{},{},{},{},{},{},{}",
-            q(&r.model),
-            q(&r.revision),
-            q(r.delta_from.as_deref().unwrap_or("")),
-            q(&r.key),
-            q(r.part.as_deref().unwrap_or("")),
-            r.rows,
-            r.cols,
-            r.metrics.stable_rank,
-            r.metrics.effective_rank,
-            r.metrics.k90,
-            r.metrics.k99,
-            r.metrics.spectral_norm
-        );
-    }
+    let mut out = String::new();
+    columns::csv_section(&mut out, "spectra", columns::SPECTRA, &data.spectra);
+    columns::csv_section(&mut out, "overlaps", columns::OVERLAPS, &data.overlaps);
+    columns::csv_section(&mut out, "weights", columns::WEIGHTS, &data.weights);
     out
 }
 

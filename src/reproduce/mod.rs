@@ -8,7 +8,8 @@
 //!    is never re-resolved; a local folder must still hash as recorded), build the plan with
 //!    the normal pipeline, and check that its ids are the recorded ones ([`compare::check_ids`]).
 //!    Choose nodes ([`select`]), rerun them into a scratch repo on the embedded hub through
-//!    [`exec::run_units_pinned`] — the same code as `run`, over the plan pinned once — and
+//!    [`Session::run`](exec::Session::run) — the same code as `run`, over the plan pinned
+//!    once by [`Session::pin_recorded`](exec::Session::pin_recorded) — and
 //!    compare what the two ledgers record: files by sha256, metrics within the manifest's
 //!    tolerance for the device class and dtype. A fresh scratch repo whose rerun compared equal
 //!    is deleted ([`Scratch`]).
@@ -17,17 +18,15 @@ pub mod compare;
 pub mod select;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::exec::{
-    self, DataPin, RunError, RunEvent, RunEvents, RunSettings, Sources, UnitSelection,
+    self, DataPin, DeviceClass, RunError, RunEvents, RunSettings, Session, UnitSelection,
 };
 use crate::hub::{HubClient, HubError, Repo, RepoId};
 use crate::ledger::{LedgerState, Manifest, Record, StateError, Tolerance};
-use crate::model::DeviceSpec;
 use crate::plan::{NodeKind, id::canonical_json};
 use crate::sink::CommitPolicy;
 use crate::spec::{HubKind, Loaded, OutputRepo, RepoType, SweepSpec};
@@ -109,6 +108,14 @@ pub enum ReproduceError {
         /// Cause.
         #[source]
         source: StateError,
+    },
+    /// The ledger's captures ran on a device class this hubsweep does not know.
+    #[error(
+        "the ledger records captures on device class `{class}`, which this hubsweep does not know"
+    )]
+    UnknownDeviceClass {
+        /// As recorded.
+        class: String,
     },
     /// The plan could not be rebuilt (a pinned commit is gone, the data changed shape, …).
     #[error("cannot rebuild the plan")]
@@ -230,12 +237,8 @@ pub struct ToleranceOverrides {
 /// Settings of a reproduction (the CLI builds them from flags and the environment).
 #[derive(Clone)]
 pub struct ReproduceSettings {
-    /// Client of the embedded hub the scratch repo lives on.
-    pub target_client: HubClient,
-    /// The scratch repo.
+    /// The scratch repo (on the session's embedded hub).
     pub target: Target,
-    /// Where models and data come from (its `pinned` is filled from the ledger).
-    pub sources: Sources,
     /// Which nodes to rerun.
     pub selection: Selection,
     /// Tolerance overrides.
@@ -447,7 +450,11 @@ async fn scratch_repo(
 
 /// Rebuilds the plan of `source` at its recorded pins, reruns the chosen nodes into the scratch
 /// repo and compares them with the ledger. See the module docs.
+/// `session` is the sweep of `source` (its spec), opened with the embedded hub
+/// ([`Embedded::Running`](exec::Embedded::Running)); the rerun retargets it to the scratch
+/// repo there.
 pub async fn reproduce(
+    session: &mut Session,
     source: &SourceLedger,
     settings: &ReproduceSettings,
     events: RunEvents,
@@ -461,14 +468,18 @@ pub async fn reproduce(
         .as_ref()
         .map_or("f32", |c| c.dtype.as_str());
     let tolerance = tolerance(&source.manifest, &device_class, dtype, settings.overrides);
-    let mut sources = settings.sources.clone();
-    sources.pinned = recorded_commits(records);
+    let device =
+        DeviceClass::parse(&device_class).ok_or_else(|| ReproduceError::UnknownDeviceClass {
+            class: device_class.clone(),
+        })?;
     // Like models, the Hub data file is read at its recorded commit, never the branch again.
-    sources.pinned_data = DataPin::recorded(&source.spec, records.values()).map(|pin| pin.commit);
+    let data = DataPin::recorded(&source.spec, records.values()).map(|pin| pin.commit);
     // Pinned once, here: the rerun below runs this very plan instead of pinning again.
-    let (plan, pinned) = exec::pin_and_plan(&source.spec, &sources, &device_class, &events)
+    let pinned = session
+        .pin_recorded(recorded_commits(records), data, device, &events)
         .await
         .map_err(|e| ReproduceError::Rebuild(Box::new(e)))?;
+    let plan = pinned.plan.clone();
     let (id_rows, matched) = compare::check_ids(&plan, records);
     let chosen = select::choose(&plan, &settings.selection)?;
     let id_of = |i: usize| plan.nodes[i].id.map(|id| id.to_hex()).unwrap_or_default();
@@ -479,7 +490,11 @@ pub async fn reproduce(
         .collect();
     let chosen_ids: HashSet<String> = chosen.iter().map(|&i| id_of(i)).collect();
 
-    let repo = scratch_repo(&settings.target_client, &settings.target, source).await?;
+    let target_client = session
+        .local_client()
+        .cloned()
+        .ok_or_else(|| ReproduceError::Rebuild(Box::new(RunError::NoLocalHub)))?;
+    let repo = scratch_repo(&target_client, &settings.target, source).await?;
     let target = OutputRepo {
         hub: HubKind::Local,
         repo_type: RepoType::Dataset,
@@ -509,11 +524,10 @@ pub async fn reproduce(
         return Ok(report);
     }
 
-    let mut spec = source.spec.clone();
-    spec.output = target;
+    session
+        .retarget(target)
+        .map_err(|e| ReproduceError::Rebuild(Box::new(e)))?;
     let run_settings = RunSettings {
-        output_client: settings.target_client.clone(),
-        sources,
         spec_file: (
             source.manifest.spec.file_name.clone(),
             source.manifest.spec.text.clone(),
@@ -525,33 +539,17 @@ pub async fn reproduce(
         perturb_capture_for_tests: settings.perturb_capture_for_tests,
         evict_models: false,
     };
-    let device = match (device_class.as_str(), source.spec.compute.device) {
-        ("cuda", crate::spec::DeviceSpec::Cuda(n)) => DeviceSpec::Cuda(n as usize),
-        ("cuda", _) => DeviceSpec::Cuda(0),
-        _ => DeviceSpec::Cpu,
-    };
     let selection = UnitSelection::Nodes(to_run.iter().map(|&i| id_of(i)).collect());
-    let pinned = exec::Pinned {
-        plan: plan.clone(),
-        models: pinned,
-    };
-    let run = exec::run_units_pinned(
-        &spec,
-        &run_settings,
-        device,
-        events,
-        cancel,
-        &selection,
-        pinned,
-    )
-    .await
-    .map_err(|source| ReproduceError::Run {
-        repo: report.target.clone(),
-        source: Box::new(source),
-    })?;
+    let run = session
+        .run(pinned, &run_settings, &selection, events, cancel)
+        .await
+        .map_err(|source| ReproduceError::Run {
+            repo: report.target.clone(),
+            source: Box::new(source),
+        })?;
     report.run_failures = run.failed;
     report.interrupted = run.interrupted;
-    let rerun = LedgerState::read(&settings.target_client, &repo, "main")
+    let rerun = LedgerState::read(&target_client, &repo, "main")
         .await
         .map_err(|source| ReproduceError::Target {
             repo: report.target.clone(),
@@ -599,7 +597,7 @@ pub async fn reproduce(
         (Target::Named(_), _, true) => Scratch::KeptNamed,
         (Target::Fresh, true, true) => Scratch::KeptAsked,
         // A rerun that reproduced is worth nothing more than the ledger it matched.
-        (Target::Fresh, false, true) => match settings.target_client.delete_repo(&repo).await {
+        (Target::Fresh, false, true) => match target_client.delete_repo(&repo).await {
             Ok(freed_bytes) => Scratch::Deleted { freed_bytes },
             Err(error) => Scratch::DeleteFailed {
                 error: crate::hub::client::error_chain(&error),
@@ -607,11 +605,6 @@ pub async fn reproduce(
         },
     };
     Ok(report)
-}
-
-/// Events that say nothing (for callers without a progress display).
-pub fn quiet() -> RunEvents {
-    Arc::new(|_: &RunEvent| {})
 }
 
 #[cfg(test)]

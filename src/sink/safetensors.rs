@@ -1,7 +1,7 @@
 //! An in-memory safetensors writer whose header is written first, from known shapes.
 //!
 //! The Hub's LFS protocol needs an object's sha256 and size before its first byte is sent
-//! (hub-protocol.md §10.1). Shapes are known before capture, so the header — and with it the
+//! (docs/hub.md, "Artifacts before upload"). Shapes are known before capture, so the header — and with it the
 //! exact file size — is fixed up front: the buffer is allocated once, tensor bytes are appended
 //! as the forward pass produces them, and the sha256 is updated as bytes arrive. When the last
 //! byte is in, the artifact is complete and hashed; nothing touches the disk.

@@ -1,6 +1,7 @@
 //! Running a sweep's work units on a Slurm cluster, with the Hub as the only shared state.
 //!
-//! The submitter pins the plan, commits a [`SubmittedPlan`] to the output repo
+//! The submitter ([`prepare`], then [`Ready::submit`]) takes the sweep pinned once by its
+//! [`Session`](crate::exec::Session), commits a [`SubmittedPlan`] to the output repo
 //! (`ledger/slurm/<hash>/plan.json`: the spec text, the pins and every unit's node ids), then
 //! submits one job array whose task `i` runs `hubsweep worker REPO --plan HASH --unit K_i`, and a
 //! final job (`--dependency=afterany:<array>`) that checks the ledger: every unit done → it runs
@@ -12,7 +13,8 @@
 //! This module runs the Slurm client commands (`sbatch`, `squeue`, `scancel`) and counts them;
 //! it never reads the environment (the caller passes the binary and the options). `plan` holds
 //! what the sweep keeps in its repo (the plan, the attempts) and what is derived from it with
-//! the ledger; `track` the polling schedule of a submitter following its jobs.
+//! the ledger; `submit` the submitter; `track` the polling schedule of a submitter following
+//! its jobs.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -20,6 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 mod plan;
+mod submit;
 mod track;
 
 pub use plan::{
@@ -27,6 +30,7 @@ pub use plan::{
     commit_files, final_node_ids, is_complete, missing_units, planned_units, reasons, sweep_state,
     unit_states,
 };
+pub use submit::{Prepared, Ready, SubmitError, SubmitSettings, Submitted, prepare};
 pub use track::{PollSchedule, state_counts};
 
 /// Why a Slurm command failed.

@@ -4,6 +4,7 @@
 mod analysis;
 mod common;
 mod hub;
+mod logging;
 mod model;
 mod plan;
 mod report_chromium;

@@ -146,6 +146,13 @@ pub(crate) fn slurm_files(state: &LedgerState) -> Vec<String> {
     files
 }
 
+/// Debug log lines of a session pinning the sweep (`RUST_LOG=hubsweep=debug`).
+fn pinnings(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("DEBUG") && l.contains("pinning the sweep"))
+        .count()
+}
+
 /// Names of the jobs Slurm has not finished.
 fn squeue_names() -> String {
     let out = StdCommand::new("squeue")
@@ -164,7 +171,11 @@ fn slurm_sweep_equals_a_local_run_then_resubmission_submits_nothing() {
     let rt = runtime();
     let server = rt.block_on(rate_limited_server(&ctx));
     let spec = four_units(&ctx, "hf://datasets/alice/four-slurm");
+    let logs = ctx.child("job-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    // The jobs inherit `RUST_LOG`: each logs every pinning of the sweep.
     let out = hubsweep(&ctx, &server)
+        .env("RUST_LOG", "hubsweep=debug")
         .args([
             "run",
             "--executor",
@@ -173,7 +184,9 @@ fn slurm_sweep_equals_a_local_run_then_resubmission_submits_nothing() {
             "4",
             "--format",
             "json",
+            "--log-dir",
         ])
+        .arg(&logs)
         .arg(&spec)
         .output()
         .unwrap();
@@ -182,6 +195,19 @@ fn slurm_sweep_equals_a_local_run_then_resubmission_submits_nothing() {
     assert_eq!(report["complete"], true, "{report}");
     assert_eq!(report["pending_units"], 4, "{report}");
     assert!(report["array_job"].is_string(), "{report}");
+    assert_eq!(pinnings(&stderr(&out)), 1, "the submitter pins once");
+    // Every job (four units and the final step) pinned the sweep exactly once: the plan it
+    // checks against the submitter's is the plan it runs, and the data is tokenized once.
+    let mut job_logs: Vec<PathBuf> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    job_logs.sort();
+    assert_eq!(job_logs.len(), 5, "{job_logs:?}");
+    for log in &job_logs {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert_eq!(pinnings(&text), 1, "{}:\n{text}", log.display());
+    }
 
     // `status` knows the submission: every unit done.
     let out = hubsweep(&ctx, &server)

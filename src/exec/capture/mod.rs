@@ -342,9 +342,10 @@ pub fn run_capture(
         Clock::default(),
     );
     let model = &work.model;
-    let tensor_err = |what: &str, source: candle_core::Error| RunError::Capture {
+    let tensor_err = |what: &str, source: candle_core::Error| RunError::Tensor {
         label: work.label.clone(),
-        reason: format!("{what}: {source}"),
+        what: what.to_owned(),
+        source: Box::new(source),
     };
     let mut grams: Grams = BTreeMap::new();
     let names: Vec<String> = {
@@ -429,12 +430,13 @@ pub fn run_capture(
                 hook_width(target.hook, model, work.seq_len),
                 work.dtype,
             );
-            let size = crate::sink::safetensors::file_size(&specs, &metadata).map_err(|e| {
-                RunError::Capture {
-                    label: work.label.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
+            let size =
+                crate::sink::safetensors::file_size(&specs, &metadata).map_err(|source| {
+                    RunError::Artifact {
+                        label: work.label.clone(),
+                        source,
+                    }
+                })?;
             let permit = budget_wait
                 .time(|| {
                     runtime.block_on(
@@ -445,9 +447,9 @@ pub fn run_capture(
                 })
                 .map_err(|_| RunError::Interrupted)?;
             let mut writer =
-                ArtifactWriter::new(specs, &metadata).map_err(|e| RunError::Capture {
+                ArtifactWriter::new(specs, &metadata).map_err(|source| RunError::Artifact {
                     label: work.label.clone(),
-                    reason: e.to_string(),
+                    source,
                 })?;
             let ids: Vec<u8> = shard_ids
                 .iter()
@@ -455,9 +457,9 @@ pub fn run_capture(
                 .collect();
             writer
                 .append("token_ids", &ids)
-                .map_err(|e| RunError::Capture {
+                .map_err(|source| RunError::Artifact {
                     label: work.label.clone(),
-                    reason: e.to_string(),
+                    source,
                 })?;
             writers.push((index, path.clone(), record.clone(), writer, permit));
         }
@@ -570,9 +572,9 @@ pub fn run_capture(
             },
         )?;
         for (_, path, record, writer, permit) in writers {
-            let artifact = writer.finish().map_err(|e| RunError::Capture {
+            let artifact = writer.finish().map_err(|source| RunError::Artifact {
                 label: work.label.clone(),
-                reason: e.to_string(),
+                source,
             })?;
             let job = UploadJob {
                 path,

@@ -1,4 +1,4 @@
-//! NDJSON commits (hub-protocol.md §4.6) without blind retries.
+//! NDJSON commits (docs/hub.md, "Commits") without blind retries.
 //!
 //! A commit POST whose answer is lost (network error, 5xx) may have landed. Re-sending it could
 //! create a duplicate commit or pull request, so the client instead re-reads the head and

@@ -1,4 +1,4 @@
-//! The LFS upload path (hub-protocol.md §4.1–4.5): preupload, batch, basic or multipart
+//! The LFS upload path (docs/hub.md, "Upload"): preupload, batch, basic or multipart
 //! transfer with bounded parallel parts, completion, verify.
 
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
 //! Repo management and reads: create, info, paths-info, tree (Link pagination), refs, commits,
-//! branch, and resolve metadata (hub-protocol.md §3, §6.1, §7).
+//! branch, and resolve metadata (docs/hub.md, "Repositories", "Downloads", "Listing").
 
 use reqwest::Method;
 use serde::Deserialize;

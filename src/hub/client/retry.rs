@@ -1,5 +1,5 @@
 //! Retries: exponential backoff with jitter, honouring `Retry-After` and the IETF `RateLimit`
-//! header (hub-protocol.md §2), and the mapping from error answers to [`HubError`].
+//! header (docs/hub.md, "Conventions"), and the mapping from error answers to [`HubError`].
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! `POST /api/{t}/{ns}/{name}/commit/{rev}`: the NDJSON commit (hub-protocol.md §4.6).
+//! `POST /api/{t}/{ns}/{name}/commit/{rev}`: the NDJSON commit (docs/hub.md, "Commits").
 //!
 //! The whole body is parsed and every operation checked before anything is written, so a bad
 //! request leaves the repo exactly as it was. Ref updates happen under the repo's lock, which is

@@ -1,5 +1,5 @@
 //! The LFS side of an upload: preupload (which files go to LFS), the batch API, presigned
-//! object and part PUTs, multipart completion, and verify (hub-protocol.md §4.1–4.5).
+//! object and part PUTs, multipart completion, and verify (docs/hub.md, "Upload").
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The embedded Hub-compatible server (hub-protocol.md §12.3): axum over the crash-safe
+//! The embedded Hub-compatible server (docs/hub.md, "What the server implements"): axum over the crash-safe
 //! on-disk [`store`], LFS-only (no Xet), with per-instance limits and [`faults`].
 //!
 //! ```no_run

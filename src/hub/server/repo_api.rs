@@ -1,5 +1,5 @@
 //! Repo management and listing: create, delete, info, tree, paths-info, refs, commits, branch, whoami
-//! (hub-protocol.md §3 and §7).
+//! (docs/hub.md, "Repositories" and "Listing").
 
 use std::sync::Arc;
 

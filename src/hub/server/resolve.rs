@@ -1,4 +1,4 @@
-//! Downloads: `resolve` (hub-protocol.md §6) and the LFS blob URL it redirects to.
+//! Downloads: `resolve` (docs/hub.md, "Downloads") and the LFS blob URL it redirects to.
 //!
 //! Regular files are served directly with `ETag` = git blob id. LFS files answer `302` to the
 //! storage origin (a different origin from the Hub's, like a CDN), with `X-Linked-Etag` (the
