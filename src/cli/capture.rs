@@ -8,9 +8,10 @@ use candle_core::{DType, Tensor};
 use hubsweep::data::{TextTokenizer, TokenWindows};
 use hubsweep::model::hooks::{self, HookPoint};
 use hubsweep::model::{ComputeDtype, DeviceSpec, Model, ModelConfig, ModelFiles};
+use hubsweep::spec::LayerSelection;
 
 use super::Env;
-use super::shared::{error_chain, resolve_model};
+use super::shared::{Failure, resolve_model};
 
 /// Arguments of `hubsweep capture`.
 #[derive(Debug, clap::Args)]
@@ -28,8 +29,9 @@ pub struct CaptureArgs {
     /// with --layers, or full names (`blocks.3.hook_mlp_out`, `hook_embed`, `logits`).
     #[arg(long, value_delimiter = ',', required = true)]
     hooks: Vec<String>,
-    /// Layers for block suffixes: `all`, or a comma list of indices (negative from the end)
-    /// and ranges `a..b[:step]`.
+    /// Layers for block suffixes, as a spec's `capture.layers` says them: `all`, a range
+    /// `a..b[:step]` (end exclusive; `a..` to the last layer), or indices `0,3,-1` (negative
+    /// from the end).
     #[arg(long, default_value = "all")]
     layers: String,
     /// Output safetensors file.
@@ -46,46 +48,30 @@ pub struct CaptureArgs {
     prepend_bos: bool,
 }
 
-/// Parses `--layers` against a model with `n_layers` blocks.
-pub fn parse_layers(spec: &str, n_layers: usize) -> Result<Vec<usize>, String> {
-    if spec == "all" {
-        return Ok((0..n_layers).collect());
-    }
-    let index = |s: &str| -> Result<usize, String> {
-        let v: i64 = s
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{s}` is not a layer index"))?;
-        let resolved = if v < 0 { n_layers as i64 + v } else { v };
-        if resolved < 0 || resolved >= n_layers as i64 {
-            return Err(format!(
-                "layer `{v}` is out of range (the model has {n_layers} layers)"
-            ));
-        }
-        Ok(resolved as usize)
+/// Parses `--layers` against a model with `n_layers` blocks, in the grammar of a spec's
+/// `capture.layers`: `all`, a range `start..end[:step]` (end exclusive; `start..` runs to the
+/// last layer), or indices `0,3,-1` (negative from the end; a spec writes them as a list).
+pub fn parse_layers(text: &str, n_layers: usize) -> Result<Vec<usize>, Failure> {
+    let selection = if text.trim() == "all" || text.contains("..") {
+        hubsweep::spec::validate::parse_layers(text).map_err(Failure::new)?
+    } else {
+        let indices = text
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .parse::<i64>()
+                    .map_err(|_| Failure::new(format!("`{s}` is not a layer index")))
+            })
+            .collect::<Result<Vec<i64>, _>>()?;
+        LayerSelection::Indices(indices)
     };
-    let mut layers = Vec::new();
-    for item in spec.split(',') {
-        if let Some((start, rest)) = item.split_once("..") {
-            let (end, step) = rest.split_once(':').unwrap_or((rest, "1"));
-            let step: usize = step
-                .parse()
-                .ok()
-                .filter(|s| *s > 0)
-                .ok_or(format!("bad step in `{item}`"))?;
-            let start = index(start)?;
-            let end: usize = end
-                .trim()
-                .parse()
-                .map_err(|_| format!("`{item}` is not a range `a..b[:step]`"))?;
-            layers.extend((start..end.min(n_layers)).step_by(step));
-        } else {
-            layers.push(index(item)?);
-        }
-    }
-    layers.sort_unstable();
-    layers.dedup();
-    Ok(layers)
+    let depth = u32::try_from(n_layers).unwrap_or(u32::MAX);
+    let layers = selection.resolve(depth).map_err(|layer| {
+        Failure::new(format!(
+            "layer `{layer}` is out of range (the model has {n_layers} layers)"
+        ))
+    })?;
+    Ok(layers.into_iter().map(|l| l as usize).collect())
 }
 
 /// Expands `--hooks` × `--layers` into full hook names.
@@ -105,11 +91,11 @@ fn input_rows(
     args: &CaptureArgs,
     files: &ModelFiles,
     config: &ModelConfig,
-) -> Result<Vec<Vec<u32>>, String> {
+) -> Result<Vec<Vec<u32>>, Failure> {
     if let Some(path) = &args.ids {
-        let text = fs_err::read_to_string(path).map_err(|e| error_chain(&e))?;
+        let text = fs_err::read_to_string(path).map_err(Failure::of)?;
         let value: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| format!("`{}` is not JSON: {e}", path.display()))?;
+            .map_err(|e| Failure::because(format!("`{}` is not JSON", path.display()), e))?;
         let as_row = |v: &serde_json::Value| -> Option<Vec<u32>> {
             v.as_array()?
                 .iter()
@@ -122,63 +108,60 @@ fn input_rows(
                 .as_array()
                 .and_then(|rows| rows.iter().map(as_row).collect::<Option<Vec<_>>>())
                 .ok_or_else(|| {
-                    format!(
+                    Failure::new(format!(
                         "`{}` must hold a list of ids or a list of rows of ids",
                         path.display()
-                    )
+                    ))
                 })?,
         };
         return Ok(rows);
     }
     let tokenizer_path = files.tokenizer.as_ref().ok_or_else(|| {
-        format!(
+        Failure::new(format!(
             "`{}` has no tokenizer.json; pass --ids instead of --text",
             files.dir.display()
-        )
+        ))
     })?;
-    let tokenizer = TextTokenizer::from_file(tokenizer_path).map_err(|e| error_chain(&e))?;
+    let tokenizer = TextTokenizer::from_file(tokenizer_path).map_err(Failure::of)?;
     let bos = if args.prepend_bos {
-        Some(
-            config
-                .bos_token_id
-                .ok_or("--prepend-bos: config.json has no single `bos_token_id`")?,
-        )
+        Some(config.bos_token_id.ok_or_else(|| {
+            Failure::new("--prepend-bos: config.json has no single `bos_token_id`")
+        })?)
     } else {
         None
     };
     args.text
         .iter()
         .map(|t| {
-            let ids = tokenizer.encode(t).map_err(|e| error_chain(&e))?;
+            let ids = tokenizer.encode(t).map_err(Failure::of)?;
             Ok(bos.into_iter().chain(ids).collect())
         })
         .collect()
 }
 
 /// Runs the command; `Err` is a message for stderr (exit code 2).
-pub fn run(args: &CaptureArgs, env: &Env) -> Result<(), String> {
-    let device_spec: DeviceSpec = args.device.parse().map_err(|e| error_chain(&e))?;
-    let device = device_spec.open().map_err(|e| error_chain(&e))?;
+pub fn run(args: &CaptureArgs, env: &Env) -> Result<(), Failure> {
+    let device_spec: DeviceSpec = args.device.parse().map_err(Failure::of)?;
+    let device = device_spec.open().map_err(Failure::of)?;
     let files = resolve_model(&args.model, env)?;
-    let config = ModelConfig::from_file(&files.config).map_err(|e| error_chain(&e))?;
+    let config = ModelConfig::from_file(&files.config).map_err(Failure::of)?;
     let layers = parse_layers(&args.layers, config.n_layers)?;
     let names = hook_names(&args.hooks, &layers);
     // Validate hooks before the (slow) weight load.
-    let request =
-        hubsweep::model::HookRequest::new(&names, &config).map_err(|e| error_chain(&e))?;
+    let request = hubsweep::model::HookRequest::new(&names, &config).map_err(Failure::of)?;
     let rows = input_rows(args, &files, &config)?;
     let windows = TokenWindows::from_rows(&rows).map_err(|_| {
         let lengths: Vec<usize> = rows.iter().map(Vec::len).collect();
-        format!("prompts must be non-empty and tokenize to equal lengths, got {lengths:?}; pass one --text or use --ids")
+        Failure::new(format!("prompts must be non-empty and tokenize to equal lengths, got {lengths:?}; pass one --text or use --ids"))
     })?;
-    let model = Model::load(&files, &device, args.dtype.dtype()).map_err(|e| error_chain(&e))?;
+    let model = Model::load(&files, &device, args.dtype.dtype()).map_err(Failure::of)?;
     let ids = Tensor::from_slice(
         windows.tokens(),
         (windows.n_windows(), windows.seq_len()),
         &candle_core::Device::Cpu,
     )
-    .map_err(|e| error_chain(&e))?;
-    let acts = model.forward(&ids, &request).map_err(|e| error_chain(&e))?;
+    .map_err(Failure::of)?;
+    let acts = model.forward(&ids, &request).map_err(Failure::of)?;
 
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for (name, t) in acts.iter() {
@@ -186,15 +169,15 @@ pub fn run(args: &CaptureArgs, env: &Env) -> Result<(), String> {
             name.to_string(),
             t.contiguous()
                 .and_then(|t| t.to_device(&candle_core::Device::Cpu))
-                .map_err(|e| error_chain(&e))?,
+                .map_err(Failure::of)?,
         );
     }
     tensors.insert(
         "input_ids".into(),
-        ids.to_dtype(DType::I64).map_err(|e| error_chain(&e))?,
+        ids.to_dtype(DType::I64).map_err(Failure::of)?,
     );
     candle_core::safetensors::save(&tensors, &args.out)
-        .map_err(|e| format!("cannot write `{}`: {}", args.out.display(), error_chain(&e)))?;
+        .map_err(|e| Failure::because(format!("cannot write `{}`", args.out.display()), e))?;
     let mut listed: Vec<(&String, &Tensor)> = tensors.iter().collect();
     listed.sort_by_key(|(n, _)| HookPoint::parse(n).ok());
     for (name, t) in listed {
@@ -211,8 +194,15 @@ mod tests {
     fn layers_parse_lists_negatives_and_ranges() {
         assert_eq!(parse_layers("all", 3).unwrap(), [0, 1, 2]);
         assert_eq!(parse_layers("0,-1", 30).unwrap(), [0, 29]);
-        assert_eq!(parse_layers("0..12:4,11", 30).unwrap(), [0, 4, 8, 11]);
-        assert!(parse_layers("30", 30).unwrap_err().contains("out of range"));
+        assert_eq!(parse_layers("0..12:4", 30).unwrap(), [0, 4, 8]);
+        assert_eq!(parse_layers("28..", 30).unwrap(), [28, 29]);
+        assert!(
+            parse_layers("30", 30)
+                .unwrap_err()
+                .to_string()
+                .contains("out of range")
+        );
+        assert!(parse_layers("0..31", 30).is_err());
         assert!(parse_layers("0..4:0", 30).is_err());
     }
 

@@ -4,7 +4,7 @@ use hubsweep::model::hooks::{self, BLOCK_HOOKS, HookPoint, MODEL_HOOKS};
 use hubsweep::model::{ModelConfig, weights::Weights};
 
 use super::Env;
-use super::shared::{error_chain, resolve_model};
+use super::shared::{Failure, resolve_model};
 
 /// Arguments of `hubsweep inspect`.
 #[derive(Debug, clap::Args)]
@@ -46,17 +46,17 @@ fn hook_shape(point: HookPoint, cfg: &ModelConfig) -> String {
 }
 
 /// Runs the command; `Err` is a message for stderr (exit code 2).
-pub fn run(args: &InspectArgs, env: &Env) -> Result<(), String> {
+pub fn run(args: &InspectArgs, env: &Env) -> Result<(), Failure> {
     let InspectWhat::Model { model, json } = &args.what;
     let files = resolve_model(model, env)?;
-    let cfg = ModelConfig::from_file(&files.config).map_err(|e| error_chain(&e))?;
+    let cfg = ModelConfig::from_file(&files.config).map_err(Failure::of)?;
     // Only headers are parsed here; no tensor is converted.
     let weights = Weights::read(
         &files.weights,
         &candle_core::Device::Cpu,
         candle_core::DType::F32,
     )
-    .map_err(|e| error_chain(&e))?;
+    .map_err(Failure::of)?;
     let stored = weights.stored_dtype().unwrap_or("unknown").to_string();
     let mut hooks: Vec<(String, String)> = Vec::new();
     hooks.push(("hook_embed".into(), hook_shape(HookPoint::Embed, &cfg)));

@@ -200,11 +200,11 @@ fn init_logging(color: bool) {
 }
 
 /// Exit code for a command that either succeeds or cannot run, printing the reason.
-fn exit_for(outcome: Result<(), String>) -> ExitCode {
+fn exit_for(outcome: Result<(), shared::Failure>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::from(EXIT_OK),
-        Err(message) => {
-            eprintln!("error: {message}");
+        Err(failure) => {
+            eprintln!("error: {}", shared::error_chain(&failure));
             ExitCode::from(EXIT_CANNOT_RUN)
         }
     }

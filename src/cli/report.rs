@@ -9,7 +9,7 @@ use hubsweep::analysis::Spectrum;
 use hubsweep::ledger::tables::{OVERLAPS_PATH, SPECTRA_PATH, WEIGHTS_PATH};
 use hubsweep::report::{self, ReportData};
 
-use super::shared::{error_chain, open_hub, parse_repo, runtime};
+use super::shared::{Failure, error_chain, open_hub, parse_repo, runtime};
 use super::{EXIT_CANNOT_RUN, EXIT_OK, Env};
 
 /// Output format.
@@ -40,10 +40,10 @@ pub struct ReportArgs {
     pub layer: Option<u32>,
 }
 
-async fn gather(args: &ReportArgs, env: &Env) -> Result<String, String> {
+async fn gather(args: &ReportArgs, env: &Env) -> Result<String, Failure> {
     // The same `REPO[@REV]` syntax as `verify` (and a spec's `output:`).
     let target = parse_repo(&args.repo)?;
-    let (client, server) = open_hub(&target, env).await.map_err(|e| error_chain(&e))?;
+    let (client, server) = open_hub(&target, env).await.map_err(Failure::of)?;
     let file_base = if target.local {
         // The embedded hub lives only while this command runs: no links, paths only.
         String::new()
@@ -66,15 +66,15 @@ async fn gather(args: &ReportArgs, env: &Env) -> Result<String, String> {
             client
                 .download_bytes(repo, revision, path)
                 .await
-                .map_err(|e| format!("cannot read `{path}`: {}", error_chain(&e)))
+                .map_err(|e| Failure::because(format!("cannot read `{path}`"), e))
         }
     };
-    let spectra = report::parse_rows(SPECTRA_PATH, &fetch(SPECTRA_PATH).await?)
-        .map_err(|e| error_chain(&e))?;
-    let overlaps = report::parse_rows(OVERLAPS_PATH, &fetch(OVERLAPS_PATH).await?)
-        .map_err(|e| error_chain(&e))?;
-    let weights = report::parse_rows(WEIGHTS_PATH, &fetch(WEIGHTS_PATH).await?)
-        .map_err(|e| error_chain(&e))?;
+    let spectra =
+        report::parse_rows(SPECTRA_PATH, &fetch(SPECTRA_PATH).await?).map_err(Failure::of)?;
+    let overlaps =
+        report::parse_rows(OVERLAPS_PATH, &fetch(OVERLAPS_PATH).await?).map_err(Failure::of)?;
+    let weights =
+        report::parse_rows(WEIGHTS_PATH, &fetch(WEIGHTS_PATH).await?).map_err(Failure::of)?;
     let mut data = ReportData {
         repo: target.display.clone(),
         file_base,
@@ -103,9 +103,9 @@ async fn gather(args: &ReportArgs, env: &Env) -> Result<String, String> {
             let bytes = client
                 .download_bytes(&target.repo, &target.revision, &file)
                 .await
-                .map_err(|e| format!("cannot read `{file}`: {}", error_chain(&e)))?;
-            let spectrum =
-                Spectrum::from_safetensors(&bytes).map_err(|e| format!("`{file}`: {e}"))?;
+                .map_err(|e| Failure::because(format!("cannot read `{file}`"), e))?;
+            let spectrum = Spectrum::from_safetensors(&bytes)
+                .map_err(|e| Failure::because(format!("`{file}`"), e))?;
             data.layer_spectra
                 .push((label, spectrum.centred.singular_values.clone()));
         }
@@ -128,8 +128,8 @@ pub fn run(args: ReportArgs, env: &Env) -> ExitCode {
     };
     let text = match runtime.block_on(gather(&args, env)) {
         Ok(text) => text,
-        Err(message) => {
-            eprintln!("error: {message}");
+        Err(failure) => {
+            eprintln!("error: {}", error_chain(&failure));
             return ExitCode::from(EXIT_CANNOT_RUN);
         }
     };

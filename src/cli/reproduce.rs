@@ -16,8 +16,8 @@ use hubsweep::spec::{DataSource, ModelSource};
 use tokio_util::sync::CancellationToken;
 
 use super::shared::{
-    SummaryFormat, error_chain, hub_settings, parse_repo, progress_printer, render_diagnostics,
-    runtime,
+    Failure, SummaryFormat, error_chain, hub_settings, parse_repo, progress_printer,
+    render_diagnostics, runtime,
 };
 use super::{EXIT_CANNOT_RUN, EXIT_INTERRUPTED, EXIT_NEGATIVE, EXIT_OK, Env};
 
@@ -99,61 +99,65 @@ fn is_not_found(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-fn parse_tolerances(pairs: &[String]) -> Result<ToleranceOverrides, String> {
+fn parse_tolerances(pairs: &[String]) -> Result<ToleranceOverrides, Failure> {
     let mut overrides = ToleranceOverrides::default();
     for pair in pairs {
         let Some((kind, value)) = pair.split_once('=') else {
-            return Err(format!(
+            return Err(Failure::new(format!(
                 "`--tolerance {pair}`: write `relative=X` or `bitwise=true|false`"
-            ));
+            )));
         };
         match kind.trim() {
             "relative" => match value.trim().parse::<f64>() {
                 Ok(x) if x.is_finite() && x >= 0.0 => overrides.relative = Some(x),
                 _ => {
-                    return Err(format!(
+                    return Err(Failure::new(format!(
                         "`--tolerance {pair}`: `{value}` is not a number ≥ 0"
-                    ));
+                    )));
                 }
             },
             "bitwise" => match value.trim() {
                 "true" => overrides.bitwise = Some(true),
                 "false" => overrides.bitwise = Some(false),
-                _ => return Err(format!("`--tolerance {pair}`: write `true` or `false`")),
+                _ => {
+                    return Err(Failure::new(format!(
+                        "`--tolerance {pair}`: write `true` or `false`"
+                    )));
+                }
             },
             other => {
-                return Err(format!(
+                return Err(Failure::new(format!(
                     "`--tolerance {pair}`: unknown kind `{other}`; use `relative` or `bitwise`"
-                ));
+                )));
             }
         }
     }
     Ok(overrides)
 }
 
-fn parse_into(text: &str) -> Result<Target, String> {
+fn parse_into(text: &str) -> Result<Target, Failure> {
     let target = parse_repo(text)?;
     if !target.local || text.contains('@') {
-        return Err(format!(
+        return Err(Failure::new(format!(
             "`--into {text}`: the scratch repo is `local://NS/NAME` on the embedded hub, without `@REV`"
-        ));
+        )));
     }
     if target.repo.kind != RepoType::Dataset {
-        return Err(format!(
+        return Err(Failure::new(format!(
             "`--into {text}`: the scratch repo is a dataset repo"
-        ));
+        )));
     }
     Ok(Target::Named(target.repo.id))
 }
 
 /// Whether the test-only perturbation is switched on (and on nothing else than its one value).
-fn perturbation(env: &Env) -> Result<bool, String> {
+fn perturbation(env: &Env) -> Result<bool, Failure> {
     match env.test_perturb.as_deref() {
         None => Ok(false),
         Some(PERTURB_CAPTURE) => Ok(true),
-        Some(other) => Err(format!(
+        Some(other) => Err(Failure::new(format!(
             "`HUBSWEEP_TEST_PERTURB={other}`: the only value is `{PERTURB_CAPTURE}` (test-only)"
-        )),
+        ))),
     }
 }
 
@@ -165,7 +169,7 @@ pub fn run(args: ReproduceArgs, env: &Env) -> ExitCode {
             Some(text) => parse_into(text)?,
             None => Target::Fresh,
         };
-        Ok::<_, String>((
+        Ok::<_, Failure>((
             source,
             target,
             parse_tolerances(&args.tolerance)?,
@@ -174,8 +178,8 @@ pub fn run(args: ReproduceArgs, env: &Env) -> ExitCode {
     })();
     let (source_ref, target, overrides, perturb) = match prepared {
         Ok(x) => x,
-        Err(message) => {
-            eprintln!("error: {message}");
+        Err(failure) => {
+            eprintln!("error: {}", error_chain(&failure));
             return ExitCode::from(EXIT_CANNOT_RUN);
         }
     };

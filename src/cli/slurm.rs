@@ -16,8 +16,8 @@ use hubsweep::slurm::{
 use hubsweep::spec::HubKind;
 
 use super::shared::{
-    RunArgs, SummaryFormat, error_chain, load, open_session, progress_printer, report_run_error,
-    runtime, spec_dir, spec_file_name,
+    Failure, RunArgs, SummaryFormat, error_chain, load, open_session, progress_printer,
+    report_run_error, runtime, spec_dir, spec_file_name,
 };
 use super::{EXIT_CANNOT_RUN, EXIT_INTERRUPTED, EXIT_NEGATIVE, EXIT_OK, Env};
 
@@ -52,8 +52,8 @@ pub fn submit(args: &RunArgs, env: &Env) -> ExitCode {
     }
     let settings = match submit_settings(args, env) {
         Ok(s) => s,
-        Err(message) => {
-            eprintln!("error: {message}");
+        Err(failure) => {
+            eprintln!("error: {}", error_chain(&failure));
             return ExitCode::from(EXIT_CANNOT_RUN);
         }
     };
@@ -96,15 +96,15 @@ pub fn submit(args: &RunArgs, env: &Env) -> ExitCode {
 }
 
 /// The submitter's settings from the flags (the spec text is filled in by the caller).
-fn submit_settings(args: &RunArgs, env: &Env) -> Result<SubmitSettings, String> {
+fn submit_settings(args: &RunArgs, env: &Env) -> Result<SubmitSettings, Failure> {
     let binary = std::env::current_exe()
-        .map_err(|e| format!("cannot find the hubsweep binary's path: {e}"))?;
+        .map_err(|e| Failure::because("cannot find the hubsweep binary's path", e))?;
     let slurm_args = &args.slurm;
     let log_dir = slurm_args
         .log_dir
         .clone()
         .unwrap_or_else(|| env.hubsweep_home().join("slurm-logs"));
-    fs_err::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
+    fs_err::create_dir_all(&log_dir).map_err(Failure::of)?;
     let log_dir = fs_err::canonicalize(&log_dir).unwrap_or(log_dir);
     Ok(SubmitSettings {
         binary,
@@ -134,6 +134,10 @@ fn submit_settings(args: &RunArgs, env: &Env) -> Result<SubmitSettings, String> 
 }
 
 /// Pins, prepares, submits, then follows the jobs and renders the verdict (the ledger's).
+///
+/// Long because it renders every outcome of the submitter in the order a user meets them
+/// (nothing to do, still running, refused, submitted, detached, interrupted, finished); the
+/// work itself is `hubsweep::slurm::prepare` and `Ready::submit`.
 #[allow(clippy::too_many_arguments)]
 async fn submit_and_follow(
     session: &Session,

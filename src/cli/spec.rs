@@ -129,9 +129,12 @@ pub fn plan(args: PlanArgs, env: &Env) -> ExitCode {
     let options = PlanOptions {
         lookup: &lookup,
         data_hash: plan::lookup::local_data_hash(&spec.data.source, &base_dir),
-        device_class: hubsweep::exec::DeviceClass::of(spec.compute.device, hubsweep::exec::session::cuda_usable)
-            .as_str()
-            .to_owned(),
+        device_class: hubsweep::exec::DeviceClass::of(
+            spec.compute.device,
+            hubsweep::exec::session::cuda_usable,
+        )
+        .as_str()
+        .to_owned(),
     };
     let plan = plan::build(spec, &options);
     let located: Vec<_> = plan

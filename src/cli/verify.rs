@@ -28,8 +28,8 @@ pub struct VerifyArgs {
 pub fn run(args: VerifyArgs, env: &Env) -> ExitCode {
     let target = match parse_repo(&args.repo) {
         Ok(t) => t,
-        Err(message) => {
-            eprintln!("error: {message}");
+        Err(failure) => {
+            eprintln!("error: {}", error_chain(&failure));
             return ExitCode::from(EXIT_CANNOT_RUN);
         }
     };

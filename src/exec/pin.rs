@@ -188,7 +188,8 @@ pub async fn fetch_data(
     })
 }
 
-/// Pins one model revision and tokenizes the data for it.
+/// Pins one model revision and tokenizes the data for it: files, commit, config checked
+/// against the spec, tokenizer, windows — one refusal after another, each naming the model.
 pub async fn pin_model(
     spec: &SweepSpec,
     instance: &ModelInstance,

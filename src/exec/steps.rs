@@ -80,6 +80,10 @@ pub(super) struct ModelRun {
 /// Model `m`'s capture and spectra: its weights (unless downloaded ahead), the forward passes
 /// over its pending shards with their artifacts streamed to the sink, the spectra of the Gram
 /// matrices accumulated on the way, and its ledger-commit node.
+///
+/// Long because it is the model's turn read top-down — load on the device, reserve memory,
+/// capture on a blocking thread, spectra, commit node — each step using what the steps before
+/// it made; the heavy parts (`capture::run_capture`, the spectra) are functions of their own.
 pub(super) async fn run_model(
     run: &Run<'_>,
     m: usize,

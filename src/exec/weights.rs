@@ -202,6 +202,7 @@ type MatrixPart = (Option<&'static str>, Vec<f64>, usize);
 /// file. Runs on the calling thread (call it from `spawn_blocking`). Matrices are read in
 /// batches of one per rayon thread and decomposed in parallel on the rayon pool, each on one
 /// thread (the faster layout, `docs/analysis.md`), so memory stays near one matrix per thread.
+/// (Its length is that batch loop: read, split fused QKV, decompose, record, in order.)
 pub fn compute_node(job: &WeightJob) -> Result<(WeightNodeMetrics, Vec<u8>), RunError> {
     let failed = |reason: String| RunError::Capture {
         label: job.label.clone(),

@@ -86,6 +86,10 @@ fn linear_ticks(low: f64, high: f64, target: usize, integers: bool) -> Vec<f64> 
 }
 
 /// The plot as an `<svg>` element `width` pixels wide, `height` plus the legend high.
+///
+/// Long because an SVG is drawn in document order: frame, grid and ticks, series, guides,
+/// legend, each placed with the scales computed at the top; split, each piece would take the
+/// same half-dozen scale values as arguments.
 pub fn render(plot: &Plot, width: u32, height: u32) -> String {
     let (w, h) = (f64::from(width), f64::from(height));
     let legend_rows = plot.series.len().min(LEGEND_ROWS) as f64;

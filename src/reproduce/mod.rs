@@ -15,6 +15,7 @@
 //!    is deleted ([`Scratch`]).
 
 pub mod compare;
+mod scratch;
 pub mod select;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -25,11 +26,13 @@ use tokio_util::sync::CancellationToken;
 use crate::exec::{
     self, DataPin, DeviceClass, RunError, RunEvents, RunSettings, Session, UnitSelection,
 };
-use crate::hub::{HubClient, HubError, Repo, RepoId};
+use crate::hub::{HubClient, Repo, RepoId};
 use crate::ledger::{LedgerState, Manifest, Record, StateError, Tolerance};
 use crate::plan::{NodeKind, id::canonical_json};
 use crate::sink::CommitPolicy;
 use crate::spec::{HubKind, Loaded, OutputRepo, RepoType, SweepSpec};
+
+use scratch::scratch_repo;
 
 pub use compare::{Row, Status};
 pub use select::{SelectError, Selection};
@@ -381,76 +384,9 @@ pub fn tolerance(
     tolerance
 }
 
-fn scratch_name(sweep: &str, head: &str, attempt: usize) -> String {
-    let sweep: String = sweep
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(64)
-        .collect();
-    let head = &head[..head.len().min(12)];
-    match attempt {
-        0 | 1 => format!("{sweep}-{head}"),
-        n => format!("{sweep}-{head}-{n}"),
-    }
-}
-
-/// The scratch repo: the named one if it holds no ledger, or the first free fresh name.
-async fn scratch_repo(
-    client: &HubClient,
-    target: &Target,
-    source: &SourceLedger,
-) -> Result<Repo, ReproduceError> {
-    let named = |name: String| {
-        RepoId::new(SCRATCH_NAMESPACE, &name)
-            .map(Repo::dataset)
-            .map_err(|source| ReproduceError::TargetName { name, source })
-    };
-    match target {
-        Target::Named(id) => {
-            let repo = Repo::dataset(id.clone());
-            let state = LedgerState::read(client, &repo, "main")
-                .await
-                .map_err(|source| ReproduceError::Target {
-                    repo: format!("local://datasets/{id}"),
-                    source,
-                })?;
-            if state.has_ledger() {
-                return Err(ReproduceError::TargetNotEmpty {
-                    repo: format!("local://datasets/{id}"),
-                });
-            }
-            Ok(repo)
-        }
-        Target::Fresh => {
-            let mut attempt = 1;
-            loop {
-                let repo = named(scratch_name(&source.spec.name, &source.head, attempt))?;
-                match client.head(&repo, "main").await {
-                    Err(HubError::RepoNotFound { .. } | HubError::RevisionNotFound { .. }) => {
-                        return Ok(repo);
-                    }
-                    Err(err) => {
-                        return Err(ReproduceError::Target {
-                            repo: repo.id.to_string(),
-                            source: StateError::Hub(err),
-                        });
-                    }
-                    Ok(_) => attempt += 1,
-                }
-            }
-        }
-    }
-}
-
 /// Rebuilds the plan of `source` at its recorded pins, reruns the chosen nodes into the scratch
-/// repo and compares them with the ledger. See the module docs.
-/// `session` is the sweep of `source` (its spec), opened with the embedded hub
+/// repo and compares them with the ledger. See the module docs (its steps are this function's
+/// outline, hence its length). `session` is the sweep of `source` (its spec), opened with the embedded hub
 /// ([`Embedded::Running`](exec::Embedded::Running)); the rerun retargets it to the scratch
 /// repo there.
 pub async fn reproduce(
@@ -660,6 +596,7 @@ mod tests {
 
     #[test]
     fn scratch_names_are_valid_repo_names() {
+        use super::scratch::scratch_name;
         let head = "0123456789abcdef0123";
         assert_eq!(
             scratch_name("quickstart", head, 1),

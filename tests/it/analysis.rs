@@ -7,8 +7,8 @@ use faer::Mat;
 use half::{bf16, f16};
 use hubsweep::analysis::{
     AnalysisError, Centring, Decomposition, Eigenbasis, GramAccumulator, Parallelism, Spectrum,
-    SpectrumMetrics, SvdMethod, WeightMatrix, match_weight_modules, overlaps,
-    split_fused_qkv, subspace_overlap, weight_delta_spectrum, weight_spectra, weight_spectrum,
+    SpectrumMetrics, SvdMethod, WeightMatrix, match_weight_modules, overlaps, split_fused_qkv,
+    subspace_overlap, weight_delta_spectrum, weight_spectra, weight_spectrum,
 };
 use hubsweep::spec::OverlapK;
 use proptest::prelude::*;

@@ -20,6 +20,66 @@ pub use progress::progress_printer;
 
 use super::{EXIT_CANNOT_RUN, Env};
 
+/// Why a command cannot run: what failed, and the error behind it when there is one. The CLI
+/// renders it once, as a chain of causes ([`error_chain`]).
+#[derive(Debug)]
+pub struct Failure {
+    /// What failed; `None` when the cause says it all.
+    message: Option<String>,
+    /// The error behind it.
+    cause: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Failure {
+    /// A failure with no error behind it.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: Some(message.into()),
+            cause: None,
+        }
+    }
+
+    /// `message`, caused by `cause`.
+    pub fn because(
+        message: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message: Some(message.into()),
+            cause: Some(Box::new(cause)),
+        }
+    }
+
+    /// The error itself, as it says (its causes follow it in the chain).
+    pub fn of(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            message: None,
+            cause: Some(Box::new(error)),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.message, &self.cause) {
+            (Some(message), _) => f.write_str(message),
+            (None, Some(cause)) => cause.fmt(f),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let cause = self.cause.as_deref()?;
+        if self.message.is_some() {
+            Some(cause)
+        } else {
+            cause.source()
+        }
+    }
+}
+
 /// Output format of a summary.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum SummaryFormat {
@@ -201,10 +261,10 @@ pub struct RepoRef {
 }
 
 /// Parses `local://[datasets/|models/]NS/NAME[@REV]` or `hf://datasets|models/NS/NAME[@REV]`.
-pub fn parse_repo(text: &str) -> Result<RepoRef, String> {
+pub fn parse_repo(text: &str) -> Result<RepoRef, Failure> {
     let (name, revision) = match text.split_once('@') {
         Some((name, rev)) if !rev.is_empty() => (name, rev.to_owned()),
-        Some(_) => return Err(format!("`{text}`: empty revision after `@`")),
+        Some(_) => return Err(Failure::new(format!("`{text}`: empty revision after `@`"))),
         None => (text, "main".to_owned()),
     };
     let (local, rest) = if let Some(rest) = name.strip_prefix("local://") {
@@ -212,9 +272,9 @@ pub fn parse_repo(text: &str) -> Result<RepoRef, String> {
     } else if let Some(rest) = name.strip_prefix("hf://") {
         (false, rest)
     } else {
-        return Err(format!(
+        return Err(Failure::new(format!(
             "`{text}` is not a repo URL: write `local://NS/NAME` or `hf://datasets/NS/NAME`"
-        ));
+        )));
     };
     let (dataset, id) = if let Some(id) = rest.strip_prefix("datasets/") {
         (true, id)
@@ -223,14 +283,14 @@ pub fn parse_repo(text: &str) -> Result<RepoRef, String> {
     } else if local {
         (true, rest)
     } else {
-        return Err(format!(
+        return Err(Failure::new(format!(
             "`{text}` does not say whether the repo is a dataset or a model: write `hf://datasets/{rest}`"
-        ));
+        )));
     };
     let (ns, repo_name) = id
         .split_once('/')
-        .ok_or_else(|| format!("`{text}`: the repo id must be `NAMESPACE/NAME`"))?;
-    let id = RepoId::new(ns, repo_name).map_err(|e| format!("`{text}`: {e}"))?;
+        .ok_or_else(|| Failure::new(format!("`{text}`: the repo id must be `NAMESPACE/NAME`")))?;
+    let id = RepoId::new(ns, repo_name).map_err(|e| Failure::because(format!("`{text}`"), e))?;
     let repo = if dataset {
         Repo::dataset(id)
     } else {
@@ -308,23 +368,23 @@ pub async fn open_hub(
 }
 
 /// Resolves `--model`: an existing folder, else `REPO[@REV]` from the cache, else the Hub.
-pub fn resolve_model(spec: &str, env: &Env) -> Result<ModelFiles, String> {
+pub fn resolve_model(spec: &str, env: &Env) -> Result<ModelFiles, Failure> {
     let path = Path::new(spec);
     if path.is_dir() {
-        return ModelFiles::from_dir(path).map_err(|e| error_chain(&e));
+        return ModelFiles::from_dir(path).map_err(Failure::of);
     }
     let (repo, revision) = spec.split_once('@').unwrap_or((spec, "main"));
     if repo.split('/').count() != 2 || repo.starts_with('/') || repo.starts_with('.') {
-        return Err(format!(
+        return Err(Failure::new(format!(
             "`{spec}` is neither a folder nor a repo id `namespace/name[@revision]`"
-        ));
+        )));
     }
     let cache = env.hf_hub_cache_dir();
     match ModelFiles::from_cache(&cache, repo, revision) {
         Ok(files) => Ok(files),
-        Err(cache_err) if env.hf_hub_offline => Err(format!(
-            "{} (HF_HUB_OFFLINE is set)",
-            error_chain(&cache_err)
+        Err(cache_err) if env.hf_hub_offline => Err(Failure::because(
+            format!("`{repo}@{revision}` is not in the HF cache (HF_HUB_OFFLINE is set)"),
+            cache_err,
         )),
         Err(_) => {
             let source = HubSource {
@@ -335,10 +395,10 @@ pub fn resolve_model(spec: &str, env: &Env) -> Result<ModelFiles, String> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| format!("cannot start the download runtime: {e}"))?;
+                .map_err(|e| Failure::because("cannot start the download runtime", e))?;
             runtime
                 .block_on(ModelFiles::download(&source, repo, revision))
-                .map_err(|e| error_chain(&e))
+                .map_err(Failure::of)
         }
     }
 }

@@ -13,20 +13,20 @@ use candle_core::{Device, Tensor};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+mod layout;
 mod rows;
 mod stages;
 
-use rows::{
-    Stored, as_rows, candle_dtype, narrowed, narrows_early, nudge_first, rows_and_width,
-    tensor_dtype,
-};
+pub use layout::{artifact_layout, hook_width, model_metadata};
+
+use rows::{Stored, as_rows, candle_dtype, narrowed, narrows_early, nudge_first, rows_and_width};
 
 use stages::{Stopped, two_stages};
 
 use super::{RunError, budget_permits};
 use crate::analysis::GramAccumulator;
 use crate::model::{Activations, HookRequest, Model, ModelError};
-use crate::sink::{ArtifactWriter, TensorDtype, TensorSpec, UploadJob};
+use crate::sink::{ArtifactWriter, UploadJob};
 use crate::spec::{Dtype, Hook};
 
 /// One hook at one layer of a shard, to write and/or accumulate.
@@ -220,59 +220,6 @@ pub enum CaptureEvent {
     },
 }
 
-/// Width of a hook's rows, from the model's config (for artifact headers, known before any
-/// forward pass).
-pub fn hook_width(hook: Hook, model: &Model, seq_len: usize) -> usize {
-    let c = model.config();
-    match hook {
-        Hook::MlpPost => c.d_mlp,
-        Hook::AttnPattern => c.n_heads * seq_len,
-        Hook::AttnZ => c.n_heads * c.head_dim,
-        _ => c.d_model,
-    }
-}
-
-/// The metadata every artifact of one pinned model carries (see [`artifact_layout`]).
-pub fn model_metadata(source: &str, commit: &str, revision: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("format".to_owned(), "hubsweep-activations-v1".to_owned()),
-        ("model".to_owned(), format!("{source}@{commit}")),
-        ("revision".to_owned(), revision.to_owned()),
-    ])
-}
-
-/// The tensors and metadata of one artifact: `tokens` rows of `width` activations at `hook`
-/// (its full name) over `windows`, and their token ids. Capture writes exactly this, and the
-/// run's progress total counts its size before capture starts.
-pub fn artifact_layout(
-    model_metadata: &BTreeMap<String, String>,
-    node_id: &str,
-    hook: &str,
-    windows: (usize, usize),
-    tokens: usize,
-    width: usize,
-    dtype: Dtype,
-) -> (Vec<TensorSpec>, BTreeMap<String, String>) {
-    let specs = vec![
-        TensorSpec {
-            name: "token_ids".into(),
-            dtype: TensorDtype::I32,
-            shape: vec![tokens],
-        },
-        TensorSpec {
-            name: "activations".into(),
-            dtype: tensor_dtype(dtype),
-            shape: vec![tokens, width],
-        },
-    ];
-    let mut metadata = model_metadata.clone();
-    metadata.insert("node_id".into(), node_id.to_owned());
-    metadata.insert("hook".into(), hook.to_owned());
-    metadata.insert("windows".into(), format!("{}..{}", windows.0, windows.1));
-    metadata.insert("dtype".into(), dtype.as_str().into());
-    (specs, metadata)
-}
-
 /// One hook's activations from one forward pass, on the host, with where they go.
 struct HookJob<'a> {
     name: String,
@@ -326,6 +273,11 @@ impl HookJob<'_> {
 }
 
 /// Runs the capture. Blocking: call from `spawn_blocking`.
+///
+/// Long, on purpose: the forward stage, the host stage and the writers share the shard's
+/// state (the artifacts' writers with their memory permits, the Gram accumulators, the stage
+/// clocks) through closures that borrow it; split into functions, that state would have to
+/// travel through a struct whose every field is borrowed mutably by one stage at a time.
 pub fn run_capture(
     work: CaptureWork,
     budget: Arc<Semaphore>,
