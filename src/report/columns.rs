@@ -38,30 +38,37 @@ const fn column<Row>(
     }
 }
 
+/// A table's columns with the scalar metrics of its rows (`r.metrics`) between `$before` and
+/// `$after`: every table that has metrics shows the same ones, in the same order.
+macro_rules! with_metrics {
+    ($($before:expr),+ ; $($after:expr),*) => {
+        &[
+            $($before,)+
+            column("stable_rank", "stable rank", |r| Cell::Number(r.metrics.stable_rank, 3)),
+            column("effective_rank", "effective rank", |r| {
+                Cell::Number(r.metrics.effective_rank, 3)
+            }),
+            column("participation_ratio", "participation ratio", |r| {
+                Cell::Number(r.metrics.participation_ratio, 3)
+            }),
+            column("k90", "k90", |r| Cell::Count(r.metrics.k90 as u64)),
+            column("k99", "k99", |r| Cell::Count(r.metrics.k99 as u64)),
+            column("spectral_norm", "σ₁", |r| Cell::Number(r.metrics.spectral_norm, 4)),
+            $($after,)*
+        ]
+    };
+}
+
 /// The activation-spectrum table.
-pub(super) const SPECTRA: &[Column<SpectrumRow>] = &[
+pub(super) const SPECTRA: &[Column<SpectrumRow>] = with_metrics![
     column("model", "model", |r| Cell::Text(&r.model)),
     column("revision", "revision", |r| Cell::Text(&r.revision)),
     column("hook", "hook", |r| Cell::Text(&r.hook)),
     column("layer", "layer", |r| Cell::Layer(r.layer.map(u64::from))),
     column("centring", "centring", |r| Cell::Text(&r.centring)),
     column("rows", "rows", |r| Cell::Count(r.rows)),
-    column("width", "width", |r| Cell::Count(r.width as u64)),
-    column("stable_rank", "stable rank", |r| {
-        Cell::Number(r.metrics.stable_rank, 3)
-    }),
-    column("effective_rank", "effective rank", |r| {
-        Cell::Number(r.metrics.effective_rank, 3)
-    }),
-    column("participation_ratio", "participation ratio", |r| {
-        Cell::Number(r.metrics.participation_ratio, 3)
-    }),
-    column("k90", "k90", |r| Cell::Count(r.metrics.k90 as u64)),
-    column("k99", "k99", |r| Cell::Count(r.metrics.k99 as u64)),
-    column("spectral_norm", "σ₁", |r| {
-        Cell::Number(r.metrics.spectral_norm, 4)
-    }),
-    column("file", "file", |r| Cell::File(r.file.as_deref())),
+    column("width", "width", |r| Cell::Count(r.width as u64));
+    column("file", "file", |r| Cell::File(r.file.as_deref()))
 ];
 
 /// The overlap table.
@@ -81,7 +88,7 @@ pub(super) const OVERLAPS: &[Column<OverlapRow>] = &[
 ];
 
 /// The weight-spectrum table.
-pub(super) const WEIGHTS: &[Column<WeightRow>] = &[
+pub(super) const WEIGHTS: &[Column<WeightRow>] = with_metrics![
     column("model", "model", |r| Cell::Text(&r.model)),
     column("revision", "revision", |r| Cell::Text(&r.revision)),
     column("delta_from", "delta from", |r| {
@@ -92,19 +99,8 @@ pub(super) const WEIGHTS: &[Column<WeightRow>] = &[
         Cell::Text(r.part.as_deref().unwrap_or(""))
     }),
     column("rows", "rows", |r| Cell::Count(r.rows as u64)),
-    column("cols", "cols", |r| Cell::Count(r.cols as u64)),
-    column("stable_rank", "stable rank", |r| {
-        Cell::Number(r.metrics.stable_rank, 3)
-    }),
-    column("effective_rank", "effective rank", |r| {
-        Cell::Number(r.metrics.effective_rank, 3)
-    }),
-    column("k90", "k90", |r| Cell::Count(r.metrics.k90 as u64)),
-    column("k99", "k99", |r| Cell::Count(r.metrics.k99 as u64)),
-    column("spectral_norm", "σ₁", |r| {
-        Cell::Number(r.metrics.spectral_norm, 4)
-    }),
-    column("file", "file", |r| Cell::File(r.file.as_deref())),
+    column("cols", "cols", |r| Cell::Count(r.cols as u64));
+    column("file", "file", |r| Cell::File(r.file.as_deref()))
 ];
 
 /// Appends a CSV section: `# title`, the header, one line per row.
