@@ -285,6 +285,9 @@ fn describe(event: &RunEvent) -> Option<String> {
         RunEvent::ModelStarted { label, shards } => format!("capture  {label}: {shards} shard(s)"),
         RunEvent::ModelSkipped { label } => format!("skip     {label}: already in the ledger"),
         RunEvent::ModelFailed { label, error } => format!("FAILED   {label}: {error}"),
+        RunEvent::CardLeftAlone => "card     README.md was not written by hubsweep: left as it is \
+                                    (add the tables' `configs` yourself, docs/ledger.md)"
+            .to_owned(),
         RunEvent::Sink(SinkEvent::Committed {
             commit,
             files,

@@ -10,6 +10,7 @@
 //! # Ok(()) }
 //! ```
 
+mod card_api;
 mod commit_api;
 pub mod faults;
 mod hashing;
@@ -340,7 +341,12 @@ fn router(state: Arc<AppState>, admin: bool) -> Router {
             "/_lfs/complete/{oid}/{size}/{chunk}",
             post(lfs_api::complete),
         )
-        .route("/_lfs/blobs/{oid}", get(resolve::blob));
+        .route("/_lfs/blobs/{oid}", get(resolve::blob))
+        .route(
+            "/api/validate-yaml",
+            post(card_api::validate_yaml)
+                .layer(axum::extract::DefaultBodyLimit::max(card_api::MAX_BODY_BYTES)),
+        );
     if admin {
         app = app
             .route(
