@@ -14,13 +14,11 @@
 //! Cancellation (Ctrl-C) stops new work at the next batch, lets the sink commit what is
 //! already uploaded, and reports `interrupted`.
 
-pub mod bundled;
 pub mod capture;
 mod models;
 pub mod pin;
 mod records;
 mod steps;
-pub mod tables;
 pub mod unit;
 pub mod weights;
 
@@ -588,7 +586,7 @@ async fn run_inner(
         let mut files = vec![(ledger::INDEX_PATH.to_owned(), Bytes::from(index))];
         // The flat metrics tables go in the same commit, derived from the same records.
         let by_id: HashMap<String, &Record> = all.iter().map(|r| (r.id.clone(), r)).collect();
-        let tables = tables::tables(&plan, &by_id);
+        let tables = ledger::tables::tables(&plan, &by_id);
         // The dataset card too, generated from the same records (docs/ledger.md).
         match ledger::card::update(&ours, &compacted, &tables, state.card.as_deref()) {
             ledger::card::CardUpdate::Write(card) => {
