@@ -1,54 +1,16 @@
 //! `hubsweep hub serve|import|mirror` through the binary, and the store surviving `kill -9`.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use hubsweep::hub::{CommitOperation, CommitOptions, LfsObject};
 
-use super::{client, model, pseudo_random, sha256_hex, start_server};
+use super::{client, client_for, model, pseudo_random, sha256_hex, spawn_serve, start_server};
 use crate::common::TestContext;
-
-/// Starts `hubsweep hub serve --dir DIR` and returns the child and the URL it printed.
-fn spawn_serve(context: &TestContext, dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("hubsweep"))
-        .args(["hub", "serve", "--dir"])
-        .arg(dir)
-        .env("HUBSWEEP_HOME", context.child("hubsweep-home"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn hubsweep hub serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().to_owned();
-    assert!(
-        url.starts_with("http://127.0.0.1:"),
-        "serve printed {url:?}"
-    );
-    (child, url)
-}
-
-fn hub_for(url: &str) -> hubsweep::hub::HubClient {
-    let retry = hubsweep::hub::RetryPolicy {
-        max_attempts: 2,
-        base_delay: std::time::Duration::from_millis(10),
-        ..Default::default()
-    };
-    hubsweep::hub::HubClient::builder(url)
-        .unwrap()
-        .retry(retry)
-        .build()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_survives_kill_9_without_half_visible_commits() {
     let context = TestContext::new();
     let store = context.child("store");
     let (mut child, url) = spawn_serve(&context, &store);
-    let hub = hub_for(&url);
+    let hub = client_for(&url);
     let repo = model("org/crash");
     hub.create_repo(&repo, false, true).await.unwrap();
     // Commit as fast as possible (regular and LFS files), and kill -9 the server mid-stream.
@@ -87,7 +49,7 @@ async fn serve_survives_kill_9_without_half_visible_commits() {
     let _ = writer.await;
 
     let (mut child, url) = spawn_serve(&context, &store);
-    let hub = hub_for(&url);
+    let hub = client_for(&url);
     let history = hub.list_commits(&repo, "main").await.unwrap();
     assert!(
         history.len() > 2,
