@@ -40,7 +40,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service as _;
 
-pub use faults::{Faults, Stats};
+pub use faults::{Faults, FiredFaults, Stats};
 use state::{ApiError, AppState, ConnectionKill};
 
 use crate::hub::{RepoType, Token};
