@@ -149,13 +149,15 @@ pub(super) async fn open_hubs(
     let sources = Sources {
         hf: HubSource {
             endpoint: env.hf_endpoint.clone(),
-            token: env.hf_token.clone(),
+            token: env.hf_token.clone().map(hubsweep::hub::Token::new),
             cache_dir: env.hf_hub_cache().unwrap_or_else(|| home.join("hf-cache")),
+            offline: false,
         },
         local: local.as_ref().map(|h| HubSource {
             endpoint: h.base_url().to_owned(),
             token: None,
             cache_dir: home.join("cache"),
+            offline: false,
         }),
         spec_dir: spec_path
             .parent()

@@ -45,7 +45,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service as _;
 
-pub use faults::{Faults, Stats};
+pub use faults::{Faults, FiredFaults, Stats};
 pub use limits::Limits;
 use state::{ApiError, AppState, ConnectionKill};
 
