@@ -38,6 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             endpoint: "https://huggingface.co".into(),
             token: None,
             cache_dir: home.join("hf-cache"),
+            offline: false,
         },
         home,
     };

@@ -142,6 +142,9 @@ pub enum RunEvent {
         /// Why some could not be deleted (the run goes on).
         error: Option<String>,
     },
+    /// The output repo has a `README.md` hubsweep did not write: it is left as it is, and its
+    /// `configs` are not updated (docs/ledger.md).
+    CardLeftAlone,
     /// The sink did something.
     Sink(SinkEvent),
 }

@@ -28,7 +28,7 @@ use super::{
 use super::{PinnedModel, Sources};
 use crate::analysis::Spectrum;
 use crate::hub::server::{Server, ServerConfig, ServerHandle};
-use crate::hub::{HubClient, Repo, Token};
+use crate::hub::{HubClient, Repo};
 use crate::ledger::{self, LedgerState};
 use crate::model::{DeviceSpec, HubSource};
 use crate::plan::{NodeKind, Plan};
@@ -202,6 +202,7 @@ impl Session {
                 endpoint: hub.handle.base_url().to_owned(),
                 token: None,
                 cache_dir: hubs.home.join("cache"),
+                offline: false,
             }),
             spec_dir,
             pinned: BTreeMap::new(),
@@ -465,15 +466,20 @@ impl Session {
         // Units leave the index to the final step (one commit, not one per unit).
         let index = selection.has_final().then_some(FinalIndex {
             plan: &plan,
+            manifest: &ours,
             before: &state,
         });
-        let totals = sink
+        let finished = sink
             .finish(senders, index)
             .await
             .map_err(|source| RunError::Sink {
                 repo: repo_name.clone(),
                 source,
             })?;
+        if finished.card_left_alone {
+            events(&RunEvent::CardLeftAlone);
+        }
+        let totals = finished.totals;
         for stranded in &totals.stranded {
             let label = plan
                 .nodes
@@ -507,7 +513,7 @@ fn uses_local(spec: &SweepSpec) -> bool {
 /// A client of the Hub `hf` names, with its token.
 pub fn hf_client(hf: &HubSource) -> Result<HubClient, RunError> {
     HubClient::builder(&hf.endpoint)
-        .map(|b| b.token(hf.token.clone().map(Token::new)))
+        .map(|b| b.token(hf.token.clone()))
         .and_then(|b| b.build())
         .map_err(|source| RunError::Endpoint {
             endpoint: hf.endpoint.clone(),

@@ -313,17 +313,46 @@ pub fn tables(plan: &Plan, records: &HashMap<String, &Record>) -> Vec<(String, V
 }
 
 /// The files written in the one commit that closes a sweep, all derived from `records` (every
-/// record of the ledger): the compacted index, and the flat metrics tables beside it.
-pub fn index_files(plan: &Plan, records: &[Record]) -> Vec<(String, Bytes)> {
+/// record of the ledger): the compacted index, the flat metrics tables beside it, and the
+/// dataset card (`README.md`, unless the repo's `existing_card` is somebody else's: then
+/// `card_left_alone` says so and the card is not in `files`).
+pub fn index_files(
+    plan: &Plan,
+    manifest: &super::Manifest,
+    records: &[Record],
+    existing_card: Option<&str>,
+) -> IndexFiles {
+    let compacted = super::compacted(records.iter());
     let mut files = vec![(
         super::INDEX_PATH.to_owned(),
-        Bytes::from(super::compact(records.iter())),
+        Bytes::from(super::to_jsonl(compacted.iter().copied())),
     )];
     let by_id: HashMap<String, &Record> = records.iter().map(|r| (r.id.clone(), r)).collect();
+    let tables = tables(plan, &by_id);
+    let mut card_left_alone = false;
+    match super::card::update(manifest, &compacted, &tables, existing_card) {
+        super::card::CardUpdate::Write(card) => {
+            files.push((super::card::CARD_PATH.to_owned(), Bytes::from(card)));
+        }
+        super::card::CardUpdate::Unchanged => {}
+        super::card::CardUpdate::LeftAlone => card_left_alone = true,
+    }
     files.extend(
-        tables(plan, &by_id)
+        tables
             .into_iter()
             .map(|(path, bytes)| (path, Bytes::from(bytes))),
     );
-    files
+    IndexFiles {
+        files,
+        card_left_alone,
+    }
+}
+
+/// What [`index_files`] gives.
+#[derive(Debug, Clone)]
+pub struct IndexFiles {
+    /// Repo path and bytes of every file to commit with the index.
+    pub files: Vec<(String, Bytes)>,
+    /// The repo has a `README.md` hubsweep did not write: it is left as it is.
+    pub card_left_alone: bool,
 }

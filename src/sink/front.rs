@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::commit::{CommitPolicy, Committable, Committer, SinkEvents, SinkTotals, UploadJob};
 use super::upload::{UploadTotals, upload_stage};
 use crate::hub::{HubClient, HubError, Repo};
-use crate::ledger::{LedgerState, Record, index_files};
+use crate::ledger::{LedgerState, Manifest, Record, index_files};
 use crate::plan::Plan;
 
 /// Closed artifacts queue here for an upload slot. What bounds them is the memory budget their
@@ -46,13 +46,25 @@ pub struct SinkSenders {
     pub records: mpsc::Sender<Committable>,
 }
 
-/// The ledger index to write when the sink finishes: the plan the tables are laid out by, and
-/// the ledger as it was read before the run (the index holds its records and the new ones).
+/// The ledger index to write when the sink finishes: the plan the tables are laid out by, the
+/// run's manifest (the card shows it), and the ledger as it was read before the run (the index
+/// holds its records and the new ones).
 pub struct FinalIndex<'a> {
     /// The pinned plan.
     pub plan: &'a Plan,
+    /// The run's manifest.
+    pub manifest: &'a Manifest,
     /// The ledger before the run.
     pub before: &'a LedgerState,
+}
+
+/// What a finished sink did.
+#[derive(Debug, Clone, Default)]
+pub struct Finished {
+    /// Bytes, commits (the index's included), head, stranded records.
+    pub totals: SinkTotals,
+    /// The index commit left the repo's `README.md` alone: somebody else wrote it.
+    pub card_left_alone: bool,
 }
 
 /// Why a sink could not finish.
@@ -124,7 +136,7 @@ impl Sink {
         self,
         senders: SinkSenders,
         index: Option<FinalIndex<'_>>,
-    ) -> Result<SinkTotals, SinkError> {
+    ) -> Result<Finished, SinkError> {
         let SinkSenders { uploads, records } = senders;
         drop(uploads);
         let uploaded = self.uploader.await.unwrap_or_default();
@@ -134,16 +146,20 @@ impl Sink {
             .await
             .map_err(|source| SinkError::CommitterStopped { source })?
             .map_err(|source| SinkError::Commit { source })?;
-        if let Some(FinalIndex { plan, before }) = index
+        let mut card_left_alone = false;
+        if let Some(FinalIndex {
+            plan,
+            manifest,
+            before,
+        }) = index
             && !committer.written.is_empty()
         {
             let mut all: Vec<Record> = before.records.values().cloned().collect();
             all.extend(committer.written.iter().cloned());
+            let written = index_files(plan, manifest, &all, before.card.as_deref());
+            card_left_alone = written.card_left_alone;
             committer
-                .commit_files(
-                    "hubsweep: ledger index and metrics tables",
-                    index_files(plan, &all),
-                )
+                .commit_files("hubsweep: ledger index and metrics tables", written.files)
                 .await
                 .map_err(|source| SinkError::Commit { source })?;
         }
@@ -152,6 +168,9 @@ impl Sink {
         totals.bytes_sent = uploaded.bytes_sent;
         totals.objects_deduplicated = uploaded.deduplicated;
         totals.upload_busy = uploaded.busy;
-        Ok(totals)
+        Ok(Finished {
+            totals,
+            card_left_alone,
+        })
     }
 }

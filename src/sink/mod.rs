@@ -11,5 +11,5 @@ pub use self::safetensors::{Artifact, ArtifactWriter, TensorDtype, TensorSpec, W
 pub use commit::{
     CommitPolicy, Committable, Committer, SinkEvent, SinkEvents, SinkTotals, UploadJob,
 };
-pub use front::{FinalIndex, Sink, SinkError, SinkSenders, SinkSettings};
+pub use front::{FinalIndex, Finished, Sink, SinkError, SinkSenders, SinkSettings};
 pub use upload::UploadTotals;

@@ -311,8 +311,9 @@ pub fn hub_settings(env: &Env) -> HubSettings {
     HubSettings {
         hf: HubSource {
             endpoint: env.hf_endpoint.clone(),
-            token: env.hf_token.clone(),
+            token: env.hf_token.clone().map(hubsweep::hub::Token::new),
             cache_dir: env.hf_hub_cache().unwrap_or_else(|| home.join("hf-cache")),
+            offline: false,
         },
         home,
     }
@@ -389,8 +390,9 @@ pub fn resolve_model(spec: &str, env: &Env) -> Result<ModelFiles, Failure> {
         Err(_) => {
             let source = HubSource {
                 endpoint: env.hf_endpoint.clone(),
-                token: env.hf_token.clone(),
+                token: env.hf_token.clone().map(hubsweep::hub::Token::new),
                 cache_dir: cache,
+                offline: false,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -141,6 +141,9 @@ fn describe(event: &RunEvent) -> Option<String> {
             ),
             Some(error) => format!("warning  {label}: cannot delete its weights: {error}"),
         },
+        RunEvent::CardLeftAlone => "card     README.md was not written by hubsweep: left as it is \
+                                    (add the tables' `configs` yourself, docs/ledger.md)"
+            .to_owned(),
         RunEvent::ShardDone { .. } | RunEvent::Sink(SinkEvent::Uploaded { .. }) => return None,
     })
 }
