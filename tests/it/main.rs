@@ -3,6 +3,7 @@
 
 mod analysis;
 mod common;
+mod homes;
 mod hub;
 mod model;
 mod plan;
