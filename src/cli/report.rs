@@ -59,7 +59,10 @@ async fn gather(args: &ReportArgs, env: &Env) -> Result<String, String> {
         (client, String::new())
     } else {
         let client = HubClient::builder(&env.hf_endpoint)
-            .map(|b| b.token(env.hf_token.clone().map(Token::new)))
+            .map(|b| {
+                b.token(env.hf_token.clone().map(Token::new))
+                    .offline(env.hf_hub_offline)
+            })
             .and_then(|b| b.build())
             .map_err(|e| format!("cannot use `HF_ENDPOINT` `{}`: {e}", env.hf_endpoint))?;
         let kind = if target.display.contains("models/") {

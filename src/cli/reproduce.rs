@@ -230,7 +230,10 @@ async fn with_hub(
         local.clone()
     } else {
         match HubClient::builder(&env.hf_endpoint)
-            .map(|b| b.token(env.hf_token.clone().map(Token::new)))
+            .map(|b| {
+                b.token(env.hf_token.clone().map(Token::new))
+                    .offline(env.hf_hub_offline)
+            })
             .and_then(|b| b.build())
         {
             Ok(c) => c,

@@ -105,7 +105,10 @@ pub(super) async fn open_hubs(
     let home = env.hubsweep_home();
     let hf_client = || {
         HubClient::builder(&env.hf_endpoint)
-            .map(|b| b.token(env.hf_token.clone().map(Token::new)))
+            .map(|b| {
+                b.token(env.hf_token.clone().map(Token::new))
+                    .offline(env.hf_hub_offline)
+            })
             .and_then(|b| b.build())
             .map_err(|e| format!("cannot use `HF_ENDPOINT` `{}`: {e}", env.hf_endpoint))
     };

@@ -104,7 +104,10 @@ pub async fn open_hub(
         Ok((client, Some(handle)))
     } else {
         let client = HubClient::builder(&env.hf_endpoint)
-            .map(|b| b.token(env.hf_token.clone().map(Token::new)))
+            .map(|b| {
+                b.token(env.hf_token.clone().map(Token::new))
+                    .offline(env.hf_hub_offline)
+            })
             .and_then(|b| b.build())
             .map_err(|e| format!("cannot use `HF_ENDPOINT` `{}`: {e}", env.hf_endpoint))?;
         Ok((client, None))

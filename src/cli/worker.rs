@@ -62,7 +62,10 @@ fn parse_repo(text: &str) -> Option<Repo> {
 
 fn hf_client(env: &Env) -> Result<HubClient, String> {
     HubClient::builder(&env.hf_endpoint)
-        .map(|b| b.token(env.hf_token.clone().map(Token::new)))
+        .map(|b| {
+            b.token(env.hf_token.clone().map(Token::new))
+                .offline(env.hf_hub_offline)
+        })
         .and_then(|b| b.build())
         .map_err(|e| format!("cannot use `HF_ENDPOINT` `{}`: {e}", env.hf_endpoint))
 }

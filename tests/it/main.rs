@@ -6,6 +6,7 @@ mod common;
 mod homes;
 mod hub;
 mod model;
+mod offline;
 mod plan;
 mod report_chromium;
 mod reproduce;
