@@ -11,6 +11,7 @@
 //! ```
 
 mod batch;
+mod card_api;
 mod commit_api;
 mod commit_body;
 mod disk;
@@ -44,7 +45,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service as _;
 
-pub use faults::{Faults, Stats};
+pub use faults::{Faults, FiredFaults, Stats};
 pub use limits::Limits;
 use state::{ApiError, AppState, ConnectionKill};
 
@@ -318,7 +319,12 @@ fn router(state: Arc<AppState>, admin: bool) -> Router {
             "/_lfs/complete/{oid}/{size}/{chunk}",
             post(lfs_api::complete),
         )
-        .route("/_lfs/blobs/{oid}", get(resolve::blob));
+        .route("/_lfs/blobs/{oid}", get(resolve::blob))
+        .route(
+            "/api/validate-yaml",
+            post(card_api::validate_yaml)
+                .layer(axum::extract::DefaultBodyLimit::max(card_api::MAX_BODY_BYTES)),
+        );
     if admin {
         app = app
             .route(

@@ -13,9 +13,11 @@ async fn serve_survives_kill_9_without_half_visible_commits() {
     let hub = client_for(&url);
     let repo = model("org/crash");
     hub.create_repo(&repo, false, true).await.unwrap();
-    // Commit as fast as possible (regular and LFS files), and kill -9 the server mid-stream.
+    // Commit as fast as possible (regular and LFS files), and kill -9 the server mid-stream,
+    // once the writer has seen its third commit land.
+    let landed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {
-        let (hub, repo) = (hub.clone(), repo.clone());
+        let (hub, repo, landed) = (hub.clone(), repo.clone(), landed.clone());
         tokio::spawn(async move {
             for n in 0u64.. {
                 let object = LfsObject::from_bytes(pseudo_random(64 << 10, n + 100));
@@ -40,10 +42,18 @@ async fn serve_survives_kill_9_without_half_visible_commits() {
                 {
                     return;
                 }
+                landed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while landed.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline && !writer.is_finished(),
+            "the writer did not get three commits in"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let _ = writer.await;
@@ -215,4 +225,11 @@ async fn import_then_mirror_through_the_binary() {
     assert_eq!(String::from_utf8(offline.stdout).unwrap(), path);
     let missing = tokio::task::block_in_place(|| download("1", "config.json"));
     assert_eq!(missing.status.code(), Some(2));
+    // Named, with why it was not fetched.
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("`config.json` of `org/tiny` at `main` is not in the cache")
+            && err.contains("offline"),
+        "{err}"
+    );
 }
