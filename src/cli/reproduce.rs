@@ -283,7 +283,7 @@ async fn with_hub(
             cache_dir: env
                 .hf_hub_cache()
                 .unwrap_or_else(|| env.hubsweep_home().join("hf-cache")),
-            offline: false,
+            offline: env.hf_hub_offline,
         },
         local: Some(HubSource {
             endpoint: server.base_url().to_owned(),

@@ -154,7 +154,7 @@ pub(super) async fn open_hubs(
             endpoint: env.hf_endpoint.clone(),
             token: env.hf_token.clone().map(hubsweep::hub::Token::new),
             cache_dir: env.hf_hub_cache().unwrap_or_else(|| home.join("hf-cache")),
-            offline: false,
+            offline: env.hf_hub_offline,
         },
         local: local.as_ref().map(|h| HubSource {
             endpoint: h.base_url().to_owned(),
