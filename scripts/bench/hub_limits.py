@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Hostile requests against `hubsweep hub serve`: time to answer and server memory.
 
-Usage: scripts/bench/hub_limits.py BINARY [BINARY ...]
-       (e.g. an old build and a new one, to compare; each case gets a fresh server)
+Usage: [ONLY=SUBSTRING] [TIMEOUT=SECONDS] scripts/bench/hub_limits.py BINARY [BINARY ...]
+       (e.g. an old build and a new one, to compare; each case gets a fresh server; ONLY
+       keeps the cases whose name contains SUBSTRING; TIMEOUT per request, default 8 s)
 
 Per case it prints the HTTP status (or "no answer" after the timeout), the wall time, and the
 server's peak resident memory (VmHWM) before and after. Python standard library only; Linux
@@ -46,7 +47,10 @@ def request(host, port, method, path, body=b"", headers=None):
     connection = http.client.HTTPConnection(host, port, timeout=TIMEOUT)
     started = time.monotonic()
     try:
-        connection.request(method, path, body=body, headers=headers or {})
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered before the whole body was sent: read that answer
         response = connection.getresponse()
         answer = response.read()
         return response.status, answer, time.monotonic() - started
@@ -113,7 +117,7 @@ def main():
     if not binaries:
         sys.exit(__doc__)
     only = os.environ.get("ONLY", "")
-    print(f"{'case':45} {'binary':10} {'answer':40} {'wall s':>8} {'peak MB before→after':>22}")
+    print(f"{'case':45} {'binary':14} {'answer':40} {'wall s':>8} {'peak MB before→after':>22}")
     for name, method, path, body in CASES:
         if only and only not in name:
             continue
@@ -131,8 +135,8 @@ def main():
                 finally:
                     process.kill()
                     process.wait()
-            label = os.path.basename(os.path.dirname(os.path.dirname(binary))) or binary
-            print(f"{name:45} {label[:10]:10} {describe(status, answer)[:40]:40} {took:8.2f} "
+            label = os.path.basename(binary)
+            print(f"{name:45} {label[-14:]:14} {describe(status, answer)[:40]:40} {took:8.2f} "
                   f"{before:10.0f} → {after:7.0f}", flush=True)
 
 

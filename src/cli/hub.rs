@@ -314,7 +314,11 @@ async fn import_dir(args: &ImportArgs, dir: &std::path::Path, env: &Env) -> Exit
     let message = args
         .message
         .clone()
-        .unwrap_or_else(|| format!("Import {}", source.display()));
+        // The name, not the path: the same content imports to the same commit on every machine.
+        .unwrap_or_else(|| {
+            let name = source.file_name().unwrap_or(source.as_os_str());
+            format!("Import {}", name.to_string_lossy())
+        });
     let result = async {
         client.create_repo(&repo, false, true).await?;
         client

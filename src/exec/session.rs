@@ -513,7 +513,7 @@ fn uses_local(spec: &SweepSpec) -> bool {
 /// A client of the Hub `hf` names, with its token.
 pub fn hf_client(hf: &HubSource) -> Result<HubClient, RunError> {
     HubClient::builder(&hf.endpoint)
-        .map(|b| b.token(hf.token.clone()))
+        .map(|b| b.token(hf.token.clone()).offline(hf.offline))
         .and_then(|b| b.build())
         .map_err(|source| RunError::Endpoint {
             endpoint: hf.endpoint.clone(),

@@ -4,9 +4,11 @@
 mod analysis;
 mod card;
 mod common;
+mod homes;
 mod hub;
 mod logging;
 mod model;
+mod offline;
 mod plan;
 mod report_chromium;
 mod reproduce;

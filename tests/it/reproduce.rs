@@ -18,7 +18,7 @@ use crate::common::{TestContext, isolated_hubsweep as hubsweep, output_text as t
 
 const REPO: &str = "local://hubsweep/quickstart";
 
-fn run_quickstart(ctx: &TestContext) {
+pub(crate) fn run_quickstart(ctx: &TestContext) {
     let spec = ctx.child("quickstart.yaml");
     std::fs::copy(repo_root().join("sweeps/quickstart.yaml"), &spec).unwrap();
     let output = hubsweep(ctx).arg("run").arg(&spec).output().unwrap();

@@ -313,7 +313,7 @@ pub fn hub_settings(env: &Env) -> HubSettings {
             endpoint: env.hf_endpoint.clone(),
             token: env.hf_token.clone().map(hubsweep::hub::Token::new),
             cache_dir: env.hf_hub_cache().unwrap_or_else(|| home.join("hf-cache")),
-            offline: false,
+            offline: env.hf_hub_offline,
         },
         home,
     }

@@ -105,6 +105,7 @@ impl HubClient {
         } else {
             Vec::new()
         };
+        self.check_online(&url)?;
         let mut parent = options.parent_commit.clone();
         let policy = self.inner.retry.clone();
         let mut attempt = 0u32;

@@ -119,6 +119,12 @@ pub enum HubError {
         #[source]
         source: std::io::Error,
     },
+    /// Offline mode is on (`HF_HUB_OFFLINE`) and this request needs the network.
+    #[error("`{url}` needs the network, and offline mode is on (HF_HUB_OFFLINE)")]
+    Offline {
+        /// The request URL (redacted).
+        url: String,
+    },
     /// The endpoint is not a usable http(s) URL.
     #[error("invalid hub endpoint `{0}`")]
     InvalidEndpoint(String),

@@ -127,6 +127,7 @@ pub struct HubClientBuilder {
     timeout: Duration,
     read_timeout: Option<Duration>,
     events: Option<EventSink>,
+    offline: bool,
 }
 
 impl HubClientBuilder {
@@ -169,6 +170,14 @@ impl HubClientBuilder {
         self
     }
 
+    /// Offline mode (`HF_HUB_OFFLINE`, as the Python client has it): every request fails at
+    /// once with [`HubError::Offline`], never retried, unless the endpoint is on this machine's
+    /// loopback (the embedded hub needs no network).
+    pub fn offline(mut self, offline: bool) -> Self {
+        self.offline = offline;
+        self
+    }
+
     /// Builds the client.
     pub fn build(self) -> Result<HubClient, HubError> {
         let http = reqwest::Client::builder()
@@ -185,9 +194,11 @@ impl HubClientBuilder {
             url: self.endpoint.to_string(),
             source: source.without_url(),
         })?;
+        let offline = self.offline && !is_loopback(&self.endpoint);
         Ok(HubClient {
             inner: Arc::new(Inner {
                 http,
+                offline,
                 endpoint: self.endpoint,
                 token: self.token,
                 retry: self.retry,
@@ -195,6 +206,16 @@ impl HubClientBuilder {
                 events: self.events,
             }),
         })
+    }
+}
+
+/// Whether `url` names this machine (`localhost` or a loopback address).
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 
@@ -206,6 +227,8 @@ pub struct HubClient {
 
 struct Inner {
     http: reqwest::Client,
+    /// Offline mode on a non-loopback endpoint: no request is sent.
+    offline: bool,
     endpoint: Url,
     token: Option<Token>,
     retry: RetryPolicy,
@@ -240,6 +263,7 @@ impl HubClient {
             timeout: Duration::from_secs(600),
             read_timeout: None,
             events: None,
+            offline: false,
         })
     }
 
@@ -335,6 +359,16 @@ impl HubClient {
         Url::parse(url).is_ok_and(|url| url.origin() == self.inner.endpoint.origin())
     }
 
+    /// Refuses a request in offline mode ([`HubClientBuilder::offline`]).
+    fn check_online(&self, url: &str) -> Result<(), HubError> {
+        if self.inner.offline {
+            return Err(HubError::Offline {
+                url: error::redact(url),
+            });
+        }
+        Ok(())
+    }
+
     /// Sends a request built by `build` until it succeeds, fails permanently, or the policy
     /// runs out; 429/5xx/network errors are retried with backoff and server waits honoured.
     async fn send_with_retry(
@@ -342,6 +376,7 @@ impl HubClient {
         url: &str,
         build: impl Fn() -> RequestBuilder,
     ) -> Result<Response, HubError> {
+        self.check_online(url)?;
         let policy = &self.inner.retry;
         let mut attempt = 0u32;
         loop {

@@ -442,29 +442,30 @@ impl Store {
 }
 
 impl CommitRecord {
-    /// A record whose id is the sha1 of its content (parents, message, author, time, tree), so
-    /// equal inputs at the same second give the same id.
+    /// A record whose id is derived from its content: the sha1 of its parents, message, author
+    /// and tree, not of its time. Importing the same files with the same message onto the same
+    /// parent gives the same commit on every machine and every time (a repo's first commit is
+    /// the same everywhere too), so node ids pinned to an imported model agree between homes.
+    /// Two commits can only share an id if they have the same parent and the same content, and
+    /// then they are the same commit (as two git commits with the same date would be).
     pub fn new(
         parents: Vec<String>,
         title: String,
         message: String,
         files: BTreeMap<String, FileEntry>,
     ) -> Self {
-        let mut record = Self {
-            id: String::new(),
+        let author = "hubsweep".to_owned();
+        let content = serde_json::to_vec(&(&parents, &title, &message, &author, &files))
+            .expect("commit content serializes");
+        Self {
+            id: hex::encode(Sha1::digest(&content)),
             parents,
             title,
             message,
-            author: "hubsweep".to_owned(),
+            author,
             time: paths::unix_now(),
             files,
-        };
-        let mut hasher = Sha1::new();
-        hasher.update(serde_json::to_vec(&record).expect("commit record serializes"));
-        // A nonce keeps two commits with identical content in the same second distinct.
-        hasher.update(rand::random::<u64>().to_le_bytes());
-        record.id = hex::encode(hasher.finalize());
-        record
+        }
     }
 }
 

@@ -54,7 +54,8 @@ fn error_of(object: &Value) -> (u64, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_objects_are_refused_within_a_second_and_server_memory_stays_flat() {
     let context = TestContext::new();
-    let (mut server, url) = spawn_serve(&context, &context.child("store"));
+    let (server, url) = spawn_serve(&context, &context.child("store"));
+    let server = super::KillOnDrop(server);
     client_for(&url)
         .create_repo(&model("org/limits"), false, true)
         .await
@@ -67,7 +68,7 @@ async fn oversized_objects_are_refused_within_a_second_and_server_memory_stays_f
         upload(&["basic", "multipart"], &[(oid(0), 1000)]),
     )
     .await;
-    let baseline = peak_rss_bytes(server.id());
+    let baseline = peak_rss_bytes(server.0.id());
 
     for transfers in [
         &["basic", "multipart"][..],
@@ -88,14 +89,13 @@ async fn oversized_objects_are_refused_within_a_second_and_server_memory_stays_f
             );
         }
     }
-    let grown = peak_rss_bytes(server.id()).saturating_sub(baseline);
+    let grown = peak_rss_bytes(server.0.id()).saturating_sub(baseline);
     assert!(
         grown < 8 << 20,
         "refusing oversized objects grew the server's peak memory by {grown} bytes"
     );
 
-    server.kill().unwrap();
-    let _ = server.wait();
+    drop(server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

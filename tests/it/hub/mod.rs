@@ -124,6 +124,16 @@ pub fn model(id: &str) -> hubsweep::hub::Repo {
     hubsweep::hub::Repo::model(id.parse().unwrap())
 }
 
+/// A child process killed when dropped, so a failing test leaves no server behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Peak resident memory of a process so far (`VmHWM`), in bytes (Linux).
 pub fn peak_rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
