@@ -6,6 +6,7 @@ mod common;
 mod hub;
 mod model;
 mod plan;
+mod plan_scale;
 mod report_chromium;
 mod reproduce;
 mod reproduce_pins;

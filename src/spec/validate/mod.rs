@@ -15,7 +15,7 @@ mod limits;
 mod models;
 mod names;
 
-pub use capture::parse_layers;
+pub use capture::{MAX_LAYERS, parse_layers};
 use capture::{analyses, capture_spec, weights_spec};
 use data::data_spec;
 use limits::{compute, limits};
