@@ -264,7 +264,7 @@ async fn with_hub(
     for group in &source.spec.models {
         for instance in hubsweep::spec::expand_group(group, &mut Vec::new()) {
             if let ModelSource::Local(id) = &instance.source
-                && let Err(e) = exec::bundled::ensure(&local, id).await
+                && let Err(e) = hubsweep::hub::bundled::ensure(&local, id).await
             {
                 return fail(format!(
                     "cannot import bundled model `{id}`: {}",

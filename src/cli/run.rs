@@ -128,12 +128,14 @@ pub(super) async fn open_hubs(
         for group in &spec.models {
             for instance in hubsweep::spec::expand_group(group, &mut Vec::new()) {
                 if let ModelSource::Local(id) = &instance.source {
-                    exec::bundled::ensure(&client, id).await.map_err(|e| {
-                        format!(
-                            "cannot import bundled model `{id}`: {}",
-                            super::error_chain(&e)
-                        )
-                    })?;
+                    hubsweep::hub::bundled::ensure(&client, id)
+                        .await
+                        .map_err(|e| {
+                            format!(
+                                "cannot import bundled model `{id}`: {}",
+                                super::error_chain(&e)
+                            )
+                        })?;
                 }
             }
         }

@@ -14,13 +14,11 @@
 //! Cancellation (Ctrl-C) stops new work at the next batch, lets the sink commit what is
 //! already uploaded, and reports `interrupted`.
 
-pub mod bundled;
 pub mod capture;
 mod models;
 pub mod pin;
 mod records;
 mod steps;
-pub mod tables;
 pub mod unit;
 pub mod weights;
 
@@ -585,7 +583,7 @@ async fn run_inner(
         // The flat metrics tables go in the same commit, derived from the same records.
         let by_id: HashMap<String, &Record> = all.iter().map(|r| (r.id.clone(), r)).collect();
         files.extend(
-            tables::tables(&plan, &by_id)
+            ledger::tables::tables(&plan, &by_id)
                 .into_iter()
                 .map(|(path, bytes)| (path, Bytes::from(bytes))),
         );

@@ -7,7 +7,10 @@
 //!   listing, resolve metadata, folder upload (`hub import`) and mirroring (`hub mirror`).
 //! - [`download`]: file downloads through the `hf-hub` crate into the shared HF cache.
 //! - [`server`]: the embedded server ([`server::Server::start`]) over a crash-safe store.
+//! - [`bundled`]: the two tiny models compiled into the binary, imported into the embedded hub
+//!   on first use.
 
+pub mod bundled;
 pub mod client;
 pub mod download;
 pub mod server;

@@ -4,13 +4,16 @@
 //! - `ledger/segments/{sha256 of content, 16 hex}.jsonl` — one record per line, appended in the
 //!   same commit as the files the records describe (content-named, so concurrent writers never
 //!   pick the same name);
-//! - `ledger/index.jsonl` — every record once, sorted by id, rewritten at the end of a run.
+//! - `ledger/index.jsonl` — every record once, sorted by id, rewritten at the end of a run;
+//! - `metrics/*.jsonl` — flat tables derived from the records ([`tables`]), written with the
+//!   index.
 //!
 //! Reading treats the files as hostile input: sizes are capped, every line is parsed with a
 //! line number in the error, and nothing panics. See docs/ledger.md.
 
 pub mod record;
 pub mod state;
+pub mod tables;
 pub mod verify;
 
 use std::collections::BTreeMap;
