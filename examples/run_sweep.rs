@@ -39,7 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for group in &spec.models {
         for instance in hubsweep::spec::expand_group(group, &mut Vec::new()) {
             if let ModelSource::Local(id) = &instance.source {
-                exec::bundled::ensure(&client, id).await?;
+                hubsweep::hub::bundled::ensure(&client, id).await?;
             }
         }
     }

@@ -2,12 +2,15 @@
 //! `run_with_cache`, writing the named activations to a safetensors file.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{DType, Tensor};
 use hubsweep::data::{TextTokenizer, TokenWindows};
 use hubsweep::model::hooks::{self, HookPoint};
 use hubsweep::model::{ComputeDtype, DeviceSpec, HubSource, Model, ModelConfig, ModelFiles};
+
+use hubsweep::spec::reference::{FORMS, Reference};
+use hubsweep::spec::{HubKind, RepoType};
 
 use super::Env;
 
@@ -45,20 +48,29 @@ pub struct CaptureArgs {
     prepend_bos: bool,
 }
 
-/// Resolves `--model`: an existing folder, else `REPO[@REV]` from the cache, else the Hub.
-pub fn resolve_model(spec: &str, env: &Env) -> Result<ModelFiles, String> {
-    let path = Path::new(spec);
-    if path.is_dir() {
-        return ModelFiles::from_dir(path).map_err(chain);
-    }
-    let (repo, revision) = spec.split_once('@').unwrap_or((spec, "main"));
-    if repo.split('/').count() != 2 || repo.starts_with('/') || repo.starts_with('.') {
-        return Err(format!(
-            "`{spec}` is neither a folder nor a repo id `namespace/name[@revision]`"
-        ));
+/// Resolves `--model` by the one reference grammar ([`Reference`]): a folder; a `local://`
+/// repo from the embedded hub (a bundled model is imported on first use, as `run` does); an
+/// `hf://` or bare repo from the HF cache first, then the Hub endpoint.
+pub fn resolve_model(text: &str, env: &Env) -> Result<ModelFiles, String> {
+    let repo = match Reference::parse(text).map_err(|e| format!("{e}; write {FORMS}"))? {
+        Reference::Folder(path) => return ModelFiles::from_dir(&path).map_err(chain),
+        Reference::Repo(repo) if repo.repo_type == Some(RepoType::Dataset) => {
+            return Err(format!("`{text}` is a dataset repo; a model is needed"));
+        }
+        Reference::Repo(repo) => repo,
+    };
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the download runtime: {e}"))
+    };
+    let (repo_id, revision) = (repo.repo_id.as_str(), repo.revision_or_main());
+    if repo.hub == HubKind::Local {
+        return runtime()?.block_on(local_model(repo_id, revision, env));
     }
     let cache = env.hf_hub_cache_dir();
-    match ModelFiles::from_cache(&cache, repo, revision) {
+    match ModelFiles::from_cache(&cache, repo_id, revision) {
         Ok(files) => Ok(files),
         Err(cache_err) if env.hf_hub_offline => {
             Err(format!("{} (HF_HUB_OFFLINE is set)", chain(cache_err)))
@@ -69,15 +81,28 @@ pub fn resolve_model(spec: &str, env: &Env) -> Result<ModelFiles, String> {
                 token: env.hf_token.clone(),
                 cache_dir: cache,
             };
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| format!("cannot start the download runtime: {e}"))?;
-            runtime
-                .block_on(ModelFiles::download(&source, repo, revision))
+            runtime()?
+                .block_on(ModelFiles::download(&source, repo_id, revision))
                 .map_err(chain)
         }
     }
+}
+
+/// A model of the embedded hub, fetched into its own cache (`$HUBSWEEP_HOME/cache`, as `run`
+/// keeps it): the hub is served in-process for the time of the download.
+async fn local_model(repo_id: &str, revision: &str, env: &Env) -> Result<ModelFiles, String> {
+    let (client, handle) = super::verify::open_embedded_hub(env).await?;
+    hubsweep::hub::bundled::ensure(&client, repo_id)
+        .await
+        .map_err(|e| format!("cannot import bundled model `{repo_id}`: {}", chain(e)))?;
+    let source = HubSource {
+        endpoint: handle.base_url().to_owned(),
+        token: None,
+        cache_dir: env.hubsweep_home().join("cache"),
+    };
+    let files = ModelFiles::download(&source, repo_id, revision).await;
+    handle.shutdown().await;
+    files.map_err(chain)
 }
 
 /// An error and its causes on one line.

@@ -7,6 +7,9 @@ use hubsweep::hub::server::{Server, ServerConfig, ServerHandle};
 use hubsweep::hub::{HubClient, Repo, RepoId, Token};
 use hubsweep::ledger::verify::{self, CheckKind, VerifyOptions, VerifyReport};
 
+use hubsweep::spec::reference::{Reference, RepoReference};
+use hubsweep::spec::{HubKind, RepoType};
+
 use super::{EXIT_CANNOT_RUN, EXIT_NEGATIVE, EXIT_OK, Env};
 
 /// Arguments of `verify`.
@@ -37,34 +40,27 @@ pub struct RepoRef {
     pub display: String,
 }
 
-/// Parses `local://[datasets/|models/]NS/NAME[@REV]` or `hf://datasets|models/NS/NAME[@REV]`.
+/// Parses a results repo by the one reference grammar ([`Reference`]): `local://[datasets/|models/]NS/NAME[@REV]`
+/// (a dataset unless written otherwise) or `hf://datasets|models/NS/NAME[@REV]`.
 pub fn parse_repo(text: &str) -> Result<RepoRef, String> {
-    let (name, revision) = match text.split_once('@') {
-        Some((name, rev)) if !rev.is_empty() => (name, rev.to_owned()),
-        Some(_) => return Err(format!("`{text}`: empty revision after `@`")),
-        None => (text, "main".to_owned()),
+    let write = "write `local://NS/NAME` or `hf://datasets/NS/NAME`";
+    let reference = match Reference::parse(text) {
+        Ok(Reference::Repo(repo)) => repo,
+        Ok(Reference::Folder(_)) => return Err(format!("`{text}` is not a repo URL: {write}")),
+        Err(e) => return Err(format!("{e}: {write}")),
     };
-    let (local, rest) = if let Some(rest) = name.strip_prefix("local://") {
-        (true, rest)
-    } else if let Some(rest) = name.strip_prefix("hf://") {
-        (false, rest)
-    } else {
-        return Err(format!(
-            "`{text}` is not a repo URL: write `local://NS/NAME` or `hf://datasets/NS/NAME`"
-        ));
+    let dataset = match (reference.repo_type, reference.hub) {
+        (Some(kind), _) => kind == RepoType::Dataset,
+        (None, HubKind::Local) => true,
+        (None, HubKind::Hf) => {
+            return Err(format!(
+                "`{text}` does not say whether the repo is a dataset or a model: write `hf://datasets/{}`",
+                reference.repo_id
+            ));
+        }
     };
-    let (dataset, id) = if let Some(id) = rest.strip_prefix("datasets/") {
-        (true, id)
-    } else if let Some(id) = rest.strip_prefix("models/") {
-        (false, id)
-    } else if local {
-        (true, rest)
-    } else {
-        return Err(format!(
-            "`{text}` does not say whether the repo is a dataset or a model: write `hf://datasets/{rest}`"
-        ));
-    };
-    let (ns, repo_name) = id
+    let (ns, repo_name) = reference
+        .repo_id
         .split_once('/')
         .ok_or_else(|| format!("`{text}`: the repo id must be `NAMESPACE/NAME`"))?;
     let id = RepoId::new(ns, repo_name).map_err(|e| format!("`{text}`: {e}"))?;
@@ -73,12 +69,36 @@ pub fn parse_repo(text: &str) -> Result<RepoRef, String> {
     } else {
         Repo::model(id)
     };
+    let revision = reference.revision_or_main().to_owned();
+    let display = RepoReference {
+        revision: None,
+        ..reference.clone()
+    }
+    .to_string();
     Ok(RepoRef {
-        local,
+        local: reference.hub == HubKind::Local,
         repo,
         revision,
-        display: name.to_owned(),
+        display,
     })
+}
+
+/// The embedded hub over `$HUBSWEEP_HOME/hub`, served in-process, and a client for it.
+pub async fn open_embedded_hub(env: &Env) -> Result<(HubClient, ServerHandle), String> {
+    let store = env.hubsweep_home().join("hub");
+    let mut config = ServerConfig::new(store.clone());
+    config.addr = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
+    let handle = Server::start(config).await.map_err(|e| {
+        format!(
+            "cannot open the embedded hub over `{}`: {}",
+            store.display(),
+            super::error_chain(&e)
+        )
+    })?;
+    let client = HubClient::builder(handle.base_url())
+        .and_then(|b| b.build())
+        .map_err(|e| e.to_string())?;
+    Ok((client, handle))
 }
 
 /// A client for the repo's hub: the embedded store in `$HUBSWEEP_HOME/hub` (served in-process)
@@ -88,19 +108,7 @@ pub async fn open_hub(
     env: &Env,
 ) -> Result<(HubClient, Option<ServerHandle>), String> {
     if target.local {
-        let store = env.hubsweep_home().join("hub");
-        let mut config = ServerConfig::new(store.clone());
-        config.addr = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
-        let handle = Server::start(config).await.map_err(|e| {
-            format!(
-                "cannot open the embedded hub over `{}`: {}",
-                store.display(),
-                super::error_chain(&e)
-            )
-        })?;
-        let client = HubClient::builder(handle.base_url())
-            .and_then(|b| b.build())
-            .map_err(|e| e.to_string())?;
+        let (client, handle) = open_embedded_hub(env).await?;
         Ok((client, Some(handle)))
     } else {
         let client = HubClient::builder(&env.hf_endpoint)

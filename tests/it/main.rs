@@ -7,6 +7,7 @@ mod hub;
 mod model;
 mod plan;
 mod plan_scale;
+mod reference;
 mod report_chromium;
 mod reproduce;
 mod reproduce_pins;

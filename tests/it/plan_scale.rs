@@ -33,30 +33,37 @@ fn sweep(sizes: usize, revisions: usize, layers: u32, hooks: usize) -> String {
 }
 
 /// Runs `hubsweep ARGS` with stdout into a file; returns the exit code, stdout, stderr and the
-/// child's own peak RSS in KiB, from `wait4` (the kernel's account of that one process, so
-/// other tests' children do not count).
+/// child's peak RSS in KiB: its `VmHWM` (the kernel's high-water mark of that one process, so
+/// other tests' children do not count), read until it exits.
 fn plan_with_peak_rss(ctx: &TestContext, args: &[&str]) -> (Option<i32>, Vec<u8>, String, u64) {
-    use std::os::unix::process::ExitStatusExt;
     let stdout_path = ctx.child("plan.out");
     let stderr_path = ctx.child("plan.err");
-    let child = isolated_hubsweep(ctx)
+    let mut child = isolated_hubsweep(ctx)
         .args(args)
         .stdout(std::fs::File::create(&stdout_path).unwrap())
         .stderr(std::fs::File::create(&stderr_path).unwrap())
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn hubsweep");
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: `rusage` is plain data that `wait4` fills; the child is ours and waited for once.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
-    let code = std::process::ExitStatus::from_raw(status).code();
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    let status = loop {
+        if let Ok(text) = std::fs::read_to_string(&status_path)
+            && let Some(kib) = text
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
     let stdout = std::fs::read(&stdout_path).unwrap();
     let stderr = std::fs::read_to_string(&stderr_path).unwrap();
-    // Linux reports ru_maxrss in KiB.
-    (code, stdout, stderr, usage.ru_maxrss as u64)
+    (status.code(), stdout, stderr, peak)
 }
 
 #[test]
