@@ -63,7 +63,8 @@ pub fn validate(raw: &RawSpec) -> (Option<SweepSpec>, Vec<Diagnostic>) {
                 .with_help("loosen the exclude rules"),
         );
     }
-    if capture.is_none() && raw.weights.is_none() {
+    // The section as written: a `capture` with errors of its own is not missing.
+    if raw.capture.is_none() && raw.weights.is_none() {
         d.push(
             Diagnostic::error(
                 "",
