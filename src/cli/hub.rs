@@ -121,7 +121,10 @@ fn repo_arg(text: &str, kind: KindArg, revision: &str) -> Result<(HubKind, Repo,
         }
         Err(error) => return Err(error.to_string()),
     };
-    let id: RepoId = reference.repo_id.parse().map_err(|e| format!("`{text}`: {e}"))?;
+    let id: RepoId = reference
+        .repo_id
+        .parse()
+        .map_err(|e| format!("`{text}`: {e}"))?;
     let kind = match reference.repo_type {
         Some(SpecRepoType::Model) => KindArg::Model,
         Some(SpecRepoType::Dataset) => KindArg::Dataset,
@@ -314,7 +317,10 @@ async fn import_dir(args: &ImportArgs, dir: &std::path::Path, env: &Env) -> Exit
     let (repo, revision, local) = match repo_arg(&args.repo, args.kind, &args.revision) {
         // A bare `NS/NAME` goes where `--local` says; a URL says it itself.
         Ok((HubKind::Hf, _, _)) if args.local && args.repo.starts_with("hf://") => {
-            eprintln!("error: `--local` imports into the embedded hub, but `{}` is on the Hub", args.repo);
+            eprintln!(
+                "error: `--local` imports into the embedded hub, but `{}` is on the Hub",
+                args.repo
+            );
             return ExitCode::from(EXIT_CANNOT_RUN);
         }
         Ok((hub, repo, revision)) => (repo, revision, args.local || hub == HubKind::Local),
@@ -340,11 +346,7 @@ async fn import_dir(args: &ImportArgs, dir: &std::path::Path, env: &Env) -> Exit
             .clone()
             .unwrap_or_else(|| env.hf_endpoint.clone())
     };
-    let token = if local {
-        None
-    } else {
-        token_of(&env.hf_token)
-    };
+    let token = if local { None } else { token_of(&env.hf_token) };
     let client = match cli_client(&endpoint, token) {
         Ok(client) => client,
         Err(error) => return fail(&error),
@@ -356,9 +358,7 @@ async fn import_dir(args: &ImportArgs, dir: &std::path::Path, env: &Env) -> Exit
         .unwrap_or_else(|| format!("Import {}", source.display()));
     let result = async {
         client.create_repo(&repo, false, true).await?;
-        client
-            .upload_folder(&repo, &revision, dir, &message)
-            .await
+        client.upload_folder(&repo, &revision, dir, &message).await
     }
     .await;
     if let Some(server) = embedded {

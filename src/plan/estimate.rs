@@ -363,7 +363,10 @@ fn cuts(spec: &SweepSpec, plan: &Plan, count: &FileCount) -> String {
         for axis in group.axes.iter().filter(|a| a.values.len() > 1) {
             let n = axis.values.len() as u64;
             if let Some(k) = keep(n, affected) {
-                options.push(format!("`{}` of /models/{} from {n} values to {k}", axis.name, group.index));
+                options.push(format!(
+                    "`{}` of /models/{} from {n} values to {k}",
+                    axis.name, group.index
+                ));
             }
         }
     }

@@ -29,6 +29,9 @@ use crate::spec::{
     expand_group,
 };
 
+/// One model's spectrum nodes by (hook, layer), in that order (so a base's is binary-searched).
+type ModelSpectra = Vec<((Hook, Option<u32>), u32)>;
+
 /// What the planner needs besides the spec.
 pub struct PlanOptions<'a> {
     /// Where model facts (commit shas, dimensions) come from.
@@ -287,7 +290,7 @@ impl Plan {
         });
         let wants_spectra = !spec.analyses.is_empty();
         // Per model, its spectrum nodes by (hook, layer), in that order: for overlaps.
-        let mut spectra: Vec<Vec<((Hook, Option<u32>), u32)>> = vec![Vec::new(); self.models.len()];
+        let mut spectra: Vec<ModelSpectra> = vec![Vec::new(); self.models.len()];
         let mut resolves = Vec::with_capacity(self.models.len());
         let mut commits = Vec::new();
         for m in 0..self.models.len() as u32 {
@@ -425,11 +428,7 @@ impl Plan {
         }
     }
 
-    fn add_overlaps(
-        &mut self,
-        spec: &SweepSpec,
-        spectra: &[Vec<((Hook, Option<u32>), u32)>],
-    ) -> Vec<u32> {
+    fn add_overlaps(&mut self, spec: &SweepSpec, spectra: &[ModelSpectra]) -> Vec<u32> {
         let mut out = Vec::new();
         // (model, revision) → model index, so finding each model's base is not quadratic.
         let index: HashMap<(String, &str), u32> = self

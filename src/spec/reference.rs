@@ -172,16 +172,34 @@ mod tests {
         use HubKind::{Hf, Local};
         use RepoType::{Dataset, Model};
         let cases = [
-            ("local://hubsweep/tiny-llama", repo(Local, None, "hubsweep/tiny-llama", None)),
-            ("local://models/a/b@v1", repo(Local, Some(Model), "a/b", Some("v1"))),
-            ("local://datasets/a/b", repo(Local, Some(Dataset), "a/b", None)),
+            (
+                "local://hubsweep/tiny-llama",
+                repo(Local, None, "hubsweep/tiny-llama", None),
+            ),
+            (
+                "local://models/a/b@v1",
+                repo(Local, Some(Model), "a/b", Some("v1")),
+            ),
+            (
+                "local://datasets/a/b",
+                repo(Local, Some(Dataset), "a/b", None),
+            ),
             ("hf://a/b", repo(Hf, None, "a/b", None)),
-            ("hf://datasets/a/b@main", repo(Hf, Some(Dataset), "a/b", Some("main"))),
+            (
+                "hf://datasets/a/b@main",
+                repo(Hf, Some(Dataset), "a/b", Some("main")),
+            ),
             ("hf://models/a/b", repo(Hf, Some(Model), "a/b", None)),
-            ("EleutherAI/pythia-70m@step0", repo(Hf, None, "EleutherAI/pythia-70m", Some("step0"))),
+            (
+                "EleutherAI/pythia-70m@step0",
+                repo(Hf, None, "EleutherAI/pythia-70m", Some("step0")),
+            ),
             ("./a/b", Reference::Folder("./a/b".into())),
             ("/abs/dir", Reference::Folder("/abs/dir".into())),
-            ("tests/fixtures/llama_tiny", Reference::Folder("tests/fixtures/llama_tiny".into())),
+            (
+                "tests/fixtures/llama_tiny",
+                Reference::Folder("tests/fixtures/llama_tiny".into()),
+            ),
             ("model-dir", Reference::Folder("model-dir".into())),
         ];
         for (text, expected) in cases {

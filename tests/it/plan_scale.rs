@@ -114,7 +114,10 @@ fn file_count_is_refused_without_model_sizes_naming_what_to_cut() {
     ] {
         assert!(said.contains(cut), "missing `{cut}` in:\n{stderr}");
     }
-    assert!(stderr.contains("[huge.yaml:2:"), "located at `output:`: {stderr}");
+    assert!(
+        stderr.contains("[huge.yaml:2:"),
+        "located at `output:`: {stderr}"
+    );
     assert!(
         started.elapsed() < std::time::Duration::from_secs(30),
         "{:?}",
@@ -213,7 +216,9 @@ fn json_facts(json: &serde_json::Value) -> BTreeMap<String, String> {
     facts.insert("nodes".into(), nodes.len().to_string());
     let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
     for node in nodes {
-        *kinds.entry(node["kind"].as_str().unwrap().into()).or_default() += 1;
+        *kinds
+            .entry(node["kind"].as_str().unwrap().into())
+            .or_default() += 1;
     }
     assert_eq!(
         serde_json::to_value(&kinds).unwrap(),
@@ -224,11 +229,20 @@ fn json_facts(json: &serde_json::Value) -> BTreeMap<String, String> {
         facts.insert(format!("kind {kind}"), count.to_string());
     }
     // Each model's label, from its resolve node (one per model, in model order).
-    let labels = nodes
+    let labels = nodes.iter().filter(|n| n["kind"] == "resolve").map(|n| {
+        n["label"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("resolve ")
+            .to_owned()
+    });
+    for (model, label) in json["models"]
+        .as_array()
+        .unwrap()
         .iter()
-        .filter(|n| n["kind"] == "resolve")
-        .map(|n| n["label"].as_str().unwrap().trim_start_matches("resolve ").to_owned());
-    for (model, label) in json["models"].as_array().unwrap().iter().zip(labels).take(20) {
+        .zip(labels)
+        .take(20)
+    {
         let layers = match model["layers"].as_array() {
             Some(l) if l.is_empty() => "no layers".to_owned(),
             Some(l) => format!("{} layers ({}..={})", l.len(), l[0], l[l.len() - 1]),
@@ -241,7 +255,10 @@ fn json_facts(json: &serde_json::Value) -> BTreeMap<String, String> {
         let pin = model["commit"]
             .as_str()
             .map_or("unpinned".to_owned(), |c| format!("commit {}", &c[..12]));
-        facts.insert(format!("model {label}"), format!("{layers}, {shards}, {pin}"));
+        facts.insert(
+            format!("model {label}"),
+            format!("{layers}, {shards}, {pin}"),
+        );
     }
     let e = &json["estimates"];
     let bytes = |v: &serde_json::Value| {
@@ -259,11 +276,16 @@ fn json_facts(json: &serde_json::Value) -> BTreeMap<String, String> {
     );
     let files = e["files_in_repo"]
         .as_u64()
-        .map_or(format!("at least {}", e["min_files_in_repo"]), |f| f.to_string());
+        .map_or(format!("at least {}", e["min_files_in_repo"]), |f| {
+            f.to_string()
+        });
     let folder = e["max_files_per_folder"]
         .as_u64()
         .map_or("unknown".to_owned(), |f| f.to_string());
-    facts.insert("files".into(), format!("{files} (at most {folder} in one folder)"));
+    facts.insert(
+        "files".into(),
+        format!("{files} (at most {folder} in one folder)"),
+    );
     facts
 }
 
@@ -273,7 +295,12 @@ fn plan_in(ctx: &TestContext, spec: &str, format: &str) -> Vec<u8> {
         .args(["plan", "p.yaml", "--format", format])
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{}\n{spec}", output_text(&output));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}\n{spec}",
+        output_text(&output)
+    );
     output.stdout
 }
 

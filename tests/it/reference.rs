@@ -55,7 +55,12 @@ fn every_command_accepts_every_reference_form() {
     // The same model on both hubs, and results on both.
     for repo in ["local://alice/tiny", "hf://alice/tiny"] {
         let output = hubsweep(&ctx, &endpoint, &["hub", "import", "--repo", repo, "tiny"]);
-        assert_eq!(output.status.code(), Some(0), "import {repo}: {}", output_text(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "import {repo}: {}",
+            output_text(&output)
+        );
     }
     for output_repo in ["local://alice/res", "hf://datasets/alice/res"] {
         let spec = format!(
@@ -63,7 +68,12 @@ fn every_command_accepts_every_reference_form() {
         );
         std::fs::write(ctx.child("res.yaml"), spec).unwrap();
         let output = hubsweep(&ctx, &endpoint, &["run", "res.yaml"]);
-        assert_eq!(output.status.code(), Some(0), "run into {output_repo}: {}", output_text(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "run into {output_repo}: {}",
+            output_text(&output)
+        );
     }
     let models = [
         fixture.as_str(),
@@ -84,40 +94,127 @@ fn every_command_accepts_every_reference_form() {
     ];
     let mut table: Vec<(String, Vec<String>)> = Vec::new();
     for model in models {
-        let capture = ["capture", "--model", model, "--text", "The quick", "--hooks"];
-        let rest = ["hook_resid_post", "--layers", "0", "--out", "acts.safetensors"];
-        table.push((format!("capture {model}"), [&capture[..], &rest].concat().iter().map(|s| s.to_string()).collect()));
-        table.push((format!("inspect {model}"), ["inspect", "model", model].map(String::from).to_vec()));
+        let capture = [
+            "capture",
+            "--model",
+            model,
+            "--text",
+            "The quick",
+            "--hooks",
+        ];
+        let rest = [
+            "hook_resid_post",
+            "--layers",
+            "0",
+            "--out",
+            "acts.safetensors",
+        ];
+        table.push((
+            format!("capture {model}"),
+            [&capture[..], &rest]
+                .concat()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        ));
+        table.push((
+            format!("inspect {model}"),
+            ["inspect", "model", model].map(String::from).to_vec(),
+        ));
     }
-    for repo in ["local://alice/tiny", "hf://alice/tiny", "hf://models/alice/tiny@main", "alice/tiny@main"] {
-        table.push((format!("download {repo}"), ["hub", "download", repo, "config.json"].map(String::from).to_vec()));
+    for repo in [
+        "local://alice/tiny",
+        "hf://alice/tiny",
+        "hf://models/alice/tiny@main",
+        "alice/tiny@main",
+    ] {
+        table.push((
+            format!("download {repo}"),
+            ["hub", "download", repo, "config.json"]
+                .map(String::from)
+                .to_vec(),
+        ));
     }
-    for (n, repo) in ["local://alice/imp", "hf://alice/imp", "alice/imp2@main", "local://models/alice/imp3"].iter().enumerate() {
-        table.push((format!("import {repo} ({n})"), ["hub", "import", "--repo", repo, "tiny"].map(String::from).to_vec()));
+    for (n, repo) in [
+        "local://alice/imp",
+        "hf://alice/imp",
+        "alice/imp2@main",
+        "local://models/alice/imp3",
+    ]
+    .iter()
+    .enumerate()
+    {
+        table.push((
+            format!("import {repo} ({n})"),
+            ["hub", "import", "--repo", repo, "tiny"]
+                .map(String::from)
+                .to_vec(),
+        ));
     }
     for repo in results {
-        table.push((format!("verify {repo}"), ["verify", repo].map(String::from).to_vec()));
-        table.push((format!("report {repo}"), ["report", repo, "--out", "r.html"].map(String::from).to_vec()));
-        table.push((format!("reproduce {repo}"), ["reproduce", repo, "--sample", "1"].map(String::from).to_vec()));
+        table.push((
+            format!("verify {repo}"),
+            ["verify", repo].map(String::from).to_vec(),
+        ));
+        table.push((
+            format!("report {repo}"),
+            ["report", repo, "--out", "r.html"]
+                .map(String::from)
+                .to_vec(),
+        ));
+        table.push((
+            format!("reproduce {repo}"),
+            ["reproduce", repo, "--sample", "1"]
+                .map(String::from)
+                .to_vec(),
+        ));
     }
     let mut failures = Vec::new();
     for (name, args) in &table {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let output = hubsweep(&ctx, &endpoint, &args);
         if output.status.code() != Some(0) {
-            failures.push(format!("{name}: exit {:?}\n{}", output.status.code(), output_text(&output)));
+            failures.push(format!(
+                "{name}: exit {:?}\n{}",
+                output.status.code(),
+                output_text(&output)
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} failed:\n{}", failures.len(), table.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed:\n{}",
+        failures.len(),
+        table.len(),
+        failures.join("\n")
+    );
     // A reference no grammar form matches says what to write, on every command alike.
     for args in [
-        &["capture", "--model", "local://tiny", "--text", "x", "--hooks", "hook_embed", "--out", "a.safetensors"][..],
+        &[
+            "capture",
+            "--model",
+            "local://tiny",
+            "--text",
+            "x",
+            "--hooks",
+            "hook_embed",
+            "--out",
+            "a.safetensors",
+        ][..],
         &["inspect", "model", "local://tiny"],
         &["verify", "local://tiny"],
     ] {
         let output = hubsweep(&ctx, &endpoint, args);
-        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", output_text(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            output_text(&output)
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("`local://tiny` is not a repo"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("`local://tiny` is not a repo"),
+            "{args:?}: {stderr}"
+        );
     }
 }

@@ -32,7 +32,10 @@ pub(super) fn capture_spec(
         Some(RawLayers::List(list)) => {
             for (i, &index) in list.iter().enumerate() {
                 if index.unsigned_abs() >= u64::from(MAX_LAYERS) + u64::from(index < 0) {
-                    d.push(past_any_model(&format!("/capture/layers/{i}"), &index.to_string()));
+                    d.push(past_any_model(
+                        &format!("/capture/layers/{i}"),
+                        &index.to_string(),
+                    ));
                     ok = false;
                 }
             }

@@ -52,7 +52,10 @@ pub(super) fn parse_output(output: &str, d: &mut Vec<Diagnostic>) -> Option<Outp
     let repo = match Reference::parse(output) {
         Ok(Reference::Repo(repo)) if url && repo.revision.is_none() => repo,
         Ok(Reference::Repo(_)) if url => {
-            refuse(d, format!("`{output}` names a revision; results go to a repo's `main`"));
+            refuse(
+                d,
+                format!("`{output}` names a revision; results go to a repo's `main`"),
+            );
             return None;
         }
         Err(ReferenceError::RepoId { reason, .. }) if url => {
