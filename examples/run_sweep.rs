@@ -51,11 +51,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 endpoint: "https://huggingface.co".into(),
                 token: None,
                 cache_dir: hf_cache,
+                offline: false,
             },
             local: Some(HubSource {
                 endpoint: server.base_url().into(),
                 token: None,
                 cache_dir: home.join("cache"),
+                offline: false,
             }),
             spec_dir: path.parent().map(PathBuf::from).unwrap_or_default(),
             pinned: Default::default(),

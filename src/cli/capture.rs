@@ -78,8 +78,9 @@ pub fn resolve_model(text: &str, env: &Env) -> Result<ModelFiles, String> {
         Err(_) => {
             let source = HubSource {
                 endpoint: env.hf_endpoint.clone(),
-                token: env.hf_token.clone(),
+                token: env.hf_token.clone().map(hubsweep::hub::Token::new),
                 cache_dir: cache,
+                offline: false,
             };
             runtime()?
                 .block_on(ModelFiles::download(&source, repo_id, revision))
