@@ -100,6 +100,8 @@ async fn local_model(repo_id: &str, revision: &str, env: &Env) -> Result<ModelFi
         endpoint: handle.base_url().to_owned(),
         token: None,
         cache_dir: env.hubsweep_home().join("cache"),
+        // The embedded hub is on this machine: offline mode does not keep it away.
+        offline: false,
     };
     let files = ModelFiles::download(&source, repo_id, revision).await;
     handle.shutdown().await;

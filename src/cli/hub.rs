@@ -456,7 +456,7 @@ async fn run_download(args: DownloadArgs, env: &Env) -> ExitCode {
     if hub == HubKind::Local {
         match super::verify::open_embedded_hub(env).await {
             Ok((_, handle)) => {
-                settings = DownloadSettings {
+                settings = HubSource {
                     endpoint: handle.base_url().to_owned(),
                     token: None,
                     cache_dir: env.hubsweep_home().join("cache"),
