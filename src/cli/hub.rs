@@ -6,9 +6,14 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+use hubsweep::exec::EmbeddedHub;
 use hubsweep::hub::download::{Downloader, HubSource};
 use hubsweep::hub::server::{Limits, Server, ServerConfig};
 use hubsweep::hub::{FolderUpload, HubClient, HubEvent, Repo, RepoId, RepoType, Token};
+
+use hubsweep::spec::HubKind;
+use hubsweep::spec::RepoType as SpecRepoType;
+use hubsweep::spec::reference::Reference;
 
 use super::{EXIT_CANNOT_RUN, EXIT_INTERRUPTED, EXIT_OK, Env};
 
@@ -37,8 +42,9 @@ enum HubCommand {
 
 #[derive(Debug, Args)]
 struct DownloadArgs {
-    /// The repo, `namespace/name`.
-    repo: RepoId,
+    /// The repo: `NS/NAME`, `hf://[datasets/]NS/NAME` or `local://NS/NAME` (the embedded hub),
+    /// with an optional `@REV`.
+    repo: String,
     /// Path of the file in the repo.
     file: String,
     /// Branch, tag or commit.
@@ -62,9 +68,10 @@ struct ImportArgs {
     /// as `local://NS/NAME`.
     #[arg(long, conflicts_with = "endpoint")]
     local: bool,
-    /// Target repo, `namespace/name`.
+    /// Target repo: `NS/NAME`, `hf://[datasets/]NS/NAME`, or `local://NS/NAME` (as `--local`),
+    /// with an optional `@BRANCH`.
     #[arg(long)]
-    repo: RepoId,
+    repo: String,
     /// Hub endpoint (default: HF_ENDPOINT, else https://huggingface.co).
     #[arg(long)]
     endpoint: Option<String>,
@@ -101,6 +108,31 @@ struct MirrorArgs {
 enum KindArg {
     Model,
     Dataset,
+}
+
+/// A repo argument by the one reference grammar ([`Reference`]): its hub, the repo (of the
+/// type written, else `kind`) and the revision (after `@`, else `revision`).
+fn repo_arg(text: &str, kind: KindArg, revision: &str) -> Result<(HubKind, Repo, String), String> {
+    let reference = match Reference::parse(text) {
+        Ok(Reference::Repo(reference)) => reference,
+        Ok(Reference::Folder(_)) => {
+            return Err(format!(
+                "`{text}` is not a repo: write `NS/NAME`, `hf://[datasets/]NS/NAME` or `local://NS/NAME`"
+            ));
+        }
+        Err(error) => return Err(error.to_string()),
+    };
+    let id: RepoId = reference
+        .repo_id
+        .parse()
+        .map_err(|e| format!("`{text}`: {e}"))?;
+    let kind = match reference.repo_type {
+        Some(SpecRepoType::Model) => KindArg::Model,
+        Some(SpecRepoType::Dataset) => KindArg::Dataset,
+        None => kind,
+    };
+    let revision = reference.revision.unwrap_or_else(|| revision.to_owned());
+    Ok((reference.hub, kind.repo(id), revision))
 }
 
 impl KindArg {
@@ -283,8 +315,23 @@ async fn import_dir(args: &ImportArgs, dir: &std::path::Path, env: &Env) -> Exit
         eprintln!("error: `{}` is not a folder", dir.display());
         return ExitCode::from(EXIT_CANNOT_RUN);
     }
+    let (repo, revision, local) = match repo_arg(&args.repo, args.kind, &args.revision) {
+        // A bare `NS/NAME` goes where `--local` says; a URL says it itself.
+        Ok((HubKind::Hf, _, _)) if args.local && args.repo.starts_with("hf://") => {
+            eprintln!(
+                "error: `--local` imports into the embedded hub, but `{}` is on the Hub",
+                args.repo
+            );
+            return ExitCode::from(EXIT_CANNOT_RUN);
+        }
+        Ok((hub, repo, revision)) => (repo, revision, args.local || hub == HubKind::Local),
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(EXIT_CANNOT_RUN);
+        }
+    };
     let mut embedded = None;
-    let endpoint = if args.local {
+    let endpoint = if local {
         let mut config = ServerConfig::new(env.hubsweep_home().join("hub"));
         config.addr = ([127, 0, 0, 1], 0).into();
         match Server::start(config).await {
@@ -300,16 +347,11 @@ async fn import_dir(args: &ImportArgs, dir: &std::path::Path, env: &Env) -> Exit
             .clone()
             .unwrap_or_else(|| env.hf_endpoint.clone())
     };
-    let token = if args.local {
-        None
-    } else {
-        token_of(&env.hf_token)
-    };
+    let token = if local { None } else { token_of(&env.hf_token) };
     let client = match cli_client(&endpoint, token) {
         Ok(client) => client,
         Err(error) => return fail(&error),
     };
-    let repo = args.kind.repo(args.repo.clone());
     let source = args.gguf.as_deref().unwrap_or(dir);
     let message = args
         .message
@@ -321,9 +363,7 @@ async fn import_dir(args: &ImportArgs, dir: &std::path::Path, env: &Env) -> Exit
         });
     let result = async {
         client.create_repo(&repo, false, true).await?;
-        client
-            .upload_folder(&repo, &args.revision, dir, &message)
-            .await
+        client.upload_folder(&repo, &revision, dir, &message).await
     }
     .await;
     if let Some(server) = embedded {
@@ -407,12 +447,39 @@ fn download_settings(env: &Env) -> HubSource {
 }
 
 async fn run_download(args: DownloadArgs, env: &Env) -> ExitCode {
-    let downloader = match Downloader::new(download_settings(env)) {
-        Ok(downloader) => downloader,
+    let (hub, repo, revision) = match repo_arg(&args.repo, args.kind, &args.revision) {
+        Ok(parsed) => parsed,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(EXIT_CANNOT_RUN);
+        }
+    };
+    // A `local://` repo comes from the embedded hub, served in-process, into the cache `run`
+    // keeps for it (`$HUBSWEEP_HOME/cache`).
+    let mut embedded = None;
+    let mut settings = download_settings(env);
+    if hub == HubKind::Local {
+        match EmbeddedHub::start(&env.hubsweep_home()).await {
+            Ok(hub) => {
+                settings = HubSource {
+                    endpoint: hub.base_url().to_owned(),
+                    token: None,
+                    cache_dir: env.hubsweep_home().join("cache"),
+                    offline: false,
+                };
+                embedded = Some(hub);
+            }
+            Err(error) => return fail(&error),
+        }
+    }
+    let result = match Downloader::new(settings) {
+        Ok(downloader) => downloader.get(&repo, &revision, &args.file).await,
         Err(error) => return fail(&error),
     };
-    let repo = args.kind.repo(args.repo);
-    match downloader.get(&repo, &args.revision, &args.file).await {
+    if let Some(handle) = embedded {
+        handle.shutdown().await;
+    }
+    match result {
         Ok(path) => {
             println!("{}", path.display());
             ExitCode::from(EXIT_OK)

@@ -42,6 +42,10 @@ pub struct PlanArgs {
     /// Print the canonical record behind a node (id prefix or label), to see why it would rerun.
     #[arg(long, value_name = "NODE")]
     explain: Option<String>,
+    /// Print the plan even when it is refused (to see what to cut); the exit status is 2 all
+    /// the same.
+    #[arg(long)]
+    show_refused: bool,
 }
 
 /// Answers for the bundled `local://hubsweep/…` models from their embedded configs, and for
@@ -144,35 +148,29 @@ pub fn plan(args: PlanArgs, env: &Env) -> ExitCode {
         .map(|d| loaded.locate(d))
         .collect();
     render_diagnostics(&loaded, &located, env);
-    if !plan.is_runnable() {
+    let refused = plan.refusal().is_err();
+    if refused {
         eprintln!("{}: the plan is refused", args.spec.display());
-        return ExitCode::from(EXIT_CANNOT_RUN);
+        if !args.show_refused {
+            return ExitCode::from(EXIT_CANNOT_RUN);
+        }
     }
-    let output = match (&args.explain, args.format) {
+    let status = ExitCode::from(if refused { EXIT_CANNOT_RUN } else { EXIT_OK });
+    let mut stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let written = match (&args.explain, args.format) {
         (Some(query), _) => match plan::render::explain(&plan, query) {
-            Ok(text) => text,
+            Ok(text) => stdout.write_all(text.as_bytes()),
             Err(err) => {
                 eprintln!("error: {err}");
                 return ExitCode::from(EXIT_CANNOT_RUN);
             }
         },
-        (None, PlanFormat::Text) => plan::render::text(&plan),
-        (None, PlanFormat::Json) => {
-            let mut text =
-                serde_json::to_string_pretty(&plan::render::json(&plan)).unwrap_or_default();
-            text.push('\n');
-            text
-        }
-        (None, PlanFormat::Dot) => plan::render::dot(&plan),
+        (None, PlanFormat::Text) => stdout.write_all(plan::render::text(&plan).as_bytes()),
+        // Streamed: a million-node plan is never held as one document.
+        (None, PlanFormat::Json) => plan::render::write_json(&plan, &mut stdout),
+        (None, PlanFormat::Dot) => stdout.write_all(plan::render::dot(&plan).as_bytes()),
     };
-    let mut stdout = std::io::stdout().lock();
-    if stdout
-        .write_all(output.as_bytes())
-        .and_then(|()| stdout.flush())
-        .is_err()
-    {
-        // A closed pipe (`| head`) is not an error of ours.
-        return ExitCode::from(EXIT_OK);
-    }
-    ExitCode::from(EXIT_OK)
+    // A closed pipe (`| head`) is not an error of ours.
+    let _ = written.and_then(|()| stdout.flush());
+    status
 }

@@ -471,11 +471,9 @@ pub async fn pin_and_plan(
         device_class: device_class.to_owned(),
     };
     let plan = plan::build(spec, &options);
-    if !plan.is_runnable() {
-        return Err(RunError::Plan {
-            diagnostics: plan.diagnostics,
-        });
-    }
+    plan.refusal().map_err(|refusal| RunError::Plan {
+        diagnostics: refusal.diagnostics,
+    })?;
     if plan.nodes.iter().any(|n| n.id.is_none()) {
         return Err(RunError::Plan {
             diagnostics: vec![Diagnostic::error(

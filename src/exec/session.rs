@@ -88,6 +88,11 @@ impl EmbeddedHub {
         &self.client
     }
 
+    /// Where it answers (`http://127.0.0.1:PORT`).
+    pub fn base_url(&self) -> &str {
+        self.handle.base_url()
+    }
+
     /// Stops it.
     pub async fn shutdown(self) {
         self.handle.shutdown().await;

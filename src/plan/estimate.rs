@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::Plan;
 use super::lookup::ModelDims;
-use super::node::{NodeKind, Params, Windows};
+use super::node::{Params, Windows};
 use crate::spec::units::format_bytes;
 use crate::spec::{Diagnostic, Hook, SweepSpec};
 
@@ -35,6 +35,9 @@ pub struct Estimates {
     pub total_artifact_bytes: Option<u64>,
     /// Files the output repo will hold (artifacts, spectra, weight spectra, ledger).
     pub files_in_repo: Option<u64>,
+    /// Files the output repo holds at least, counted without model sizes: one per artifact,
+    /// spectrum and weight spectrum node planned so far, and the ledger's.
+    pub min_files_in_repo: u64,
     /// Largest number of entries in one folder.
     pub max_files_per_folder: Option<u64>,
     /// Commits needed at ≤100 files per commit.
@@ -76,9 +79,8 @@ pub fn shards(
         return (None, 0);
     };
     let seq_len = spec.data.seq_len;
-    let Some(total) = total_windows else {
-        return (None, 1);
-    };
+    // What one window needs is known from the dimensions alone: refused here, `plan` and `run`
+    // refuse it alike, whether or not the data is tokenized yet.
     let (Some(dims), Some(layers)) = (dims, layers) else {
         return (None, 1);
     };
@@ -140,8 +142,59 @@ pub fn shards(
         );
         return (None, 1);
     }
+    let Some(total) = total_windows else {
+        return (None, 1);
+    };
     let windows = by_artifact.min(by_memory).min(total.max(1));
     (Some(windows), total.div_ceil(windows).max(1) as u32)
+}
+
+/// Files a plan writes, counted from its nodes alone (no model sizes needed): one per artifact,
+/// spectrum and weight spectrum, and the ledger's. Exact when every model's layers and shards
+/// are known; a lower bound otherwise (a model whose layers are unknown has no artifact nodes
+/// yet, and an unknown token count means one shard).
+#[derive(Debug, Default)]
+struct FileCount {
+    /// Files of nodes, without the ledger's.
+    nodes: u64,
+    /// Of those, files of per-layer hooks (cutting layers cuts them).
+    per_layer: u64,
+    /// Of those, artifact and spectrum files (cutting hooks cuts them).
+    hooked: u64,
+    /// Files of nodes by model group (`ModelGroup::index`).
+    by_group: std::collections::BTreeMap<usize, u64>,
+}
+
+impl FileCount {
+    fn of(plan: &Plan) -> FileCount {
+        let mut count = FileCount::default();
+        for node in &plan.nodes {
+            let (model, layer) = match &node.params {
+                Params::Artifact { model, layer, .. } | Params::Spectrum { model, layer, .. } => {
+                    count.hooked += 1;
+                    (*model, *layer)
+                }
+                Params::WeightSpectrum { model, .. } => (*model, None),
+                _ => continue,
+            };
+            count.nodes += 1;
+            count.per_layer += u64::from(layer.is_some());
+            let group = plan.models[model as usize].instance.group;
+            *count.by_group.entry(group).or_default() += 1;
+        }
+        count
+    }
+
+    /// Commits needed at ≤100 files each, the final one included.
+    fn commits(&self) -> u64 {
+        self.nodes.div_ceil(FILES_PER_COMMIT).max(1) + 1
+    }
+
+    /// Files in the repo: the nodes' and the ledger's (one segment per commit, the manifest and
+    /// the compacted index).
+    fn in_repo(&self) -> u64 {
+        self.nodes + self.commits() + 2
+    }
 }
 
 /// Computes the estimates of a built plan.
@@ -159,29 +212,24 @@ pub fn estimate(spec: &SweepSpec, plan: &Plan) -> Estimates {
     let dtype = spec.capture.as_ref().map_or(4, |c| c.dtype.size());
     let mut total_bytes = 0u64;
     let mut max_bytes = 0u64;
-    let mut files = 0u64;
     let mut windows_known = plan.models.iter().all(|m| m.total_windows.is_some());
     for node in &plan.nodes {
-        match &node.params {
-            Params::Artifact { model, hook, .. } => {
-                e.artifacts += 1;
-                files += 1;
-                let m = &plan.models[*model as usize];
-                let windows = plan.nodes[node.inputs[0] as usize].params.windows_count();
-                match (m.dims.as_ref(), windows) {
-                    (Some(dims), Some(w)) => {
-                        let bytes =
-                            w * u64::from(seq_len) * width(*hook, dims, seq_len) * dtype + 1024;
-                        total_bytes += bytes;
-                        max_bytes = max_bytes.max(bytes);
-                    }
-                    _ => windows_known = false,
+        if let Params::Artifact { model, hook, .. } = &node.params {
+            e.artifacts += 1;
+            let m = &plan.models[*model as usize];
+            let windows = plan.nodes[node.inputs[0] as usize].params.windows_count();
+            match (m.dims.as_ref(), windows) {
+                (Some(dims), Some(w)) => {
+                    let bytes = w * u64::from(seq_len) * width(*hook, dims, seq_len) * dtype + 1024;
+                    total_bytes += bytes;
+                    max_bytes = max_bytes.max(bytes);
                 }
+                _ => windows_known = false,
             }
-            _ if matches!(node.kind, NodeKind::Spectrum | NodeKind::WeightSpectrum) => files += 1,
-            _ => {}
         }
     }
+    let files = FileCount::of(plan);
+    e.min_files_in_repo = files.in_repo();
     let max_folder = plan
         .models
         .iter()
@@ -189,10 +237,8 @@ pub fn estimate(spec: &SweepSpec, plan: &Plan) -> Estimates {
         .max()
         .unwrap_or(0);
     if all_known {
-        let commits = files.div_ceil(FILES_PER_COMMIT).max(1) + 1;
-        // Ledger: one segment per commit, the manifest and the compacted index.
-        let files_in_repo = files + commits + 2;
-        e.files_in_repo = Some(files_in_repo);
+        let commits = files.commits();
+        e.files_in_repo = Some(files.in_repo());
         e.max_files_per_folder = Some(max_folder.max(commits));
         e.commits = Some(commits);
         e.commit_hours = Some(commits as f64 / COMMITS_PER_HOUR as f64);
@@ -266,18 +312,26 @@ impl Params {
     }
 }
 
-/// Plans the Hub or the memory budget cannot take, with numbers and what to change.
-pub fn refusals(spec: &SweepSpec, e: &Estimates) -> Vec<Diagnostic> {
+/// Plans the Hub cannot take, with numbers and which dimension of the sweep to cut. The file
+/// count needs no model sizes: at least one file per artifact node, so a sweep over the Hub's
+/// limit is refused by `plan` offline, not by the Hub hours into the run.
+pub fn refusals(spec: &SweepSpec, plan: &Plan) -> Vec<Diagnostic> {
+    let e = &plan.estimates;
     let mut out = Vec::new();
-    if let Some(files) = e.files_in_repo
-        && files > MAX_FILES_PER_REPO
-    {
+    let (files, at_least) = match e.files_in_repo {
+        Some(files) => (files, ""),
+        None => (e.min_files_in_repo, "at least "),
+    };
+    if files > MAX_FILES_PER_REPO {
         out.push(
             Diagnostic::error(
                 "/output",
-                format!("the plan writes {files} files to `{}`; the Hub allows {MAX_FILES_PER_REPO} per repo", spec.output),
+                format!(
+                    "the plan writes {at_least}{files} files to `{}`; the Hub allows {MAX_FILES_PER_REPO} per repo",
+                    spec.output
+                ),
             )
-            .with_help("raise `limits.artifact_bytes` (fewer, larger shards), capture fewer layers or hooks, or split the sweep over several output repos"),
+            .with_help(cuts(spec, plan, &FileCount::of(plan))),
         );
     }
     if let Some(folder) = e.max_files_per_folder
@@ -289,4 +343,59 @@ pub fn refusals(spec: &SweepSpec, e: &Estimates) -> Vec<Diagnostic> {
         );
     }
     out
+}
+
+/// Which dimension of the sweep to cut, and to how many values, for the files to fit: cutting
+/// a dimension from `n` values to `k` keeps `k/n` of the files that depend on it.
+fn cuts(spec: &SweepSpec, plan: &Plan, count: &FileCount) -> String {
+    let ledger = count.in_repo() - count.nodes;
+    // Files the nodes may take, the ledger's (at its current size, an upper bound) left aside.
+    let room = MAX_FILES_PER_REPO.saturating_sub(ledger);
+    // The most values a dimension of `n` may keep, when `affected` of the files depend on it.
+    let keep = |n: u64, affected: u64| -> Option<u64> {
+        let fixed = count.nodes - affected;
+        let k = room.checked_sub(fixed)?.checked_mul(n)? / affected.max(1);
+        (k >= 1 && k < n).then_some(k)
+    };
+    let mut options = Vec::new();
+    for group in &spec.models {
+        let affected = count.by_group.get(&group.index).copied().unwrap_or(0);
+        for axis in group.axes.iter().filter(|a| a.values.len() > 1) {
+            let n = axis.values.len() as u64;
+            if let Some(k) = keep(n, affected) {
+                options.push(format!(
+                    "`{}` of /models/{} from {n} values to {k}",
+                    axis.name, group.index
+                ));
+            }
+        }
+    }
+    let layers = plan
+        .models
+        .iter()
+        .filter_map(|m| m.layers.as_ref().map(|l| l.len() as u64))
+        .max()
+        .unwrap_or(0);
+    if layers > 1
+        && let Some(k) = keep(layers, count.per_layer)
+    {
+        options.push(format!("`capture.layers` from {layers} to {k}"));
+    }
+    let hooks = spec.capture.as_ref().map_or(0, |c| c.hooks.len() as u64);
+    if hooks > 1
+        && let Some(k) = keep(hooks, count.hooked)
+    {
+        options.push(format!("`capture.hooks` from {hooks} to {k}"));
+    }
+    let mut help = String::from("cut one dimension of the sweep: ");
+    if options.is_empty() {
+        help.push_str("no single one is enough");
+    } else {
+        help.push_str(&options.join(", or "));
+    }
+    if plan.models.iter().any(|m| m.shards > 1) {
+        help.push_str("; raise `limits.artifact_bytes` (fewer, larger shards)");
+    }
+    help.push_str("; or split the sweep over several output repos");
+    help
 }

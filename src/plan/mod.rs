@@ -29,6 +29,9 @@ use crate::spec::{
     expand_group,
 };
 
+/// One model's spectrum nodes by (hook, layer), in that order (so a base's is binary-searched).
+type ModelSpectra = Vec<((Hook, Option<u32>), u32)>;
+
 /// What the planner needs besides the spec.
 pub struct PlanOptions<'a> {
     /// Where model facts (commit shas, dimensions) come from.
@@ -109,12 +112,10 @@ pub fn inline_data_hash(spec: &SweepSpec) -> Option<String> {
 pub fn build(spec: &SweepSpec, options: &PlanOptions) -> Plan {
     let mut diagnostics = Vec::new();
     let mut instances: Vec<ModelInstance> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for group in &spec.models {
         for instance in expand_group(group, &mut Vec::new()) {
-            if instances
-                .iter()
-                .any(|i| i.source == instance.source && i.revision == instance.revision)
-            {
+            if !seen.insert((instance.source.clone(), instance.revision.clone())) {
                 diagnostics.push(Diagnostic::warning(
                     format!("/models/{}", group.index),
                     format!(
@@ -149,7 +150,7 @@ pub fn build(spec: &SweepSpec, options: &PlanOptions) -> Plan {
     plan.add_nodes(spec);
     plan.assign_ids();
     plan.estimates = estimate::estimate(spec, &plan);
-    let refusals = estimate::refusals(spec, &plan.estimates);
+    let refusals = estimate::refusals(spec, &plan);
     plan.diagnostics.extend(refusals);
     plan
 }
@@ -288,8 +289,8 @@ impl Plan {
             Analysis::Overlap { .. } => None,
         });
         let wants_spectra = !spec.analyses.is_empty();
-        // (model, hook, layer) → spectrum node, for overlaps.
-        let mut spectra: HashMap<(u32, Hook, Option<u32>), u32> = HashMap::new();
+        // Per model, its spectrum nodes by (hook, layer), in that order: for overlaps.
+        let mut spectra: Vec<ModelSpectra> = vec![Vec::new(); self.models.len()];
         let mut resolves = Vec::with_capacity(self.models.len());
         let mut commits = Vec::new();
         for m in 0..self.models.len() as u32 {
@@ -356,7 +357,7 @@ impl Plan {
                             },
                             inputs,
                         );
-                        spectra.insert((m, hook, layer), s);
+                        spectra[m as usize].push(((hook, layer), s));
                         produced.push(s);
                     }
                 }
@@ -427,67 +428,72 @@ impl Plan {
         }
     }
 
-    fn add_overlaps(
-        &mut self,
-        spec: &SweepSpec,
-        spectra: &HashMap<(u32, Hook, Option<u32>), u32>,
-    ) -> Vec<u32> {
+    fn add_overlaps(&mut self, spec: &SweepSpec, spectra: &[ModelSpectra]) -> Vec<u32> {
         let mut out = Vec::new();
-        let mut keys: Vec<&(u32, Hook, Option<u32>)> = spectra.keys().collect();
-        keys.sort();
+        // (model, revision) → model index, so finding each model's base is not quadratic.
+        let index: HashMap<(String, &str), u32> = self
+            .models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let key = (m.instance.source.to_string(), m.instance.revision.as_str());
+                (key, i as u32)
+            })
+            .collect();
+        let mut overlaps = Vec::new();
         for (a, analysis) in spec.analyses.iter().enumerate() {
             let Analysis::Overlap { between, base, k } = analysis else {
                 continue;
             };
+            let k = std::sync::Arc::new(k.clone());
             for other in 0..self.models.len() as u32 {
-                let o = &self.models[other as usize];
-                let base_model = self.models.iter().position(|b| match between {
-                    Between::Revision => {
-                        b.instance.source == o.instance.source && &b.instance.revision == base
-                    }
-                    Between::Model => {
-                        &b.instance.source.to_string() == base
-                            && b.instance.revision == o.instance.revision
-                    }
-                });
-                let Some(base_model) = base_model.map(|b| b as u32) else {
+                let o = &self.models[other as usize].instance;
+                let key = match between {
+                    Between::Revision => (o.source.to_string(), base.as_str()),
+                    Between::Model => (base.clone(), o.revision.as_str()),
+                };
+                let Some(&base_model) = index.get(&key) else {
                     continue;
                 };
-                if base_model == other {
+                if base_model != other {
+                    overlaps.push((a, *between, k.clone(), base_model, other));
+                }
+            }
+        }
+        for (a, between, k, base_model, other) in overlaps {
+            let (x, y) = (
+                &self.models[base_model as usize],
+                &self.models[other as usize],
+            );
+            if let (Some(x_dims), Some(y_dims)) = (&x.dims, &y.dims)
+                && x_dims.d_model != y_dims.d_model
+            {
+                let message = format!(
+                    "cannot compare `{}` (width {}) with `{}` (width {}): overlaps need equal widths",
+                    x.label(),
+                    x_dims.d_model,
+                    y.label(),
+                    y_dims.d_model
+                );
+                self.diagnostics
+                    .push(Diagnostic::error(format!("/analyses/{a}/overlap"), message));
+                continue;
+            }
+            let base_spectra = &spectra[base_model as usize];
+            for &((hook, layer), so) in &spectra[other as usize] {
+                let Ok(found) = base_spectra.binary_search_by(|(key, _)| key.cmp(&(hook, layer)))
+                else {
                     continue;
-                }
-                if let (Some(x), Some(y)) = (&self.models[base_model as usize].dims, &o.dims)
-                    && x.d_model != y.d_model
-                {
-                    self.diagnostics.push(Diagnostic::error(
-                        format!("/analyses/{a}/overlap"),
-                        format!(
-                            "cannot compare `{}` (width {}) with `{}` (width {}): overlaps need equal widths",
-                            self.models[base_model as usize].label(), x.d_model, o.label(), y.d_model
-                        ),
-                    ));
-                    continue;
-                }
-                for &&(m, hook, layer) in &keys {
-                    if m != other {
-                        continue;
-                    }
-                    let (Some(&sb), Some(&so)) = (
-                        spectra.get(&(base_model, hook, layer)),
-                        spectra.get(&(other, hook, layer)),
-                    ) else {
-                        continue;
-                    };
-                    let params = Params::Overlap {
-                        base: base_model,
-                        other,
-                        hook,
-                        layer,
-                        between: *between,
-                        k: k.clone(),
-                    };
-                    out.push(self.push(NodeKind::Overlap, params, vec![sb, so]));
-                }
+                };
+                let params = Params::Overlap {
+                    base: base_model,
+                    other,
+                    hook,
+                    layer,
+                    between,
+                    k: k.clone(),
+                };
+                out.push(self.push(NodeKind::Overlap, params, vec![base_spectra[found].1, so]));
             }
         }
         out
@@ -518,6 +524,20 @@ impl Plan {
             .any(|d| d.severity == crate::spec::Severity::Error)
     }
 
+    /// The one check `plan` and `run` both make before anything runs, so that they refuse the
+    /// same plans with the same diagnostics: `Err` with every diagnostic (the errors, and the
+    /// warnings beside them) when the plan cannot run. What `run` knows beyond `plan` (commit
+    /// shas, token counts) only adds facts to the same rules.
+    pub fn refusal(&self) -> Result<(), Refusal> {
+        if self.is_runnable() {
+            Ok(())
+        } else {
+            Err(Refusal {
+                diagnostics: self.diagnostics.clone(),
+            })
+        }
+    }
+
     /// Number of nodes of each kind.
     pub fn counts(&self) -> BTreeMap<NodeKind, u64> {
         let mut counts = BTreeMap::new();
@@ -526,6 +546,15 @@ impl Plan {
         }
         counts
     }
+}
+
+/// A plan that cannot run (too many files for the Hub, a window that fits no budget, layers a
+/// model does not have), with the diagnostics that say why and what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("the plan is refused")]
+pub struct Refusal {
+    /// Every diagnostic of the plan, errors and warnings, with document paths into the spec.
+    pub diagnostics: Vec<Diagnostic>,
 }
 
 /// The model a node belongs to, if one (overlaps and the final ledger commit span models).

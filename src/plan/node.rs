@@ -125,8 +125,8 @@ pub enum Params {
         layer: Option<u32>,
         /// Compared across.
         between: Between,
-        /// Subspace sizes.
-        k: OverlapK,
+        /// Subspace sizes (shared by every overlap of one analysis).
+        k: std::sync::Arc<OverlapK>,
     },
     /// A weight spectrum.
     WeightSpectrum {

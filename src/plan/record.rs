@@ -9,13 +9,13 @@ use crate::spec::{Between, ModelSource, OverlapK};
 // Parameter structs: fields in sorted order (see `node::Record`).
 
 #[derive(Serialize)]
-struct ResolveParams<'a> {
+pub(super) struct ResolveParams<'a> {
     model: String,
     revision: &'a str,
 }
 
 #[derive(Serialize)]
-struct CaptureParams<'a> {
+pub(super) struct CaptureParams<'a> {
     model: String,
     prepend_bos: bool,
     revision: &'a str,
@@ -25,7 +25,7 @@ struct CaptureParams<'a> {
 }
 
 #[derive(Serialize)]
-struct ArtifactParams {
+pub(super) struct ArtifactParams {
     dtype: &'static str,
     hook: &'static str,
     layer: Option<u32>,
@@ -33,14 +33,14 @@ struct ArtifactParams {
 }
 
 #[derive(Serialize)]
-struct SpectrumParams {
+pub(super) struct SpectrumParams {
     hook: &'static str,
     layer: Option<u32>,
     top_k: u32,
 }
 
 #[derive(Serialize)]
-struct OverlapParams<'a> {
+pub(super) struct OverlapParams<'a> {
     between: Between,
     hook: &'static str,
     k: &'a OverlapK,
@@ -48,20 +48,20 @@ struct OverlapParams<'a> {
 }
 
 #[derive(Serialize)]
-struct WeightParams<'a> {
+pub(super) struct WeightParams<'a> {
     delta_from: Option<&'a str>,
     module: &'a str,
 }
 
 #[derive(Serialize)]
-struct CommitParams {
+pub(super) struct CommitParams {
     model: Option<String>,
 }
 
 /// Any node's parameters, serialized as the inner struct.
 #[derive(Serialize)]
 #[serde(untagged)]
-enum AnyParams<'a> {
+pub(super) enum AnyParams<'a> {
     Resolve(ResolveParams<'a>),
     Capture(CaptureParams<'a>),
     Artifact(ArtifactParams),
@@ -252,7 +252,7 @@ impl Plan {
         serde_json::to_value(self.any_params(node)).unwrap_or_default()
     }
 
-    fn any_params<'a>(&'a self, node: &'a Node) -> AnyParams<'a> {
+    pub(super) fn any_params<'a>(&'a self, node: &'a Node) -> AnyParams<'a> {
         match &node.params {
             Params::Resolve { model } => AnyParams::Resolve(ResolveParams {
                 model: self.model_name(*model),

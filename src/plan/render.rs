@@ -5,10 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
-use serde_json::json;
 
 use super::node::NodeKind;
-use super::{Node, Plan};
+use super::{Node, NodeId, Plan};
 use crate::spec::units::format_bytes;
 
 /// How many models the text summary lists before it abbreviates.
@@ -72,10 +71,13 @@ pub fn text(plan: &Plan) -> String {
         bytes(e.max_artifact_bytes),
         bytes(e.total_artifact_bytes)
     );
+    let files = e.files_in_repo.map_or_else(
+        || format!("at least {}", e.min_files_in_repo),
+        |files| files.to_string(),
+    );
     let _ = writeln!(
         out,
-        "  files in repo    {} (at most {} in one folder)",
-        unknown_or(e.files_in_repo),
+        "  files in repo    {files} (at most {} in one folder)",
         unknown_or(e.max_files_per_folder)
     );
     let hours = e.commit_hours.map(|h| {
@@ -101,53 +103,84 @@ pub fn text(plan: &Plan) -> String {
     out
 }
 
-#[derive(Serialize)]
-struct JsonNode<'a> {
-    id: Option<String>,
-    kind: &'static str,
-    label: String,
-    inputs: Vec<String>,
-    params: serde_json::Value,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    unpinned: bool,
-    #[serde(skip)]
-    _node: std::marker::PhantomData<&'a Node>,
-}
-
-/// The plan as JSON: `{"nodes":[{"id","kind","label","inputs","params"}],"counts","estimates"}`.
-/// An unpinned node has `"id": null`, and inputs that are unpinned are named by label.
-pub fn json(plan: &Plan) -> serde_json::Value {
-    let reference = |i: u32| {
-        let input = &plan.nodes[i as usize];
-        input.id.map_or_else(|| plan.label(input), |id| id.to_hex())
-    };
-    let nodes: Vec<JsonNode> = plan
-        .nodes
-        .iter()
-        .map(|n| JsonNode {
-            id: n.id.map(|id| id.to_hex()),
-            kind: n.kind.as_str(),
-            label: plan.label(n),
-            inputs: n.inputs.iter().map(|&i| reference(i)).collect(),
-            params: plan.params_json(n),
-            unpinned: n.id.is_none(),
-            _node: std::marker::PhantomData,
-        })
-        .collect();
+/// The plan as JSON: `{"name","output","models","nodes":[{"id","kind","label","inputs",
+/// "params"}],"counts","estimates","diagnostics"}`, pretty-printed. An unpinned node has
+/// `"id": null`, and inputs that are unpinned are named by label.
+///
+/// Streamed: each node is rendered while it is written, so a plan of a million nodes takes no
+/// more memory as JSON than as a plan (the whole document is never held).
+pub fn write_json<W: std::io::Write>(plan: &Plan, out: W) -> std::io::Result<()> {
     let counts: BTreeMap<&str, u64> = plan
         .counts()
         .into_iter()
         .map(|(k, v)| (k.as_str(), v))
         .collect();
-    json!({
-        "name": plan.name,
-        "output": plan.output.to_string(),
-        "models": plan.models,
-        "nodes": nodes,
-        "counts": counts,
-        "estimates": plan.estimates,
-        "diagnostics": plan.diagnostics,
-    })
+    let document = JsonPlan {
+        name: &plan.name,
+        output: plan.output.to_string(),
+        models: &plan.models,
+        nodes: JsonNodes(plan),
+        counts,
+        estimates: &plan.estimates,
+        diagnostics: &plan.diagnostics,
+    };
+    let mut serializer = serde_json::Serializer::pretty(out);
+    document.serialize(&mut serializer)?;
+    let mut out = serializer.into_inner();
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+#[derive(Serialize)]
+struct JsonPlan<'a> {
+    name: &'a str,
+    output: String,
+    models: &'a [super::PlannedModel],
+    nodes: JsonNodes<'a>,
+    counts: BTreeMap<&'static str, u64>,
+    estimates: &'a super::Estimates,
+    diagnostics: &'a [crate::spec::Diagnostic],
+}
+
+/// The nodes, serialized one at a time.
+struct JsonNodes<'a>(&'a Plan);
+
+impl Serialize for JsonNodes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let plan = self.0;
+        serializer.collect_seq(plan.nodes.iter().map(|node| JsonNode {
+            id: node.id,
+            kind: node.kind.as_str(),
+            label: plan.label(node),
+            inputs: JsonInputs(plan, node),
+            params: plan.any_params(node),
+            unpinned: node.id.is_none(),
+        }))
+    }
+}
+
+#[derive(Serialize)]
+struct JsonNode<'a> {
+    id: Option<NodeId>,
+    kind: &'static str,
+    label: String,
+    inputs: JsonInputs<'a>,
+    params: super::record::AnyParams<'a>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    unpinned: bool,
+}
+
+/// A node's inputs: ids, or labels of unpinned inputs.
+struct JsonInputs<'a>(&'a Plan, &'a Node);
+
+impl Serialize for JsonInputs<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let JsonInputs(plan, node) = *self;
+        serializer.collect_seq(node.inputs.iter().map(|&i| {
+            let input = &plan.nodes[i as usize];
+            input.id.map_or_else(|| plan.label(input), |id| id.to_hex())
+        }))
+    }
 }
 
 /// The DAG in graphviz DOT.

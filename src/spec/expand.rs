@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::diag::Diagnostic;
+use super::reference::Reference;
 use super::types::{Family, ModelGroup, ModelSource};
 
 /// One model at one revision, after expansion.
@@ -148,15 +149,12 @@ pub fn placeholders(template: &str) -> Result<Vec<String>, usize> {
     Ok(names)
 }
 
-/// Where a rendered repo string points.
+/// Where a rendered repo string points, by the one reference grammar ([`Reference`]). A text
+/// the grammar refuses (`local://name`) stays a Hub id, for the resolver to refuse with its
+/// own words.
 pub fn source_of(repo: &str) -> ModelSource {
-    if let Some(id) = repo.strip_prefix("local://") {
-        ModelSource::Local(id.trim_start_matches("models/").to_owned())
-    } else if let Some(id) = repo.strip_prefix("hf://") {
-        ModelSource::Hub(id.trim_start_matches("models/").to_owned())
-    } else if repo.starts_with('/') || repo.starts_with("./") || repo.starts_with("../") {
-        ModelSource::Path(repo.into())
-    } else {
-        ModelSource::Hub(repo.to_owned())
+    match Reference::parse(repo) {
+        Ok(reference) => reference.model_source(),
+        Err(_) => ModelSource::Hub(repo.to_owned()),
     }
 }

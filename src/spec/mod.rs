@@ -15,6 +15,7 @@
 pub mod diag;
 pub mod expand;
 pub mod raw;
+pub mod reference;
 pub mod schema_check;
 pub mod tree;
 pub mod types;

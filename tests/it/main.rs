@@ -10,6 +10,8 @@ mod logging;
 mod model;
 mod offline;
 mod plan;
+mod plan_scale;
+mod reference;
 mod report_chromium;
 mod reproduce;
 mod reproduce_pins;

@@ -12,7 +12,8 @@ use clap::ValueEnum;
 use hubsweep::exec::{self, Embedded, EmbeddedHub, HubSettings, Session};
 use hubsweep::hub::{HubClient, Repo, RepoId};
 use hubsweep::model::{HubSource, ModelFiles};
-use hubsweep::spec::{self, Diagnostic, Loaded, Severity, diag::Rendered, tree::Location};
+use hubsweep::spec::reference::{FORMS, Reference, RepoReference};
+use hubsweep::spec::{self, Diagnostic, HubKind, Loaded, RepoType, Severity, diag::Rendered, tree::Location};
 
 pub use args::{Executor, RunArgs};
 pub use hubsweep::hub::client::error_chain;
@@ -260,34 +261,30 @@ pub struct RepoRef {
     pub display: String,
 }
 
-/// Parses `local://[datasets/|models/]NS/NAME[@REV]` or `hf://datasets|models/NS/NAME[@REV]`.
+/// Parses a results repo by the one reference grammar ([`Reference`]):
+/// `local://[datasets/|models/]NS/NAME[@REV]` (a dataset unless written otherwise) or
+/// `hf://datasets|models/NS/NAME[@REV]`.
 pub fn parse_repo(text: &str) -> Result<RepoRef, Failure> {
-    let (name, revision) = match text.split_once('@') {
-        Some((name, rev)) if !rev.is_empty() => (name, rev.to_owned()),
-        Some(_) => return Err(Failure::new(format!("`{text}`: empty revision after `@`"))),
-        None => (text, "main".to_owned()),
+    let write = "write `local://NS/NAME` or `hf://datasets/NS/NAME`";
+    let reference = match Reference::parse(text) {
+        Ok(Reference::Repo(repo)) => repo,
+        Ok(Reference::Folder(_)) => {
+            return Err(Failure::new(format!("`{text}` is not a repo URL: {write}")));
+        }
+        Err(e) => return Err(Failure::new(format!("{e}: {write}"))),
     };
-    let (local, rest) = if let Some(rest) = name.strip_prefix("local://") {
-        (true, rest)
-    } else if let Some(rest) = name.strip_prefix("hf://") {
-        (false, rest)
-    } else {
-        return Err(Failure::new(format!(
-            "`{text}` is not a repo URL: write `local://NS/NAME` or `hf://datasets/NS/NAME`"
-        )));
+    let dataset = match (reference.repo_type, reference.hub) {
+        (Some(kind), _) => kind == RepoType::Dataset,
+        (None, HubKind::Local) => true,
+        (None, HubKind::Hf) => {
+            return Err(Failure::new(format!(
+                "`{text}` does not say whether the repo is a dataset or a model: write `hf://datasets/{}`",
+                reference.repo_id
+            )));
+        }
     };
-    let (dataset, id) = if let Some(id) = rest.strip_prefix("datasets/") {
-        (true, id)
-    } else if let Some(id) = rest.strip_prefix("models/") {
-        (false, id)
-    } else if local {
-        (true, rest)
-    } else {
-        return Err(Failure::new(format!(
-            "`{text}` does not say whether the repo is a dataset or a model: write `hf://datasets/{rest}`"
-        )));
-    };
-    let (ns, repo_name) = id
+    let (ns, repo_name) = reference
+        .repo_id
         .split_once('/')
         .ok_or_else(|| Failure::new(format!("`{text}`: the repo id must be `NAMESPACE/NAME`")))?;
     let id = RepoId::new(ns, repo_name).map_err(|e| Failure::because(format!("`{text}`"), e))?;
@@ -296,11 +293,17 @@ pub fn parse_repo(text: &str) -> Result<RepoRef, Failure> {
     } else {
         Repo::model(id)
     };
+    let revision = reference.revision_or_main().to_owned();
+    let display = RepoReference {
+        revision: None,
+        ..reference.clone()
+    }
+    .to_string();
     Ok(RepoRef {
-        local,
+        local: reference.hub == HubKind::Local,
         repo,
         revision,
-        display: name.to_owned(),
+        display,
     })
 }
 
@@ -368,41 +371,64 @@ pub async fn open_hub(
     }
 }
 
-/// Resolves `--model`: an existing folder, else `REPO[@REV]` from the cache, else the Hub.
-pub fn resolve_model(spec: &str, env: &Env) -> Result<ModelFiles, Failure> {
-    let path = Path::new(spec);
-    if path.is_dir() {
-        return ModelFiles::from_dir(path).map_err(Failure::of);
+/// Resolves `--model` by the one reference grammar ([`Reference`]): a folder; a `local://`
+/// repo from the embedded hub (a bundled model is imported on first use, as `run` does); an
+/// `hf://` or bare repo from the HF cache first, then the Hub endpoint.
+pub fn resolve_model(text: &str, env: &Env) -> Result<ModelFiles, Failure> {
+    let repo = match Reference::parse(text)
+        .map_err(|e| Failure::new(format!("{e}; write {FORMS}")))?
+    {
+        Reference::Folder(path) => return ModelFiles::from_dir(&path).map_err(Failure::of),
+        Reference::Repo(repo) if repo.repo_type == Some(RepoType::Dataset) => {
+            return Err(Failure::new(format!(
+                "`{text}` is a dataset repo; a model is needed"
+            )));
+        }
+        Reference::Repo(repo) => repo,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::because("cannot start the download runtime", e))?;
+    let (repo_id, revision) = (repo.repo_id.as_str(), repo.revision_or_main());
+    if repo.hub == HubKind::Local {
+        return runtime.block_on(local_model(repo_id, revision, env));
     }
-    let (repo, revision) = spec.split_once('@').unwrap_or((spec, "main"));
-    if repo.split('/').count() != 2 || repo.starts_with('/') || repo.starts_with('.') {
-        return Err(Failure::new(format!(
-            "`{spec}` is neither a folder nor a repo id `namespace/name[@revision]`"
-        )));
-    }
-    let cache = env.hf_hub_cache_dir();
-    match ModelFiles::from_cache(&cache, repo, revision) {
+    let settings = hub_settings(env);
+    match ModelFiles::from_cache(&settings.hf.cache_dir, repo_id, revision) {
         Ok(files) => Ok(files),
         Err(cache_err) if env.hf_hub_offline => Err(Failure::because(
-            format!("`{repo}@{revision}` is not in the HF cache (HF_HUB_OFFLINE is set)"),
+            format!("`{repo_id}@{revision}` is not in the HF cache (HF_HUB_OFFLINE is set)"),
             cache_err,
         )),
-        Err(_) => {
-            let source = HubSource {
-                endpoint: env.hf_endpoint.clone(),
-                token: env.hf_token.clone().map(hubsweep::hub::Token::new),
-                cache_dir: cache,
-                offline: false,
-            };
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| Failure::because("cannot start the download runtime", e))?;
-            runtime
-                .block_on(ModelFiles::download(&source, repo, revision))
-                .map_err(Failure::of)
-        }
+        Err(_) => runtime
+            .block_on(ModelFiles::download(&settings.hf, repo_id, revision))
+            .map_err(Failure::of),
     }
+}
+
+/// A model of the embedded hub, fetched into its own cache (`$HUBSWEEP_HOME/cache`, as `run`
+/// keeps it): the hub is served in-process for the time of the download.
+async fn local_model(repo_id: &str, revision: &str, env: &Env) -> Result<ModelFiles, Failure> {
+    let home = env.hubsweep_home();
+    let hub = EmbeddedHub::start(&home).await.map_err(Failure::of)?;
+    if let Err(e) = hubsweep::hub::bundled::ensure(hub.client(), repo_id).await {
+        hub.shutdown().await;
+        return Err(Failure::because(
+            format!("cannot import bundled model `{repo_id}`"),
+            e,
+        ));
+    }
+    let source = HubSource {
+        endpoint: hub.base_url().to_owned(),
+        token: None,
+        cache_dir: home.join("cache"),
+        // The embedded hub is on this machine: offline mode does not keep it away.
+        offline: false,
+    };
+    let files = ModelFiles::download(&source, repo_id, revision).await;
+    hub.shutdown().await;
+    files.map_err(Failure::of)
 }
 
 #[cfg(test)]

@@ -29,9 +29,28 @@ pub(super) fn capture_spec(
     }
     let layers = match &raw.layers {
         None => LayerSelection::All,
-        Some(RawLayers::List(list)) => LayerSelection::Indices(list.clone()),
+        Some(RawLayers::List(list)) => {
+            for (i, &index) in list.iter().enumerate() {
+                if index.unsigned_abs() >= u64::from(MAX_LAYERS) + u64::from(index < 0) {
+                    d.push(past_any_model(
+                        &format!("/capture/layers/{i}"),
+                        &index.to_string(),
+                    ));
+                    ok = false;
+                }
+            }
+            LayerSelection::Indices(list.clone())
+        }
         Some(RawLayers::Text(text)) => match parse_layers(text) {
-            Ok(layers) => layers,
+            Ok(layers) => {
+                if let LayerSelection::Range { start, end, .. } = layers
+                    && end.unwrap_or(start.saturating_add(1)) > MAX_LAYERS
+                {
+                    d.push(past_any_model("/capture/layers", text.trim()));
+                    ok = false;
+                }
+                layers
+            }
             Err(message) => {
                 d.push(Diagnostic::error("/capture/layers", message).with_help(
                     "write `all`, a list like `[0, 3, -1]`, or a range like `\"0..12:2\"`",
@@ -51,6 +70,25 @@ pub(super) fn capture_spec(
         layers,
         dtype,
     })
+}
+
+/// The deepest model a layer selection may name: layers `0..MAX_LAYERS`.
+///
+/// No released language model has more than about 130 blocks (Llama 3.1 405B: 126, PaLM 540B:
+/// 118, Megatron-Turing NLG 530B: 105); research models reach 1,000 layers in all (DeepNet's
+/// encoder and decoder, 500 each). A selection past 1,024 is a slip (`"0..100000000"`), and
+/// refusing it keeps a plan of a model whose depth is not known offline from materialising
+/// nodes for layers no model has.
+pub const MAX_LAYERS: u32 = 1024;
+
+fn past_any_model(path: &str, written: &str) -> Diagnostic {
+    Diagnostic::error(
+        path,
+        format!("layer selection `{written}` reaches past layer {MAX_LAYERS}, deeper than any real model"),
+    )
+    .with_help(format!(
+        "no released model has more than about 130 layers; write `all` or an open range like `\"4..\"` to run to the model's last layer, or indices below {MAX_LAYERS}"
+    ))
 }
 
 /// Parses `all`, `start..end`, `start..end:step`, `start..` (to the last layer).

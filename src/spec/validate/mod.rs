@@ -15,7 +15,7 @@ mod limits;
 mod models;
 mod names;
 
-pub use capture::parse_layers;
+pub use capture::{MAX_LAYERS, parse_layers};
 use capture::{analyses, capture_spec, weights_spec};
 use data::data_spec;
 use limits::{compute, limits};
@@ -67,7 +67,8 @@ pub fn validate(raw: &RawSpec) -> (Option<SweepSpec>, Vec<Diagnostic>) {
                 .with_help("loosen the exclude rules"),
         );
     }
-    if capture.is_none() && raw.weights.is_none() {
+    // The section as written: a `capture` with errors of its own is not missing.
+    if raw.capture.is_none() && raw.weights.is_none() {
         d.push(
             Diagnostic::error(
                 "",

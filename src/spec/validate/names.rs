@@ -80,43 +80,50 @@ pub fn check_repo_id(id: &str) -> Result<(), String> {
 }
 
 pub(super) fn parse_output(output: &str, d: &mut Vec<Diagnostic>) -> Option<OutputRepo> {
+    use crate::spec::reference::{Reference, ReferenceError};
     let help = "write `hf://datasets/NS/NAME`, `hf://models/NS/NAME` or `local://NS/NAME`";
-    let (hub, rest) = if let Some(rest) = output.strip_prefix("hf://") {
-        (HubKind::Hf, rest)
-    } else if let Some(rest) = output.strip_prefix("local://") {
-        (HubKind::Local, rest)
-    } else {
-        d.push(
-            Diagnostic::error("/output", format!("`{output}` is not a repo URL")).with_help(help),
-        );
-        return None;
+    let url = output.starts_with("hf://") || output.starts_with("local://");
+    let refuse = |d: &mut Vec<Diagnostic>, message: String| {
+        d.push(Diagnostic::error("/output", message).with_help(help));
     };
-    let (repo_type, id) = if let Some(id) = rest.strip_prefix("datasets/") {
-        (RepoType::Dataset, id)
-    } else if let Some(id) = rest.strip_prefix("models/") {
-        (RepoType::Model, id)
-    } else if hub == HubKind::Local {
-        (RepoType::Dataset, rest)
-    } else {
-        let mut e = Diagnostic::error(
-            "/output",
-            format!("`{output}` does not say whether the repo is a dataset or a model"),
-        );
-        e = e.with_help(format!(
-            "write `hf://datasets/{rest}` (results are usually a dataset repo)"
-        ));
-        d.push(e);
-        return None;
+    let repo = match Reference::parse(output) {
+        Ok(Reference::Repo(repo)) if url && repo.revision.is_none() => repo,
+        Ok(Reference::Repo(_)) if url => {
+            refuse(
+                d,
+                format!("`{output}` names a revision; results go to a repo's `main`"),
+            );
+            return None;
+        }
+        Err(ReferenceError::RepoId { reason, .. }) if url => {
+            refuse(d, format!("invalid output repo: {reason}"));
+            return None;
+        }
+        _ => {
+            refuse(d, format!("`{output}` is not a repo URL"));
+            return None;
+        }
     };
-    if let Err(message) = check_repo_id(id) {
-        d.push(
-            Diagnostic::error("/output", format!("invalid output repo: {message}")).with_help(help),
-        );
-        return None;
-    }
+    let repo_type = match (repo.repo_type, repo.hub) {
+        (Some(repo_type), _) => repo_type,
+        (None, HubKind::Local) => RepoType::Dataset,
+        (None, HubKind::Hf) => {
+            d.push(
+                Diagnostic::error(
+                    "/output",
+                    format!("`{output}` does not say whether the repo is a dataset or a model"),
+                )
+                .with_help(format!(
+                    "write `hf://datasets/{}` (results are usually a dataset repo)",
+                    repo.repo_id
+                )),
+            );
+            return None;
+        }
+    };
     Some(OutputRepo {
-        hub,
+        hub: repo.hub,
         repo_type,
-        repo_id: id.to_owned(),
+        repo_id: repo.repo_id,
     })
 }
