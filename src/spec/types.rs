@@ -84,15 +84,51 @@ pub enum Family {
     GptNeox,
     /// Llama.
     Llama,
+    /// GPT-2.
+    Gpt2,
+    /// Qwen2 / Qwen2.5.
+    Qwen2,
+    /// Qwen3.
+    Qwen3,
+    /// Mistral.
+    Mistral,
 }
 
 impl Family {
     /// The name as written in a spec and in `config.json`'s `model_type`.
     pub fn as_str(self) -> &'static str {
+        self.model_family().model_type()
+    }
+
+    /// The model-side family (forward pass, weight layout) of this name.
+    pub fn model_family(self) -> crate::model::Family {
+        use crate::model::Family as M;
         match self {
-            Family::GptNeox => "gpt_neox",
-            Family::Llama => "llama",
+            Family::GptNeox => M::GptNeox,
+            Family::Llama => M::Llama,
+            Family::Gpt2 => M::Gpt2,
+            Family::Qwen2 => M::Qwen2,
+            Family::Qwen3 => M::Qwen3,
+            Family::Mistral => M::Mistral,
         }
+    }
+
+    /// The spec name of a model-side family (every model family has one).
+    pub fn from_model_family(family: crate::model::Family) -> Self {
+        use crate::model::Family as M;
+        match family {
+            M::GptNeox => Family::GptNeox,
+            M::Llama => Family::Llama,
+            M::Gpt2 => Family::Gpt2,
+            M::Qwen2 => Family::Qwen2,
+            M::Qwen3 => Family::Qwen3,
+            M::Mistral => Family::Mistral,
+        }
+    }
+
+    /// The family a `config.json` `model_type` names, if supported.
+    pub fn from_model_type(model_type: &str) -> Option<Self> {
+        crate::model::Family::from_model_type(model_type).map(Self::from_model_family)
     }
 }
 
@@ -101,8 +137,8 @@ impl Family {
 pub struct ModelGroup {
     /// Index of the group in the file (for diagnostics).
     pub index: usize,
-    /// Architecture family.
-    pub family: Family,
+    /// Architecture family; `None`: read from each checkpoint's `config.json`.
+    pub family: Option<Family>,
     /// Repo template with `{axis}` placeholders.
     pub repo: String,
     /// Axes in a fixed order, `revision` always among them.

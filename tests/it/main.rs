@@ -3,6 +3,7 @@
 
 mod analysis;
 mod common;
+mod families;
 mod hub;
 mod model;
 mod plan;

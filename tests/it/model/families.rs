@@ -235,7 +235,8 @@ fn a_checkpoint_read_as_the_wrong_family_is_refused() {
         ),
         // GPT-2 spells its config keys differently: a Llama reading finds none.
         ("gpt2_tiny", "llama", "`intermediate_size` is missing"),
-        ("llama_tiny", "gpt2", "wte.weight"),
+        // ...and a Llama config read as GPT-2 names an activation GPT-2 does not have.
+        ("llama_tiny", "gpt2", "`hidden_act` `silu` is not supported"),
     ] {
         let dir = copy_fixture(&ctx, name);
         edit_config(&dir, |c| c["model_type"] = wrong.into());
