@@ -63,7 +63,12 @@ pub fn run(args: &InspectArgs, env: &Env) -> Result<(), String> {
     .map_err(chain)?;
     let stored = weights.stored_dtype().unwrap_or("unknown").to_string();
     let mut hooks: Vec<(String, String)> = Vec::new();
-    hooks.push(("hook_embed".into(), hook_shape(HookPoint::Embed, &cfg)));
+    // hook_embed, and hook_pos_embed where the model has one (GPT-2), come before the blocks.
+    for (name, point) in &MODEL_HOOKS[..2] {
+        if hooks::check_point(*point, &cfg).is_ok() {
+            hooks.push((name.to_string(), hook_shape(*point, &cfg)));
+        }
+    }
     for (suffix, hook) in BLOCK_HOOKS {
         let point = HookPoint::Block {
             layer: 0,
@@ -76,7 +81,7 @@ pub fn run(args: &InspectArgs, env: &Env) -> Result<(), String> {
             ));
         }
     }
-    for (name, point) in &MODEL_HOOKS[1..] {
+    for (name, point) in &MODEL_HOOKS[2..] {
         hooks.push((name.to_string(), hook_shape(*point, &cfg)));
     }
     if *json {

@@ -2,7 +2,7 @@
 //! means for the forward pass and for reading its weight matrices.
 
 /// The architecture family of a checkpoint, from `model_type` (or `architectures`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Family {
     /// `gpt_neox`: Pythia and relatives (LayerNorm, fused per-head QKV, partial rotary).
@@ -91,6 +91,11 @@ impl Family {
             Family::Qwen3 => "qwen3",
             Family::Mistral => "mistral",
         }
+    }
+
+    /// The name as a spec writes it: the `model_type`.
+    pub fn as_str(self) -> &'static str {
+        self.model_type()
     }
 
     /// The transformers class a checkpoint of this family names in `architectures`.

@@ -74,14 +74,11 @@ impl ModelDims {
             (Some(model_type), _) => Family::from_model_type(model_type).ok_or_else(|| {
                 format!(
                     "unsupported `model_type` `{model_type}` (expected one of {})",
-                    crate::model::Family::supported_list()
+                    Family::supported_list()
                 )
             })?,
-            (None, Some([architecture, ..])) => {
-                crate::model::Family::from_architecture(architecture)
-                    .map(Family::from_model_family)
-                    .ok_or_else(|| format!("unsupported `architectures` entry `{architecture}`"))?
-            }
+            (None, Some([architecture, ..])) => Family::from_architecture(architecture)
+                .ok_or_else(|| format!("unsupported `architectures` entry `{architecture}`"))?,
             (None, _) => return Err("config.json has no `model_type`".to_owned()),
         };
         let need =

@@ -76,61 +76,8 @@ impl fmt::Display for OutputRepo {
     }
 }
 
-/// Model architecture family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Family {
-    /// GPT-NeoX (Pythia).
-    GptNeox,
-    /// Llama.
-    Llama,
-    /// GPT-2.
-    Gpt2,
-    /// Qwen2 / Qwen2.5.
-    Qwen2,
-    /// Qwen3.
-    Qwen3,
-    /// Mistral.
-    Mistral,
-}
-
-impl Family {
-    /// The name as written in a spec and in `config.json`'s `model_type`.
-    pub fn as_str(self) -> &'static str {
-        self.model_family().model_type()
-    }
-
-    /// The model-side family (forward pass, weight layout) of this name.
-    pub fn model_family(self) -> crate::model::Family {
-        use crate::model::Family as M;
-        match self {
-            Family::GptNeox => M::GptNeox,
-            Family::Llama => M::Llama,
-            Family::Gpt2 => M::Gpt2,
-            Family::Qwen2 => M::Qwen2,
-            Family::Qwen3 => M::Qwen3,
-            Family::Mistral => M::Mistral,
-        }
-    }
-
-    /// The spec name of a model-side family (every model family has one).
-    pub fn from_model_family(family: crate::model::Family) -> Self {
-        use crate::model::Family as M;
-        match family {
-            M::GptNeox => Family::GptNeox,
-            M::Llama => Family::Llama,
-            M::Gpt2 => Family::Gpt2,
-            M::Qwen2 => Family::Qwen2,
-            M::Qwen3 => Family::Qwen3,
-            M::Mistral => Family::Mistral,
-        }
-    }
-
-    /// The family a `config.json` `model_type` names, if supported.
-    pub fn from_model_type(model_type: &str) -> Option<Self> {
-        crate::model::Family::from_model_type(model_type).map(Self::from_model_family)
-    }
-}
+/// Model architecture family: the model side's, named in a spec as its `model_type`.
+pub use crate::model::Family;
 
 /// A group of models from one repo template.
 #[derive(Debug, Clone, Serialize)]

@@ -338,3 +338,38 @@ fn sequences_past_a_sliding_window_or_the_position_table_are_refused() {
         "{err}"
     );
 }
+
+/// `hubsweep inspect model` names each fixture's family and lists its own hooks.
+#[test]
+fn inspect_shows_the_family_and_its_hooks() {
+    use predicates::prelude::*;
+    let ctx = TestContext::new();
+    for (name, family) in NEW_FIXTURES {
+        let out = ctx
+            .command()
+            .args(["inspect", "model"])
+            .arg(fixture(name))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = format!("family       {}", family.model_type());
+        assert!(text.contains(&line), "{name}: {text}");
+        assert_eq!(
+            text.contains("hook_pos_embed"),
+            family == Family::Gpt2,
+            "{name}"
+        );
+        assert_eq!(
+            text.contains("attn.q_norm.hook_out"),
+            family == Family::Qwen3,
+            "{name}"
+        );
+    }
+    ctx.command()
+        .args(["inspect", "model"])
+        .arg(fixture("gpt2_tiny"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("positions    learned, 64 rows"));
+}
