@@ -39,7 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for group in &spec.models {
         for instance in hubsweep::spec::expand_group(group, &mut Vec::new()) {
             if let ModelSource::Local(id) = &instance.source {
-                exec::bundled::ensure(&client, id).await?;
+                hubsweep::hub::bundled::ensure(&client, id).await?;
             }
         }
     }
@@ -51,11 +51,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 endpoint: "https://huggingface.co".into(),
                 token: None,
                 cache_dir: hf_cache,
+                offline: false,
             },
             local: Some(HubSource {
                 endpoint: server.base_url().into(),
                 token: None,
                 cache_dir: home.join("cache"),
+                offline: false,
             }),
             spec_dir: path.parent().map(PathBuf::from).unwrap_or_default(),
             pinned: Default::default(),

@@ -19,7 +19,7 @@
 //! | [`data`] | prompt sources, tokenization into windows, token shards |
 //! | [`analysis`] | streaming Gram accumulation, eigen spectra and metrics, overlaps, weight spectra |
 //! | [`sink`] | in-memory safetensors serialization with sha256, upload pipeline, commit batching |
-//! | [`hub`] | Hub HTTP client, downloads through hf-hub, and the embedded Hub-compatible server |
+//! | [`hub`] | Hub HTTP client, downloads into the HF cache, and the embedded Hub-compatible server |
 //! | [`slurm`] | work units submitted to a Slurm cluster as a job array, tracked and resubmitted |
 //! | [`ledger`] | manifest, per-node records, segments and the compacted index on the Hub; `verify` |
 //! | [`reproduce`] | a ledger's plan rebuilt from its manifest at the recorded pins, rerun and compared |

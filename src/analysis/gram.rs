@@ -7,10 +7,13 @@ use faer::{Accum, Mat, MatRef};
 use super::spectrum::Spectrum;
 use super::{AnalysisError, Element, Parallelism, check_shape};
 
-/// Largest number of f64 values converted from one pushed chunk at a time (16 MiB): large
-/// enough that the Gram product runs at full speed, small enough that pushing a whole shard
-/// does not double its memory.
-const BLOCK_VALUES: usize = 1 << 21;
+/// Rows per block of the Gram product for rows of `width` values: a quarter of the width
+/// (the pending block is then a quarter of the Gram matrix's own memory), at least 64 and at
+/// most 1,024 rows — enough that the product runs at full speed. It depends on the width
+/// alone, never on how the rows arrive.
+fn block_rows(width: usize) -> usize {
+    (width / 4).clamp(64, 1024)
+}
 
 /// Accumulates the Gram matrix `G = XᵀX` (in f64), the column sums `Xᵀ1` and the row count of
 /// a matrix `X` whose rows arrive in chunks.
@@ -21,13 +24,21 @@ const BLOCK_VALUES: usize = 1 << 21;
 ///
 /// Precision: each product of two f32 (or f16, bf16) values is exact in f64, so the only
 /// rounding is in the sums, with relative error around `rows × 1e-16` at worst.
+///
+/// Determinism: the same rows in the same order give the same bits, however they are cut
+/// into pushes (a capture's batch size) and whatever the thread count. The rows are summed in
+/// fixed blocks — rows `[k·B, (k+1)·B)` for a `B` set by the width alone — each block's
+/// product added to `G` in order, the last partial block at the end; column sums are added
+/// row by row.
 #[derive(Debug, Clone)]
 pub struct GramAccumulator {
     width: usize,
     rows: u64,
     /// Column-major `width × width`; only the lower triangle (with the diagonal) is
-    /// meaningful, the strict upper triangle stays zero.
+    /// meaningful, the strict upper triangle stays zero. Holds every full block so far.
     gram: Mat<f64>,
+    /// The rows of the block being filled (row-major, fewer than `block_rows(width)` rows).
+    pending: Vec<f64>,
     column_sums: Vec<f64>,
     parallelism: Parallelism,
 }
@@ -40,6 +51,7 @@ impl GramAccumulator {
             width,
             rows: 0,
             gram: Mat::zeros(width, width),
+            pending: Vec::new(),
             column_sums: vec![0.0; width],
             parallelism: Parallelism::default(),
         }
@@ -97,30 +109,23 @@ impl GramAccumulator {
                 value: data[index].to_f64(),
             });
         }
-        let block_rows = (BLOCK_VALUES / width).max(1);
-        let mut block = Vec::with_capacity(block_rows.min(rows) * width);
-        for chunk in data.chunks(block_rows * width) {
-            block.clear();
-            block.extend(chunk.iter().map(|value| value.to_f64()));
-            let chunk_rows = chunk.len() / width;
-            // A row-major `[rows, d]` buffer is the column-major `d × rows` matrix `Xᵀ`.
-            let transposed = MatRef::from_column_major_slice(&block, width, chunk_rows);
-            matmul(
-                self.gram.as_mut(),
-                BlockStructure::TriangularLower,
-                Accum::Add,
-                transposed,
-                BlockStructure::Rectangular,
-                transposed.transpose(),
-                BlockStructure::Rectangular,
-                1.0,
-                self.parallelism.to_faer(),
-            );
-            for row in block.chunks_exact(width) {
+        let block_values = block_rows(width) * width;
+        let mut data = data;
+        while !data.is_empty() {
+            let take = (block_values - self.pending.len()).min(data.len());
+            let (head, rest) = data.split_at(take);
+            let start = self.pending.len();
+            self.pending.extend(head.iter().map(|value| value.to_f64()));
+            for row in self.pending[start..].chunks_exact(width) {
                 for (sum, value) in self.column_sums.iter_mut().zip(row) {
                     *sum += value;
                 }
             }
+            if self.pending.len() == block_values {
+                add_block(&mut self.gram, &self.pending, width, self.parallelism);
+                self.pending.clear();
+            }
+            data = rest;
         }
         self.rows += rows as u64;
         Ok(())
@@ -151,6 +156,7 @@ impl GramAccumulator {
         };
         check("gram", gram, self.width)?;
         check("column sums", column_sums, self.width)?;
+        self.flush();
         for column in 0..self.width {
             for row in column..self.width {
                 // `row ≥ column`: the lower triangle, read from the row-major buffer.
@@ -174,7 +180,8 @@ impl GramAccumulator {
                 found: other.width,
             });
         }
-        self.gram += &other.gram;
+        self.flush();
+        self.gram += &other.lower();
         for (sum, value) in self.column_sums.iter_mut().zip(&other.column_sums) {
             *sum += value;
         }
@@ -182,9 +189,27 @@ impl GramAccumulator {
         Ok(())
     }
 
+    /// Adds the pending rows' product to `G` now (before a sum that does not go block by
+    /// block: a merge, a partial Gram from elsewhere).
+    fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            add_block(&mut self.gram, &self.pending, self.width, self.parallelism);
+            self.pending.clear();
+        }
+    }
+
+    /// The lower triangle of `G` with the pending rows' product added (on a copy).
+    fn lower(&self) -> Mat<f64> {
+        let mut lower = self.gram.clone();
+        if !self.pending.is_empty() {
+            add_block(&mut lower, &self.pending, self.width, self.parallelism);
+        }
+        lower
+    }
+
     /// The full symmetric Gram matrix `XᵀX` so far.
     pub fn gram(&self) -> Mat<f64> {
-        let mut full = self.gram.clone();
+        let mut full = self.lower();
         for column in 0..self.width {
             for row in column + 1..self.width {
                 full[(column, row)] = full[(row, column)];
@@ -196,7 +221,12 @@ impl GramAccumulator {
     /// The column-centred Gram matrix `G − n·μμᵀ = (X − 1μᵀ)ᵀ(X − 1μᵀ)`, with `μ` the column
     /// means. Zero rows give the zero matrix.
     pub fn centred_gram(&self) -> Mat<f64> {
-        let mut centred = self.gram();
+        self.centred(self.gram())
+    }
+
+    /// `full` (this accumulator's [`gram`](GramAccumulator::gram)) column-centred.
+    fn centred(&self, full: Mat<f64>) -> Mat<f64> {
+        let mut centred = full;
         if self.rows == 0 {
             return centred;
         }
@@ -236,9 +266,11 @@ impl GramAccumulator {
             .iter()
             .map(|sum| sum / self.rows as f64)
             .collect();
+        let gram = self.gram();
+        let centred = self.centred(gram.clone());
         Spectrum::from_grams(
-            self.gram().as_ref(),
-            self.centred_gram().as_ref(),
+            gram.as_ref(),
+            centred.as_ref(),
             mean,
             self.rows,
             top_k,
@@ -246,4 +278,21 @@ impl GramAccumulator {
             self.parallelism,
         )
     }
+}
+
+/// `gram += BᵀB` on the lower triangle, for `block` a row-major `[rows, width]` buffer.
+fn add_block(gram: &mut Mat<f64>, block: &[f64], width: usize, parallelism: Parallelism) {
+    // A row-major `[rows, d]` buffer is the column-major `d × rows` matrix `Bᵀ`.
+    let transposed = MatRef::from_column_major_slice(block, width, block.len() / width);
+    matmul(
+        gram.as_mut(),
+        BlockStructure::TriangularLower,
+        Accum::Add,
+        transposed,
+        BlockStructure::Rectangular,
+        transposed.transpose(),
+        BlockStructure::Rectangular,
+        1.0,
+        parallelism.to_faer(),
+    );
 }

@@ -66,8 +66,9 @@ pub fn resolve_model(spec: &str, env: &Env) -> Result<ModelFiles, String> {
         Err(_) => {
             let source = HubSource {
                 endpoint: env.hf_endpoint.clone(),
-                token: env.hf_token.clone(),
+                token: env.hf_token.clone().map(hubsweep::hub::Token::new),
                 cache_dir: cache,
+                offline: false,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

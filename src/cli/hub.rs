@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use hubsweep::hub::download::{DownloadSettings, Downloader};
+use hubsweep::hub::download::{Downloader, HubSource};
 use hubsweep::hub::server::{Limits, Server, ServerConfig};
 use hubsweep::hub::{FolderUpload, HubClient, HubEvent, Repo, RepoId, RepoType, Token};
 
@@ -30,8 +30,8 @@ enum HubCommand {
     /// prints a JSON summary on stdout. Tokens: HF_TOKEN for --to, HUBSWEEP_MIRROR_FROM_TOKEN
     /// for --from.
     Mirror(MirrorArgs),
-    /// Download one file into the HF cache (shared with Python) via the hf-hub crate; prints its
-    /// local path on stdout. Reads HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE / HF_HOME, HF_HUB_OFFLINE.
+    /// Download one file into the HF cache (shared with Python; the token goes only to the Hub,
+    /// never to its storage); prints its local path on stdout. Reads HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE / HF_HOME, HF_HUB_OFFLINE.
     Download(DownloadArgs),
 }
 
@@ -393,8 +393,8 @@ async fn run_serve(args: ServeArgs, env: &Env) -> ExitCode {
 }
 
 /// The download settings the environment asks for.
-fn download_settings(env: &Env) -> DownloadSettings {
-    DownloadSettings {
+fn download_settings(env: &Env) -> HubSource {
+    HubSource {
         endpoint: env.hf_endpoint.clone(),
         token: token_of(&env.hf_token),
         cache_dir: env.hf_hub_cache_dir(),

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use hubsweep::analysis::Spectrum;
-use hubsweep::exec::tables::{OVERLAPS_PATH, SPECTRA_PATH, WEIGHTS_PATH};
 use hubsweep::hub::server::{Server, ServerConfig};
 use hubsweep::hub::{HubClient, Token};
+use hubsweep::ledger::tables::{OVERLAPS_PATH, SPECTRA_PATH, WEIGHTS_PATH};
 use hubsweep::report::{self, ReportData};
 
 use super::{EXIT_CANNOT_RUN, EXIT_OK, Env};

@@ -264,7 +264,7 @@ async fn with_hub(
     for group in &source.spec.models {
         for instance in hubsweep::spec::expand_group(group, &mut Vec::new()) {
             if let ModelSource::Local(id) = &instance.source
-                && let Err(e) = exec::bundled::ensure(&local, id).await
+                && let Err(e) = hubsweep::hub::bundled::ensure(&local, id).await
             {
                 return fail(format!(
                     "cannot import bundled model `{id}`: {}",
@@ -276,15 +276,17 @@ async fn with_hub(
     let sources = Sources {
         hf: HubSource {
             endpoint: env.hf_endpoint.clone(),
-            token: env.hf_token.clone(),
+            token: env.hf_token.clone().map(hubsweep::hub::Token::new),
             cache_dir: env
                 .hf_hub_cache()
                 .unwrap_or_else(|| env.hubsweep_home().join("hf-cache")),
+            offline: false,
         },
         local: Some(HubSource {
             endpoint: server.base_url().to_owned(),
             token: None,
             cache_dir: env.hubsweep_home().join("cache"),
+            offline: false,
         }),
         // A manifest has no folder: relative model and data paths are read from the one named.
         spec_dir: args.relative_to.clone(),

@@ -128,12 +128,14 @@ pub(super) async fn open_hubs(
         for group in &spec.models {
             for instance in hubsweep::spec::expand_group(group, &mut Vec::new()) {
                 if let ModelSource::Local(id) = &instance.source {
-                    exec::bundled::ensure(&client, id).await.map_err(|e| {
-                        format!(
-                            "cannot import bundled model `{id}`: {}",
-                            super::error_chain(&e)
-                        )
-                    })?;
+                    hubsweep::hub::bundled::ensure(&client, id)
+                        .await
+                        .map_err(|e| {
+                            format!(
+                                "cannot import bundled model `{id}`: {}",
+                                super::error_chain(&e)
+                            )
+                        })?;
                 }
             }
         }
@@ -147,13 +149,15 @@ pub(super) async fn open_hubs(
     let sources = Sources {
         hf: HubSource {
             endpoint: env.hf_endpoint.clone(),
-            token: env.hf_token.clone(),
+            token: env.hf_token.clone().map(hubsweep::hub::Token::new),
             cache_dir: env.hf_hub_cache().unwrap_or_else(|| home.join("hf-cache")),
+            offline: false,
         },
         local: local.as_ref().map(|h| HubSource {
             endpoint: h.base_url().to_owned(),
             token: None,
             cache_dir: home.join("cache"),
+            offline: false,
         }),
         spec_dir: spec_path
             .parent()
@@ -285,6 +289,9 @@ fn describe(event: &RunEvent) -> Option<String> {
         RunEvent::ModelStarted { label, shards } => format!("capture  {label}: {shards} shard(s)"),
         RunEvent::ModelSkipped { label } => format!("skip     {label}: already in the ledger"),
         RunEvent::ModelFailed { label, error } => format!("FAILED   {label}: {error}"),
+        RunEvent::CardLeftAlone => "card     README.md was not written by hubsweep: left as it is \
+                                    (add the tables' `configs` yourself, docs/ledger.md)"
+            .to_owned(),
         RunEvent::Sink(SinkEvent::Committed {
             commit,
             files,

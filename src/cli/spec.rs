@@ -65,7 +65,7 @@ struct WithBundled(LocalLookup);
 impl plan::ModelLookup for WithBundled {
     fn lookup(&self, source: &ModelSource, revision: &str) -> plan::ModelFacts {
         if let ModelSource::Local(id) = source
-            && let Some(config) = hubsweep::exec::bundled::config(id)
+            && let Some(config) = hubsweep::hub::bundled::config(id)
         {
             let text = String::from_utf8_lossy(config);
             return match plan::ModelDims::from_config_json(&text) {

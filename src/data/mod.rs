@@ -49,21 +49,10 @@ pub enum DataError {
         /// What failed.
         reason: String,
     },
-    /// Downloading a dataset file from a Hub failed.
-    #[error("cannot download `{file}` of dataset `{repo}` at `{revision}` from `{endpoint}`")]
-    Download {
-        /// Dataset repo id.
-        repo: String,
-        /// Revision.
-        revision: String,
-        /// File in the repo.
-        file: String,
-        /// The endpoint.
-        endpoint: String,
-        /// The client cause.
-        #[source]
-        source: Box<hf_hub::api::tokio::ApiError>,
-    },
+    /// Downloading a dataset file from a Hub failed (the error names the file, repo, revision
+    /// and endpoint).
+    #[error(transparent)]
+    Download(Box<crate::hub::download::DownloadError>),
     /// The settings cannot produce any window.
     #[error("invalid data settings: {reason}")]
     Settings {
@@ -114,23 +103,12 @@ pub struct FetchedDataset {
 impl HubDatasetFile {
     /// Downloads the file (or reuses it from `hub.cache_dir`).
     pub async fn fetch(&self, hub: &HubSource) -> Result<FetchedDataset, DataError> {
-        use hf_hub::api::tokio::ApiBuilder;
-        use hf_hub::{Cache, Repo, RepoType};
-        let download_err = |source| DataError::Download {
-            repo: self.repo.clone(),
-            revision: self.revision.clone(),
-            file: self.path.clone(),
-            endpoint: hub.endpoint.clone(),
-            source: Box::new(source),
-        };
-        let api = ApiBuilder::from_cache(Cache::new(hub.cache_dir.clone()))
-            .with_endpoint(hub.endpoint.trim_end_matches('/').to_string())
-            .with_token(hub.token.clone())
-            .with_progress(false)
-            .build()
-            .map_err(download_err)?;
-        let repo = Repo::with_revision(self.repo.clone(), RepoType::Dataset, self.revision.clone());
-        let local = crate::model::files::get_waiting(&api.repo(repo), &self.path)
+        use crate::hub::download::{Downloader, parse_repo};
+        let download_err = |e| DataError::Download(Box::new(e));
+        let downloader = Downloader::new(hub.clone()).map_err(download_err)?;
+        let repo = parse_repo(crate::hub::RepoType::Dataset, &self.repo).map_err(download_err)?;
+        let local = downloader
+            .get(&repo, &self.revision, &self.path)
             .await
             .map_err(download_err)?;
         // …/snapshots/{sha}/{path}: the snapshot folder names the commit.

@@ -14,13 +14,11 @@
 //! Cancellation (Ctrl-C) stops new work at the next batch, lets the sink commit what is
 //! already uploaded, and reports `interrupted`.
 
-pub mod bundled;
 pub mod capture;
 mod models;
 pub mod pin;
 mod records;
 mod steps;
-pub mod tables;
 pub mod unit;
 pub mod weights;
 
@@ -153,6 +151,9 @@ pub enum RunEvent {
         /// Why some could not be deleted (the run goes on).
         error: Option<String>,
     },
+    /// The output repo has a `README.md` hubsweep did not write: it is left as it is, and its
+    /// `configs` are not updated (docs/ledger.md).
+    CardLeftAlone,
     /// The sink did something.
     Sink(SinkEvent),
 }
@@ -580,12 +581,22 @@ async fn run_inner(
         // The compacted index: every record once, sorted by id.
         let mut all: Vec<Record> = state.records.values().cloned().collect();
         all.extend(committer.written.iter().cloned());
-        let index = ledger::compact(all.iter());
+        let compacted = ledger::compacted(all.iter());
+        let index = ledger::to_jsonl(compacted.iter().copied());
         let mut files = vec![(ledger::INDEX_PATH.to_owned(), Bytes::from(index))];
         // The flat metrics tables go in the same commit, derived from the same records.
         let by_id: HashMap<String, &Record> = all.iter().map(|r| (r.id.clone(), r)).collect();
+        let tables = ledger::tables::tables(&plan, &by_id);
+        // The dataset card too, generated from the same records (docs/ledger.md).
+        match ledger::card::update(&ours, &compacted, &tables, state.card.as_deref()) {
+            ledger::card::CardUpdate::Write(card) => {
+                files.push((ledger::card::CARD_PATH.to_owned(), Bytes::from(card)));
+            }
+            ledger::card::CardUpdate::Unchanged => {}
+            ledger::card::CardUpdate::LeftAlone => events(&RunEvent::CardLeftAlone),
+        }
         files.extend(
-            tables::tables(&plan, &by_id)
+            tables
                 .into_iter()
                 .map(|(path, bytes)| (path, Bytes::from(bytes))),
         );

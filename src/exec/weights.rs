@@ -12,15 +12,12 @@ use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
-use bytes::Bytes;
-use serde::{Deserialize, Serialize};
-
 use super::{PinnedModel, RunError};
-use crate::analysis::{
-    self, SpectrumMetrics, SvdMethod, WeightMatrix, WeightSpectrum, match_weight_modules,
-};
+use crate::analysis::{self, SvdMethod, WeightMatrix, WeightSpectrum, match_weight_modules};
+use crate::ledger::tables::{MatrixResult, WeightNodeMetrics};
 use crate::plan::{Node, Params, Plan};
 use crate::spec::{Diagnostic, ModelInstance, SweepSpec};
+use bytes::Bytes;
 
 /// Eigenvalues kept in each matrix's metrics (`top_eigenvalues`).
 pub const WEIGHT_TOP_K: usize = 16;
@@ -39,50 +36,36 @@ struct TensorEntry {
     end: u64,
 }
 
-#[derive(Deserialize)]
-struct HeaderEntry {
-    dtype: String,
-    shape: Vec<usize>,
-    data_offsets: [u64; 2],
-}
-
-/// The tensors of a checkpoint, from the safetensors headers alone.
+/// The tensors of a checkpoint, from the safetensors headers alone (read by the same checked
+/// parser as `verify --deep`: a checkpoint is input from anywhere).
 fn checkpoint_index(files: &[PathBuf]) -> Result<BTreeMap<String, TensorEntry>, RunError> {
+    use crate::ledger::verify::header;
     let mut index = BTreeMap::new();
     for path in files {
         let io = |source| RunError::Io {
             path: path.clone(),
             source,
         };
+        let invalid =
+            |e: header::HeaderError| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
         let mut file = fs_err::File::open(path).map_err(io)?;
-        let mut length = [0u8; 8];
-        file.read_exact(&mut length).map_err(io)?;
-        let length = u64::from_le_bytes(length);
-        // A header is JSON of a few MB at most; refuse absurd sizes instead of allocating them.
-        if length > 100 << 20 {
-            return Err(io(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("safetensors header of {length} bytes"),
-            )));
-        }
-        let mut header = vec![0u8; length as usize];
-        file.read_exact(&mut header).map_err(io)?;
-        let entries: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header)
-            .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-        for (key, value) in entries {
-            if key == "__metadata__" {
-                continue;
-            }
-            let entry: HeaderEntry = serde_json::from_value(value)
-                .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let mut prefix = vec![0u8; 8];
+        file.read_exact(&mut prefix).map_err(io)?;
+        let needed = header::needed(&prefix).map_err(invalid)?;
+        prefix.resize(usize::try_from(needed).unwrap_or(usize::MAX), 0);
+        file.read_exact(&mut prefix[8..]).map_err(io)?;
+        let parsed = header::parse(&prefix, file_len).map_err(invalid)?;
+        for tensor in parsed.tensors {
+            let shape = tensor.shape.iter().map(|&d| d as usize).collect();
             index.insert(
-                key,
+                tensor.name,
                 TensorEntry {
                     file: path.clone(),
-                    dtype: entry.dtype,
-                    shape: entry.shape,
-                    start: 8 + length + entry.data_offsets[0],
-                    end: 8 + length + entry.data_offsets[1],
+                    dtype: tensor.dtype,
+                    shape,
+                    start: parsed.data_start + tensor.offsets.0,
+                    end: parsed.data_start + tensor.offsets.1,
                 },
             );
         }
@@ -174,38 +157,6 @@ pub fn check_modules<'a>(
         }
     }
     Ok(diagnostics)
-}
-
-/// One matrix's result inside a weight-spectrum node.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MatrixResult {
-    /// Checkpoint key.
-    pub key: String,
-    /// Layer, for keys inside the blocks.
-    pub layer: Option<usize>,
-    /// Module path (`attention.query_key_value`, `self_attn.q_proj`).
-    pub module: String,
-    /// `query`, `key` or `value` for a part of a fused QKV weight; `None` for the whole matrix.
-    pub part: Option<String>,
-    /// Rows.
-    pub rows: usize,
-    /// Columns.
-    pub cols: usize,
-    /// The name of its singular values in the node's safetensors file.
-    pub tensor: String,
-    /// Summary metrics.
-    pub metrics: SpectrumMetrics,
-}
-
-/// What a weight-spectrum node records in the ledger (`metrics`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WeightNodeMetrics {
-    /// How singular values were computed.
-    pub method: SvdMethod,
-    /// The base revision of a delta.
-    pub delta_from: Option<String>,
-    /// One entry per matrix, by layer then module.
-    pub matrices: Vec<MatrixResult>,
 }
 
 /// The inputs of one weight-spectrum node.

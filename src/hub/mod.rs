@@ -5,9 +5,13 @@
 //! - [`client`]: [`HubClient`] — create repo, preupload, LFS batch + basic/multipart transfer
 //!   from memory ([`LfsSource::Bytes`]) or files, NDJSON commits without blind retries,
 //!   listing, resolve metadata, folder upload (`hub import`) and mirroring (`hub mirror`).
-//! - [`download`]: file downloads through the `hf-hub` crate into the shared HF cache.
+//! - [`download`]: file downloads (models, tokenizers, dataset files) through the client into
+//!   the HF cache shared with Python.
 //! - [`server`]: the embedded server ([`server::Server::start`]) over a crash-safe store.
+//! - [`bundled`]: the two tiny models compiled into the binary, imported into the embedded hub
+//!   on first use.
 
+pub mod bundled;
 pub mod client;
 pub mod download;
 pub mod server;

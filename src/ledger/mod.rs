@@ -4,13 +4,17 @@
 //! - `ledger/segments/{sha256 of content, 16 hex}.jsonl` — one record per line, appended in the
 //!   same commit as the files the records describe (content-named, so concurrent writers never
 //!   pick the same name);
-//! - `ledger/index.jsonl` — every record once, sorted by id, rewritten at the end of a run.
+//! - `ledger/index.jsonl` — every record once, sorted by id, rewritten at the end of a run;
+//! - `metrics/*.jsonl` — flat tables derived from the records ([`tables`]), written with the
+//!   index.
 //!
 //! Reading treats the files as hostile input: sizes are capped, every line is parsed with a
 //! line number in the error, and nothing panics. See docs/ledger.md.
 
+pub mod card;
 pub mod record;
 pub mod state;
+pub mod tables;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -159,8 +163,13 @@ pub fn segment(records: &[Record]) -> Segment {
 /// The compacted index: every record once (the last one read wins for a repeated id), sorted
 /// by id.
 pub fn compact<'a>(records: impl IntoIterator<Item = &'a Record>) -> String {
+    to_jsonl(compacted(records))
+}
+
+/// Every node's last record, sorted by id: what [`compact`] writes.
+pub fn compacted<'a>(records: impl IntoIterator<Item = &'a Record>) -> Vec<&'a Record> {
     let by_id: BTreeMap<&str, &Record> = records.into_iter().map(|r| (r.id.as_str(), r)).collect();
-    to_jsonl(by_id.into_values())
+    by_id.into_values().collect()
 }
 
 /// The largest magnitude of any number in a metrics value (nested arrays and objects

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::{
-    INDEX_PATH, LedgerError, MANIFEST_PATH, Manifest, Record, SEGMENTS_DIR, is_segment_path,
+    INDEX_PATH, LedgerError, MANIFEST_PATH, Manifest, Record, SEGMENTS_DIR, card, is_segment_path,
     parse_manifest, parse_records,
 };
 use crate::hub::{HubClient, HubError, Repo};
@@ -31,6 +31,8 @@ pub struct LedgerState {
     pub files: HashMap<String, RepoFile>,
     /// Segment paths read.
     pub segments: Vec<String>,
+    /// The repo's dataset card (`README.md`), if it has one (see [`super::card`]).
+    pub card: Option<String>,
 }
 
 /// Why the state could not be read.
@@ -73,6 +75,16 @@ impl LedgerState {
             state.manifest = Some(parse_manifest(
                 &client.download_bytes(repo, &head, MANIFEST_PATH).await?,
             )?);
+        }
+        if let Some(file) = state.files.get(card::CARD_PATH) {
+            // A card larger than any card hubsweep writes is somebody else's: keep it unread.
+            state.card = Some(match file.size <= card::MAX_CARD_BYTES as u64 {
+                true => String::from_utf8_lossy(
+                    &client.download_bytes(repo, &head, card::CARD_PATH).await?,
+                )
+                .into_owned(),
+                false => String::new(),
+            });
         }
         let mut documents = Vec::new();
         if state.files.contains_key(INDEX_PATH) {

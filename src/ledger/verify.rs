@@ -122,6 +122,9 @@ pub async fn verify(
     tracing::debug!(records = records.len(), elapsed = ?started.elapsed(), "read the ledger");
     let results = shallow::check_records(records, &mut report);
     shallow::check_nodes(&results, &tree, &head, &mut report);
+    shallow::check_card(client, repo, &head, &tree, &results, &mut report)
+        .await
+        .map_err(hub)?;
     tracing::debug!(nodes = results.len(), elapsed = ?started.elapsed(), "shallow checks done");
 
     if options.deep {

@@ -1,15 +1,17 @@
 //! Finding a checkpoint's files: a local folder, the standard HF cache layout, or any Hub
-//! endpoint through `hf-hub` (which fills that same cache); and deleting downloaded weights
-//! from that cache again.
+//! endpoint through [`Downloader`] (which fills that same cache); and deleting downloaded
+//! weights from that cache again.
 //!
 //! The cache layout is `models--{ns}--{name}/refs/{revision}` (a commit sha) and
 //! `models--{ns}--{name}/snapshots/{sha}/{file}`, as `huggingface_hub` writes it.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::ModelError;
 use super::weights::shards_from_index;
+use crate::hub::RepoType;
+use crate::hub::client::Repo;
+use crate::hub::download::{Downloader, HubSource, is_commit_id, parse_repo};
 
 const CONFIG: &str = "config.json";
 const SINGLE: &str = "model.safetensors";
@@ -70,7 +72,7 @@ impl ModelFiles {
             cache: cache.to_path_buf(),
         };
         let repo_dir = cache.join(format!("models--{}", repo.replace('/', "--")));
-        let commit = if is_commit_sha(revision) {
+        let commit = if is_commit_id(revision) {
             revision.to_string()
         } else {
             let reference = repo_dir.join("refs").join(revision);
@@ -101,30 +103,34 @@ impl ModelFiles {
         repo: &str,
         revision: &str,
     ) -> Result<Self, ModelError> {
-        let api_repo = source.api_repo(repo, revision)?;
-        let download_err = |file: &str, e| source.download_err(repo, revision, file, e);
-        let config = get_waiting(&api_repo, CONFIG)
-            .await
-            .map_err(|e| download_err(CONFIG, e))?;
+        let (downloader, hub_repo) = open(source, repo)?;
+        let get = |at: &str, file: &'static str| {
+            let at = at.to_owned();
+            let (downloader, hub_repo) = (&downloader, &hub_repo);
+            async move { downloader.get(hub_repo, &at, file).await }
+        };
+        let config = get(revision, CONFIG).await.map_err(download_err)?;
         let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
+        let commit = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| is_commit_id(n))
+            .map(str::to_string);
+        // The rest comes from the commit the config came from, even if the branch moves.
+        let at = commit.as_deref().unwrap_or(revision);
         let weights = if dir.join(SINGLE).is_file() {
             vec![dir.join(SINGLE)]
         } else if dir.join(INDEX).is_file() {
             shards_from_index(&dir.join(INDEX))?
         } else {
-            match get_waiting(&api_repo, INDEX).await {
+            match get(at, INDEX).await {
                 Ok(index) => shards_from_index(&index)?,
                 // No index on the Hub (or none readable): one file, whose download reports
                 // what is wrong if it is missing too.
                 Err(_) => vec![dir.join(SINGLE)],
             }
         };
-        let tokenizer = get_waiting(&api_repo, TOKENIZER).await.ok();
-        let commit = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .filter(|n| is_commit_sha(n))
-            .map(str::to_string);
+        let tokenizer = get(at, TOKENIZER).await.ok();
         Ok(Self {
             dir,
             config,
@@ -136,7 +142,8 @@ impl ModelFiles {
 
     /// Downloads the weight files of a checkpoint [`resolve`](ModelFiles::resolve)d from
     /// `source` that are not in its snapshot folder yet, at its commit. Returns the files it
-    /// downloaded (none when all were there).
+    /// downloaded (none when all were there). A file another download (this run's next model,
+    /// or another worker on a shared cache) is bringing is waited for.
     pub async fn fetch_weights(
         &self,
         source: &HubSource,
@@ -147,16 +154,18 @@ impl ModelFiles {
             return Ok(Vec::new());
         }
         let revision = self.commit.as_deref().unwrap_or_default();
-        let api_repo = source.api_repo(repo, revision)?;
+        let (downloader, hub_repo) = open(source, repo)?;
         let mut fetched = Vec::with_capacity(missing.len());
         for path in missing {
             let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
+                .strip_prefix(&self.dir)
+                .ok()
+                .and_then(Path::to_str)
                 .unwrap_or_default();
-            let got = get_waiting(&api_repo, name)
+            let got = downloader
+                .get(&hub_repo, revision, name)
                 .await
-                .map_err(|e| source.download_err(repo, revision, name, e))?;
+                .map_err(download_err)?;
             if &got != path {
                 return Err(ModelError::Read {
                     path: got,
@@ -185,7 +194,7 @@ impl ModelFiles {
 
     /// Deletes from the HF cache `cache` what the snapshot entries of these weights point to,
     /// except the entries in `keep` and anything outside the cache: each entry's blob (unless
-    /// another snapshot links to it too) with its `hf-hub` lock, then the entry. Entries that
+    /// another snapshot links to it too), then the entry. Entries that
     /// are not there (never fetched) are skipped. Returns the bytes freed, or the path that
     /// could not be deleted and why.
     pub fn evict_weights(
@@ -197,7 +206,7 @@ impl ModelFiles {
         let mut freed = 0;
         for entry in self.weights.iter().filter(|entry| !keep.contains(entry)) {
             let failed = |e| (entry.clone(), e);
-            // `hf-hub` links snapshot entries to content-addressed blobs; a plain file is the
+            // Downloads link snapshot entries to content-addressed blobs; a plain file is the
             // data itself.
             let Ok(target) = entry.canonicalize() else {
                 continue;
@@ -210,9 +219,6 @@ impl ModelFiles {
             if !linked_elsewhere(entry, &target) {
                 freed += std::fs::metadata(&target).map_err(failed)?.len();
                 std::fs::remove_file(&target).map_err(failed)?;
-                let mut lock = target.into_os_string();
-                lock.push(".lock");
-                let _ = std::fs::remove_file(lock);
             }
             if entry.symlink_metadata().is_ok() {
                 std::fs::remove_file(entry).map_err(failed)?;
@@ -239,104 +245,15 @@ fn linked_elsewhere(entry: &Path, blob: &Path) -> bool {
         .any(|other| other.path() != entry && other.path().canonicalize().is_ok_and(|p| p == blob))
 }
 
-/// `repo.get(name)` (the cache, else a download), waiting for as long as another download of
-/// the same file holds its lock. `hf-hub` gives up on a held lock after 5 s, but a checkpoint
-/// takes minutes, and the holder may be this very run (the next model's weights downloading
-/// ahead while a weight delta reads them as its base) or a second worker on a shared cache.
-/// The lock is an `flock`, which dies with its process, so a held lock is a live download:
-/// once it is released, the file is in the cache (or, if that download failed, this one
-/// starts). A lock that cannot be taken for another reason (a filesystem without `flock`)
-/// is `hf-hub`'s error, as before.
-pub(crate) async fn get_waiting(
-    repo: &hf_hub::api::tokio::ApiRepo,
-    name: &str,
-) -> Result<PathBuf, hf_hub::api::tokio::ApiError> {
-    use hf_hub::api::tokio::ApiError;
-    loop {
-        let held = match repo.get(name).await {
-            Err(ApiError::LockAcquisition(lock)) => lock,
-            done => return done,
-        };
-        loop {
-            let free = std::fs::File::open(&held).map(|file| file.try_lock());
-            match free {
-                // Free now, or deleted with its blob: ask the cache again.
-                Ok(Ok(())) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Ok(Err(std::fs::TryLockError::WouldBlock)) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                }
-                Ok(Err(std::fs::TryLockError::Error(_))) | Err(_) => {
-                    return Err(ApiError::LockAcquisition(held));
-                }
-            }
-        }
-    }
+/// A downloader for `source` and `repo` as a model repo.
+fn open(source: &HubSource, repo: &str) -> Result<(Downloader, Repo), ModelError> {
+    let downloader = Downloader::new(source.clone()).map_err(download_err)?;
+    let repo = parse_repo(RepoType::Model, repo).map_err(download_err)?;
+    Ok((downloader, repo))
 }
 
-fn is_commit_sha(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// A Hub endpoint to download from, with explicit credentials and cache (the library never
-/// reads the environment).
-#[derive(Clone)]
-pub struct HubSource {
-    /// Base URL, e.g. `https://huggingface.co` or a local `hubsweep hub serve`.
-    pub endpoint: String,
-    /// Bearer token, sent only to `endpoint`.
-    pub token: Option<String>,
-    /// The HF cache folder downloads go to (and are reused from).
-    pub cache_dir: PathBuf,
-}
-
-impl HubSource {
-    /// `repo` at `revision` through `hf-hub`, cache-first.
-    fn api_repo(
-        &self,
-        repo: &str,
-        revision: &str,
-    ) -> Result<hf_hub::api::tokio::ApiRepo, ModelError> {
-        use hf_hub::api::tokio::ApiBuilder;
-        use hf_hub::{Cache, Repo, RepoType};
-        let api = ApiBuilder::from_cache(Cache::new(self.cache_dir.clone()))
-            .with_endpoint(self.endpoint.trim_end_matches('/').to_string())
-            .with_token(self.token.clone())
-            .with_progress(false)
-            .build()
-            .map_err(|e| self.download_err(repo, revision, CONFIG, e))?;
-        Ok(api.repo(Repo::with_revision(
-            repo.to_string(),
-            RepoType::Model,
-            revision.to_string(),
-        )))
-    }
-
-    fn download_err(
-        &self,
-        repo: &str,
-        revision: &str,
-        file: &str,
-        source: hf_hub::api::tokio::ApiError,
-    ) -> ModelError {
-        ModelError::Download {
-            repo: repo.to_string(),
-            revision: revision.to_string(),
-            file: file.to_string(),
-            endpoint: self.endpoint.clone(),
-            source: Box::new(source),
-        }
-    }
-}
-
-impl fmt::Debug for HubSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HubSource")
-            .field("endpoint", &self.endpoint)
-            .field("token", &self.token.as_ref().map(|_| "***"))
-            .field("cache_dir", &self.cache_dir)
-            .finish()
-    }
+fn download_err(error: crate::hub::download::DownloadError) -> ModelError {
+    ModelError::Download(Box::new(error))
 }
 
 #[cfg(test)]
@@ -363,7 +280,6 @@ mod tests {
         for (name, len) in [("one", 3), ("shared", 5), ("three", 7)] {
             std::fs::write(blobs.join(name), vec![0u8; len]).unwrap();
         }
-        std::fs::write(blobs.join("one.lock"), b"").unwrap();
         let outside = dir.path().join("outside");
         std::fs::write(&outside, b"keep me").unwrap();
         for (snapshot, links) in [
@@ -388,9 +304,9 @@ mod tests {
         let a = repo.join("snapshots/a");
         let entries = [a.join("w1"), a.join("w2"), a.join("w4"), a.join("missing")];
         let freed = weights(&entries).evict_weights(&cache, &[]).unwrap();
-        // `one` (3 bytes) and its lock go; `shared` stays for snapshot b, only a's entry goes.
+        // `one` (3 bytes) goes; `shared` stays for snapshot b, only a's entry goes.
         assert_eq!(freed, 3);
-        assert!(!repo.join("blobs/one").exists() && !repo.join("blobs/one.lock").exists());
+        assert!(!repo.join("blobs/one").exists());
         assert!(!a.join("w1").exists() && a.join("w2").symlink_metadata().is_err());
         assert!(repo.join("blobs/shared").is_file() && repo.join("snapshots/b/w2").is_file());
         // The link to a file outside the cache is left, and so is the file.

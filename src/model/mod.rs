@@ -21,10 +21,11 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 
+pub use crate::hub::download::HubSource;
 pub use config::{Activation, ModelConfig};
 pub use device::{ComputeDtype, DeviceSpec};
 pub use family::{Family, FusedQkv, MatrixLayout};
-pub use files::{HubSource, ModelFiles};
+pub use files::ModelFiles;
 pub use hooks::{Activations, HookPoint, HookRequest};
 
 use block::{Block, BlockContext, Norm};
@@ -169,24 +170,10 @@ pub enum ModelError {
         /// The cache folder.
         cache: PathBuf,
     },
-    /// Downloading from a Hub endpoint failed.
-    #[error(
-        "cannot download `{file}` of `{repo}` at `{revision}` from `{endpoint}`{}",
-        disk_full_hint(source)
-    )]
-    Download {
-        /// Repo id.
-        repo: String,
-        /// Revision.
-        revision: String,
-        /// File in the repo.
-        file: String,
-        /// The endpoint (no credentials).
-        endpoint: String,
-        /// The client cause.
-        #[source]
-        source: Box<hf_hub::api::tokio::ApiError>,
-    },
+    /// Downloading from a Hub endpoint failed (the error names the file, repo, revision and
+    /// endpoint, and what to do when the disk is full).
+    #[error(transparent)]
+    Download(Box<crate::hub::download::DownloadError>),
     /// A hook name is not a TransformerLens hook hubsweep knows.
     #[error("unknown hook `{name}`{}", suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())]
     UnknownHook {
@@ -495,41 +482,5 @@ impl Model {
         }
         ids.to_device(&self.device)
             .map_err(tensor_err("moving ids to the device"))
-    }
-}
-
-/// What to do when a download failed because the disk holding the HF cache is full.
-fn disk_full_hint(source: &hf_hub::api::tokio::ApiError) -> &'static str {
-    match source {
-        hf_hub::api::tokio::ApiError::IoError(e) if e.kind() == std::io::ErrorKind::StorageFull => {
-            ": the disk holding the HF cache is full (free space there, point `HF_HUB_CACHE` at a larger disk, or run with `--evict-models` so each model's weights leave once it is done)"
-        }
-        _ => "",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A download that failed on a full disk says what to do; other failures do not.
-    #[test]
-    fn a_full_disk_is_named_with_what_to_do() {
-        let download = |error: std::io::Error| ModelError::Download {
-            repo: "EleutherAI/pythia-1b".into(),
-            revision: "step1000".into(),
-            file: "model.safetensors".into(),
-            endpoint: "https://huggingface.co".into(),
-            source: Box::new(hf_hub::api::tokio::ApiError::IoError(error)),
-        };
-        let full = download(std::io::Error::from(std::io::ErrorKind::StorageFull)).to_string();
-        assert!(
-            full.starts_with("cannot download `model.safetensors` of `EleutherAI/pythia-1b`")
-                && full.contains("HF cache is full")
-                && full.contains("--evict-models"),
-            "{full}"
-        );
-        let other = download(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
-        assert!(!other.to_string().contains("full"), "{other}");
     }
 }

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::exec::tables::{OverlapRow, SpectrumRow, WeightRow};
+use crate::ledger::tables::{OverlapRow, SpectrumRow, WeightRow};
 
 pub use svg::{Guide, Plot, Series};
 
@@ -408,7 +408,7 @@ pub fn render_csv(data: &ReportData) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::tables::ScalarMetrics;
+    use crate::ledger::tables::ScalarMetrics;
 
     fn row(model: &str, layer: u32, stable_rank: f64) -> SpectrumRow {
         SpectrumRow {

@@ -22,6 +22,9 @@ pub struct RawSpec {
     pub name: String,
     /// Where results go: `hf://datasets/NS/NAME`, `hf://models/NS/NAME` or `local://NS/NAME`.
     pub output: String,
+    /// License of the results, as a Hub license identifier (`apache-2.0`, `cc-by-4.0`, `mit`,
+    /// `other`, …); written into the output repo's dataset card. Default: none stated.
+    pub license: Option<String>,
     /// Model groups; each expands over its axes into (repo, revision) pairs.
     #[schemars(length(min = 1))]
     pub models: Vec<RawModelGroup>,

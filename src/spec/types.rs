@@ -14,6 +14,8 @@ pub struct SweepSpec {
     pub name: String,
     /// Where results go.
     pub output: OutputRepo,
+    /// License of the results (a Hub license identifier), for the dataset card.
+    pub license: Option<String>,
     /// Model groups, each with its axes.
     pub models: Vec<ModelGroup>,
     /// Prompt data.

@@ -99,8 +99,9 @@ fn a_sweep_over_six_families_runs_resumes_verifies_and_reproduces() {
 /// d_out × d_in = 192 × 64, as a fused QKV of any family, and its parts are the `[q; k; v]`
 /// column blocks of the stored matrix (transposed), 64 × 64 each.
 fn gpt2_weights_read_as_out_by_in(ctx: &TestContext) {
-    use hubsweep::exec::weights::{WeightNodeMetrics, read_node_file};
+    use hubsweep::exec::weights::read_node_file;
     use hubsweep::ledger::LedgerState;
+    use hubsweep::ledger::tables::WeightNodeMetrics;
 
     use crate::run::{dataset, open_store, runtime, segment_records};
     use crate::spectro::{assert_close, svd_values};

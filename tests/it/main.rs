@@ -2,6 +2,7 @@
 //! capability through the front door: the `hubsweep` binary or the public library API.
 
 mod analysis;
+mod card;
 mod common;
 mod families;
 mod hub;

@@ -113,6 +113,12 @@ fn explain_prints_the_record_behind_an_id() {
         .output()
         .unwrap();
     assert_eq!(missing.status.code(), Some(2));
+    // The message is what the user acts on: which query matched nothing.
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("no node id starts with `ffffffff0000`"),
+        "{err}"
+    );
 }
 
 #[test]

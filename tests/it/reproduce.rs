@@ -384,3 +384,111 @@ fn an_edited_or_missing_manifest_cannot_be_reproduced() {
     assert_eq!(named("ledger_commit", "inputs differ"), 3, "{report:#}");
     assert_eq!(id_failures.len(), 21, "{report:#}");
 }
+
+/// A sweep over the bundled models and 1,024 token ids (64 windows: many Gram blocks) into
+/// `output`, with `batch_size` windows per forward pass.
+fn batched_spec(ctx: &TestContext, name: &str, output: &str, batch_size: u32) -> PathBuf {
+    let ids: Vec<String> = (0..1024u64)
+        .map(|i| ((i * 7919 + 13) % 300 + 1).to_string())
+        .collect();
+    let path = ctx.child(name);
+    std::fs::write(
+        &path,
+        format!(
+            "name: batched\noutput: {output}\nmodels:\n  - family: gpt_neox\n    repo: local://hubsweep/tiny-gpt-neox\n  - family: llama\n    repo: local://hubsweep/tiny-llama\ndata:\n  token_ids: [[{}]]\n  seq_len: 16\ncapture:\n  hooks: [hook_resid_post, hook_mlp_out]\n  layers: all\n  dtype: f32\nanalyses:\n  - spectrum: {{top_k: 8}}\nlimits:\n  memory: 16MiB\n  artifact_bytes: 1MiB\ncompute:\n  device: cpu\n  batch_size: {batch_size}\n",
+            ids.join(", ")
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// node id → its files' (path, sha256), from the ledger of `repo` in the context's store.
+fn files_by_node(
+    ctx: &TestContext,
+    repo: &str,
+) -> std::collections::BTreeMap<String, Vec<(String, String)>> {
+    runtime().block_on(async {
+        let (server, client) = crate::run::open_store(&ctx.child("hubsweep-home")).await;
+        let repo = crate::run::dataset(repo);
+        let state = hubsweep::ledger::LedgerState::read(&client, &repo, "main")
+            .await
+            .unwrap();
+        let files = state
+            .records
+            .values()
+            .map(|record| {
+                let files = record
+                    .files
+                    .iter()
+                    .map(|f| (f.path.clone(), f.sha256.clone()))
+                    .collect();
+                (record.id.clone(), files)
+            })
+            .collect();
+        server.shutdown().await;
+        files
+    })
+}
+
+/// The same node id means the same bytes: the batch size is not part of a node's id, so a run
+/// with 3 windows per forward pass and one thread writes, under every id, the very files a run
+/// with 4 and two threads wrote — spectra included (their Gram sums go in fixed row blocks,
+/// whatever the batching). And `reproduce` on one thread reruns the first bitwise.
+#[test]
+fn the_same_node_id_means_the_same_bytes_whatever_the_batch_size_and_thread_count() {
+    let ctx = TestContext::new();
+    let run = |spec: &PathBuf, threads: &str| {
+        let output = hubsweep(&ctx)
+            .arg("run")
+            .arg(spec)
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    };
+    run(
+        &batched_spec(&ctx, "four.yaml", "local://alice/batch-4", 4),
+        "2",
+    );
+    run(
+        &batched_spec(&ctx, "three.yaml", "local://alice/batch-3", 3),
+        "1",
+    );
+    let four = files_by_node(&ctx, "alice/batch-4");
+    let three = files_by_node(&ctx, "alice/batch-3");
+    assert_eq!(
+        four.keys().collect::<Vec<_>>(),
+        three.keys().collect::<Vec<_>>(),
+        "the batch size changed node ids"
+    );
+    let spectra = four
+        .values()
+        .flatten()
+        .filter(|(path, _)| path.starts_with("spectra/"))
+        .count();
+    assert!(spectra >= 2 * 2 * 3, "{four:?}");
+    let differ: Vec<&String> = four
+        .iter()
+        .filter(|(id, files)| three[*id] != **files)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{} nodes' files differ: {differ:?}",
+        differ.len()
+    );
+
+    let output = hubsweep(&ctx)
+        .args(["reproduce", "local://alice/batch-4"])
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let rows = table_rows(&output);
+    assert!(
+        !rows.is_empty() && rows.iter().all(|r| r.last().is_some_and(|s| s == "ok")),
+        "{}",
+        text(&output)
+    );
+}

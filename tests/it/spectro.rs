@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use hubsweep::exec::weights::{WeightNodeMetrics, read_node_file};
+use hubsweep::exec::weights::read_node_file;
+use hubsweep::ledger::tables::WeightNodeMetrics;
 use hubsweep::ledger::{LedgerState, Record};
 use sha2::Digest as _;
 

@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use hubsweep::analysis::Spectrum;
-use hubsweep::exec::weights::{WeightNodeMetrics, read_node_file};
+use hubsweep::exec::weights::read_node_file;
 use hubsweep::hub::{Repo, RepoId};
 use hubsweep::ledger::LedgerState;
+use hubsweep::ledger::tables::WeightNodeMetrics;
 
 use crate::common::{TestContext, peers_required};
 use crate::run::{check_ledger, dataset, open_store, run_json, runtime, segment_records, stderr};

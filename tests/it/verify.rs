@@ -26,6 +26,21 @@ fn verify(ctx: &TestContext, target: &str, deep: bool) -> Output {
     cmd.output().expect("run hubsweep verify")
 }
 
+/// [`verify`], with the peak RSS of the process in KiB.
+fn verify_measured(ctx: &TestContext, target: &str, deep: bool) -> (Output, u64) {
+    let mut cmd = hubsweep(ctx);
+    cmd.arg("verify").arg(target);
+    if deep {
+        cmd.arg("--deep");
+    }
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run hubsweep verify");
+    crate::run::output_and_peak_rss_kib(child)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -301,6 +316,59 @@ fn tampering_is_detected_and_untouched_results_verify() {
             shallow_detects: true,
         });
 
+        // A hostile artifact: a safetensors header claiming a 2^32 × 2^32 tensor and two
+        // tensors over the same bytes, recorded consistently (its sha256 and size in the
+        // record and the Hub agree), so only reading it can see it. The reader must refuse it
+        // without allocating what it claims.
+        let name = branch("hostile-header").await;
+        let header = br#"{"activations":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,16]},"alias":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#;
+        let mut hostile = (header.len() as u64).to_le_bytes().to_vec();
+        hostile.extend_from_slice(header);
+        hostile.extend_from_slice(&[0u8; 16]);
+        let object = upload(&client, name, hostile).await;
+        let edited: Vec<Record> = records
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                if r.id == a.id {
+                    r.files[0].sha256 = object.sha256.clone();
+                    r.files[0].size = object.size;
+                }
+                r
+            })
+            .collect();
+        rewrite_ledger(&client, name, &state.segments, &edited).await;
+        commit(
+            &client,
+            name,
+            vec![CommitOperation::AddLfs {
+                path: fa.path.clone(),
+                sha256: object.sha256.clone(),
+                size: object.size,
+            }],
+        )
+        .await;
+        cases.push(Case {
+            branch: name,
+            expect: vec![id12(&a).into(), fa.path.clone()],
+            shallow_detects: false,
+        });
+
+        // A node recorded twice, the second time with other metrics.
+        let name = branch("duplicated").await;
+        let mut duplicated = records.clone();
+        let mut twin = spectrum.clone();
+        let metrics = twin.metrics.as_mut().unwrap();
+        let norm = metrics["raw"]["spectral_norm"].as_f64().unwrap();
+        metrics["raw"]["spectral_norm"] = serde_json::json!(norm * 2.0);
+        duplicated.push(twin);
+        rewrite_ledger(&client, name, &state.segments, &duplicated).await;
+        cases.push(Case {
+            branch: name,
+            expect: vec![id12(&spectrum).into(), "twice".into()],
+            shallow_detects: true,
+        });
+
         server.shutdown().await;
         cases
     });
@@ -319,7 +387,13 @@ fn tampering_is_detected_and_untouched_results_verify() {
     for case in &cases {
         let target = format!("{REPO}@{}", case.branch);
         for deep in [false, true] {
-            let output = verify(&ctx, &target, deep);
+            let (output, peak_kib) = verify_measured(&ctx, &target, deep);
+            // Bounded memory whatever the files claim (the quickstart's files are small).
+            assert!(
+                peak_kib < 256 << 10,
+                "{} (deep: {deep}): peak RSS {peak_kib} KiB",
+                case.branch
+            );
             let detected = deep || case.shallow_detects;
             let stdout = String::from_utf8_lossy(&output.stdout);
             if !detected {
@@ -355,10 +429,15 @@ fn tampering_is_detected_and_untouched_results_verify() {
 #[test]
 fn a_missing_repo_or_bad_name_cannot_run() {
     let ctx = TestContext::new();
-    let output = verify(&ctx, "local://nobody/nothing", false);
-    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    let output = verify(&ctx, "s3://bucket/x", false);
-    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    let output = verify(&ctx, "hf://nobody/nothing", false);
-    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    // Each says what it could not use.
+    for (target, says) in [
+        ("local://nobody/nothing", "nobody/nothing"),
+        ("s3://bucket/x", "s3://bucket/x"),
+        ("hf://nobody/nothing", "nobody/nothing"),
+    ] {
+        let output = verify(&ctx, target, false);
+        assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(err.contains(says), "{target}: {err}");
+    }
 }

@@ -258,7 +258,7 @@ impl HubClient {
     ) -> Result<(), HubError> {
         let metadata = self.file_metadata(repo, revision, path).await?;
         let location = metadata.location;
-        let response = self.get_file_at(&location).await?;
+        let response = self.get_file_at(&location, 0).await?;
         let io = |source| HubError::Io {
             path: target.to_owned(),
             source,

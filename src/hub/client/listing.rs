@@ -301,26 +301,43 @@ impl HubClient {
         Ok(())
     }
 
-    /// Resolve metadata of a file: `HEAD` without following redirects (so the token never
-    /// follows an LFS redirect to storage).
+    /// Resolve metadata of a file: `HEAD`, following only relative redirects (a renamed repo
+    /// on the same Hub), as the Python client does; an absolute one (LFS storage) is where the
+    /// bytes are, and is read rather than followed, so the token never goes there.
     pub async fn file_metadata(
         &self,
         repo: &Repo,
         revision: &str,
         path: &str,
     ) -> Result<FileMetadata, HubError> {
-        let url = self.resolve_url(repo, revision, path);
-        let response = self
-            .send_with_retry(&url, || {
-                self.hub_request(Method::HEAD, &url)
-                    .header("accept-encoding", "identity")
-            })
-            .await;
-        let response = match response {
-            Err(HubError::Status { status: 404, .. }) => {
-                return Err(HubError::EntryNotFound { url: redact(&url) });
+        let mut url = self.resolve_url(repo, revision, path);
+        let mut hops = 0;
+        let response = loop {
+            let response = self
+                .send_with_retry(&url, || {
+                    self.hub_request(Method::HEAD, &url)
+                        .header("accept-encoding", "identity")
+                })
+                .await;
+            let response = match response {
+                Err(HubError::Status { status: 404, .. }) => {
+                    return Err(HubError::EntryNotFound { url: redact(&url) });
+                }
+                other => other?,
+            };
+            let relative = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .filter(|l| l.starts_with('/') && !l.starts_with("//"))
+                .map(str::to_owned);
+            match relative {
+                Some(location) if response.status().is_redirection() && hops < 5 => {
+                    hops += 1;
+                    url = format!("{}{location}", self.origin());
+                }
+                _ => break response,
             }
-            other => other?,
         };
         let headers = response.headers();
         let text = |name: &str| {
@@ -361,7 +378,7 @@ impl HubClient {
     ) -> Result<bytes::Bytes, HubError> {
         let metadata = self.file_metadata(repo, revision, path).await?;
         let location = metadata.location;
-        let response = self.get_file_at(&location).await?;
+        let response = self.get_file_at(&location, 0).await?;
         response
             .bytes()
             .await
@@ -380,11 +397,34 @@ impl HubClient {
         revision: &str,
         path: &str,
     ) -> Result<FileStream, HubError> {
+        self.download_stream_from(repo, revision, path, 0).await
+    }
+
+    /// [`download_stream`](HubClient::download_stream) from byte `from` on (to resume a
+    /// partial download). The stream's [`offset`](FileStream::offset) says where it really
+    /// starts: `from`, or 0 when the server sent the whole file instead.
+    pub async fn download_stream_from(
+        &self,
+        repo: &Repo,
+        revision: &str,
+        path: &str,
+        from: u64,
+    ) -> Result<FileStream, HubError> {
         let metadata = self.file_metadata(repo, revision, path).await?;
         let location = metadata.location.clone();
-        let response = self.get_file_at(&location).await?;
+        let from = if from >= metadata.size { 0 } else { from };
+        let response = self.get_file_at(&location, from).await?;
+        // Only a 206 whose `Content-Range` starts where asked continues the file.
+        let ranged = response.status() == reqwest::StatusCode::PARTIAL_CONTENT
+            && response
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with(&format!("bytes {from}-")));
+        let offset = if ranged { from } else { 0 };
         Ok(FileStream {
             metadata,
+            offset,
             response,
             url: redact(&location),
         })
@@ -407,6 +447,8 @@ impl HubClient {
 pub struct FileStream {
     /// What resolve said about the file (size and etag as the Hub reports them).
     pub metadata: FileMetadata,
+    /// The byte of the file the stream starts at.
+    pub offset: u64,
     response: reqwest::Response,
     url: String,
 }

@@ -125,6 +125,7 @@ pub struct HubClientBuilder {
     retry: RetryPolicy,
     parts_in_flight: usize,
     timeout: Duration,
+    read_timeout: Option<Duration>,
     events: Option<EventSink>,
 }
 
@@ -154,6 +155,14 @@ impl HubClientBuilder {
         self
     }
 
+    /// Instead of a limit on a whole request, a limit on each wait for the server (to
+    /// connect, and between two reads of the answer): for downloads of files of any size,
+    /// which take as long as they take while bytes keep coming.
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = Some(timeout);
+        self
+    }
+
     /// Where progress events go.
     pub fn events(mut self, events: EventSink) -> Self {
         self.events = Some(events);
@@ -167,13 +176,15 @@ impl HubClientBuilder {
             // and following one would be the easiest way to leak the token to another origin.
             .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true)
-            .timeout(self.timeout)
-            .user_agent(concat!("hubsweep/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|source| HubError::Transport {
-                url: self.endpoint.to_string(),
-                source: source.without_url(),
-            })?;
+            .user_agent(concat!("hubsweep/", env!("CARGO_PKG_VERSION")));
+        let http = match self.read_timeout {
+            Some(wait) => http.connect_timeout(wait).read_timeout(wait),
+            None => http.timeout(self.timeout),
+        };
+        let http = http.build().map_err(|source| HubError::Transport {
+            url: self.endpoint.to_string(),
+            source: source.without_url(),
+        })?;
         Ok(HubClient {
             inner: Arc::new(Inner {
                 http,
@@ -227,6 +238,7 @@ impl HubClient {
             retry: RetryPolicy::default(),
             parts_in_flight: 8,
             timeout: Duration::from_secs(600),
+            read_timeout: None,
             events: None,
         })
     }
@@ -277,17 +289,46 @@ impl HubClient {
         self.inner.http.request(method, url)
     }
 
-    /// `GET` of a file's resolved location, with retries: the Hub's own origin gets the token,
-    /// a storage origin (a CDN the Hub redirected to) never does.
-    async fn get_file_at(&self, location: &str) -> Result<Response, HubError> {
-        self.send_with_retry(location, || {
-            if self.same_origin(location) {
-                self.hub_request(Method::GET, location)
-            } else {
-                self.storage_request(Method::GET, location)
+    /// `GET` of a file's resolved location, with retries, following up to
+    /// [`MAX_REDIRECTS`] further redirects (a CDN may send the client on). The token goes along
+    /// only while every hop so far stayed on the endpoint's origin: once a redirect leaves it,
+    /// no later hop carries it, not even one that leads back (as the Python client does).
+    ///
+    /// From byte `from` on (a `Range` request) when it is not 0; a server may answer the whole
+    /// file anyway (200 rather than 206), which the caller must check.
+    async fn get_file_at(&self, location: &str, from: u64) -> Result<Response, HubError> {
+        let mut url = location.to_owned();
+        let mut credentials = true;
+        for _ in 0..=MAX_REDIRECTS {
+            credentials &= self.same_origin(&url);
+            let response = self
+                .send_with_retry(&url, || {
+                    let request = if credentials {
+                        self.hub_request(Method::GET, &url)
+                    } else {
+                        self.storage_request(Method::GET, &url)
+                    };
+                    if from > 0 {
+                        request.header(reqwest::header::RANGE, format!("bytes={from}-"))
+                    } else {
+                        request
+                    }
+                })
+                .await?;
+            if !response.status().is_redirection() {
+                return Ok(response);
             }
+            url = redirect_target(&url, &response)?;
+        }
+        Err(HubError::InvalidResponse {
+            url: error::redact(location),
+            reason: format!("more than {MAX_REDIRECTS} redirects"),
         })
-        .await
+    }
+
+    /// The endpoint's origin (`scheme://host[:port]`), for joining absolute paths.
+    fn origin(&self) -> String {
+        self.inner.endpoint.origin().ascii_serialization()
     }
 
     fn same_origin(&self, url: &str) -> bool {
@@ -365,6 +406,27 @@ impl HubClient {
             reason: e.to_string(),
         })
     }
+}
+
+/// How many redirects a download follows after the resolve answer.
+const MAX_REDIRECTS: usize = 5;
+
+/// Where a redirect answer to a request for `from` points (its `Location`, relative ones joined
+/// to `from`).
+fn redirect_target(from: &str, response: &Response) -> Result<String, HubError> {
+    let invalid = |reason: &str| HubError::InvalidResponse {
+        url: error::redact(from),
+        reason: reason.to_owned(),
+    };
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| invalid("a redirect without a usable Location"))?;
+    Url::parse(from)
+        .and_then(|base| base.join(location))
+        .map(String::from)
+        .map_err(|_| invalid("a redirect to an invalid Location"))
 }
 
 /// An error and its causes on one line: `outer: inner: root` (for messages and logs).

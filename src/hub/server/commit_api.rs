@@ -1,6 +1,6 @@
 //! `POST /api/{t}/{ns}/{name}/commit/{rev}`: the NDJSON commit (hub-protocol.md §4.6).
 //!
-//! The whole body is parsed and every operation checked before anything is written, so a bad
+//! The whole body is parsed and every operation checked before the repo changes, so a bad
 //! request leaves the repo exactly as it was. Ref updates happen under the repo's lock, which is
 //! what makes concurrent commits to one branch safe (each one sees the previous head).
 
@@ -10,74 +10,15 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
-use base64::Engine as _;
-use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::commit_body::{self, Operation};
 use super::faults::FaultState;
 use super::paths;
 use super::state::{ApiError, AppState};
-use super::store::{CommitRecord, FileEntry, sha256_hex};
+use super::store::{CommitRecord, FileEntry};
 use crate::hub::RepoType;
-
-#[derive(Deserialize)]
-struct Line {
-    key: String,
-    value: Value,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct Header {
-    #[serde(default)]
-    summary: String,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    parent_commit: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct InlineFile {
-    path: String,
-    content: String,
-    #[serde(default)]
-    encoding: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct LfsFile {
-    path: String,
-    oid: String,
-    #[serde(default)]
-    algo: Option<String>,
-    #[serde(default)]
-    size: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct Deletion {
-    path: String,
-}
-
-enum Operation {
-    Add {
-        path: String,
-        content: Vec<u8>,
-    },
-    AddLfs {
-        path: String,
-        oid: String,
-        size: u64,
-    },
-    Delete {
-        path: String,
-    },
-    DeleteFolder {
-        path: String,
-    },
-}
 
 /// Query of the commit endpoint.
 #[derive(Deserialize, Default)]
@@ -112,8 +53,14 @@ pub async fn commit(
         .create_pr
         .as_deref()
         .is_some_and(|v| matches!(v, "1" | "true" | "True"));
-    let (header, operations) = parse_body(&state, body).await?;
-    let operations = check_operations(&state, operations)?;
+    let parsed = commit_body::parse(&state, body).await?;
+    let (header, operations) = (parsed.header, parsed.operations);
+    // Inline contents become durable before any commit can refer to them.
+    let store_state = state.clone();
+    tokio::task::spawn_blocking(move || store_state.store.sync_objects(&parsed.new_objects))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    check_operations(&state, &operations)?;
 
     let lock = state.repo_lock(&key);
     let _guard = lock.lock().await;
@@ -187,178 +134,46 @@ pub async fn commit(
     Ok(Json(answer))
 }
 
-/// Reads the NDJSON body line by line with a per-line and a total limit (413 beyond either).
-async fn parse_body(state: &AppState, body: Body) -> Result<(Header, Vec<Operation>), ApiError> {
-    let max_line = state.limits.max_ndjson_line;
-    let mut stream = body.into_data_stream();
-    let mut pending: Vec<u8> = Vec::new();
-    let mut lines: Vec<Vec<u8>> = Vec::new();
-    let mut total = 0u64;
-    while let Some(frame) = stream.next().await {
-        let data = frame.map_err(|_| ApiError::bad_request("request body ended early"))?;
-        total += data.len() as u64;
-        if total > state.limits.max_commit_bytes {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "commit body is too large",
-            ));
-        }
-        pending.extend_from_slice(&data);
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let rest = pending.split_off(end + 1);
-            pending.truncate(end);
-            lines.push(std::mem::replace(&mut pending, rest));
-        }
-        if pending.len() > max_line {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("an NDJSON line is longer than {max_line} bytes"),
-            ));
-        }
-    }
-    lines.push(pending);
-    let mut header = None;
-    let mut operations = Vec::new();
-    for raw in lines
-        .iter()
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-    {
-        if raw.len() > max_line {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("an NDJSON line is longer than {max_line} bytes"),
-            ));
-        }
-        let line: Line = serde_json::from_slice(raw)
-            .map_err(|e| ApiError::bad_request(format!("invalid NDJSON line: {e}")))?;
-        let bad = |e: serde_json::Error| {
-            ApiError::bad_request(format!("invalid `{}` line: {e}", line.key))
+/// Checks that every LFS object referred to was uploaded, with the stated size (paths were
+/// checked while parsing).
+fn check_operations(state: &AppState, operations: &[Operation]) -> Result<(), ApiError> {
+    for operation in operations {
+        let Operation::AddLfs { path, oid, size } = operation else {
+            continue;
         };
-        match line.key.as_str() {
-            "header" if header.is_none() && operations.is_empty() => {
-                header = Some(serde_json::from_value(line.value.clone()).map_err(bad)?)
+        match state.store.object_size(oid) {
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("lfs object `{oid}` for `{path}` was never uploaded"),
+                ));
             }
-            "file" => {
-                let file: InlineFile = serde_json::from_value(line.value.clone()).map_err(bad)?;
-                let content = match file.encoding.as_deref() {
-                    Some("base64") => base64::engine::general_purpose::STANDARD
-                        .decode(file.content.as_bytes())
-                        .map_err(|_| {
-                            ApiError::bad_request(format!(
-                                "invalid base64 content for `{}`",
-                                file.path
-                            ))
-                        })?,
-                    None | Some("utf-8") => file.content.into_bytes(),
-                    Some(other) => {
-                        return Err(ApiError::bad_request(format!("unknown encoding `{other}`")));
-                    }
-                };
-                operations.push(Operation::Add {
-                    path: file.path,
-                    content,
-                });
+            Some(stored) if size.is_some_and(|size| size != stored) => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "lfs object `{oid}` has {stored} bytes, the commit says {}",
+                        size.unwrap_or_default()
+                    ),
+                ));
             }
-            "lfsFile" => {
-                let file: LfsFile = serde_json::from_value(line.value.clone()).map_err(bad)?;
-                if file.algo.as_deref().is_some_and(|a| a != "sha256") {
-                    return Err(ApiError::bad_request(
-                        "only sha256 LFS objects are supported",
-                    ));
-                }
-                let size = file.size.unwrap_or(u64::MAX);
-                operations.push(Operation::AddLfs {
-                    path: file.path,
-                    oid: file.oid,
-                    size,
-                });
-            }
-            "deletedFile" => operations.push(Operation::Delete {
-                path: serde_json::from_value::<Deletion>(line.value.clone())
-                    .map_err(bad)?
-                    .path,
-            }),
-            "deletedFolder" => operations.push(Operation::DeleteFolder {
-                path: serde_json::from_value::<Deletion>(line.value.clone())
-                    .map_err(bad)?
-                    .path,
-            }),
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "unexpected NDJSON key `{other}`"
-                )));
-            }
+            Some(_) => {}
         }
     }
-    let header =
-        header.ok_or_else(|| ApiError::bad_request("the first NDJSON line must be the header"))?;
-    Ok((header, operations))
+    Ok(())
 }
 
-/// Validates paths and LFS references before anything is written.
-fn check_operations(
-    state: &AppState,
-    operations: Vec<Operation>,
-) -> Result<Vec<Operation>, ApiError> {
-    for operation in &operations {
-        match operation {
-            Operation::Add { path, .. } | Operation::Delete { path } => {
-                paths::check_file_path(path)?
-            }
-            Operation::DeleteFolder { path } => {
-                paths::normalize_folder(path)?;
-            }
-            Operation::AddLfs { path, oid, size } => {
-                paths::check_file_path(path)?;
-                if !paths::is_sha256_hex(oid) {
-                    return Err(ApiError::bad_request(format!(
-                        "lfs oid `{oid}` is not a lowercase hex sha256"
-                    )));
-                }
-                match state.store.object_size(oid) {
-                    None => {
-                        return Err(ApiError::new(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            format!("lfs object `{oid}` for `{path}` was never uploaded"),
-                        ));
-                    }
-                    Some(stored) if *size != u64::MAX && stored != *size => {
-                        return Err(ApiError::new(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            format!(
-                                "lfs object `{oid}` has {stored} bytes, the commit says {size}"
-                            ),
-                        ));
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
-    }
-    Ok(operations)
-}
-
-/// Applies checked operations to a tree. Regular contents are stored as objects first (orphans
-/// after a failure are harmless; nothing refers to them).
+/// Applies checked operations to a tree (regular contents are already objects).
 fn apply(
     state: &AppState,
     mut files: BTreeMap<String, FileEntry>,
     operations: Vec<Operation>,
 ) -> Result<BTreeMap<String, FileEntry>, ApiError> {
-    let mut to_store = Vec::new();
     for operation in operations {
         match operation {
-            Operation::Add { path, content } => {
-                let sha256 = sha256_hex(&content);
-                let entry = FileEntry {
-                    size: content.len() as u64,
-                    sha256: sha256.clone(),
-                    lfs: false,
-                    git_oid: paths::git_blob_id(&content),
-                };
+            Operation::Add { path, entry } => {
                 check_no_conflict(&files, &path)?;
                 files.insert(path, entry);
-                to_store.push((sha256, content));
             }
             Operation::AddLfs { path, oid, .. } => {
                 let size = state.store.object_size(&oid).unwrap_or_default();
@@ -396,9 +211,6 @@ fn apply(
                 }
             }
         }
-    }
-    for (sha256, content) in to_store {
-        state.store.put_object_bytes(&sha256, &content)?;
     }
     Ok(files)
 }

@@ -48,9 +48,27 @@ pub struct Stats {
     pub rate_limited: u64,
     /// Faults that fired.
     pub faults_fired: u64,
+    /// Faults that fired, by kind (so a test can see that each one it armed did).
+    pub fired: FiredFaults,
     /// Requests to storage URLs (`/_lfs/…`) that carried an `Authorization` header: a client
     /// leaking its token to storage. Should stay 0.
     pub storage_requests_with_auth: u64,
+}
+
+/// How many times each kind of fault fired.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FiredFaults {
+    /// `fail_part_once`.
+    pub fail_part: u64,
+    /// `drop_connection_part_once`.
+    pub drop_connection_part: u64,
+    /// `rate_limit_next_commit`.
+    pub rate_limit_commit: u64,
+    /// `commit_applied_then_500`.
+    pub commit_applied_then_500: u64,
+    /// `expire_next_batches` (one per batch answer with expired URLs).
+    pub expired_batch: u64,
 }
 
 /// The live switches and counters of one server.
@@ -65,6 +83,7 @@ pub struct FaultState {
     pub(super) commits_applied: AtomicU64,
     pub(super) rate_limited: AtomicU64,
     faults_fired: AtomicU64,
+    fired: Mutex<FiredFaults>,
     pub(super) storage_requests_with_auth: AtomicU64,
 }
 
@@ -99,15 +118,29 @@ impl FaultState {
             commits_applied: load(&self.commits_applied),
             rate_limited: load(&self.rate_limited),
             faults_fired: load(&self.faults_fired),
+            fired: self.fired.lock().expect("fault lock").clone(),
             storage_requests_with_auth: load(&self.storage_requests_with_auth),
         }
     }
 
     /// Takes a one-shot fault if `pick` says it is armed, counting it as fired.
+    /// The kind is counted from what `pick` disarmed.
     pub fn take(&self, pick: impl FnOnce(&mut Faults) -> bool) -> bool {
-        let fired = pick(&mut self.faults.lock().expect("fault lock"));
+        let mut faults = self.faults.lock().expect("fault lock");
+        let before = faults.clone();
+        let fired = pick(&mut faults);
         if fired {
             self.faults_fired.fetch_add(1, Ordering::Relaxed);
+            let mut counts = self.fired.lock().expect("fault lock");
+            counts.fail_part += u64::from(before.fail_part_once != faults.fail_part_once);
+            counts.drop_connection_part +=
+                u64::from(before.drop_connection_part_once != faults.drop_connection_part_once);
+            counts.rate_limit_commit +=
+                u64::from(before.rate_limit_next_commit != faults.rate_limit_next_commit);
+            counts.commit_applied_then_500 +=
+                u64::from(before.commit_applied_then_500 != faults.commit_applied_then_500);
+            counts.expired_batch +=
+                u64::from(before.expire_next_batches != faults.expire_next_batches);
         }
         fired
     }

@@ -22,9 +22,6 @@ use super::state::{ApiError, AppState, ConnectionKill};
 use super::store::RepoKey;
 use crate::hub::RepoType;
 
-/// Most files one preupload call and objects one batch call may name (the client sends ≤ 256).
-const MAX_ITEMS_PER_CALL: usize = 1000;
-
 #[derive(Deserialize)]
 struct PreuploadRequest {
     files: Vec<PreuploadFile>,
@@ -51,7 +48,7 @@ pub async fn preupload(
     let key = state.existing_repo(kind, &namespace, &name)?;
     let request: PreuploadRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid preupload body: {e}")))?;
-    if request.files.len() > MAX_ITEMS_PER_CALL {
+    if request.files.len() > state.limits.max_objects_per_batch {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too many files in one preupload call",
@@ -98,129 +95,6 @@ pub async fn preupload(
     Ok(Json(json!({ "files": answers, "commitOid": commit_id })))
 }
 
-#[derive(Deserialize)]
-struct BatchRequest {
-    operation: String,
-    #[serde(default)]
-    transfers: Vec<String>,
-    objects: Vec<BatchObject>,
-}
-
-#[derive(Deserialize)]
-struct BatchObject {
-    oid: String,
-    size: u64,
-}
-
-/// `POST /{p}{ns}/{name}.git/info/lfs/objects/batch`: hands out upload (or download) actions.
-pub async fn batch(
-    state: Arc<AppState>,
-    kind: RepoType,
-    (namespace, name_git): (String, String),
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    let name = name_git
-        .strip_suffix(".git")
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not a git path"))?;
-    let key = state.existing_repo(kind, &namespace, name)?;
-    let request: BatchRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid batch body: {e}")))?;
-    if request.operation == "upload" {
-        state.require_write(&headers)?;
-    } else if request.operation != "download" {
-        return Err(ApiError::bad_request(format!(
-            "unknown operation `{}`",
-            request.operation
-        )));
-    }
-    if request.objects.len() > MAX_ITEMS_PER_CALL {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too many objects in one batch call",
-        ));
-    }
-    FaultState::bump(&state.faults.batch_calls);
-    let expired = state.faults.take(|f| {
-        let armed = f.expire_next_batches > 0;
-        f.expire_next_batches = f.expire_next_batches.saturating_sub(1);
-        armed
-    });
-    let expires = if expired {
-        paths::unix_now().saturating_sub(60)
-    } else {
-        paths::unix_now() + state.limits.presign_ttl_secs
-    };
-    let multipart_ok = request.transfers.iter().any(|t| t == "multipart");
-    let mut used_multipart = false;
-    let objects: Vec<Value> = request
-        .objects
-        .iter()
-        .map(|object| {
-            if !paths::is_sha256_hex(&object.oid) {
-                return json!({"oid": object.oid, "size": object.size,
-                    "error": {"code": 422, "message": "oid must be a lowercase hex sha256"}});
-            }
-            let stored = state.store.object_size(&object.oid);
-            if request.operation == "download" {
-                return match stored {
-                    Some(size) => json!({"oid": object.oid, "size": size, "actions": {"download": {
-                        "href": format!("{}/_lfs/blobs/{}", state.storage_url, object.oid), "header": {}}}}),
-                    None => json!({"oid": object.oid, "size": object.size,
-                        "error": {"code": 404, "message": "object does not exist"}}),
-                };
-            }
-            if stored == Some(object.size) {
-                // Already stored: no actions, the client skips the transfer (dedup).
-                return json!({"oid": object.oid, "size": object.size});
-            }
-            let verify = json!({"href": format!("{}/{}{}.git/info/lfs/objects/verify", state.base_url, kind.git_prefix(), key.id()), "header": {}});
-            let upload = if multipart_ok && object.size > state.limits.multipart_threshold {
-                used_multipart = true;
-                multipart_action(&state, &object.oid, object.size, expires)
-            } else {
-                let what = format!("put|{}|{}", object.oid, object.size);
-                let route = format!("/_lfs/objects/{}/{}", object.oid, object.size);
-                json!({"href": state.presign(&state.storage_url, &route, &what, expires), "header": {}})
-            };
-            json!({"oid": object.oid, "size": object.size, "authenticated": true,
-                "actions": {"upload": upload, "verify": verify}})
-        })
-        .collect();
-    let transfer = if used_multipart { "multipart" } else { "basic" };
-    let body =
-        json!({ "transfer": transfer, "objects": objects, "hash_algo": "sha256" }).to_string();
-    Ok((
-        [(header::CONTENT_TYPE, "application/vnd.git-lfs+json")],
-        body,
-    )
-        .into_response())
-}
-
-fn multipart_action(state: &AppState, oid: &str, size: u64, expires: u64) -> Value {
-    let chunk = state.limits.part_size;
-    let parts = size.div_ceil(chunk);
-    let mut header = serde_json::Map::new();
-    header.insert("chunk_size".to_owned(), Value::String(chunk.to_string()));
-    for n in 1..=parts {
-        let what = format!("part|{oid}|{size}|{chunk}|{n}");
-        let route = format!("/_lfs/parts/{oid}/{size}/{chunk}/{n}");
-        header.insert(
-            n.to_string(),
-            Value::String(state.presign(&state.storage_url, &route, &what, expires)),
-        );
-    }
-    // The completion URL is Hub-hosted and called without auth, so it is signed too.
-    let what = format!("complete|{oid}|{size}|{chunk}");
-    let href = state.presign(
-        &state.base_url,
-        &format!("/_lfs/complete/{oid}/{size}/{chunk}"),
-        &what,
-        expires,
-    );
-    json!({ "href": href, "header": header })
-}
-
 /// Query of every presigned URL.
 #[derive(Deserialize)]
 pub struct Signed {
@@ -233,9 +107,12 @@ pub async fn put_object(
     State(state): State<Arc<AppState>>,
     Path((oid, size)): Path<(String, u64)>,
     Query(signed): Query<Signed>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     state.check_signature(&format!("put|{oid}|{size}"), signed.exp, &signed.sig)?;
+    check_declared_length(&headers, size)?;
+    state.check_room(size)?;
     let temp = state.store.temp_path();
     let file = tokio::fs::File::create(&temp).await?;
     let received = receive_into(file, body, size, true, None).await;
@@ -268,6 +145,7 @@ pub async fn put_part(
     Path((oid, size, chunk, n)): Path<(String, u64, u64, u32)>,
     Query(signed): Query<Signed>,
     kill: Option<axum::Extension<ConnectionKill>>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     state.check_signature(
@@ -282,7 +160,7 @@ pub async fn put_part(
             "injected part failure",
         ));
     }
-    let count = size.div_ceil(chunk);
+    let count = size.div_ceil(chunk).max(1);
     if n == 0 || u64::from(n) > count {
         return Err(ApiError::bad_request(format!(
             "part {n} out of range 1..={count}"
@@ -293,6 +171,8 @@ pub async fn put_part(
     } else {
         chunk
     };
+    check_declared_length(&headers, expected)?;
+    state.check_room(expected)?;
     let drop_after = if state.faults.take(|f| faults::take_drop_part(f, n)) {
         kill.map(|axum::Extension(kill)| (kill, expected / 2))
     } else {
@@ -325,6 +205,20 @@ pub async fn put_part(
     tokio::fs::File::create(folder.join(format!("{n}.{etag}"))).await?;
     state.hashes.done(&oid, u64::from(n));
     Ok((StatusCode::OK, [(header::ETAG, format!("\"{etag}\""))]).into_response())
+}
+
+/// Refuses a body whose declared length is not the one expected, before reading it.
+fn check_declared_length(headers: &HeaderMap, expected: u64) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(declared) if declared != expected => Err(ApiError::bad_request(format!(
+            "body of {declared} bytes, expected {expected}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Streams a request body into `file` (already positioned), hashing it when asked (whole
@@ -400,7 +294,7 @@ pub async fn complete(
             "completion oid does not match the URL",
         ));
     }
-    let count = size.div_ceil(chunk);
+    let count = size.div_ceil(chunk).max(1);
     if request.parts.len() as u64 != count
         || request
             .parts

@@ -10,10 +10,15 @@
 //! # Ok(()) }
 //! ```
 
+mod batch;
+mod card_api;
 mod commit_api;
+mod commit_body;
+mod disk;
 pub mod faults;
 mod hashing;
 mod lfs_api;
+mod limits;
 mod paths;
 
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SS.000Z`, the Hub's timestamp shape (also used in ledger records).
@@ -33,54 +38,18 @@ use axum::Router;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{delete, get, post, put};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service as _;
 
-pub use faults::{Faults, Stats};
+pub use faults::{Faults, FiredFaults, Stats};
+pub use limits::Limits;
 use state::{ApiError, AppState, ConnectionKill};
 
 use crate::hub::{RepoType, Token};
-
-/// Thresholds and limits of one server instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Preupload answers `lfs` for files at least this large (the Hub: 10 MiB).
-    pub lfs_threshold: u64,
-    /// LFS batch answers multipart for objects larger than this, basic otherwise.
-    pub multipart_threshold: u64,
-    /// Part size of multipart uploads.
-    pub part_size: u64,
-    /// Longest accepted NDJSON commit line (413 beyond).
-    pub max_ndjson_line: usize,
-    /// Largest accepted commit body (413 beyond).
-    pub max_commit_bytes: u64,
-    /// Commits per repo per sliding hour (429 with `Retry-After` beyond); `None` = unlimited.
-    /// The real Hub allows 128.
-    pub commits_per_hour: Option<u32>,
-    /// Lifetime of presigned URLs.
-    pub presign_ttl_secs: u64,
-    /// Entries per page of tree listings (pages are linked with `Link: rel="next"`).
-    pub tree_page_size: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            lfs_threshold: 10 << 20,
-            multipart_threshold: 64 << 20,
-            part_size: 16 << 20,
-            max_ndjson_line: 64 << 20,
-            max_commit_bytes: 512 << 20,
-            commits_per_hour: None,
-            presign_ttl_secs: 3600,
-            tree_page_size: 1000,
-        }
-    }
-}
 
 /// How to start a server.
 #[derive(Debug, Clone)]
@@ -131,6 +100,12 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// A limit is set to a value the server cannot work with.
+    #[error("invalid server limits: {reason}")]
+    Limits {
+        /// What is wrong.
+        reason: String,
+    },
     /// The store could not be opened.
     #[error("cannot open the hub store at `{}`", dir.display())]
     Store {
@@ -149,6 +124,10 @@ impl Server {
     /// Opens the store, binds, and serves in a background task until the handle is shut down
     /// or dropped.
     pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
+        config
+            .limits
+            .check()
+            .map_err(|reason| ServerError::Limits { reason })?;
         let store = store::Store::open(&config.dir).map_err(|source| ServerError::Store {
             dir: config.dir.clone(),
             source,
@@ -340,7 +319,13 @@ fn router(state: Arc<AppState>, admin: bool) -> Router {
             "/_lfs/complete/{oid}/{size}/{chunk}",
             post(lfs_api::complete),
         )
-        .route("/_lfs/blobs/{oid}", get(resolve::blob));
+        .route("/_lfs/blobs/{oid}", get(resolve::blob))
+        .route(
+            "/api/validate-yaml",
+            post(card_api::validate_yaml).layer(axum::extract::DefaultBodyLimit::max(
+                card_api::MAX_BODY_BYTES,
+            )),
+        );
     if admin {
         app = app
             .route(
@@ -416,7 +401,7 @@ fn router(state: Arc<AppState>, admin: bool) -> Router {
             )
             .route(
                 &format!("{git}/info/lfs/objects/batch"),
-                post(move |State(s): S, p: P2, h: HeaderMap, b| lfs_api::batch(s, kind, p.0, h, b)),
+                post(move |State(s): S, p: P2, h: HeaderMap, b| batch::batch(s, kind, p.0, h, b)),
             )
             .route(
                 &format!("{git}/info/lfs/objects/verify"),
@@ -431,11 +416,17 @@ fn router(state: Arc<AppState>, admin: bool) -> Router {
                 }),
             );
     }
+    // Bodies read whole (JSON, forms) are bounded; commits and uploads stream under their own.
+    let body_limit = axum::extract::DefaultBodyLimit::max(state.limits.max_json_body);
     app.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        declared_body_limits,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
         state.clone(),
         slow_down,
     ))
-    .layer(axum::extract::DefaultBodyLimit::disable())
+    .layer(body_limit)
     .with_state(state)
 }
 
@@ -451,6 +442,34 @@ async fn slow_down(State(state): S, request: Request, next: Next) -> Response {
     let delay = state.faults.slow_ms();
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    next.run(request).await
+}
+
+/// Refuses (413) a request whose declared `Content-Length` is more than its route takes, before
+/// reading a byte of it: without this a client could declare 300 MB and hold the request open.
+/// Object and part uploads are checked against their signed size by their handlers.
+async fn declared_body_limits(State(state): S, request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(declared) = declared {
+        let path = request.uri().path();
+        let segments: Vec<&str> = path.split('/').take(7).collect();
+        let limit = match segments.as_slice() {
+            ["", "_lfs", "objects" | "parts", ..] => None,
+            ["", "api", _, _, _, "commit", ..] => Some(state.limits.max_commit_bytes),
+            _ => Some(state.limits.max_json_body as u64),
+        };
+        if let Some(limit) = limit.filter(|limit| declared > *limit) {
+            return state::ApiError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body of {declared} bytes is larger than the {limit} bytes this endpoint takes"),
+            )
+            .into_response();
+        }
     }
     next.run(request).await
 }

@@ -29,6 +29,10 @@ pub async fn resolve(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = state.existing_repo(kind, &namespace, &name)?;
+    // A private repo's files are read with the token only, as on the Hub (private and gated).
+    if state.store.repo_meta(&key).is_ok_and(|meta| meta.private) {
+        state.require_write(&headers)?;
+    }
     let commit_id = state.commit_of(&key, &revision)?;
     paths::check_file_path(&path)?;
     let cached = load(&state, &key, &commit_id)?;

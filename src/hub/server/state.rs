@@ -156,6 +156,24 @@ impl AppState {
         Ok(Some(commit))
     }
 
+    /// Refuses (507) an upload of `bytes` that would eat into the disk space the server keeps
+    /// free ([`Limits::min_free_bytes`]).
+    pub fn check_room(&self, bytes: u64) -> Result<(), ApiError> {
+        let Some(keep) = self.limits.min_free_bytes else {
+            return Ok(());
+        };
+        let Some(free) = self.store.available_bytes() else {
+            return Ok(());
+        };
+        let room = free.saturating_sub(keep);
+        if bytes > room {
+            return Err(ApiError::insufficient_storage(format!(
+                "the hub has not enough free disk space for {bytes} more bytes: {room} can still be used (it keeps {keep} free)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Records a commit for the per-repo rate limit, or answers 429 with `Retry-After` if the
     /// last hour is full.
     pub fn check_commit_rate(&self, key: &RepoKey) -> Result<(), ApiError> {
@@ -280,6 +298,11 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
+    /// 507 Insufficient Storage: the store's disk cannot take the upload.
+    pub fn insufficient_storage(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INSUFFICIENT_STORAGE, message)
+    }
+
     /// 429 with `Retry-After` and the IETF `RateLimit` header.
     pub fn rate_limited(message: impl Into<String>, retry_after: u64) -> Self {
         Self {
@@ -341,6 +364,14 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
+        if let StoreError::Io(io) = &error
+            && io.kind() == std::io::ErrorKind::StorageFull
+        {
+            tracing::warn!(error = %io, "the hub's disk is full");
+            return ApiError::insufficient_storage(
+                "the hub's disk is full; free some space on it and retry",
+            );
+        }
         tracing::error!(error = %error, cause = ?std::error::Error::source(&error), "store failure");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal storage error")
     }

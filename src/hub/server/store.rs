@@ -214,6 +214,44 @@ impl Store {
         self.install_object(&temp, sha256)
     }
 
+    /// Stores bytes as an object without making it durable yet (a commit's inline files, many
+    /// at a time): [`Store::sync_objects`] does that for all of them before the commit that
+    /// refers to them is written. Returns whether the object was new.
+    pub fn put_object_unsynced(&self, sha256: &str, content: &[u8]) -> Result<bool, StoreError> {
+        if self.object_size(sha256) == Some(content.len() as u64) {
+            return Ok(false);
+        }
+        let target = self.object_path(sha256);
+        fs_err::create_dir_all(target.parent().expect("object path has a parent"))?;
+        let temp = self.temp_path();
+        fs_err::write(&temp, content)?;
+        fs_err::rename(&temp, &target)?;
+        Ok(true)
+    }
+
+    /// Makes objects written by [`Store::put_object_unsynced`] durable: one `syncfs` of the
+    /// store's filesystem where the platform has it, else an fsync per object and folder.
+    pub fn sync_objects(&self, sha256s: &[String]) -> Result<(), StoreError> {
+        if sha256s.is_empty() || super::disk::sync_filesystem(&self.root)? {
+            return Ok(());
+        }
+        let mut folders = std::collections::BTreeSet::new();
+        for sha256 in sha256s {
+            let path = self.object_path(sha256);
+            fs_err::File::open(&path)?.sync_all()?;
+            folders.insert(path.parent().expect("object path has a parent").to_owned());
+        }
+        for folder in folders {
+            sync_dir(&folder)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes that can still be written to the store's disk (`None`: the platform does not say).
+    pub fn available_bytes(&self) -> Option<u64> {
+        super::disk::available_bytes(&self.root)
+    }
+
     /// Reads a whole object (only used for small regular files such as `.gitattributes`).
     pub fn read_object(&self, sha256: &str) -> Result<Vec<u8>, StoreError> {
         Ok(fs_err::read(self.object_path(sha256))?)

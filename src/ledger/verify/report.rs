@@ -29,11 +29,13 @@ pub enum CheckKind {
     Headers,
     /// Spectra recompute from their artifacts (deep).
     Spectra,
+    /// The dataset card's pins and counts agree with the ledger.
+    Card,
 }
 
 impl CheckKind {
     /// Every check, in table order.
-    pub const ALL: [CheckKind; 11] = [
+    pub const ALL: [CheckKind; 12] = [
         CheckKind::Manifest,
         CheckKind::Records,
         CheckKind::Ids,
@@ -42,6 +44,7 @@ impl CheckKind {
         CheckKind::Duplicates,
         CheckKind::Paths,
         CheckKind::Files,
+        CheckKind::Card,
         CheckKind::Hashes,
         CheckKind::Headers,
         CheckKind::Spectra,
@@ -61,6 +64,7 @@ impl CheckKind {
             CheckKind::Hashes => "hashes",
             CheckKind::Headers => "headers",
             CheckKind::Spectra => "spectra",
+            CheckKind::Card => "card",
         }
     }
 
@@ -78,6 +82,7 @@ impl CheckKind {
             CheckKind::Hashes => "downloaded bytes hash to the recorded sha256",
             CheckKind::Headers => "safetensors headers sound; names, shapes, dtypes as recorded",
             CheckKind::Spectra => "spectra recompute from their artifacts within tolerance",
+            CheckKind::Card => "README.md's pins, counts and configs agree with the ledger",
         }
     }
 

@@ -9,8 +9,8 @@ use super::report::{CheckKind, VerifyReport};
 use super::{node_label, short};
 use crate::hub::{HubClient, HubError, Repo};
 use crate::ledger::{
-    INDEX_PATH, MANIFEST_PATH, Manifest, Record, SEGMENTS_DIR, is_segment_path, parse_manifest,
-    parse_records,
+    INDEX_PATH, MANIFEST_PATH, Manifest, Record, SEGMENTS_DIR, card, is_segment_path,
+    parse_manifest, parse_records,
 };
 
 /// A repo file as the tree lists it.
@@ -398,4 +398,39 @@ pub(super) fn check_nodes(
 
 fn is_hex64(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A card hubsweep wrote must claim what the ledger holds (docs/ledger.md); a card somebody
+/// else wrote, or none, is not checked.
+pub(super) async fn check_card(
+    client: &HubClient,
+    repo: &Repo,
+    head: &str,
+    tree: &HashMap<String, TreeFile>,
+    results: &HashMap<String, (String, Record)>,
+    report: &mut VerifyReport,
+) -> Result<(), HubError> {
+    let Some(file) = tree.get(card::CARD_PATH) else {
+        return Ok(());
+    };
+    if file.size > card::MAX_CARD_BYTES as u64 {
+        return Ok(());
+    }
+    let bytes = client.download_bytes(repo, head, card::CARD_PATH).await?;
+    let text = String::from_utf8_lossy(&bytes);
+    if card::authorship(Some(&text)) != card::Authorship::Hubsweep {
+        return Ok(());
+    }
+    report.count(CheckKind::Card, 1);
+    let mut actual = card::Claims::from_records(results.values().map(|(_, record)| record));
+    actual.failed = report.failed_nodes as u64;
+    for finding in card::check(&text, &actual, |path| tree.contains_key(path)) {
+        report.fail(
+            CheckKind::Card,
+            Some("card".to_owned()),
+            Some(card::CARD_PATH),
+            finding.message,
+        );
+    }
+    Ok(())
 }

@@ -21,7 +21,7 @@ use data::data_spec;
 use limits::{compute, limits};
 use models::model_group;
 pub use names::check_repo_id;
-use names::{check_name, parse_output};
+use names::{check_license, check_name, parse_output};
 
 /// Validates a raw spec. Returns the spec when there is no error, and every diagnostic
 /// (errors and warnings) either way.
@@ -29,6 +29,10 @@ pub fn validate(raw: &RawSpec) -> (Option<SweepSpec>, Vec<Diagnostic>) {
     let mut d = Vec::new();
     let name = check_name(&raw.name, &mut d);
     let output = parse_output(&raw.output, &mut d);
+    let license = raw
+        .license
+        .as_deref()
+        .and_then(|l| check_license(l, &mut d));
     let models: Vec<ModelGroup> = raw
         .models
         .iter()
@@ -77,6 +81,7 @@ pub fn validate(raw: &RawSpec) -> (Option<SweepSpec>, Vec<Diagnostic>) {
         (true, Some(name), Some(output), Some(data)) => Some(SweepSpec {
             name,
             output,
+            license,
             models,
             data,
             capture,
@@ -108,6 +113,9 @@ pub fn validate_sections(document: &serde_json::Value, broken_paths: &[String]) 
     }
     if let Some(serde_json::Value::String(output)) = section("output") {
         parse_output(output, &mut d);
+    }
+    if let Some(serde_json::Value::String(license)) = section("license") {
+        check_license(license, &mut d);
     }
     if let Some(data) =
         section("data").and_then(|v| serde_json::from_value::<RawData>(v.clone()).ok())

@@ -17,6 +17,43 @@ pub(super) fn check_name(name: &str, d: &mut Vec<Diagnostic>) -> Option<String> 
     Some(name.to_owned())
 }
 
+/// License identifiers researchers use most, for "did you mean" (the Hub knows more).
+const COMMON_LICENSES: &[&str] = &[
+    "apache-2.0",
+    "mit",
+    "cc-by-4.0",
+    "cc-by-sa-4.0",
+    "cc-by-nc-4.0",
+    "cc0-1.0",
+    "odc-by",
+    "odbl",
+    "openrail",
+    "other",
+    "unknown",
+];
+
+/// Checks a license identifier: the Hub's are lowercase (`apache-2.0`, `cc-by-4.0`), and a card
+/// whose `license` the Hub does not know is refused by the Hub at commit time — after the run.
+pub(super) fn check_license(license: &str, d: &mut Vec<Diagnostic>) -> Option<String> {
+    let well_formed = !license.is_empty()
+        && license.len() <= 64
+        && license
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '+'));
+    if well_formed {
+        return Some(license.to_owned());
+    }
+    let lower = license.to_ascii_lowercase();
+    let help = match did_you_mean(&lower, COMMON_LICENSES.iter().copied()) {
+        Some(suggestion) => format!("{suggestion} Hub license identifiers are lowercase"),
+        None => "use a Hub license identifier: lowercase, e.g. `apache-2.0`, `mit`, \
+                 `cc-by-4.0`, or `other`"
+            .into(),
+    };
+    d.push(Diagnostic::error("/license", format!("invalid license `{license}`")).with_help(help));
+    None
+}
+
 /// Checks `ns/name` the way the Hub does: two parts, allowed characters, no `--`/`..`.
 pub fn check_repo_id(id: &str) -> Result<(), String> {
     let parts: Vec<&str> = id.split('/').collect();

@@ -1,59 +1,23 @@
 //! `hubsweep hub serve|import|mirror` through the binary, and the store surviving `kill -9`.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use hubsweep::hub::{CommitOperation, CommitOptions, LfsObject};
 
-use super::{client, model, pseudo_random, sha256_hex, start_server};
+use super::{client, client_for, model, pseudo_random, sha256_hex, spawn_serve, start_server};
 use crate::common::TestContext;
-
-/// Starts `hubsweep hub serve --dir DIR` and returns the child and the URL it printed.
-fn spawn_serve(context: &TestContext, dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("hubsweep"))
-        .args(["hub", "serve", "--dir"])
-        .arg(dir)
-        .env("HUBSWEEP_HOME", context.child("hubsweep-home"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn hubsweep hub serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().to_owned();
-    assert!(
-        url.starts_with("http://127.0.0.1:"),
-        "serve printed {url:?}"
-    );
-    (child, url)
-}
-
-fn hub_for(url: &str) -> hubsweep::hub::HubClient {
-    let retry = hubsweep::hub::RetryPolicy {
-        max_attempts: 2,
-        base_delay: std::time::Duration::from_millis(10),
-        ..Default::default()
-    };
-    hubsweep::hub::HubClient::builder(url)
-        .unwrap()
-        .retry(retry)
-        .build()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_survives_kill_9_without_half_visible_commits() {
     let context = TestContext::new();
     let store = context.child("store");
     let (mut child, url) = spawn_serve(&context, &store);
-    let hub = hub_for(&url);
+    let hub = client_for(&url);
     let repo = model("org/crash");
     hub.create_repo(&repo, false, true).await.unwrap();
-    // Commit as fast as possible (regular and LFS files), and kill -9 the server mid-stream.
+    // Commit as fast as possible (regular and LFS files), and kill -9 the server mid-stream,
+    // once the writer has seen its third commit land.
+    let landed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {
-        let (hub, repo) = (hub.clone(), repo.clone());
+        let (hub, repo, landed) = (hub.clone(), repo.clone(), landed.clone());
         tokio::spawn(async move {
             for n in 0u64.. {
                 let object = LfsObject::from_bytes(pseudo_random(64 << 10, n + 100));
@@ -78,16 +42,24 @@ async fn serve_survives_kill_9_without_half_visible_commits() {
                 {
                     return;
                 }
+                landed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while landed.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline && !writer.is_finished(),
+            "the writer did not get three commits in"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let _ = writer.await;
 
     let (mut child, url) = spawn_serve(&context, &store);
-    let hub = hub_for(&url);
+    let hub = client_for(&url);
     let history = hub.list_commits(&repo, "main").await.unwrap();
     assert!(
         history.len() > 2,
@@ -253,4 +225,11 @@ async fn import_then_mirror_through_the_binary() {
     assert_eq!(String::from_utf8(offline.stdout).unwrap(), path);
     let missing = tokio::task::block_in_place(|| download("1", "config.json"));
     assert_eq!(missing.status.code(), Some(2));
+    // Named, with why it was not fetched.
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("`config.json` of `org/tiny` at `main` is not in the cache")
+            && err.contains("offline"),
+        "{err}"
+    );
 }

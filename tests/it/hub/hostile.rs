@@ -335,3 +335,223 @@ async fn rewritten_parts_cannot_slip_past_the_completion_hash() {
         .unwrap();
     assert_eq!(sha256_hex(&blob), oid);
 }
+
+/// Sends a request head on a raw connection, then `chunked_mib` chunks of 1 MiB of body (none:
+/// a declared length never sent) from another thread, and returns the answer's status: the
+/// server must answer from the head, or mid-body, without reading the rest.
+fn raw_status(url: &str, head: &str, chunked_mib: usize) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let address = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let head = head.replace("HOST", &address);
+    std::thread::spawn(move || {
+        // Write errors are expected once the server has answered and closed.
+        let _ = writer.write_all(head.as_bytes());
+        let chunk = [b' '; 1 << 20];
+        for _ in 0..chunked_mib {
+            let _ = writer.write_all(b"100000\r\n");
+            let _ = writer.write_all(&chunk);
+            let _ = writer.write_all(b"\r\n");
+        }
+    });
+    let mut answer = [0u8; 64];
+    let read = stream.read(&mut answer).expect("an answer within 5 s");
+    let text = String::from_utf8_lossy(&answer[..read]);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_batch_and_commit_requests_get_a_quick_4xx_in_bounded_memory() {
+    let context = TestContext::new();
+    let (mut server, base) = super::spawn_serve(&context, &context.child("store"));
+    let hub = super::client_for(&base);
+    let repo = model("org/target");
+    hub.create_repo(&repo, false, true).await.unwrap();
+    let head = hub.head(&repo, "main").await.unwrap();
+    let http = reqwest::Client::new();
+    let batch_url = format!("{base}/org/target.git/info/lfs/objects/batch");
+    let commit_url = format!("{base}/api/models/org/target/commit/main");
+    let an_oid = sha256_hex(b"x");
+    // A signed multipart completion URL, to send hostile completions to.
+    let multipart: serde_json::Value = http
+        .post(&batch_url)
+        .json(&json!({"operation": "upload", "transfers": ["basic", "multipart"], "objects": [{"oid": an_oid, "size": 100_000_000}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let completion = multipart["objects"][0]["actions"]["upload"]["href"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let part_one = multipart["objects"][0]["actions"]["upload"]["header"]["1"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let baseline = super::peak_rss_bytes(server.id());
+
+    let objects = |n: usize| {
+        json!({"operation": "upload", "transfers": ["basic"],
+            "objects": (0..n).map(|i| json!({"oid": sha256_hex(&i.to_le_bytes()), "size": 1})).collect::<Vec<_>>()})
+    };
+    let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let many_deletions: String = std::iter::once(format!("{}\n", header()))
+        .chain((0..100_001).map(|i| {
+            format!(
+                "{}\n",
+                json!({"key": "deletedFile", "value": {"path": format!("f/{i}")}})
+            )
+        }))
+        .collect();
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
+        ("1001 objects in one batch", http.post(&batch_url).json(&objects(1001)), 413),
+        ("batch nested 100,000 deep", http.post(&batch_url).body(nested(100_000)), 400),
+        (
+            "object nested in the size",
+            http.post(&batch_url).body(format!(r#"{{"operation":"upload","objects":[{{"oid":"{an_oid}","size":{}}}]}}"#, nested(10_000))),
+            400,
+        ),
+        ("negative size", http.post(&batch_url).json(&json!({"operation": "upload", "objects": [{"oid": an_oid, "size": -1}]})), 400),
+        (
+            "size past u64",
+            http.post(&batch_url).body(format!(r#"{{"operation":"upload","objects":[{{"oid":"{an_oid}","size":1{}}}]}}"#, "0".repeat(40))),
+            400,
+        ),
+        ("unknown operation", http.post(&batch_url).json(&json!({"operation": "rm -rf", "objects": []})), 400),
+        (
+            "1001 files in one preupload",
+            http.post(format!("{base}/api/models/org/target/preupload/main"))
+                .json(&json!({"files": (0..1001).map(|i| json!({"path": format!("f{i}"), "size": 1, "sample": ""})).collect::<Vec<_>>()})),
+            413,
+        ),
+        ("completion listing the wrong parts", http.post(&completion).json(&json!({"oid": an_oid, "parts": [{"partNumber": 4_000_000_000u64, "etag": "x"}]})), 400),
+        (
+            "part number past u32",
+            http.put(part_one.replace("/1?", "/99999999999?")).body("x"),
+            400,
+        ),
+        ("part number on a URL not signed for it", http.put(part_one.replace("/1?", "/7?")).body("x"), 403),
+        ("commit of 100,001 operations", http.post(&commit_url).body(many_deletions), 413),
+        (
+            "commit line nested 100,000 deep",
+            http.post(&commit_url).body(format!("{}\n{{\"key\":\"file\",\"value\":{}}}\n", header(), nested(100_000))),
+            400,
+        ),
+        ("commit of JSON that never ends", http.post(&commit_url).body("[".repeat(1 << 20)), 400),
+        ("create nested 100,000 deep", http.post(format!("{base}/api/repos/create")).body(nested(100_000)), 400),
+    ];
+    for (name, request, status) in cases {
+        let started = std::time::Instant::now();
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let took = started.elapsed();
+        assert_eq!(
+            response.status().as_u16(),
+            status,
+            "{name}: {}",
+            response.text().await.unwrap_or_default()
+        );
+        assert!(
+            took < std::time::Duration::from_secs(2),
+            "{name} took {took:?}"
+        );
+    }
+    // Bodies too large for their endpoint: declared ones are refused from their length alone
+    // (none of it is sent), streamed ones as soon as they pass the limit (the rest is not read).
+    let path_of = |url: &str| {
+        format!(
+            "/{}",
+            url.trim_start_matches("http://").split_once('/').unwrap().1
+        )
+    };
+    let raw_cases = [
+        (
+            "batch declaring 300 MB",
+            String::from(
+                "POST /org/target.git/info/lfs/objects/batch HTTP/1.1\r\nHost: HOST\r\nContent-Type: application/json\r\nContent-Length: 300000000\r\n\r\n",
+            ),
+            0,
+            413,
+        ),
+        (
+            "batch streaming 300 MB",
+            String::from(
+                "POST /org/target.git/info/lfs/objects/batch HTTP/1.1\r\nHost: HOST\r\nTransfer-Encoding: chunked\r\n\r\n",
+            ),
+            300,
+            413,
+        ),
+        (
+            "commit declaring 600 MB",
+            String::from(
+                "POST /api/models/org/target/commit/main HTTP/1.1\r\nHost: HOST\r\nContent-Length: 600000000\r\n\r\n",
+            ),
+            0,
+            413,
+        ),
+        (
+            "completion declaring 40 MB of parts",
+            format!(
+                "POST {} HTTP/1.1\r\nHost: HOST\r\nContent-Length: 40000000\r\n\r\n",
+                path_of(&completion)
+            ),
+            0,
+            413,
+        ),
+        (
+            "paths-info declaring 9 MiB",
+            format!(
+                "POST /api/models/org/target/paths-info/main HTTP/1.1\r\nHost: HOST\r\nContent-Length: {}\r\n\r\n",
+                9 << 20
+            ),
+            0,
+            413,
+        ),
+        (
+            "part declaring more than its size",
+            format!(
+                "PUT {} HTTP/1.1\r\nHost: HOST\r\nContent-Length: {}\r\n\r\n",
+                path_of(&part_one),
+                (16 << 20) + 1
+            ),
+            0,
+            400,
+        ),
+    ];
+    for (name, head, chunked_mib, status) in raw_cases {
+        let started = std::time::Instant::now();
+        let base = base.clone();
+        let got = tokio::task::spawn_blocking(move || raw_status(&base, &head, chunked_mib))
+            .await
+            .unwrap();
+        assert_eq!(got, status, "{name}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{name}"
+        );
+    }
+    let grown = super::peak_rss_bytes(server.id()).saturating_sub(baseline);
+    assert!(
+        grown < 128 << 20,
+        "hostile requests grew the server's peak memory by {grown} bytes"
+    );
+    assert_eq!(hub.head(&repo, "main").await.unwrap(), head);
+    server.kill().unwrap();
+    let _ = server.wait();
+}

@@ -7,8 +7,11 @@ mod delete;
 mod download;
 mod faults;
 mod hostile;
+mod limits;
 mod listing;
 mod python;
+
+use std::io::BufRead as _;
 
 use hubsweep::hub::server::{Server, ServerConfig, ServerHandle};
 
@@ -20,6 +23,31 @@ pub async fn start_server(
     let mut config = ServerConfig::new(dir.join("store"));
     configure(&mut config);
     Server::start(config).await.expect("start the embedded hub")
+}
+
+/// Starts `hubsweep hub serve --dir DIR` and returns the child and the URL it printed.
+pub fn spawn_serve(
+    context: &crate::common::TestContext,
+    dir: &std::path::Path,
+) -> (std::process::Child, String) {
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("hubsweep"))
+        .args(["hub", "serve", "--dir"])
+        .arg(dir)
+        .env("HUBSWEEP_HOME", context.child("hubsweep-home"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn hubsweep hub serve");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().to_owned();
+    assert!(
+        url.starts_with("http://127.0.0.1:"),
+        "serve printed {url:?}"
+    );
+    (child, url)
 }
 
 /// The venv Python with `huggingface_hub==2.4.0` (scripts/test.d/10-python-hub.sh), or `None`
@@ -94,4 +122,33 @@ pub fn sha256_hex(data: &[u8]) -> String {
 /// A repo handle from `ns/name`.
 pub fn model(id: &str) -> hubsweep::hub::Repo {
     hubsweep::hub::Repo::model(id.parse().unwrap())
+}
+
+/// Peak resident memory of a process so far (`VmHWM`), in bytes (Linux).
+pub fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM line");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM value");
+    kib * 1024
+}
+
+/// A client for a server at `url` with a fast retry policy.
+pub fn client_for(url: &str) -> hubsweep::hub::HubClient {
+    let retry = hubsweep::hub::RetryPolicy {
+        max_attempts: 2,
+        base_delay: std::time::Duration::from_millis(10),
+        ..Default::default()
+    };
+    hubsweep::hub::HubClient::builder(url)
+        .unwrap()
+        .retry(retry)
+        .build()
+        .unwrap()
 }

@@ -176,11 +176,12 @@ fn models_and_datasets_resolve_from_the_hf_cache_without_network() {
     let err = ModelFiles::from_cache(&cache, "tiny/llama", "step1000").unwrap_err();
     assert!(err.to_string().contains("`step1000`"), "{err}");
 
-    // hf-hub serves cached files without contacting the (unreachable) endpoint.
+    // Cached files are served without contacting the (unreachable) endpoint.
     let hub = HubSource {
         endpoint: "http://127.0.0.1:9".into(),
         token: None,
         cache_dir: cache.clone(),
+        offline: false,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,5 +1,5 @@
 //! `ModelFiles::download` and `HubDatasetFile::fetch` against a minimal Hub-like HTTP peer
-//! (the `resolve` route with ranged GETs, as hf-hub 0.5 uses it), including the fallback from
+//! (only the `resolve` route, answering `HEAD` and ranged `GET`s), including the fallback from
 //! `model.safetensors` to a sharded index, the bearer token, and cache reuse afterwards.
 
 use std::collections::HashMap;
@@ -23,6 +23,8 @@ struct Peer {
     files: Arc<HashMap<String, Vec<u8>>>,
     /// Every "repo/path" requested, in order.
     log: Arc<Mutex<Vec<String>>>,
+    /// Every "repo/path" requested with a `Range` header, and the header.
+    ranges: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 async fn resolve(
@@ -44,6 +46,12 @@ async fn resolve(
     let file = rest.split_once('/').map(|(_, f)| f).unwrap_or_default();
     let key = format!("{repo}/{file}");
     peer.log.lock().unwrap().push(key.clone());
+    if let Some(range) = headers.get(header::RANGE).and_then(|r| r.to_str().ok()) {
+        peer.ranges
+            .lock()
+            .unwrap()
+            .push((key.clone(), range.to_owned()));
+    }
     let Some(bytes) = peer.files.get(&key) else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -53,7 +61,14 @@ async fn resolve(
         .and_then(|r| r.to_str().ok())
         .and_then(|r| r.strip_prefix("bytes="))
         .and_then(|r| r.split_once('-'))
-        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+        .and_then(|(a, b)| {
+            let end = if b.is_empty() {
+                total - 1
+            } else {
+                b.parse::<usize>().ok()?
+            };
+            Some((a.parse::<usize>().ok()?, end))
+        })
         .unwrap_or((0, total - 1));
     let end = end.min(total - 1);
     (
@@ -97,6 +112,7 @@ fn serve(
     let peer = Peer {
         files: Arc::new(files),
         log: Arc::default(),
+        ranges: Arc::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -114,14 +130,15 @@ fn serve(
     });
     let source = HubSource {
         endpoint: format!("http://{addr}"),
-        token: Some("secret".into()),
+        token: Some(hubsweep::hub::Token::new("secret")),
         cache_dir: ctx.child("hub-cache"),
+        offline: false,
     };
     (runtime, peer, source)
 }
 
 #[test]
-fn sharded_model_and_dataset_download_through_hf_hub() {
+fn sharded_model_and_dataset_download_into_the_hf_cache() {
     let ctx = TestContext::new();
     let mut files = HashMap::new();
     add_dir(&mut files, "tiny/llama3", &fixture("llama_tiny_llama3"));
@@ -194,9 +211,10 @@ fn sharded_model_and_dataset_download_through_hf_hub() {
     assert!(!text.contains("secret"));
 }
 
-/// hf-hub gives up on a file whose lock another download holds after 5 s; a checkpoint takes
-/// minutes. A weights download waits for as long as the lock is held (another worker on the
-/// same cache, or this run's own download ahead), then finds the file or fetches it itself.
+/// A checkpoint takes minutes to download. A weights download waits for as long as the blob's
+/// lock is held (another worker on the same cache, this run's own download ahead, or the
+/// Python client: the lock is where `huggingface_hub` takes it), then finds the file or
+/// fetches it itself.
 #[test]
 fn a_weights_download_waits_for_another_holding_the_lock() {
     let ctx = TestContext::new();
@@ -207,13 +225,13 @@ fn a_weights_download_waits_for_another_holding_the_lock() {
     let resolved = runtime
         .block_on(ModelFiles::resolve(&source, "tiny/llama3", "main"))
         .unwrap();
-    // The lock hf-hub takes for the first shard's blob (named by its etag, the sha256).
-    let blobs = source.cache_dir.join("models--tiny--llama3").join("blobs");
-    std::fs::create_dir_all(&blobs).unwrap();
+    // The lock Python takes for the first shard's blob (named by its etag, the sha256).
+    let locks = source.cache_dir.join(".locks").join("models--tiny--llama3");
+    std::fs::create_dir_all(&locks).unwrap();
     let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&shard));
-    let lock = std::fs::File::create(blobs.join(format!("{sha}.lock"))).unwrap();
+    let lock = std::fs::File::create(locks.join(format!("{sha}.lock"))).unwrap();
     lock.lock().unwrap();
-    let held = std::time::Duration::from_secs(7);
+    let held = std::time::Duration::from_secs(2);
     let holder = std::thread::spawn(move || {
         std::thread::sleep(held);
         drop(lock);
@@ -232,4 +250,66 @@ fn a_weights_download_waits_for_another_holding_the_lock() {
     assert!(resolved.weights.iter().all(|w| w.is_file()));
     let first = resolved.dir.join("model-00001-of-00004.safetensors");
     assert_eq!(std::fs::read(first).unwrap(), shard);
+}
+
+/// A download cut short leaves `blobs/{etag}.incomplete` (as the Python client names it); the
+/// next download asks only for the rest (`Range: bytes=N-`). A partial file whose bytes are
+/// wrong does not poison the cache: the whole no longer matches the sha256, and the file is
+/// fetched again from its first byte.
+#[test]
+fn a_download_cut_short_resumes_and_a_damaged_partial_is_fetched_again() {
+    let ctx = TestContext::new();
+    let mut files = HashMap::new();
+    add_dir(&mut files, "tiny/llama3", &fixture("llama_tiny_llama3"));
+    let first = "tiny/llama3/model-00001-of-00004.safetensors";
+    let second = "tiny/llama3/model-00002-of-00004.safetensors";
+    let shards = [files[first].clone(), files[second].clone()];
+    let (runtime, peer, source) = serve(&ctx, files);
+    let resolved = runtime
+        .block_on(ModelFiles::resolve(&source, "tiny/llama3", "main"))
+        .unwrap();
+    let blobs = source.cache_dir.join("models--tiny--llama3").join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let sha = |bytes: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
+    // The first shard's first half, as a cut-short download left it; the second shard's first
+    // half with its bytes damaged.
+    let half = shards[0].len() / 2;
+    std::fs::write(
+        blobs.join(format!("{}.incomplete", sha(&shards[0]))),
+        &shards[0][..half],
+    )
+    .unwrap();
+    let mut damaged = shards[1][..shards[1].len() / 2].to_vec();
+    damaged[10] ^= 0xff;
+    std::fs::write(
+        blobs.join(format!("{}.incomplete", sha(&shards[1]))),
+        &damaged,
+    )
+    .unwrap();
+    runtime
+        .block_on(resolved.fetch_weights(&source, "tiny/llama3"))
+        .unwrap();
+    for (i, shard) in shards.iter().enumerate() {
+        let entry = resolved
+            .dir
+            .join(format!("model-0000{}-of-00004.safetensors", i + 1));
+        assert_eq!(&std::fs::read(entry).unwrap(), shard, "shard {}", i + 1);
+    }
+    assert!(std::fs::read_dir(&blobs).unwrap().all(|e| {
+        !e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".incomplete")
+    }));
+    let ranges = peer.ranges.lock().unwrap().clone();
+    assert!(
+        ranges.contains(&(first.to_owned(), format!("bytes={half}-"))),
+        "{ranges:?}"
+    );
+    // The damaged one was resumed, found wrong, and fetched whole: its last request had no range.
+    let log = peer.log.lock().unwrap().clone();
+    let last_ranged = ranges.iter().filter(|(k, _)| k == second).count();
+    let requests = log.iter().filter(|k| *k == second).count();
+    assert_eq!(last_ranged, 1, "{ranges:?}");
+    assert!(requests >= last_ranged + 2, "{log:?}");
 }

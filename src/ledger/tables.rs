@@ -9,9 +9,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::weights::WeightNodeMetrics;
-use crate::analysis::{ActivationMetrics, SpectrumMetrics, SubspaceOverlap};
-use crate::ledger::Record;
+use super::Record;
+use crate::analysis::{ActivationMetrics, SpectrumMetrics, SubspaceOverlap, SvdMethod};
 use crate::plan::{Params, Plan};
 
 /// Path of the activation-spectrum table.
@@ -20,6 +19,38 @@ pub const SPECTRA_PATH: &str = "metrics/spectra.jsonl";
 pub const OVERLAPS_PATH: &str = "metrics/overlaps.jsonl";
 /// Path of the weight-spectrum table.
 pub const WEIGHTS_PATH: &str = "metrics/weights.jsonl";
+
+/// One matrix's result inside a weight-spectrum node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MatrixResult {
+    /// Checkpoint key.
+    pub key: String,
+    /// Layer, for keys inside the blocks.
+    pub layer: Option<usize>,
+    /// Module path (`attention.query_key_value`, `self_attn.q_proj`).
+    pub module: String,
+    /// `query`, `key` or `value` for a part of a fused QKV weight; `None` for the whole matrix.
+    pub part: Option<String>,
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// The name of its singular values in the node's safetensors file.
+    pub tensor: String,
+    /// Summary metrics.
+    pub metrics: SpectrumMetrics,
+}
+
+/// What a weight-spectrum node records in the ledger (`metrics`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightNodeMetrics {
+    /// How singular values were computed.
+    pub method: SvdMethod,
+    /// The base revision of a delta.
+    pub delta_from: Option<String>,
+    /// One entry per matrix, by layer then module.
+    pub matrices: Vec<MatrixResult>,
+}
 
 /// The scalar metrics of one spectrum, flattened into a row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

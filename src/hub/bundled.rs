@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use crate::hub::{CommitOperation, CommitOptions, HubClient, HubError, LfsObject, Repo, RepoId};
+use super::{CommitOperation, CommitOptions, HubClient, HubError, LfsObject, Repo, RepoId};
 
 /// Namespace of the bundled models on the embedded hub.
 pub const NAMESPACE: &str = "hubsweep";

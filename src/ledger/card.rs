@@ -1,0 +1,911 @@
+//! The output repo's dataset card, `README.md`: what a researcher who finds the repo on the Hub
+//! reads first, and what the Hub's dataset viewer and `datasets.load_dataset` read to know which
+//! files make which table.
+//!
+//! The card is a pure function of the ledger — the manifest, the compacted records and which
+//! metrics tables hold rows — so an unchanged ledger gives a byte-identical card (no timestamps,
+//! nothing from the machine), and `verify` can check what a card claims against the ledger it
+//! sits beside. It has two parts:
+//!
+//! - YAML front matter in the Hub's dataset-card convention: `pretty_name`, `license` (from the
+//!   spec, when it names one), `tags`, `configs` (one per non-empty metrics table plus `ledger`
+//!   for the index, so the viewer never mixes files of different shapes), and a `hubsweep_card`
+//!   block with the pins and counts the card states. That key is also the marker: a card
+//!   without it was written by somebody else and a run leaves it alone.
+//! - A body for people: what was swept (models with their pinned commits, hooks, layers, data
+//!   and its pin, tokens), how big it is, headline metrics, and how to check and load it.
+//!
+//! docs/ledger.md documents the card; `verify` checks it with [`check`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use serde::Deserialize;
+
+use super::{Manifest, Record};
+use crate::spec::units::format_bytes;
+use crate::spec::{DataSource, SweepSpec};
+
+/// Path of the card in the output repo.
+pub const CARD_PATH: &str = "README.md";
+/// Front-matter key that marks a card written by hubsweep and holds what it claims.
+pub const CARD_MARKER: &str = "hubsweep_card";
+/// Version of the `hubsweep_card` block.
+pub const CARD_VERSION: u32 = 1;
+/// Largest card read back from a repo (the Hub renders far smaller ones).
+pub const MAX_CARD_BYTES: usize = 1 << 20;
+/// Config name of the ledger index in the card's `configs`.
+pub const LEDGER_CONFIG: &str = "ledger";
+
+/// What the card says about the ledger: derived from the records alone, written into the front
+/// matter, and compared by `verify`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claims {
+    /// Version of this block.
+    pub version: u32,
+    /// Nodes recorded with a result.
+    pub nodes: u64,
+    /// Nodes whose last record is a failure.
+    pub failed: u64,
+    /// Files the records list.
+    pub files: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// Tokens captured, over every model revision.
+    pub tokens: u64,
+    /// Every model revision swept, with the commit it was pinned to.
+    #[serde(default)]
+    pub models: Vec<ModelPin>,
+    /// The content hashes of the token data the captures read.
+    #[serde(default)]
+    pub data: Vec<String>,
+}
+
+/// A model revision and the commit it resolved to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPin {
+    /// Repo as in the spec.
+    pub repo: String,
+    /// Revision as in the spec.
+    pub revision: String,
+    /// The commit sha it was pinned to.
+    pub commit: String,
+}
+
+impl Claims {
+    /// What the records (the compacted index: one record per id) establish.
+    pub fn from_records<'a>(records: impl IntoIterator<Item = &'a Record>) -> Self {
+        let mut claims = Claims {
+            version: CARD_VERSION,
+            ..Claims::default()
+        };
+        let mut models = BTreeSet::new();
+        let mut data = BTreeSet::new();
+        for record in records {
+            if record.error.is_some() {
+                claims.failed += 1;
+                continue;
+            }
+            claims.nodes += 1;
+            claims.files += record.files.len() as u64;
+            claims.bytes += record.files.iter().map(|f| f.size).sum::<u64>();
+            match record.kind.as_str() {
+                "resolve" => {
+                    let text = |value: Option<&serde_json::Value>| {
+                        value.and_then(serde_json::Value::as_str).map(str::to_owned)
+                    };
+                    let commit = record.metrics.as_ref().and_then(|m| text(m.get("commit")));
+                    if let (Some(repo), Some(revision), Some(commit)) = (
+                        text(record.params.get("model")),
+                        text(record.params.get("revision")),
+                        commit,
+                    ) {
+                        models.insert(ModelPin {
+                            repo,
+                            revision,
+                            commit,
+                        });
+                    }
+                }
+                "capture" => {
+                    claims.tokens += capture_tokens(record);
+                    if let Some(pin) = record.pins.get("data").and_then(|d| d.as_str()) {
+                        data.insert(pin.to_owned());
+                    }
+                }
+                _ => {}
+            }
+        }
+        claims.models = models.into_iter().collect();
+        claims.data = data.into_iter().collect();
+        claims
+    }
+}
+
+/// Tokens a capture node read: its windows times their length.
+fn capture_tokens(record: &Record) -> u64 {
+    let windows = record.params.get("windows").and_then(|w| w.as_array());
+    let seq_len = record.params.get("seq_len").and_then(|s| s.as_u64());
+    match (windows.map(Vec::as_slice), seq_len) {
+        (Some([start, end]), Some(seq_len)) => {
+            let (start, end) = (start.as_u64().unwrap_or(0), end.as_u64().unwrap_or(0));
+            end.saturating_sub(start).saturating_mul(seq_len)
+        }
+        _ => 0,
+    }
+}
+
+/// The inputs of a card: everything comes from the ledger of one commit.
+#[derive(Debug, Clone, Copy)]
+pub struct CardInput<'a> {
+    /// `ledger/manifest.json`.
+    pub manifest: &'a Manifest,
+    /// The compacted records (one per node id).
+    pub records: &'a [&'a Record],
+    /// `(config name, path)` of every metrics table that holds rows, in table order.
+    pub tables: &'a [(&'a str, &'a str)],
+}
+
+/// What a run does with the repo's card when it commits the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CardUpdate {
+    /// Commit this card with the index (new, or changed with the ledger).
+    Write(String),
+    /// The repo's card already says exactly this.
+    Unchanged,
+    /// The repo has a card somebody else wrote; it is left as it is.
+    LeftAlone,
+}
+
+/// The card to commit beside a new index: `tables` are the metrics tables written with it
+/// (`(path, content)`; empty ones get no config), `existing` the repo's current card.
+pub fn update(
+    manifest: &Manifest,
+    records: &[&Record],
+    tables: &[(String, Vec<u8>)],
+    existing: Option<&str>,
+) -> CardUpdate {
+    if authorship(existing) == Authorship::Other {
+        return CardUpdate::LeftAlone;
+    }
+    let configs: Vec<(&str, &str)> = tables
+        .iter()
+        .filter(|(_, content)| !content.is_empty())
+        .map(|(path, _)| (table_config(path), path.as_str()))
+        .collect();
+    let card = render(&CardInput {
+        manifest,
+        records,
+        tables: &configs,
+    });
+    match existing == Some(card.as_str()) {
+        true => CardUpdate::Unchanged,
+        false => CardUpdate::Write(card),
+    }
+}
+
+/// The config name of a metrics table: its file stem (`metrics/spectra.jsonl` → `spectra`).
+pub fn table_config(path: &str) -> &str {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.strip_suffix(".jsonl").unwrap_or(name)
+}
+
+/// Who wrote the card a repo already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authorship {
+    /// The repo has no card.
+    None,
+    /// A card hubsweep wrote: regenerated by every run that commits the index.
+    Hubsweep,
+    /// A card somebody else wrote (no `hubsweep_card` key): left as it is.
+    Other,
+}
+
+/// Whose card `text` is.
+pub fn authorship(text: Option<&str>) -> Authorship {
+    match text {
+        None => Authorship::None,
+        Some(text) => match front_matter(text) {
+            Some(Ok(front)) if front.hubsweep_card.is_some() => Authorship::Hubsweep,
+            _ => Authorship::Other,
+        },
+    }
+}
+
+/// The front matter fields hubsweep reads back (others are kept by whoever wrote them).
+#[derive(Debug, Deserialize)]
+struct FrontMatter {
+    #[serde(default)]
+    configs: Vec<ConfigEntry>,
+    #[serde(default)]
+    hubsweep_card: Option<Claims>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConfigEntry {
+    config_name: String,
+    data_files: serde_json::Value,
+}
+
+/// The YAML between the opening `---` line and the next `---` line, parsed; `None` when the
+/// text has no front matter.
+fn front_matter(text: &str) -> Option<Result<FrontMatter, String>> {
+    let rest = text
+        .strip_prefix("---\n")
+        .or_else(|| text.strip_prefix("---\r\n"))?;
+    let end = rest.find("\n---").map(|i| i + 1)?;
+    let yaml = &rest[..end];
+    // A card read back is hostile input: bound aliases, nodes and depth like a spec's.
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_aliases = 1_000;
+    budget.max_anchors = 1_000;
+    budget.max_nodes = 200_000;
+    budget.max_depth = 64;
+    budget.max_documents = 1;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options.with_snippet = false;
+    Some(
+        serde_saphyr::from_str_with_options::<FrontMatter>(yaml, options)
+            .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_owned()),
+    )
+}
+
+/// Renders the card. Deterministic: the same input gives the same bytes.
+pub fn render(input: &CardInput<'_>) -> String {
+    let claims = Claims::from_records(input.records.iter().copied());
+    let spec = crate::spec::load(
+        &input.manifest.spec.file_name,
+        input.manifest.spec.text.as_bytes(),
+    )
+    .spec;
+    let mut out = String::new();
+    front(&mut out, input, spec.as_ref(), &claims);
+    body(&mut out, input, spec.as_ref(), &claims);
+    out
+}
+
+/// A YAML double-quoted scalar (a JSON string is one).
+fn quoted(text: &str) -> String {
+    serde_json::Value::from(text).to_string()
+}
+
+fn front(out: &mut String, input: &CardInput<'_>, spec: Option<&SweepSpec>, claims: &Claims) {
+    let manifest = input.manifest;
+    out.push_str("---\n");
+    let _ = writeln!(out, "pretty_name: {}", quoted(&manifest.sweep));
+    if let Some(license) = spec.and_then(|s| s.license.as_deref()) {
+        let _ = writeln!(out, "license: {}", quoted(license));
+    }
+    out.push_str("tags:\n");
+    for tag in tags(input.records, spec) {
+        let _ = writeln!(out, "- {}", quoted(&tag));
+    }
+    out.push_str("configs:\n");
+    for (name, path) in input
+        .tables
+        .iter()
+        .copied()
+        .chain([(LEDGER_CONFIG, super::INDEX_PATH)])
+    {
+        let _ = writeln!(out, "- config_name: {}", quoted(name));
+        let _ = writeln!(out, "  data_files: {}", quoted(path));
+    }
+    let _ = writeln!(out, "{CARD_MARKER}:");
+    let _ = writeln!(out, "  version: {}", claims.version);
+    let _ = writeln!(out, "  nodes: {}", claims.nodes);
+    let _ = writeln!(out, "  failed: {}", claims.failed);
+    let _ = writeln!(out, "  files: {}", claims.files);
+    let _ = writeln!(out, "  bytes: {}", claims.bytes);
+    let _ = writeln!(out, "  tokens: {}", claims.tokens);
+    out.push_str(match claims.models.is_empty() {
+        true => "  models: []\n",
+        false => "  models:\n",
+    });
+    for pin in &claims.models {
+        let _ = writeln!(out, "  - repo: {}", quoted(&pin.repo));
+        let _ = writeln!(out, "    revision: {}", quoted(&pin.revision));
+        let _ = writeln!(out, "    commit: {}", quoted(&pin.commit));
+    }
+    out.push_str("  data:");
+    if claims.data.is_empty() {
+        out.push_str(" []\n");
+    } else {
+        out.push('\n');
+        for pin in &claims.data {
+            let _ = writeln!(out, "  - {}", quoted(pin));
+        }
+    }
+    out.push_str("---\n");
+}
+
+/// `interpretability`, what kind of results the repo holds, `hubsweep`, and the families swept.
+fn tags(records: &[&Record], spec: Option<&SweepSpec>) -> Vec<String> {
+    let mut tags = vec!["interpretability".to_owned()];
+    let has = |kind: &str| records.iter().any(|r| r.kind == kind && r.error.is_none());
+    if has("capture") {
+        tags.push("activations".into());
+    }
+    if has("spectrum") || has("weight_spectrum") {
+        tags.push("spectra".into());
+    }
+    if records
+        .iter()
+        .any(|r| r.error.is_none() && r.kind.starts_with("weight"))
+    {
+        tags.push("weights".into());
+    }
+    tags.push("hubsweep".into());
+    let families: BTreeSet<&str> = spec
+        .map(|s| s.models.iter().map(|g| g.family.as_str()).collect())
+        .unwrap_or_default();
+    tags.extend(families.into_iter().map(str::to_owned));
+    tags
+}
+
+fn body(out: &mut String, input: &CardInput<'_>, spec: Option<&SweepSpec>, claims: &Claims) {
+    let manifest = input.manifest;
+    let _ = writeln!(out, "\n# {}\n", manifest.sweep);
+    let _ = writeln!(
+        out,
+        "Results of the hubsweep sweep `{}` ({} {}), with the ledger that records how each was \
+         made. This card is generated from the ledger (`ledger/index.jsonl`) and rewritten with \
+         it; a card without the `{CARD_MARKER}` key in its front matter is left alone by later \
+         runs.\n",
+        manifest.sweep, manifest.tool.name, manifest.tool.version
+    );
+
+    out.push_str("## What was swept\n\n");
+    let tokens = tokens_by_model(input.records);
+    out.push_str("| model | revision | pinned commit | tokens captured |\n");
+    out.push_str("| --- | --- | --- | ---: |\n");
+    for pin in &claims.models {
+        let tokens = tokens
+            .get(&(pin.repo.as_str(), pin.revision.as_str()))
+            .copied()
+            .unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "| `{}` | `{}` | `{}` | {tokens} |",
+            pin.repo, pin.revision, pin.commit
+        );
+    }
+    out.push('\n');
+    let (hooks, layers) = hooks_and_layers(input.records);
+    if !hooks.is_empty() {
+        let _ = writeln!(out, "- Hook points: {}.", code_list(hooks.iter()));
+        let _ = writeln!(out, "- Layers: {}.", layer_ranges(&layers));
+    }
+    if let Some(spec) = spec {
+        let _ = writeln!(out, "- Data: {}.", describe_data(spec));
+    }
+    if !claims.data.is_empty() {
+        let _ = writeln!(
+            out,
+            "- Token data pinned by content (sha256): {}.",
+            code_list(claims.data.iter())
+        );
+    }
+    let _ = writeln!(
+        out,
+        "- Spec: `{}` (sha256 `{}`), stored verbatim in `ledger/manifest.json`.\n",
+        manifest.spec.file_name, manifest.spec.sha256
+    );
+
+    out.push_str("## Size\n\n");
+    let _ = writeln!(
+        out,
+        "{} nodes recorded{}, {} files, {} ({} bytes), {} tokens captured.\n",
+        claims.nodes,
+        match claims.failed {
+            0 => String::new(),
+            n => format!(" ({n} failed)"),
+        },
+        claims.files,
+        format_bytes(claims.bytes),
+        claims.bytes,
+        claims.tokens
+    );
+
+    headline(out, input.records);
+    usage(out, input);
+}
+
+fn code_list<'a>(items: impl Iterator<Item = &'a String>) -> String {
+    items
+        .map(|item| format!("`{item}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Tokens per (model, revision), from the capture records.
+fn tokens_by_model<'a>(records: &[&'a Record]) -> BTreeMap<(&'a str, &'a str), u64> {
+    let mut tokens = BTreeMap::new();
+    for record in records
+        .iter()
+        .filter(|r| r.kind == "capture" && r.error.is_none())
+    {
+        let (Some(model), Some(revision)) = (
+            record.params.get("model").and_then(|m| m.as_str()),
+            record.params.get("revision").and_then(|r| r.as_str()),
+        ) else {
+            continue;
+        };
+        *tokens.entry((model, revision)).or_default() += capture_tokens(record);
+    }
+    tokens
+}
+
+/// The hooks and layers the spectrum and artifact nodes name.
+fn hooks_and_layers(records: &[&Record]) -> (BTreeSet<String>, BTreeSet<u64>) {
+    let mut hooks = BTreeSet::new();
+    let mut layers = BTreeSet::new();
+    for record in records
+        .iter()
+        .filter(|r| matches!(r.kind.as_str(), "artifact" | "spectrum") && r.error.is_none())
+    {
+        if let Some(hook) = record.params.get("hook").and_then(|h| h.as_str()) {
+            hooks.insert(hook.to_owned());
+        }
+        if let Some(layer) = record.params.get("layer").and_then(|l| l.as_u64()) {
+            layers.insert(layer);
+        }
+    }
+    (hooks, layers)
+}
+
+/// `0–2, 5, 7–9`.
+fn layer_ranges(layers: &BTreeSet<u64>) -> String {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &layer in layers {
+        match runs.last_mut() {
+            Some((_, end)) if *end + 1 == layer => *end = layer,
+            _ => runs.push((layer, layer)),
+        }
+    }
+    if runs.is_empty() {
+        return "none (only the final norm)".into();
+    }
+    runs.iter()
+        .map(|&(start, end)| match start == end {
+            true => start.to_string(),
+            false => format!("{start}–{end}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn describe_data(spec: &SweepSpec) -> String {
+    let data = &spec.data;
+    let source = match &data.source {
+        DataSource::Texts(texts) => format!("{} inline text(s) in the spec", texts.len()),
+        DataSource::TokenIds(ids) => format!("{} inline token sequence(s) in the spec", ids.len()),
+        DataSource::File { path, .. } => format!("the local file `{}`", path.display()),
+        DataSource::HubFile {
+            hub,
+            repo_id,
+            path,
+            revision,
+            ..
+        } => {
+            let scheme = match hub {
+                crate::spec::HubKind::Hf => "hf",
+                crate::spec::HubKind::Local => "local",
+            };
+            format!("`{scheme}://datasets/{repo_id}/{path}@{revision}`")
+        }
+    };
+    format!(
+        "{source}, windows of {} tokens{}{}",
+        data.seq_len,
+        if data.prepend_bos {
+            ", each starting with BOS"
+        } else {
+            ""
+        },
+        data.max_tokens
+            .map(|max| format!(", at most {max} tokens per model"))
+            .unwrap_or_default()
+    )
+}
+
+/// Per (model, revision, hook): the mean stable and effective rank of the raw spectra over
+/// layers, and the range of k90.
+fn headline(out: &mut String, records: &[&Record]) {
+    #[derive(Default)]
+    struct Row {
+        layers: u64,
+        stable: f64,
+        effective: f64,
+        k90: (u64, u64),
+    }
+    let captures: BTreeMap<&str, (&str, &str)> = records
+        .iter()
+        .filter(|r| r.kind == "capture")
+        .filter_map(|r| {
+            Some((
+                r.id.as_str(),
+                (
+                    r.params.get("model")?.as_str()?,
+                    r.params.get("revision")?.as_str()?,
+                ),
+            ))
+        })
+        .collect();
+    let artifacts: BTreeMap<&str, &str> = records
+        .iter()
+        .filter(|r| r.kind == "artifact")
+        .filter_map(|r| Some((r.id.as_str(), r.inputs.first()?.as_str())))
+        .collect();
+    let mut rows: BTreeMap<(&str, &str, &str), Row> = BTreeMap::new();
+    for record in records
+        .iter()
+        .filter(|r| r.kind == "spectrum" && r.error.is_none())
+    {
+        let Some(hook) = record.params.get("hook").and_then(|h| h.as_str()) else {
+            continue;
+        };
+        let Some(&(model, revision)) = record
+            .inputs
+            .first()
+            .and_then(|a| artifacts.get(a.as_str()))
+            .and_then(|c| captures.get(c))
+        else {
+            continue;
+        };
+        let Some(raw) = record.metrics.as_ref().and_then(|m| m.get("raw")) else {
+            continue;
+        };
+        let number = |key: &str| raw.get(key).and_then(serde_json::Value::as_f64);
+        let (Some(stable), Some(effective), Some(k90)) = (
+            number("stable_rank"),
+            number("effective_rank"),
+            raw.get("k90").and_then(serde_json::Value::as_u64),
+        ) else {
+            continue;
+        };
+        let row = rows.entry((model, revision, hook)).or_insert(Row {
+            k90: (u64::MAX, 0),
+            ..Row::default()
+        });
+        row.layers += 1;
+        row.stable += stable;
+        row.effective += effective;
+        row.k90 = (row.k90.0.min(k90), row.k90.1.max(k90));
+    }
+    if rows.is_empty() {
+        return;
+    }
+    out.push_str("## Headline metrics\n\n");
+    out.push_str(
+        "Activation spectra (`XᵀX`, uncentred), averaged over layers; every layer's values, \
+         centred ones too, are in the `spectra` table.\n\n",
+    );
+    out.push_str("| model | revision | hook | layers | stable rank | effective rank | k90 |\n");
+    out.push_str("| --- | --- | --- | ---: | ---: | ---: | ---: |\n");
+    for ((model, revision, hook), row) in &rows {
+        let n = row.layers as f64;
+        let k90 = match row.k90.0 == row.k90.1 {
+            true => row.k90.0.to_string(),
+            false => format!("{}–{}", row.k90.0, row.k90.1),
+        };
+        let _ = writeln!(
+            out,
+            "| `{model}` | `{revision}` | `{hook}` | {} | {:.3} | {:.3} | {k90} |",
+            row.layers,
+            row.stable / n,
+            row.effective / n
+        );
+    }
+    out.push('\n');
+}
+
+fn usage(out: &mut String, input: &CardInput<'_>) {
+    let output = &input.manifest.output;
+    // `hf://datasets/ns/name` or `local://ns/name` (a dataset repo by default): the repo id
+    // the Python client takes is the last two segments.
+    let repo_id = output
+        .rsplitn(3, '/')
+        .take(2)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("/");
+    let repo_type = if output.contains("://models/") {
+        "model"
+    } else {
+        "dataset"
+    };
+    out.push_str("## Check it, reproduce it, load it\n\n");
+    out.push_str("```sh\n");
+    let _ = writeln!(
+        out,
+        "hubsweep verify {output}          # records, ids, DAG and every file's hash"
+    );
+    let _ = writeln!(
+        out,
+        "hubsweep verify {output} --deep   # also re-hashes files and recomputes spectra"
+    );
+    let _ = writeln!(
+        out,
+        "hubsweep reproduce {output} --sample 4   # reruns nodes from the ledger alone"
+    );
+    out.push_str("```\n\n");
+    out.push_str("```python\n");
+    out.push_str("from datasets import load_dataset\n");
+    for (name, _) in input.tables.iter().take(1) {
+        let _ = writeln!(
+            out,
+            "{name} = load_dataset({}, {}, split=\"train\")",
+            quoted(&repo_id),
+            quoted(name)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "ledger = load_dataset({}, {}, split=\"train\")",
+        quoted(&repo_id),
+        quoted(LEDGER_CONFIG)
+    );
+    let first_artifact = input
+        .records
+        .iter()
+        .filter(|r| r.kind == "artifact" && r.error.is_none())
+        .find_map(|r| r.files.first());
+    if let Some(file) = first_artifact {
+        out.push_str("\nfrom huggingface_hub import hf_hub_download\n");
+        out.push_str("from safetensors.numpy import load_file\n");
+        let _ = writeln!(
+            out,
+            "path = hf_hub_download({}, {}, repo_type={})",
+            quoted(&repo_id),
+            quoted(&file.path),
+            quoted(repo_type)
+        );
+        out.push_str("activations = load_file(path)\n");
+    }
+    out.push_str("```\n\n");
+    out.push_str(
+        "For `local://` repos, serve the store first (`hubsweep hub serve`) and set \
+         `HF_ENDPOINT` to the URL it prints. The tables' columns are described in hubsweep's \
+         `docs/metrics.md`, the ledger in `docs/ledger.md`.\n",
+    );
+}
+
+/// What is wrong with a card, for `verify`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardFinding {
+    /// What the card says and what the ledger holds.
+    pub message: String,
+}
+
+/// Checks a hubsweep card against the ledger it sits beside: the claims in its front matter
+/// must equal `actual` (what the records establish, [`Claims::from_records`]), and every
+/// `configs` entry must name files the repo has. A card somebody else wrote (no marker) is not
+/// checked.
+pub fn check(text: &str, actual: &Claims, has_file: impl Fn(&str) -> bool) -> Vec<CardFinding> {
+    let finding = |message: String| CardFinding { message };
+    let front = match front_matter(text) {
+        None => return Vec::new(),
+        Some(Err(reason)) => {
+            return vec![finding(format!(
+                "the front matter is not valid YAML: {reason}"
+            ))];
+        }
+        Some(Ok(front)) => front,
+    };
+    let Some(claimed) = front.hubsweep_card else {
+        return Vec::new();
+    };
+    let mut findings = Vec::new();
+    if claimed.version != CARD_VERSION {
+        findings.push(finding(format!(
+            "`{CARD_MARKER}.version` is {}; this hubsweep reads version {CARD_VERSION}",
+            claimed.version
+        )));
+        return findings;
+    }
+    let counts = [
+        ("nodes", claimed.nodes, actual.nodes),
+        ("failed", claimed.failed, actual.failed),
+        ("files", claimed.files, actual.files),
+        ("bytes", claimed.bytes, actual.bytes),
+        ("tokens", claimed.tokens, actual.tokens),
+    ];
+    for (name, card, ledger) in counts {
+        if card != ledger {
+            findings.push(finding(format!(
+                "the card claims {name}: {card}; the ledger holds {ledger}"
+            )));
+        }
+    }
+    let claimed_models: BTreeSet<&ModelPin> = claimed.models.iter().collect();
+    let actual_models: BTreeSet<&ModelPin> = actual.models.iter().collect();
+    for pin in claimed_models.difference(&actual_models) {
+        findings.push(finding(format!(
+            "the card pins `{}@{}` to `{}`; the ledger has no such pin",
+            pin.repo, pin.revision, pin.commit
+        )));
+    }
+    for pin in actual_models.difference(&claimed_models) {
+        findings.push(finding(format!(
+            "the ledger pins `{}@{}` to `{}`; the card does not say so",
+            pin.repo, pin.revision, pin.commit
+        )));
+    }
+    let claimed_data: BTreeSet<&String> = claimed.data.iter().collect();
+    let actual_data: BTreeSet<&String> = actual.data.iter().collect();
+    if claimed_data != actual_data {
+        findings.push(finding(format!(
+            "the card pins the token data to {}; the ledger to {}",
+            code_list(claimed.data.iter()),
+            code_list(actual.data.iter())
+        )));
+    }
+    for config in &front.configs {
+        let paths: Vec<&str> = match &config.data_files {
+            serde_json::Value::String(path) => vec![path],
+            serde_json::Value::Array(items) => items
+                .iter()
+                .filter_map(|item| item.as_str().or_else(|| item.get("path")?.as_str()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for path in paths {
+            if !has_file(path) {
+                findings.push(finding(format!(
+                    "config `{}` names `{path}`, which the repo does not have",
+                    config.config_name
+                )));
+            }
+        }
+    }
+    findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{FileRecord, SpecText, Tool};
+
+    fn manifest() -> Manifest {
+        let text = "name: tiny\noutput: local://alice/tiny\nlicense: mit\nmodels:\n  - family: llama\n    repo: local://alice/m\ndata:\n  texts: [\"a b\"]\n  seq_len: 4\ncapture:\n  hooks: [hook_resid_post]\n  layers: all\n";
+        Manifest {
+            schema_version: crate::ledger::SCHEMA_VERSION,
+            tool: Tool {
+                name: "hubsweep".into(),
+                version: "0.1.0".into(),
+            },
+            sweep: "tiny".into(),
+            output: "local://alice/tiny".into(),
+            spec: SpecText {
+                file_name: "tiny.yaml".into(),
+                text: text.into(),
+                sha256: "ab".repeat(32),
+                canonical_sha256: "cd".repeat(32),
+            },
+            tolerances: Vec::new(),
+        }
+    }
+
+    fn record(id: &str, kind: &str, params: serde_json::Value) -> Record {
+        Record {
+            id: id.repeat(64),
+            kind: kind.into(),
+            version: 1,
+            params,
+            inputs: Vec::new(),
+            pins: serde_json::json!({}),
+            files: Vec::new(),
+            metrics: None,
+            timing: None,
+            device: None,
+            error: None,
+        }
+    }
+
+    fn records() -> Vec<Record> {
+        let mut resolve = record(
+            "1",
+            "resolve",
+            serde_json::json!({"model": "local://alice/m", "revision": "main"}),
+        );
+        resolve.metrics = Some(serde_json::json!({"commit": "c0ffee"}));
+        let mut capture = record(
+            "2",
+            "capture",
+            serde_json::json!({"model": "local://alice/m", "revision": "main", "seq_len": 4, "windows": [0, 3]}),
+        );
+        capture.pins = serde_json::json!({"data": "da7a"});
+        let mut artifact = record(
+            "3",
+            "artifact",
+            serde_json::json!({"hook": "hook_resid_post", "layer": 1}),
+        );
+        artifact.inputs = vec![capture.id.clone()];
+        artifact.files = vec![FileRecord {
+            path: "acts/a.safetensors".into(),
+            size: 1000,
+            sha256: "ee".repeat(32),
+        }];
+        let mut failed = record(
+            "4",
+            "spectrum",
+            serde_json::json!({"hook": "hook_resid_post", "layer": 1}),
+        );
+        failed.error = Some("boom".into());
+        vec![resolve, capture, artifact, failed]
+    }
+
+    #[test]
+    fn claims_come_from_the_records() {
+        let records = records();
+        let claims = Claims::from_records(&records);
+        assert_eq!((claims.nodes, claims.failed, claims.files), (3, 1, 1));
+        assert_eq!((claims.bytes, claims.tokens), (1000, 12));
+        assert_eq!(claims.data, ["da7a"]);
+        assert_eq!(claims.models.len(), 1);
+        assert_eq!(claims.models[0].commit, "c0ffee");
+    }
+
+    #[test]
+    fn a_card_is_deterministic_checks_clean_and_catches_what_it_should_not_claim() {
+        let (manifest, records) = (manifest(), records());
+        let refs: Vec<&Record> = records.iter().collect();
+        let tables = vec![
+            ("metrics/spectra.jsonl".to_owned(), b"{}\n".to_vec()),
+            ("metrics/overlaps.jsonl".to_owned(), Vec::new()),
+        ];
+        let CardUpdate::Write(card) = update(&manifest, &refs, &tables, None) else {
+            panic!("no card written for a repo without one");
+        };
+        assert_eq!(
+            update(&manifest, &refs, &tables, Some(&card)),
+            CardUpdate::Unchanged
+        );
+        assert!(card.contains("license: \"mit\""), "{card}");
+        assert!(card.contains("config_name: \"spectra\""), "{card}");
+        assert!(!card.contains("overlaps"), "{card}");
+        assert!(card.contains("- Layers: 1."), "{card}");
+        assert_eq!(authorship(Some(&card)), Authorship::Hubsweep);
+
+        let mut claims = Claims::from_records(refs.iter().copied());
+        let present = |path: &str| path != "missing.jsonl";
+        assert_eq!(check(&card, &claims, present), Vec::new());
+        claims.nodes += 1;
+        claims.models[0].commit = "bad".into();
+        let findings = check(&card, &claims, present);
+        assert_eq!(findings.len(), 3, "{findings:?}");
+        let forged = card.replace("metrics/spectra.jsonl", "missing.jsonl");
+        let claims = Claims::from_records(refs.iter().copied());
+        assert_eq!(check(&forged, &claims, present).len(), 1);
+        assert_eq!(check("---\n[unclosed\n---\n", &claims, present).len(), 1);
+    }
+
+    #[test]
+    fn cards_not_written_by_hubsweep_are_left_alone() {
+        let theirs = "---\nlicense: mit\n---\n# Mine\n";
+        assert_eq!(authorship(Some(theirs)), Authorship::Other);
+        assert_eq!(
+            authorship(Some("no front matter at all")),
+            Authorship::Other
+        );
+        assert_eq!(authorship(None), Authorship::None);
+        let (manifest, records) = (manifest(), records());
+        let refs: Vec<&Record> = records.iter().collect();
+        assert_eq!(
+            update(&manifest, &refs, &[], Some(theirs)),
+            CardUpdate::LeftAlone
+        );
+    }
+
+    #[test]
+    fn layers_read_as_ranges() {
+        let layers: BTreeSet<u64> = [0, 1, 2, 5, 7, 8].into_iter().collect();
+        assert_eq!(layer_ranges(&layers), "0–2, 5, 7–8");
+        assert_eq!(table_config("metrics/spectra.jsonl"), "spectra");
+    }
+}
