@@ -2,7 +2,8 @@
 //! scripts/bench/capture-smollm2.sh, which runs the PyTorch peer on the same input.
 //!
 //! Usage: capture_smollm2 GGUF HF_DIR IDS_JSON RUNS
-//! Converts GGUF into HF_DIR when HF_DIR/config.json is absent, then times RUNS forward passes
+//! Converts GGUF into HF_DIR when HF_DIR/config.json is absent (GGUF `-`: HF_DIR is any
+//! HF-layout model, as scripts/bench/capture-qwen2.sh uses it), then times RUNS forward passes
 //! over the ids (after one warm-up) recording `hook_resid_post` at every layer, and prints one
 //! JSON line: median seconds, tokens/s, peak RSS.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -51,7 +52,7 @@ fn main() {
         PathBuf::from(&args[3]),
     );
     let runs: usize = args[4].parse().expect("RUNS");
-    if !hf_dir.join("config.json").is_file() {
+    if args[1] != "-" && !hf_dir.join("config.json").is_file() {
         gguf::convert_to_dir(&gguf_path, &hf_dir).expect("convert GGUF");
     }
     let rows: Vec<Vec<u32>> =

@@ -30,12 +30,16 @@ fn hook_shape(point: HookPoint, cfg: &ModelConfig) -> String {
     use hooks::{BlockHook as B, NormHook as N};
     let d = cfg.d_model;
     match point {
-        HookPoint::Embed => format!("[batch, pos, {d}]"),
+        HookPoint::Embed | HookPoint::PosEmbed => format!("[batch, pos, {d}]"),
         HookPoint::Logits => format!("[batch, pos, {}]", cfg.vocab_size),
         HookPoint::LnFinal(N::Scale) => "[batch, pos, 1]".into(),
         HookPoint::LnFinal(_) => format!("[batch, pos, {d}]"),
         HookPoint::Block { hook, .. } => match hook {
             B::Ln1(N::Scale) | B::Ln2(N::Scale) => "[batch, pos, 1]".into(),
+            B::QNorm(N::Scale) => format!("[batch, pos, {}, 1]", cfg.n_heads),
+            B::KNorm(N::Scale) => format!("[batch, pos, {}, 1]", cfg.n_kv_heads),
+            B::QNorm(_) => format!("[batch, pos, {}, {}]", cfg.n_heads, cfg.head_dim),
+            B::KNorm(_) => format!("[batch, pos, {}, {}]", cfg.n_kv_heads, cfg.head_dim),
             B::Q | B::RotQ | B::Z => format!("[batch, pos, {}, {}]", cfg.n_heads, cfg.head_dim),
             B::K | B::RotK | B::V => format!("[batch, pos, {}, {}]", cfg.n_kv_heads, cfg.head_dim),
             B::AttnScores | B::Pattern => format!("[batch, {}, pos, pos]", cfg.n_heads),
@@ -59,7 +63,12 @@ pub fn run(args: &InspectArgs, env: &Env) -> Result<(), Failure> {
     .map_err(Failure::of)?;
     let stored = weights.stored_dtype().unwrap_or("unknown").to_string();
     let mut hooks: Vec<(String, String)> = Vec::new();
-    hooks.push(("hook_embed".into(), hook_shape(HookPoint::Embed, &cfg)));
+    // hook_embed, and hook_pos_embed where the model has one (GPT-2), come before the blocks.
+    for (name, point) in &MODEL_HOOKS[..2] {
+        if hooks::check_point(*point, &cfg).is_ok() {
+            hooks.push((name.to_string(), hook_shape(*point, &cfg)));
+        }
+    }
     for (suffix, hook) in BLOCK_HOOKS {
         let point = HookPoint::Block {
             layer: 0,
@@ -72,7 +81,7 @@ pub fn run(args: &InspectArgs, env: &Env) -> Result<(), Failure> {
             ));
         }
     }
-    for (name, point) in &MODEL_HOOKS[1..] {
+    for (name, point) in &MODEL_HOOKS[2..] {
         hooks.push((name.to_string(), hook_shape(*point, &cfg)));
     }
     if *json {
@@ -103,10 +112,16 @@ pub fn run(args: &InspectArgs, env: &Env) -> Result<(), Failure> {
     );
     println!("d_mlp        {}", cfg.d_mlp);
     println!("vocab_size   {}", cfg.vocab_size);
-    println!(
-        "rotary       {} of {} dims, theta {}",
-        cfg.rope.rotary_dim, cfg.head_dim, cfg.rope.theta
-    );
+    match (&cfg.rope, cfg.max_positions) {
+        (Some(rope), _) => println!(
+            "rotary       {} of {} dims, theta {}",
+            rope.rotary_dim, cfg.head_dim, rope.theta
+        ),
+        (None, positions) => println!(
+            "positions    learned, {} rows",
+            positions.unwrap_or_default()
+        ),
+    }
     println!(
         "residual     {}",
         if cfg.parallel_residual {

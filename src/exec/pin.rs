@@ -265,12 +265,12 @@ pub async fn pin_model(
         label: label.clone(),
         reason,
     })?;
-    if family != instance.family {
+    if let Some(named) = instance.family.filter(|named| *named != family) {
         return Err(RunError::Config {
             label,
             reason: format!(
                 "the spec says `{}` but config.json says `{}`",
-                instance.family.as_str(),
+                named.as_str(),
                 family.as_str()
             ),
         });

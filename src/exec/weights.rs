@@ -1,6 +1,7 @@
 //! Weight spectroscopy in a run: one `weight_spectrum` node per (model revision, module
-//! pattern), with one result per matched matrix inside (every layer, and for GPT-NeoX's fused
-//! `query_key_value` also its query, key and value parts).
+//! pattern), with one result per matched matrix inside (every layer, and for a fused QKV —
+//! GPT-NeoX's `query_key_value`, GPT-2's `c_attn` — also its query, key and value parts).
+//! Every matrix is read as d_out × d_in, whatever the family stores ([`crate::model::MatrixLayout`]).
 //!
 //! Checkpoint files are read one tensor at a time: the safetensors header first, then only the
 //! bytes of the tensors at hand (and of the same tensors in the base revision for a delta), one
@@ -14,7 +15,6 @@ use std::path::PathBuf;
 use super::{PinnedModel, RunError};
 use crate::analysis::{self, SvdMethod, WeightMatrix, WeightSpectrum, match_weight_modules};
 use crate::ledger::tables::{MatrixResult, WeightNodeMetrics};
-use crate::model::Family;
 use crate::plan::{Node, Params, Plan};
 use crate::spec::{Diagnostic, ModelInstance, SweepSpec};
 use bytes::Bytes;
@@ -263,17 +263,16 @@ pub fn compute_node(job: &WeightJob) -> Result<(WeightNodeMetrics, Vec<u8>), Run
                 None => weight,
             };
             let mut parts: Vec<MatrixPart> = Vec::new();
-            let fused = this.config.family == Family::GptNeox
-                && found.module == "attention.query_key_value"
-                && rows == 3 * this.config.n_heads * this.config.head_dim;
-            if fused {
-                let split = analysis::split_fused_qkv(
-                    &data,
-                    this.config.n_heads,
-                    this.config.head_dim,
-                    cols,
-                )
-                .map_err(analysis)?;
+            // GPT-2's Conv1D weights are stored [in, out]: read every matrix as d_out × d_in.
+            let layout = this.config.family.matrix_layout(&found.module);
+            let (data, rows, cols) = layout.to_out_in(data, rows, cols);
+            let groups = layout
+                .fused_qkv
+                .map(|f| f.groups(this.config.n_heads, this.config.head_dim))
+                .filter(|(groups, group_rows)| rows == 3 * groups * group_rows);
+            if let Some((groups, group_rows)) = groups {
+                let split = analysis::split_fused_qkv(&data, groups, group_rows, cols)
+                    .map_err(analysis)?;
                 let part_rows = split.rows;
                 parts.push((Some("query"), split.query, part_rows));
                 parts.push((Some("key"), split.key, part_rows));

@@ -1,9 +1,12 @@
-//! One transformer block for both families, built from checkpoint tensors, and its forward
+//! One transformer block for every family, built from checkpoint tensors, and its forward
 //! pass with TransformerLens hook points.
 //!
 //! GPT-NeoX: LayerNorm, fused per-head-interleaved QKV with biases, partial rotary, plain GELU
-//! MLP, parallel or sequential residual. Llama: RMSNorm, separate q/k/v (GQA), full rotary,
-//! SiLU-gated MLP, sequential residual.
+//! MLP, parallel or sequential residual. GPT-2: LayerNorm, fused `c_attn` (`[q; k; v]`),
+//! `Conv1D` weights stored `[in, out]`, no rotary, tanh-GELU MLP, sequential residual. The
+//! Llama block (Llama, Qwen2, Qwen3, Mistral): RMSNorm, separate q/k/v (GQA), full rotary,
+//! SiLU-gated MLP, sequential residual; Qwen2 adds q/k/v biases, Qwen3 a per-head RMSNorm on
+//! queries and keys before rotary.
 
 use candle_core::{Result, Tensor};
 
@@ -38,12 +41,13 @@ impl Norm {
         d: usize,
     ) -> std::result::Result<Self, ModelError> {
         let weight = w.get(&format!("{prefix}.weight"), &[d])?;
-        Ok(match family {
-            Family::GptNeox => Norm::Layer {
+        Ok(if family.uses_layer_norm() {
+            Norm::Layer {
                 weight,
                 bias: w.get(&format!("{prefix}.bias"), &[d])?,
-            },
-            Family::Llama => Norm::Rms { weight },
+            }
+        } else {
+            Norm::Rms { weight }
         })
     }
 
@@ -86,6 +90,19 @@ fn linear_stack(
     })
 }
 
+/// A GPT-2 `Conv1D`: the weight is stored `[in, out]`, which is already the layout
+/// [`Linear`] keeps, so it is used as stored (no transpose).
+fn conv1d(
+    w: &Weights,
+    prefix: &str,
+    inp: usize,
+    out: usize,
+) -> std::result::Result<Linear, ModelError> {
+    let weight = w.get(&format!("{prefix}.weight"), &[inp, out])?;
+    let bias = w.get(&format!("{prefix}.bias"), &[out])?;
+    Ok(Linear::from_input_major(weight, Some(bias)))
+}
+
 fn linear(
     w: &Weights,
     prefix: &str,
@@ -101,7 +118,8 @@ fn linear(
 enum Qkv {
     /// GPT-NeoX `query_key_value`: output viewed as `[b, t, heads, 3·head_dim]`, then split.
     Fused(Linear),
-    /// Llama `q_proj`, `k_proj`, `v_proj`, stacked into one `[in, (h + 2·kv)·dh]` layer.
+    /// Llama-block `q_proj`, `k_proj`, `v_proj` stacked into one `[in, (h + 2·kv)·dh]` layer;
+    /// also GPT-2's `c_attn`, whose output is `[q; k; v]` with `kv = h`.
     Stacked(Linear),
 }
 
@@ -121,6 +139,8 @@ pub struct Block {
     ln1: Norm,
     ln2: Norm,
     qkv: Qkv,
+    /// Qwen3's per-head RMSNorms on queries and keys (`[head_dim]` weights).
+    qk_norm: Option<(Norm, Norm)>,
     out_proj: Linear,
     mlp: Mlp,
 }
@@ -134,8 +154,7 @@ impl Block {
     ) -> std::result::Result<Self, ModelError> {
         let d = cfg.d_model;
         let (hd, h, kvh, m) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.d_mlp);
-        let ab = cfg.attention_bias;
-        let mb = cfg.mlp_bias;
+        let (ab, ob, mb) = (cfg.attention_bias, cfg.attention_out_bias, cfg.mlp_bias);
         match cfg.family {
             Family::GptNeox => {
                 let p = format!("gpt_neox.layers.{layer}");
@@ -150,15 +169,39 @@ impl Block {
                         d,
                         ab,
                     )?),
-                    out_proj: linear(w, &format!("{p}.attention.dense"), d, d, ab)?,
+                    qk_norm: None,
+                    out_proj: linear(w, &format!("{p}.attention.dense"), d, d, ob)?,
                     mlp: Mlp::Plain {
                         up: linear(w, &format!("{p}.mlp.dense_h_to_4h"), m, d, mb)?,
                         down: linear(w, &format!("{p}.mlp.dense_4h_to_h"), d, m, mb)?,
                     },
                 })
             }
-            Family::Llama => {
+            Family::Gpt2 => {
+                let p = format!("{}h.{layer}", gpt2_root(w));
+                Ok(Self {
+                    layer,
+                    ln1: Norm::load(w, &format!("{p}.ln_1"), cfg.family, d)?,
+                    ln2: Norm::load(w, &format!("{p}.ln_2"), cfg.family, d)?,
+                    qkv: Qkv::Stacked(conv1d(w, &format!("{p}.attn.c_attn"), d, 3 * d)?),
+                    qk_norm: None,
+                    out_proj: conv1d(w, &format!("{p}.attn.c_proj"), d, d)?,
+                    mlp: Mlp::Plain {
+                        up: conv1d(w, &format!("{p}.mlp.c_fc"), d, m)?,
+                        down: conv1d(w, &format!("{p}.mlp.c_proj"), m, d)?,
+                    },
+                })
+            }
+            Family::Llama | Family::Qwen2 | Family::Qwen3 | Family::Mistral => {
                 let p = format!("model.layers.{layer}");
+                let qk_norm = if cfg.qk_norm {
+                    Some((
+                        Norm::load(w, &format!("{p}.self_attn.q_norm"), cfg.family, hd)?,
+                        Norm::load(w, &format!("{p}.self_attn.k_norm"), cfg.family, hd)?,
+                    ))
+                } else {
+                    None
+                };
                 Ok(Self {
                     layer,
                     ln1: Norm::load(w, &format!("{p}.input_layernorm"), cfg.family, d)?,
@@ -173,7 +216,8 @@ impl Block {
                         d,
                         ab,
                     )?),
-                    out_proj: linear(w, &format!("{p}.self_attn.o_proj"), d, h * hd, ab)?,
+                    qk_norm,
+                    out_proj: linear(w, &format!("{p}.self_attn.o_proj"), d, h * hd, ob)?,
                     mlp: Mlp::Gated {
                         gate_up: linear_stack(
                             w,
@@ -192,10 +236,21 @@ impl Block {
     }
 }
 
+/// The key prefix of a GPT-2 checkpoint: `transformer.` in saves by transformers, nothing in
+/// `openai-community/gpt2`'s own files (`h.0.attn.c_attn.weight`, `wte.weight`).
+pub(crate) fn gpt2_root(w: &Weights) -> &'static str {
+    if w.contains("wte.weight") && !w.contains("transformer.wte.weight") {
+        ""
+    } else {
+        "transformer."
+    }
+}
+
 /// What a block forward needs besides its input.
 pub(crate) struct BlockContext<'a> {
     pub cfg: &'a ModelConfig,
-    pub rotary: &'a Rotary,
+    /// `None` for learned absolute positions (GPT-2).
+    pub rotary: Option<&'a Rotary>,
     pub mask: &'a Tensor,
     pub request: &'a HookRequest,
 }
@@ -279,10 +334,26 @@ impl Block {
         rec.put(BlockHook::Q, &q);
         rec.put(BlockHook::K, &k);
         rec.put(BlockHook::V, &v);
-        let q = ctx.rotary.apply(&q)?;
-        let k = ctx.rotary.apply(&k)?;
-        rec.put(BlockHook::RotQ, &q);
-        rec.put(BlockHook::RotK, &k);
+        let (q, k) = match &self.qk_norm {
+            Some((q_norm, k_norm)) => {
+                let eps = cfg.norm_eps;
+                let qn = q_norm.forward(&q, eps, rec.wants_parts(BlockHook::QNorm))?;
+                rec.norm(BlockHook::QNorm, &qn);
+                let kn = k_norm.forward(&k, eps, rec.wants_parts(BlockHook::KNorm))?;
+                rec.norm(BlockHook::KNorm, &kn);
+                (qn.out, kn.out)
+            }
+            None => (q, k),
+        };
+        let (q, k) = match ctx.rotary {
+            Some(rotary) => {
+                let (q, k) = (rotary.apply(&q)?, rotary.apply(&k)?);
+                rec.put(BlockHook::RotQ, &q);
+                rec.put(BlockHook::RotK, &k);
+                (q, k)
+            }
+            None => (q, k),
+        };
         let wants = |hook| {
             ctx.request.wants(HookPoint::Block {
                 layer: self.layer,

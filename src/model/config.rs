@@ -11,26 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::ModelError;
-
-/// The architecture family of a checkpoint, from `model_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Family {
-    /// `gpt_neox`: Pythia and relatives (LayerNorm, fused per-head QKV, partial rotary).
-    GptNeox,
-    /// `llama`: Llama 2/3, SmolLM2 and relatives (RMSNorm, GQA, gated SiLU MLP).
-    Llama,
-}
-
-impl Family {
-    /// The `model_type` string of this family in `config.json`.
-    pub fn model_type(self) -> &'static str {
-        match self {
-            Family::GptNeox => "gpt_neox",
-            Family::Llama => "llama",
-        }
-    }
-}
+pub use super::family::{Family, FusedQkv, MatrixLayout};
 
 /// The MLP non-linearity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -89,16 +70,28 @@ pub struct ModelConfig {
     pub d_mlp: usize,
     /// Epsilon of the LayerNorm / RMSNorm.
     pub norm_eps: f64,
-    /// Rotary settings.
-    pub rope: RopeConfig,
+    /// Rotary settings; `None` for learned absolute positions (GPT-2).
+    pub rope: Option<RopeConfig>,
+    /// Rows of the learned position table (GPT-2 `n_positions`): the longest sequence the
+    /// model can run. `None` for rotary families.
+    pub max_positions: Option<usize>,
     /// Whether attention and MLP read the same block input (GPT-NeoX `use_parallel_residual`).
     pub parallel_residual: bool,
     /// MLP activation.
     pub activation: Activation,
     /// Whether the unembedding reuses the token embedding.
     pub tie_word_embeddings: bool,
-    /// Whether the attention projections carry biases.
+    /// Whether the query/key/value projections carry biases.
     pub attention_bias: bool,
+    /// Whether the attention output projection carries a bias.
+    pub attention_out_bias: bool,
+    /// Whether queries and keys pass a per-head RMSNorm before rotary (Qwen3 `q_norm`/`k_norm`).
+    pub qk_norm: bool,
+    /// The narrowest sliding attention window any layer uses (Mistral `sliding_window`, Qwen2
+    /// `use_sliding_window` with `max_window_layers`/`layer_types`); `None` when every layer
+    /// attends to the whole sequence. A window changes the result only for sequences longer
+    /// than it, which [`ModelConfig::check_seq_len`] refuses.
+    pub sliding_window: Option<usize>,
     /// Whether the MLP projections carry biases.
     pub mlp_bias: bool,
     /// The storage dtype the checkpoint declares (`torch_dtype` or `dtype`), if any.
@@ -110,7 +103,28 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Whether the MLP is gated (`act(gate) · up`), which adds `mlp.hook_pre_linear`.
     pub fn is_gated_mlp(&self) -> bool {
-        self.family == Family::Llama
+        self.family.is_gated()
+    }
+
+    /// Refuses a sequence length the model cannot run exactly as transformers would: longer
+    /// than GPT-2's position table, or longer than a sliding attention window (hubsweep
+    /// computes full causal attention, which equals the windowed result only up to the window).
+    pub fn check_seq_len(&self, seq_len: usize) -> Result<(), ModelError> {
+        if let Some(max) = self.max_positions.filter(|max| seq_len > *max) {
+            return Err(ModelError::SequenceTooLong {
+                seq_len,
+                limit: max,
+                reason: "the learned position table (`n_positions`) has no more rows",
+            });
+        }
+        if let Some(window) = self.sliding_window.filter(|w| seq_len > *w) {
+            return Err(ModelError::SequenceTooLong {
+                seq_len,
+                limit: window,
+                reason: "the config's sliding attention window would hide earlier tokens, which hubsweep does not implement; use a `seq_len` within the window",
+            });
+        }
+        Ok(())
     }
 
     /// Reads and parses `config.json`.
@@ -133,19 +147,26 @@ impl ModelConfig {
     }
 }
 
-/// `config.json` as written, with every key either dialect may use.
+/// `config.json` as written, with every key either dialect (and GPT-2's own names) may use.
 #[derive(Debug, Deserialize)]
 struct RawConfig {
     model_type: Option<String>,
+    architectures: Option<Vec<String>>,
     vocab_size: Option<usize>,
+    #[serde(alias = "n_embd")]
     hidden_size: Option<usize>,
+    #[serde(alias = "n_layer")]
     num_hidden_layers: Option<usize>,
+    #[serde(alias = "n_head")]
     num_attention_heads: Option<usize>,
     num_key_value_heads: Option<usize>,
     head_dim: Option<usize>,
+    #[serde(alias = "n_inner")]
     intermediate_size: Option<usize>,
+    #[serde(alias = "layer_norm_epsilon")]
     layer_norm_eps: Option<f64>,
     rms_norm_eps: Option<f64>,
+    #[serde(alias = "activation_function")]
     hidden_act: Option<String>,
     use_parallel_residual: Option<bool>,
     tie_word_embeddings: Option<bool>,
@@ -160,6 +181,21 @@ struct RawConfig {
     torch_dtype: Option<String>,
     dtype: Option<String>,
     bos_token_id: Option<Value>,
+    #[serde(alias = "n_positions")]
+    max_position_embeddings: Option<usize>,
+    /// Absent means "not given" (Mistral then defaults to 4096); `null` means no window.
+    #[serde(default, deserialize_with = "present")]
+    sliding_window: Option<Option<usize>>,
+    use_sliding_window: Option<bool>,
+    max_window_layers: Option<usize>,
+    layer_types: Option<Vec<String>>,
+    scale_attn_weights: Option<bool>,
+    scale_attn_by_inverse_layer_idx: Option<bool>,
+}
+
+/// Tells an explicit `null` (`Some(None)`) from an absent key (`None`, through `default`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<usize>>, D::Error> {
+    Option::<usize>::deserialize(d).map(Some)
 }
 
 struct Invalid<'a> {
@@ -185,27 +221,60 @@ impl Invalid<'_> {
 }
 
 impl RawConfig {
+    /// The family from `model_type`, or from `architectures` when `model_type` is absent.
+    fn family(&self, path: &Path) -> Result<Family, ModelError> {
+        let unsupported = |model_type: &str| ModelError::UnsupportedModelType {
+            path: path.to_path_buf(),
+            model_type: model_type.to_string(),
+        };
+        if let Some(model_type) = &self.model_type {
+            return Family::from_model_type(model_type).ok_or_else(|| unsupported(model_type));
+        }
+        match self.architectures.as_deref() {
+            Some([first, ..]) => Family::from_architecture(first).ok_or_else(|| unsupported(first)),
+            _ => Err(Invalid { path }.err("model_type", "is missing (and so is `architectures`)")),
+        }
+    }
+
+    /// The narrowest window of a layer with sliding attention, if any (see
+    /// [`ModelConfig::sliding_window`]); `n_layers` for Qwen's `max_window_layers`.
+    fn sliding_window(&self, family: Family, n_layers: usize) -> Option<usize> {
+        let window = match (family, self.sliding_window) {
+            // MistralConfig defaults to 4096 when the key is absent.
+            (Family::Mistral, None) => Some(4096),
+            (Family::Mistral, Some(w)) => w,
+            (Family::Qwen2 | Family::Qwen3, Some(Some(w)))
+                if self.use_sliding_window == Some(true) =>
+            {
+                Some(w)
+            }
+            _ => None,
+        }?;
+        let sliding_layers = match (family, &self.layer_types) {
+            // MistralForCausalLM slides in every layer whatever `layer_types` says.
+            (Family::Mistral, _) => n_layers,
+            (_, Some(types)) => types.iter().filter(|t| *t == "sliding_attention").count(),
+            // transformers: layers from `max_window_layers` on slide (default 28).
+            (_, None) => n_layers.saturating_sub(self.max_window_layers.unwrap_or(28)),
+        };
+        (sliding_layers > 0).then_some(window)
+    }
+
     fn validate(self, path: &Path) -> Result<ModelConfig, ModelError> {
         let invalid = Invalid { path };
-        let family = match self.model_type.as_deref() {
-            Some("gpt_neox") => Family::GptNeox,
-            Some("llama") => Family::Llama,
-            Some(other) => {
-                return Err(ModelError::UnsupportedModelType {
-                    path: path.to_path_buf(),
-                    model_type: other.to_string(),
-                });
-            }
-            None => return Err(invalid.err("model_type", "is missing")),
-        };
+        let family = self.family(path)?;
         let vocab_size = invalid.require(self.vocab_size, "vocab_size")?;
         let d_model = invalid.require(self.hidden_size, "hidden_size")?;
         let n_layers = invalid.require(self.num_hidden_layers, "num_hidden_layers")?;
         let n_heads = invalid.require(self.num_attention_heads, "num_attention_heads")?;
-        let d_mlp = invalid.require(self.intermediate_size, "intermediate_size")?;
+        let d_mlp = match (family, self.intermediate_size) {
+            // GPT-2's `n_inner: null` means 4·n_embd.
+            (Family::Gpt2, None) => 4 * d_model,
+            (_, size) => invalid.require(size, "intermediate_size")?,
+        };
         let n_kv_heads = match family {
-            Family::GptNeox => n_heads,
-            Family::Llama => self.num_key_value_heads.unwrap_or(n_heads),
+            Family::GptNeox | Family::Gpt2 => n_heads,
+            _ => self.num_key_value_heads.unwrap_or(n_heads),
         };
         if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             return Err(invalid.err(
@@ -214,8 +283,7 @@ impl RawConfig {
             ));
         }
         let head_dim = match (family, self.head_dim) {
-            (Family::Llama, Some(h)) if h > 0 => h,
-            _ => {
+            (Family::GptNeox | Family::Gpt2, _) | (_, None | Some(0)) => {
                 if d_model % n_heads != 0 {
                     return Err(invalid.err(
                         "hidden_size",
@@ -224,8 +292,102 @@ impl RawConfig {
                 }
                 d_model / n_heads
             }
+            (_, Some(h)) => h,
         };
+        if family == Family::Gpt2 {
+            if self.scale_attn_by_inverse_layer_idx == Some(true) {
+                return Err(
+                    invalid.err("scale_attn_by_inverse_layer_idx", "`true` is not supported")
+                );
+            }
+            if self.scale_attn_weights == Some(false) {
+                return Err(invalid.err("scale_attn_weights", "`false` is not supported"));
+            }
+        }
+        let rope = if family.is_rotary() {
+            Some(self.rope(family, head_dim, path, &invalid)?)
+        } else {
+            None
+        };
+        let activation = match (family, self.hidden_act.as_deref()) {
+            (Family::GptNeox, None | Some("gelu")) => Activation::GeluErf,
+            (Family::Gpt2, None) => Activation::GeluTanh,
+            (_, Some("gelu_new" | "gelu_fast" | "gelu_pytorch_tanh")) => Activation::GeluTanh,
+            (_, Some("gelu")) => Activation::GeluErf,
+            (f, None | Some("silu")) if f.is_gated() => Activation::Silu,
+            (_, Some(other)) => {
+                return Err(invalid.err("hidden_act", format!("`{other}` is not supported")));
+            }
+            (_, None) => return Err(invalid.err("hidden_act", "is missing")),
+        };
+        let norm_eps = if family.uses_layer_norm() {
+            self.layer_norm_eps.unwrap_or(1e-5)
+        } else {
+            self.rms_norm_eps.unwrap_or(1e-6)
+        };
+        // Biases: GPT-NeoX and GPT-2 everywhere; Qwen2 on q/k/v only; Llama and Qwen3 where
+        // `attention_bias`/`mlp_bias` say; Mistral nowhere.
+        let (attention_bias, attention_out_bias, mlp_bias) = match family {
+            Family::GptNeox => {
+                let a = self.attention_bias.unwrap_or(true);
+                (a, a, self.mlp_bias.unwrap_or(true))
+            }
+            Family::Gpt2 => (true, true, true),
+            Family::Qwen2 => (true, false, false),
+            Family::Llama => {
+                let a = self.attention_bias.unwrap_or(false);
+                (a, a, self.mlp_bias.unwrap_or(false))
+            }
+            Family::Qwen3 => {
+                let a = self.attention_bias.unwrap_or(false);
+                (a, a, false)
+            }
+            Family::Mistral => (false, false, false),
+        };
+        let max_positions = match family {
+            Family::Gpt2 => Some(self.max_position_embeddings.unwrap_or(1024)),
+            _ => None,
+        };
+        Ok(ModelConfig {
+            family,
+            vocab_size,
+            d_model,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            d_mlp,
+            norm_eps,
+            rope,
+            max_positions,
+            parallel_residual: family == Family::GptNeox
+                && self.use_parallel_residual.unwrap_or(true),
+            activation,
+            // GPT2Config ties by default; the others' configs default to untied.
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(family == Family::Gpt2),
+            attention_bias,
+            attention_out_bias,
+            mlp_bias,
+            qk_norm: family.has_qk_norm(),
+            sliding_window: self.sliding_window(family, n_layers),
+            stored_dtype: self.dtype.clone().or(self.torch_dtype.clone()),
+            // Some configs write a list here; only a single id is a BOS.
+            bos_token_id: self
+                .bos_token_id
+                .as_ref()
+                .and_then(Value::as_u64)
+                .map(|v| v as u32),
+        })
+    }
 
+    /// Rotary settings from either dialect.
+    fn rope(
+        &self,
+        family: Family,
+        head_dim: usize,
+        path: &Path,
+        invalid: &Invalid<'_>,
+    ) -> Result<RopeConfig, ModelError> {
         // The nested transformers-5 block, if present, is authoritative.
         let nested = match &self.rope_parameters {
             None | Some(Value::Null) => None,
@@ -240,14 +402,11 @@ impl RawConfig {
                 }),
             }
         };
-        let (default_theta, default_fraction) = match family {
-            Family::GptNeox => (10_000.0, 0.25),
-            Family::Llama => (10_000.0, 1.0),
-        };
+        let default_fraction = if family == Family::GptNeox { 0.25 } else { 1.0 };
         let theta = nested_f64("rope_theta")?
             .or(self.rope_theta)
             .or(self.rotary_emb_base)
-            .unwrap_or(default_theta);
+            .unwrap_or(10_000.0);
         let fraction = nested_f64("partial_rotary_factor")?
             .or(self.partial_rotary_factor)
             .or(self.rotary_pct)
@@ -268,58 +427,19 @@ impl RawConfig {
         }
         let scaling_source = match nested {
             Some(map) => Some(("rope_parameters", Value::Object(map))),
-            None => match self.rope_scaling {
+            None => match &self.rope_scaling {
                 None | Some(Value::Null) => None,
-                Some(v) => Some(("rope_scaling", v)),
+                Some(v) => Some(("rope_scaling", v.clone())),
             },
         };
         let llama3_scaling = match scaling_source {
             None => None,
-            Some((key, value)) => parse_scaling(key, &value, path, &invalid)?,
+            Some((key, value)) => parse_scaling(key, &value, path, invalid)?,
         };
-
-        let activation = match (family, self.hidden_act.as_deref()) {
-            (Family::GptNeox, None | Some("gelu")) => Activation::GeluErf,
-            (_, Some("gelu_new" | "gelu_fast" | "gelu_pytorch_tanh")) => Activation::GeluTanh,
-            (Family::Llama, None | Some("silu")) => Activation::Silu,
-            (Family::Llama, Some("gelu")) => Activation::GeluErf,
-            (_, Some(other)) => {
-                return Err(invalid.err("hidden_act", format!("`{other}` is not supported")));
-            }
-        };
-        let norm_eps = match family {
-            Family::GptNeox => self.layer_norm_eps.unwrap_or(1e-5),
-            Family::Llama => self.rms_norm_eps.unwrap_or(1e-6),
-        };
-        Ok(ModelConfig {
-            family,
-            vocab_size,
-            d_model,
-            n_layers,
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            d_mlp,
-            norm_eps,
-            rope: RopeConfig {
-                theta,
-                rotary_dim,
-                llama3_scaling,
-            },
-            parallel_residual: family == Family::GptNeox
-                && self.use_parallel_residual.unwrap_or(true),
-            activation,
-            // Both GPTNeoXConfig and LlamaConfig default to untied.
-            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
-            attention_bias: self.attention_bias.unwrap_or(family == Family::GptNeox),
-            mlp_bias: self.mlp_bias.unwrap_or(family == Family::GptNeox),
-            stored_dtype: self.dtype.or(self.torch_dtype),
-            // Some configs write a list here; only a single id is a BOS.
-            bos_token_id: self
-                .bos_token_id
-                .as_ref()
-                .and_then(Value::as_u64)
-                .map(|v| v as u32),
+        Ok(RopeConfig {
+            theta,
+            rotary_dim,
+            llama3_scaling,
         })
     }
 }
@@ -385,7 +505,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.head_dim, 64);
-        assert_eq!(cfg.rope.rotary_dim, 16);
+        assert_eq!(cfg.rope.unwrap().rotary_dim, 16);
         assert!(cfg.parallel_residual);
         assert_eq!(cfg.activation, Activation::GeluErf);
         assert_eq!(cfg.stored_dtype.as_deref(), Some("float16"));
@@ -400,9 +520,38 @@ mod tests {
             "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#,
         )
         .unwrap();
-        assert_eq!(cfg.rope.theta, 500000.0);
+        let rope = cfg.rope.unwrap();
+        assert_eq!(rope.theta, 500000.0);
         assert_eq!(cfg.n_kv_heads, 2);
-        assert_eq!(cfg.rope.llama3_scaling.unwrap().factor, 8.0);
+        assert_eq!(rope.llama3_scaling.unwrap().factor, 8.0);
+    }
+
+    /// `openai-community/gpt2`'s config.json: GPT-2's own key names, `n_inner: null`.
+    #[test]
+    fn gpt2_hub_dialect() {
+        let cfg = parse(
+            r#"{"activation_function":"gelu_new","architectures":["GPT2LMHeadModel"],"bos_token_id":50256,
+            "eos_token_id":50256,"layer_norm_epsilon":1e-05,"model_type":"gpt2","n_ctx":1024,"n_embd":768,
+            "n_head":12,"n_inner":null,"n_layer":12,"n_positions":1024,"vocab_size":50257}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.family, Family::Gpt2);
+        assert_eq!(
+            (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.head_dim),
+            (768, 12, 12, 64)
+        );
+        assert_eq!(cfg.d_mlp, 3072);
+        assert_eq!(cfg.max_positions, Some(1024));
+        assert!(cfg.rope.is_none() && cfg.tie_word_embeddings && cfg.attention_out_bias);
+        assert_eq!(cfg.activation, Activation::GeluTanh);
+        // `architectures` alone names the family too.
+        let cfg = parse(
+            r#"{"architectures":["Qwen2ForCausalLM"],"vocab_size":8,"hidden_size":8,"num_hidden_layers":1,
+            "num_attention_heads":2,"num_key_value_heads":1,"intermediate_size":4}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.family, Family::Qwen2);
+        assert!(cfg.attention_bias && !cfg.attention_out_bias && !cfg.mlp_bias);
     }
 
     #[test]
@@ -413,7 +562,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("`yarn`"), "{err}");
-        let err = parse(r#"{"model_type":"gpt2"}"#).unwrap_err();
-        assert!(err.to_string().contains("`gpt2`"), "{err}");
+        let err = parse(r#"{"model_type":"gpt_j"}"#).unwrap_err();
+        assert!(err.to_string().contains("`gpt_j`"), "{err}");
     }
 }

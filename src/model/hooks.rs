@@ -39,6 +39,11 @@ pub enum BlockHook {
     K,
     /// `attn.hook_v` [b, pos, kv_heads, d_head].
     V,
+    /// `attn.q_norm.*` (Qwen3): the per-head RMSNorm of the queries, after `hook_q` and before
+    /// rotary; `hook_scale` is [b, pos, heads, 1], the others [b, pos, heads, d_head].
+    QNorm(NormHook),
+    /// `attn.k_norm.*` (Qwen3): as `attn.q_norm.*` for the keys ([b, pos, kv_heads, …]).
+    KNorm(NormHook),
     /// `attn.hook_rot_q`: queries after rotary.
     RotQ,
     /// `attn.hook_rot_k`: keys after rotary.
@@ -76,6 +81,18 @@ pub const BLOCK_HOOKS: &[(&str, BlockHook)] = &[
     ("attn.hook_q", BlockHook::Q),
     ("attn.hook_k", BlockHook::K),
     ("attn.hook_v", BlockHook::V),
+    ("attn.q_norm.hook_scale", BlockHook::QNorm(NormHook::Scale)),
+    (
+        "attn.q_norm.hook_normalized",
+        BlockHook::QNorm(NormHook::Normalized),
+    ),
+    ("attn.q_norm.hook_out", BlockHook::QNorm(NormHook::Out)),
+    ("attn.k_norm.hook_scale", BlockHook::KNorm(NormHook::Scale)),
+    (
+        "attn.k_norm.hook_normalized",
+        BlockHook::KNorm(NormHook::Normalized),
+    ),
+    ("attn.k_norm.hook_out", BlockHook::KNorm(NormHook::Out)),
     ("attn.hook_rot_q", BlockHook::RotQ),
     ("attn.hook_rot_k", BlockHook::RotK),
     ("attn.hook_attn_scores", BlockHook::AttnScores),
@@ -93,9 +110,10 @@ pub const BLOCK_HOOKS: &[(&str, BlockHook)] = &[
     ("hook_resid_post", BlockHook::ResidPost),
 ];
 
-/// Model-level (not per-block) hook names.
+/// Model-level (not per-block) hook names; the first two come before the blocks.
 pub const MODEL_HOOKS: &[(&str, HookPoint)] = &[
     ("hook_embed", HookPoint::Embed),
+    ("hook_pos_embed", HookPoint::PosEmbed),
     ("ln_final.hook_scale", HookPoint::LnFinal(NormHook::Scale)),
     (
         "ln_final.hook_normalized",
@@ -110,6 +128,9 @@ pub const MODEL_HOOKS: &[(&str, HookPoint)] = &[
 pub enum HookPoint {
     /// `hook_embed` [b, pos, d]: token embedding.
     Embed,
+    /// `hook_pos_embed` [b, pos, d]: learned position embedding (GPT-2 only);
+    /// `blocks.0.hook_resid_pre` is `hook_embed + hook_pos_embed`.
+    PosEmbed,
     /// `blocks.{layer}.{hook}`.
     Block {
         /// Block index, 0-based.
@@ -199,7 +220,18 @@ fn suggest(name: &str) -> Option<String> {
 
 /// Checks that `point` exists in a model with `config`.
 pub fn check_point(point: HookPoint, config: &ModelConfig) -> Result<(), ModelError> {
+    let not_in_model = |reason| {
+        Err(ModelError::HookNotInModel {
+            name: point.to_string(),
+            reason,
+        })
+    };
     let HookPoint::Block { layer, hook } = point else {
+        if point == HookPoint::PosEmbed && config.rope.is_some() {
+            return not_in_model(
+                "rotary models have no learned position embedding (positions enter as hook_rot_q/hook_rot_k)",
+            );
+        }
         return Ok(());
     };
     if layer >= config.n_layers {
@@ -216,20 +248,27 @@ pub fn check_point(point: HookPoint, config: &ModelConfig) -> Result<(), ModelEr
         BlockHook::MlpPreLinear if !config.is_gated_mlp() => {
             Some("only gated MLPs have a separate up projection")
         }
+        BlockHook::RotQ | BlockHook::RotK if config.rope.is_none() => {
+            Some("GPT-2 has learned absolute positions (hook_pos_embed), no rotary embedding")
+        }
+        BlockHook::QNorm(_) | BlockHook::KNorm(_) if !config.qk_norm => {
+            Some("only Qwen3 normalises queries and keys per head (q_norm, k_norm)")
+        }
         _ => None,
     };
     match reason {
-        Some(reason) => Err(ModelError::HookNotInModel {
-            name: point.to_string(),
-            reason,
-        }),
+        Some(reason) => not_in_model(reason),
         None => Ok(()),
     }
 }
 
 /// Every hook name a model with `config` offers, in forward order.
 pub fn available_hooks(config: &ModelConfig) -> Vec<String> {
-    let mut names = vec!["hook_embed".to_string()];
+    let mut names: Vec<String> = MODEL_HOOKS[..2]
+        .iter()
+        .filter(|(_, point)| check_point(*point, config).is_ok())
+        .map(|(n, _)| n.to_string())
+        .collect();
     for layer in 0..config.n_layers {
         for (_, hook) in BLOCK_HOOKS {
             let point = HookPoint::Block { layer, hook: *hook };
@@ -238,7 +277,7 @@ pub fn available_hooks(config: &ModelConfig) -> Vec<String> {
             }
         }
     }
-    names.extend(MODEL_HOOKS[1..].iter().map(|(n, _)| n.to_string()));
+    names.extend(MODEL_HOOKS[2..].iter().map(|(n, _)| n.to_string()));
     names
 }
 
@@ -287,7 +326,7 @@ impl HookRequest {
         self.points
             .iter()
             .map(|p| match p {
-                HookPoint::Embed => 0,
+                HookPoint::Embed | HookPoint::PosEmbed => 0,
                 HookPoint::Block { layer, .. } => layer + 1,
                 HookPoint::LnFinal(_) | HookPoint::Logits => n_layers,
             })

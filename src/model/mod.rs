@@ -1,5 +1,5 @@
-//! Models: checkpoint files, config, weights, and GPT-NeoX / Llama forward passes that record
-//! activations at TransformerLens hook points.
+//! Models: checkpoint files, config, weights, and forward passes (GPT-NeoX, Llama, GPT-2,
+//! Qwen2/2.5, Qwen3, Mistral) that record activations at TransformerLens hook points.
 //!
 //! Flow: [`ModelFiles`] (a local folder, the HF cache, or a Hub download) → [`Model::load`]
 //! (config + weights in a compute dtype on a device) → [`Model::forward`] with a
@@ -9,6 +9,7 @@
 mod block;
 pub mod config;
 mod device;
+pub mod family;
 pub mod files;
 pub mod gguf;
 
@@ -21,8 +22,9 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 
 pub use crate::hub::download::HubSource;
-pub use config::{Activation, Family, ModelConfig};
+pub use config::{Activation, ModelConfig};
 pub use device::{ComputeDtype, DeviceSpec};
+pub use family::{Family, FusedQkv, MatrixLayout};
 pub use files::ModelFiles;
 pub use hooks::{Activations, HookPoint, HookRequest};
 
@@ -62,9 +64,10 @@ pub enum ModelError {
         /// What is wrong with it.
         reason: String,
     },
-    /// `model_type` names a family hubsweep has no forward pass for.
+    /// `model_type` (or `architectures`) names a family hubsweep has no forward pass for.
     #[error(
-        "`{path}`: model_type `{model_type}` is not supported (supported: `gpt_neox`, `llama`)"
+        "`{path}`: model_type `{model_type}` is not supported (supported: {})",
+        Family::supported_list()
     )]
     UnsupportedModelType {
         /// The config file.
@@ -97,6 +100,33 @@ pub enum ModelError {
         path: PathBuf,
         /// The missing key.
         key: String,
+    },
+    /// The checkpoint has block weights the family's forward pass would not read, so its
+    /// `model_type` is likely wrong (a Qwen2 checkpoint, whose q/k/v biases a Llama block would
+    /// drop, relabelled `llama`).
+    #[error(
+        "`{path}` has weights a `{family}` model does not use (`{key}`{}): is config.json's model_type right?",
+        if *more > 0 { format!(" and {more} more") } else { String::new() }
+    )]
+    UnusedWeights {
+        /// The weights file (or the folder of a sharded checkpoint).
+        path: PathBuf,
+        /// The family the config names.
+        family: &'static str,
+        /// The first unused key.
+        key: String,
+        /// How many more are unused.
+        more: usize,
+    },
+    /// A sequence is longer than the model can run exactly.
+    #[error("a sequence of {seq_len} tokens is longer than {limit}: {reason}")]
+    SequenceTooLong {
+        /// Tokens asked for.
+        seq_len: usize,
+        /// The longest the model runs exactly.
+        limit: usize,
+        /// Why.
+        reason: &'static str,
     },
     /// A tensor has a shape other than the config implies.
     #[error(
@@ -208,6 +238,8 @@ pub struct Model {
     device: Device,
     dtype: DType,
     embed: Tensor,
+    /// GPT-2's learned position table `[n_positions, d]`.
+    pos_embed: Option<Tensor>,
     blocks: Vec<Block>,
     final_norm: Norm,
     unembed: Linear,
@@ -239,24 +271,34 @@ impl Model {
         dtype: DType,
     ) -> Result<Self, ModelError> {
         let (v, d) = (config.vocab_size, config.d_model);
-        let (embed_key, norm_key, unembed_keys): (&str, &str, &[&str]) = match config.family {
+        let root = block::gpt2_root(w);
+        let (embed_key, norm_key, unembed_keys) = match config.family {
             // transformers 5 renames embed_out to lm_head in memory but writes embed_out.
             Family::GptNeox => (
-                "gpt_neox.embed_in.weight",
-                "gpt_neox.final_layer_norm",
-                &["embed_out.weight", "lm_head.weight"],
+                "gpt_neox.embed_in.weight".to_owned(),
+                "gpt_neox.final_layer_norm".to_owned(),
+                &["embed_out.weight", "lm_head.weight"][..],
             ),
-            Family::Llama => (
-                "model.embed_tokens.weight",
-                "model.norm",
-                &["lm_head.weight"],
+            Family::Gpt2 => (
+                format!("{root}wte.weight"),
+                format!("{root}ln_f"),
+                &["lm_head.weight"][..],
+            ),
+            Family::Llama | Family::Qwen2 | Family::Qwen3 | Family::Mistral => (
+                "model.embed_tokens.weight".to_owned(),
+                "model.norm".to_owned(),
+                &["lm_head.weight"][..],
             ),
         };
-        let embed = w.get(embed_key, &[v, d])?;
+        let embed = w.get(&embed_key, &[v, d])?;
+        let pos_embed = match config.max_positions {
+            Some(p) if config.rope.is_none() => Some(w.get(&format!("{root}wpe.weight"), &[p, d])?),
+            _ => None,
+        };
         let blocks = (0..config.n_layers)
             .map(|l| Block::load(w, &config, l))
             .collect::<Result<Vec<_>, _>>()?;
-        let final_norm = Norm::load(w, norm_key, config.family, d)?;
+        let final_norm = Norm::load(w, &norm_key, config.family, d)?;
         let unembed_weight = if config.tie_word_embeddings {
             embed.clone()
         } else {
@@ -266,11 +308,23 @@ impl Model {
                 .unwrap_or(&unembed_keys[0]);
             w.get(present, &[v, d])?
         };
+        // Block weights nothing read mean the config names the wrong family (a Qwen2
+        // checkpoint labelled `llama` would silently lose its q/k/v biases).
+        let unused = w.unused_block_keys();
+        if let Some(first) = unused.first() {
+            return Err(ModelError::UnusedWeights {
+                path: w.location(),
+                family: config.family.model_type(),
+                key: (*first).to_owned(),
+                more: unused.len() - 1,
+            });
+        }
         Ok(Self {
             config,
             device: device.clone(),
             dtype,
             embed,
+            pos_embed,
             blocks,
             final_norm,
             // A transposed view: a contiguous copy would cost a vocab-sized buffer per model.
@@ -323,13 +377,32 @@ impl Model {
         if request.wants(HookPoint::Embed) {
             acts.insert(HookPoint::Embed, x.clone());
         }
-        let rotary = Rotary::new(&self.config.rope, t, self.dtype, &self.device)
-            .map_err(tensor_err("building rotary tables"))?;
+        let x = match &self.pos_embed {
+            Some(table) => {
+                let pos = table
+                    .narrow(0, 0, t)
+                    .and_then(|p| p.unsqueeze(0)?.broadcast_as(x.shape()))
+                    .map_err(tensor_err("adding position embeddings"))?;
+                if request.wants(HookPoint::PosEmbed) {
+                    let pos = pos.contiguous().map_err(tensor_err("copying positions"))?;
+                    acts.insert(HookPoint::PosEmbed, pos);
+                }
+                (x + pos).map_err(tensor_err("adding position embeddings"))?
+            }
+            None => x,
+        };
+        let rotary = match &self.config.rope {
+            Some(rope) => Some(
+                Rotary::new(rope, t, self.dtype, &self.device)
+                    .map_err(tensor_err("building rotary tables"))?,
+            ),
+            None => None,
+        };
         let mask =
             ops::causal_mask(t, &self.device).map_err(tensor_err("building the causal mask"))?;
         let ctx = BlockContext {
             cfg: &self.config,
-            rotary: &rotary,
+            rotary: rotary.as_ref(),
             mask: &mask,
             request,
         };
@@ -388,6 +461,7 @@ impl Model {
         if input_ids.dims().contains(&0) {
             return Err(bad("no tokens".into()));
         }
+        self.config.check_seq_len(input_ids.dims()[1])?;
         let ids = match input_ids.dtype() {
             DType::U32 => input_ids.clone(),
             DType::I64 | DType::U8 => input_ids

@@ -1,4 +1,4 @@
-//! Numerical building blocks shared by both families, written to match transformers' eager
+//! Numerical building blocks shared by every family, written to match transformers' eager
 //! f32 path operation for operation (summation order included) so that references agree to
 //! ~1e-6.
 
@@ -27,6 +27,11 @@ impl Linear {
             weight_t
         };
         Ok(Self { weight_t, bias })
+    }
+
+    /// From a weight already stored `[in, out]` (GPT-2's `Conv1D`), used as is.
+    pub fn from_input_major(weight_t: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight_t, bias }
     }
 
     /// `x · Wᵀ + b` over the last axis of `x` (any leading shape), as one 2-D matmul.

@@ -5,9 +5,10 @@
 //! (`attention.bias`, `attention.masked_bias`, `attention.rotary_emb.inv_freq` in older NeoX
 //! checkpoints) never matter. Every error names the file and the key.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
@@ -37,6 +38,8 @@ pub struct Weights {
     entries: HashMap<String, Entry>,
     device: Device,
     dtype: DType,
+    /// Keys fetched so far, for [`Weights::unused_block_keys`].
+    used: Mutex<HashSet<String>>,
 }
 
 #[derive(Deserialize)]
@@ -136,6 +139,7 @@ impl Weights {
             entries,
             device: device.clone(),
             dtype,
+            used: Mutex::default(),
         })
     }
 
@@ -159,7 +163,37 @@ impl Weights {
             .map(|k| self.entries[*k].stored.as_str())
     }
 
-    fn location(&self) -> PathBuf {
+    /// Keys inside the blocks (`….layers.N.…`, `….h.N.…`) that no [`Weights::get`] fetched,
+    /// sorted, leaving out the buffers transformers ignores on load (`attn.bias`,
+    /// `attn.masked_bias`, `attention.bias`, `attention.masked_bias`, `rotary_emb.inv_freq`).
+    /// A family read from the wrong `model_type` shows here (see [`ModelError::UnusedWeights`]).
+    pub fn unused_block_keys(&self) -> Vec<&str> {
+        let used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let buffer = |key: &str| {
+            [
+                "attn.bias",
+                "attn.masked_bias",
+                "attention.bias",
+                "attention.masked_bias",
+                "inv_freq",
+            ]
+            .iter()
+            .any(|b| key.ends_with(b))
+        };
+        let in_block = |key: &str| {
+            let parts: Vec<&str> = key.split('.').collect();
+            parts
+                .windows(2)
+                .any(|w| matches!(w[0], "layers" | "h") && w[1].parse::<usize>().is_ok())
+        };
+        self.keys()
+            .into_iter()
+            .filter(|k| in_block(k) && !buffer(k) && !used.contains(*k))
+            .collect()
+    }
+
+    /// The checkpoint's location for errors: its one file, or the folder of its shards.
+    pub fn location(&self) -> PathBuf {
         match self.files.as_slice() {
             [path] => path.clone(),
             _ => self
@@ -180,6 +214,10 @@ impl Weights {
             });
         };
         let path = &self.files[entry.file];
+        self.used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string());
         let Some(dtype) = entry.dtype else {
             return Err(ModelError::WeightDtype {
                 path: path.clone(),

@@ -53,9 +53,15 @@ impl ModelDims {
         #[derive(Deserialize)]
         struct Config {
             model_type: Option<String>,
+            architectures: Option<Vec<String>>,
+            // GPT-2 spells these n_embd, n_layer, n_inner, n_head.
+            #[serde(alias = "n_embd")]
             hidden_size: Option<u64>,
+            #[serde(alias = "n_layer")]
             num_hidden_layers: Option<u32>,
+            #[serde(alias = "n_inner")]
             intermediate_size: Option<u64>,
+            #[serde(alias = "n_head")]
             num_attention_heads: Option<u64>,
             num_key_value_heads: Option<u64>,
             vocab_size: Option<u64>,
@@ -64,15 +70,16 @@ impl ModelDims {
         }
         let c: Config =
             serde_json::from_str(text).map_err(|e| format!("config.json is not valid: {e}"))?;
-        let family = match c.model_type.as_deref() {
-            Some("gpt_neox") => Family::GptNeox,
-            Some("llama") => Family::Llama,
-            Some(other) => {
-                return Err(format!(
-                    "unsupported `model_type` `{other}` (expected `gpt_neox` or `llama`)"
-                ));
-            }
-            None => return Err("config.json has no `model_type`".to_owned()),
+        let family = match (c.model_type.as_deref(), c.architectures.as_deref()) {
+            (Some(model_type), _) => Family::from_model_type(model_type).ok_or_else(|| {
+                format!(
+                    "unsupported `model_type` `{model_type}` (expected one of {})",
+                    Family::supported_list()
+                )
+            })?,
+            (None, Some([architecture, ..])) => Family::from_architecture(architecture)
+                .ok_or_else(|| format!("unsupported `architectures` entry `{architecture}`"))?,
+            (None, _) => return Err("config.json has no `model_type`".to_owned()),
         };
         let need =
             |v: Option<u64>, key: &str| v.ok_or_else(|| format!("config.json has no `{key}`"));
@@ -88,7 +95,9 @@ impl ModelDims {
             n_kv_heads: c.num_key_value_heads.unwrap_or(n_heads),
             vocab: c.vocab_size.unwrap_or(0),
             parallel_residual: family == Family::GptNeox && c.use_parallel_residual.unwrap_or(true),
-            tied_embeddings: c.tie_word_embeddings.unwrap_or(family == Family::Llama),
+            tied_embeddings: c
+                .tie_word_embeddings
+                .unwrap_or(matches!(family, Family::Llama | Family::Gpt2)),
         };
         Ok((family, dims))
     }

@@ -17,8 +17,8 @@ use super::types::{Family, ModelGroup, ModelSource};
 pub struct ModelInstance {
     /// Index of the group it came from.
     pub group: usize,
-    /// Architecture family.
-    pub family: Family,
+    /// Architecture family the spec names; `None`: whatever `config.json` says.
+    pub family: Option<Family>,
     /// Where its files are.
     pub source: ModelSource,
     /// Requested revision (branch, tag or sha).

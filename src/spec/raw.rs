@@ -46,8 +46,10 @@ pub struct RawSpec {
 /// One group of models: a repo template and the axes that fill it.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct RawModelGroup {
-    /// Architecture family: `gpt_neox` (Pythia) or `llama`.
-    pub family: RawFamily,
+    /// Architecture family (`gpt_neox`, `llama`, `gpt2`, `qwen2`, `qwen3`, `mistral`). When
+    /// omitted, each checkpoint's `config.json` (`model_type`, else `architectures`) says; when
+    /// given, a checkpoint whose config names another family is refused.
+    pub family: Option<RawFamily>,
     /// Repo id with `{axis}` placeholders (`EleutherAI/pythia-{size}`), `local://NS/NAME`, or a
     /// local folder (`./path`, `/path`) in HF layout.
     pub repo: String,
@@ -74,6 +76,14 @@ pub enum RawFamily {
     GptNeox,
     /// Llama (and Llama-architecture models such as SmolLM2).
     Llama,
+    /// GPT-2: learned positions, `Conv1D` weights.
+    Gpt2,
+    /// Qwen2 / Qwen2.5: the Llama block with q/k/v biases.
+    Qwen2,
+    /// Qwen3: the Llama block with per-head q/k norms.
+    Qwen3,
+    /// Mistral: the Llama block with a sliding window.
+    Mistral,
 }
 
 /// A scalar axis value as written (`70m`, `1000`, `true`).

@@ -78,33 +78,16 @@ impl fmt::Display for OutputRepo {
     }
 }
 
-/// Model architecture family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Family {
-    /// GPT-NeoX (Pythia).
-    GptNeox,
-    /// Llama.
-    Llama,
-}
-
-impl Family {
-    /// The name as written in a spec and in `config.json`'s `model_type`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Family::GptNeox => "gpt_neox",
-            Family::Llama => "llama",
-        }
-    }
-}
+/// Model architecture family: the model side's, named in a spec as its `model_type`.
+pub use crate::model::Family;
 
 /// A group of models from one repo template.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelGroup {
     /// Index of the group in the file (for diagnostics).
     pub index: usize,
-    /// Architecture family.
-    pub family: Family,
+    /// Architecture family; `None`: read from each checkpoint's `config.json`.
+    pub family: Option<Family>,
     /// Repo template with `{axis}` placeholders.
     pub repo: String,
     /// Axes in a fixed order, `revision` always among them.

@@ -80,14 +80,14 @@ fn fixture_matrix(model: &str, key: &str) -> (Vec<f64>, usize, usize) {
     (values, view.shape()[0], view.shape()[1])
 }
 
-fn svd_values(values: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+pub(crate) fn svd_values(values: &[f64], rows: usize, cols: usize) -> Vec<f64> {
     let matrix = faer::Mat::from_fn(rows, cols, |i, j| values[i * cols + j]);
     let mut sigma: Vec<f64> = matrix.singular_values().unwrap();
     sigma.sort_by(|a, b| b.total_cmp(a));
     sigma
 }
 
-fn assert_close(got: &[f64], expected: &[f64], what: &str) {
+pub(crate) fn assert_close(got: &[f64], expected: &[f64], what: &str) {
     assert_eq!(got.len(), expected.len(), "{what}");
     // faer's Jacobi-free SVD vs our f64 thin SVD: both backward stable, so singular values
     // agree to a few ulps of σ₁; 1e-9 relative to σ₁ is the acceptance bound.

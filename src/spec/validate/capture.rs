@@ -18,7 +18,7 @@ pub(super) fn capture_spec(
             ));
             continue;
         }
-        if hook == Hook::ResidMid && models.iter().any(|m| m.family == RawFamily::GptNeox) {
+        if hook == Hook::ResidMid && models.iter().any(|m| m.family == Some(RawFamily::GptNeox)) {
             d.push(
                 Diagnostic::error(format!("/capture/hooks/{i}"), "`hook_resid_mid` does not exist in GPT-NeoX (Pythia) blocks")
                     .with_help("Pythia's blocks are parallel (attention and MLP read the same input); capture `hook_attn_out` and `hook_resid_pre` instead"),

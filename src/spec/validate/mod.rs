@@ -146,10 +146,7 @@ pub fn validate_sections(document: &serde_json::Value, broken_paths: &[String]) 
                 .all(|b| *b == family_path);
             let mut group = group.clone();
             if only_family && let Some(map) = group.as_object_mut() {
-                map.insert(
-                    "family".to_owned(),
-                    serde_json::Value::String("llama".to_owned()),
-                );
+                map.remove("family");
             }
             if only_family
                 && let Ok(raw) = serde_json::from_value::<RawModelGroup>(group)

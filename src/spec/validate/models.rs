@@ -210,10 +210,14 @@ pub(super) fn model_group(
         }
         include.push(combination);
     }
-    let family = match raw.family {
+    let family = raw.family.map(|family| match family {
         RawFamily::GptNeox => Family::GptNeox,
         RawFamily::Llama => Family::Llama,
-    };
+        RawFamily::Gpt2 => Family::Gpt2,
+        RawFamily::Qwen2 => Family::Qwen2,
+        RawFamily::Qwen3 => Family::Qwen3,
+        RawFamily::Mistral => Family::Mistral,
+    });
     let has_error = d[errors_before..]
         .iter()
         .any(|x| x.severity == Severity::Error);

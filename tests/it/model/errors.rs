@@ -9,7 +9,7 @@ use super::fixture;
 use crate::common::TestContext;
 
 /// Copies a fixture into the test's temp dir so it can be damaged.
-fn copy_fixture(ctx: &TestContext, name: &str) -> std::path::PathBuf {
+pub(super) fn copy_fixture(ctx: &TestContext, name: &str) -> std::path::PathBuf {
     let dir = ctx.child(name);
     std::fs::create_dir_all(&dir).unwrap();
     for entry in std::fs::read_dir(fixture(name)).unwrap() {
@@ -19,7 +19,7 @@ fn copy_fixture(ctx: &TestContext, name: &str) -> std::path::PathBuf {
     dir
 }
 
-fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+pub(super) fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join("config.json");
     let mut value: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -27,7 +27,7 @@ fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     std::fs::write(&path, serde_json::to_string(&value).unwrap()).unwrap();
 }
 
-fn load(dir: &Path) -> Result<Model, ModelError> {
+pub(super) fn load(dir: &Path) -> Result<Model, ModelError> {
     Model::load(&ModelFiles::from_dir(dir)?, &Device::Cpu, DType::F32)
 }
 
@@ -104,10 +104,10 @@ fn missing_shard_names_the_file() {
 fn unsupported_model_type_and_rope_scaling() {
     let ctx = TestContext::new();
     let dir = copy_fixture(&ctx, "llama_tiny");
-    edit_config(&dir, |c| c["model_type"] = "mistral".into());
+    edit_config(&dir, |c| c["model_type"] = "falcon".into());
     let err = load(&dir).unwrap_err().to_string();
     assert!(
-        err.contains("model_type `mistral`") && err.contains("config.json"),
+        err.contains("model_type `falcon`") && err.contains("config.json"),
         "{err}"
     );
 

@@ -9,26 +9,41 @@ use super::{excess, fixture, reference};
 /// for summation-order differences without hiding a wrong formula.
 const TOL: f32 = 1e-4;
 
-fn check_all_hooks(name: &str) {
+pub(super) fn check_all_hooks(name: &str) {
+    check_window(name, None);
+}
+
+/// Every hook of fixture `name` against its reference: the whole reference batch (`row`
+/// `None`), or one row run alone as a batch of one and compared with that row.
+pub(super) fn check_window(name: &str, row: Option<usize>) {
     let files = ModelFiles::from_dir(&fixture(name)).unwrap();
     let model = Model::load(&files, &Device::Cpu, DType::F32).unwrap();
     let refs = reference(name);
+    let pick = |t: &candle_core::Tensor| match row {
+        Some(r) => t.narrow(0, r, 1).unwrap(),
+        None => t.clone(),
+    };
     let request = HookRequest::all(model.config());
-    let acts = model.forward(&refs["input_ids"], &request).unwrap();
+    let acts = model.forward(&pick(&refs["input_ids"]), &request).unwrap();
     let mut compared = 0;
     let mut failures = Vec::new();
     for (hook, ours) in acts.iter() {
         let Some(expected) = refs.get(hook) else {
             panic!("{name}: reference has no `{hook}`");
         };
+        let expected = pick(expected);
         assert_eq!(ours.dims(), expected.dims(), "{name}: shape of `{hook}`");
-        let over = excess(ours, expected, TOL, TOL);
+        let over = excess(ours, &expected, TOL, TOL);
         if over > 0.0 {
             failures.push(format!("{hook}: exceeds tolerance by {over:e}"));
         }
         compared += 1;
     }
-    assert!(failures.is_empty(), "{name}:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{name} {row:?}:\n{}",
+        failures.join("\n")
+    );
     // Every TL-named reference tensor must have been produced.
     for key in refs.keys() {
         let derived = key.starts_with("hf.") || key.starts_with("svals") || key == "input_ids";
@@ -39,8 +54,8 @@ fn check_all_hooks(name: &str) {
     }
     // HF hidden_states[L] is the final norm's output, not the last resid_post.
     let n = model.config().n_layers;
-    let last = &refs[&format!("hf.hidden_states.{n}")];
-    assert!(excess(acts.get("ln_final.hook_out").unwrap(), last, TOL, TOL) <= 0.0);
+    let last = pick(&refs[&format!("hf.hidden_states.{n}")]);
+    assert!(excess(acts.get("ln_final.hook_out").unwrap(), &last, TOL, TOL) <= 0.0);
     assert!(compared > 60, "{name}: only {compared} hooks compared");
 }
 

@@ -4,6 +4,7 @@ mod cli;
 mod data;
 mod download;
 mod errors;
+mod families;
 mod fixtures;
 mod real;
 
