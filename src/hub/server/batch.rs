@@ -1,5 +1,5 @@
-//! `POST /{p}{ns}/{name}.git/info/lfs/objects/batch` (hub-protocol.md §4.2): which transfer each
-//! object takes, or why it is refused.
+//! `POST /{p}{ns}/{name}.git/info/lfs/objects/batch` (docs/hub.md, "Upload: preupload, LFS
+//! batch, transfer, verify"): which transfer each object takes, or why it is refused.
 //!
 //! Per object, as the Hub does: files above [`Limits::max_object_size`] (500 GB) are refused;
 //! above [`Limits::max_basic_object`] (5 GB) only `multipart` will do; a transfer the client

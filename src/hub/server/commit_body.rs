@@ -1,4 +1,4 @@
-//! Reading a commit's NDJSON body (hub-protocol.md §4.6) as it streams in, in bounded memory
+//! Reading a commit's NDJSON body (docs/hub.md, "Commits") as it streams in, in bounded memory
 //! and time linear in its size.
 //!
 //! Each line is parsed as soon as it is complete and then dropped; a line is never copied

@@ -253,7 +253,8 @@ async fn accept_loop(listener: TcpListener, router: Router, shutdown: Cancellati
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        // Without TCP_NODELAY each small request stalls ~40 ms on delayed ACKs (protocol §14).
+        // Without TCP_NODELAY each small request stalls ~40 ms on delayed ACKs (docs/hub.md,
+        // "What the server implements").
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let shutdown = shutdown.clone();
