@@ -496,6 +496,9 @@ fn is_milestone(line: &str) -> bool {
     line.starts_with("capture  ") || line.starts_with("commit   ")
 }
 
+/// `limits.artifact_bytes` of the crash trials' sweep.
+const CRASH_ARTIFACT: &str = "16KiB";
+
 /// `hubsweep run` killed with SIGKILL at random moments — right after a randomly chosen
 /// milestone of its log (a capture starting, the N-th commit), events rather than sleeps, so
 /// a loaded machine moves the kill with the run — then rerun: the rerun completes, a third run
@@ -506,7 +509,9 @@ fn is_milestone(line: &str) -> bool {
 fn killed_at_random_moments_then_rerun_completes_without_duplicates() {
     let ctx = TestContext::new();
     // The milestones of an uninterrupted run, so kills can be spread over all of them.
-    let probe = long_spec(&ctx, "local://alice/crash-probe", 4096, "2MiB", "64KiB");
+    // Artifacts of 16 KiB: ~1,200 files, so at least 12 commits of ≤ 100 files whatever the
+    // machine's speed (commits after 2 s of quiet only add to that).
+    let probe = long_spec(&ctx, "local://alice/crash-probe", 4096, "2MiB", CRASH_ARTIFACT);
     let (output, _) = run_json(&ctx, &probe, &[]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let probe_log = stderr(&output);
@@ -539,7 +544,7 @@ fn killed_at_random_moments_then_rerun_completes_without_duplicates() {
             &format!("local://alice/crash-{trial}"),
             4096,
             "2MiB",
-            "64KiB",
+            CRASH_ARTIFACT,
             u64::from(trial) + 1,
         );
         let mut child = hubsweep(&ctx)

@@ -338,14 +338,21 @@ fn tampering_is_detected_and_untouched_results_verify() {
             })
             .collect();
         rewrite_ledger(&client, name, &state.segments, &edited).await;
+        // The card states the repo's bytes and would betray the new size: a careful forger
+        // removes it too.
         commit(
             &client,
             name,
-            vec![CommitOperation::AddLfs {
-                path: fa.path.clone(),
-                sha256: object.sha256.clone(),
-                size: object.size,
-            }],
+            vec![
+                CommitOperation::AddLfs {
+                    path: fa.path.clone(),
+                    sha256: object.sha256.clone(),
+                    size: object.size,
+                },
+                CommitOperation::Delete {
+                    path: "README.md".into(),
+                },
+            ],
         )
         .await;
         cases.push(Case {
