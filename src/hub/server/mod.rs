@@ -297,6 +297,10 @@ type P2 = Path<(String, String)>;
 type P3 = Path<(String, String, String)>;
 type P4 = Path<(String, String, String, String)>;
 
+/// Every route the server answers, in one table (admin routes only with `admin`).
+///
+/// Long because it is a table: one entry per endpoint, read top to bottom like the protocol's
+/// list in docs/hub.md; the handlers are functions of their own.
 fn router(state: Arc<AppState>, admin: bool) -> Router {
     let mut app = Router::new()
         .route(

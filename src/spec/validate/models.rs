@@ -42,8 +42,48 @@ pub(super) fn model_group(
             .as_ref()
             .map_or_else(|| vec!["main".to_owned()], values_of),
     });
-    let zipped = raw.zip.clone().unwrap_or_default();
-    // Zipped axes pair values by position, so repeats there are meaningful.
+    warn_repeated_values(&base, &axes, raw.zip.as_deref().unwrap_or_default(), d);
+    check_placeholders(&base, raw, &axes, d)?;
+    let axis_names: Vec<&str> = axes.iter().map(|a| a.name.as_str()).collect();
+    let template_chars_ok = raw
+        .repo
+        .chars()
+        .all(|c| is_repo_char(c) || matches!(c, '/' | '{' | '}' | ':'));
+    if !template_chars_ok {
+        d.push(Diagnostic::error(
+            format!("{base}/repo"),
+            format!("`{}` has characters a repo id cannot hold", raw.repo),
+        ));
+    }
+    let zip: Vec<String> = raw.zip.clone().unwrap_or_default();
+    check_zip(&base, &zip, &axes, d);
+    let exclude = exclude_rules(&base, raw, &axes, d);
+    let include = include_rules(&base, raw, &axis_names, d);
+    let family = raw.family.map(|family| match family {
+        RawFamily::GptNeox => Family::GptNeox,
+        RawFamily::Llama => Family::Llama,
+        RawFamily::Gpt2 => Family::Gpt2,
+        RawFamily::Qwen2 => Family::Qwen2,
+        RawFamily::Qwen3 => Family::Qwen3,
+        RawFamily::Mistral => Family::Mistral,
+    });
+    let has_error = d[errors_before..]
+        .iter()
+        .any(|x| x.severity == Severity::Error);
+    (!has_error).then(|| ModelGroup {
+        index,
+        family,
+        repo: raw.repo.clone(),
+        axes,
+        zip,
+        exclude,
+        include,
+    })
+}
+
+/// Warns of a value listed twice on an axis (zipped axes pair values by position, so repeats
+/// there are meaningful).
+fn warn_repeated_values(base: &str, axes: &[Axis], zipped: &[String], d: &mut Vec<Diagnostic>) {
     for axis in axes.iter().filter(|a| !zipped.contains(&a.name)) {
         let mut seen = BTreeSet::new();
         for value in &axis.values {
@@ -55,6 +95,16 @@ pub(super) fn model_group(
             }
         }
     }
+}
+
+/// Checks the repo template's placeholders against the axes, and that every axis is used;
+/// `None` when the template does not parse.
+fn check_placeholders(
+    base: &str,
+    raw: &RawModelGroup,
+    axes: &[Axis],
+    d: &mut Vec<Diagnostic>,
+) -> Option<()> {
     let used = match placeholders(&raw.repo) {
         Ok(used) => used,
         Err(offset) => {
@@ -106,17 +156,12 @@ pub(super) fn model_group(
             d.push(e);
         }
     }
-    let template_chars_ok = raw
-        .repo
-        .chars()
-        .all(|c| is_repo_char(c) || matches!(c, '/' | '{' | '}' | ':'));
-    if !template_chars_ok {
-        d.push(Diagnostic::error(
-            format!("{base}/repo"),
-            format!("`{}` has characters a repo id cannot hold", raw.repo),
-        ));
-    }
-    let zip: Vec<String> = raw.zip.clone().unwrap_or_default();
+    Some(())
+}
+
+/// Checks `zip`: at least two axes, each known, all of one length.
+fn check_zip(base: &str, zip: &[String], axes: &[Axis], d: &mut Vec<Diagnostic>) {
+    let axis_names: Vec<&str> = axes.iter().map(|a| a.name.as_str()).collect();
     if !zip.is_empty() {
         if zip.len() < 2 {
             d.push(Diagnostic::error(
@@ -148,6 +193,16 @@ pub(super) fn model_group(
             }
         }
     }
+}
+
+/// The `exclude` rules, each naming known axes (a value an axis does not have is warned of).
+fn exclude_rules(
+    base: &str,
+    raw: &RawModelGroup,
+    axes: &[Axis],
+    d: &mut Vec<Diagnostic>,
+) -> Vec<BTreeMap<String, Vec<String>>> {
+    let axis_names: Vec<&str> = axes.iter().map(|a| a.name.as_str()).collect();
     let mut exclude = Vec::new();
     for (r, rule) in raw.exclude.iter().enumerate() {
         let mut parsed = BTreeMap::new();
@@ -179,6 +234,16 @@ pub(super) fn model_group(
         }
         exclude.push(parsed);
     }
+    exclude
+}
+
+/// The `include` combinations, each giving a value for every axis and no other.
+fn include_rules(
+    base: &str,
+    raw: &RawModelGroup,
+    axis_names: &[&str],
+    d: &mut Vec<Diagnostic>,
+) -> Vec<BTreeMap<String, String>> {
     let mut include = Vec::new();
     for (r, rule) in raw.include.iter().enumerate() {
         let path = format!("{base}/include/{r}");
@@ -210,24 +275,5 @@ pub(super) fn model_group(
         }
         include.push(combination);
     }
-    let family = raw.family.map(|family| match family {
-        RawFamily::GptNeox => Family::GptNeox,
-        RawFamily::Llama => Family::Llama,
-        RawFamily::Gpt2 => Family::Gpt2,
-        RawFamily::Qwen2 => Family::Qwen2,
-        RawFamily::Qwen3 => Family::Qwen3,
-        RawFamily::Mistral => Family::Mistral,
-    });
-    let has_error = d[errors_before..]
-        .iter()
-        .any(|x| x.severity == Severity::Error);
-    (!has_error).then(|| ModelGroup {
-        index,
-        family,
-        repo: raw.repo.clone(),
-        axes,
-        zip,
-        exclude,
-        include,
-    })
+    include
 }
