@@ -265,7 +265,7 @@ fn include_rules(
                 );
             }
         }
-        for name in &axis_names {
+        for name in axis_names {
             if !combination.contains_key(*name) {
                 d.push(Diagnostic::error(
                     &path,
