@@ -190,6 +190,9 @@ pub async fn fetch_data(
 
 /// Pins one model revision and tokenizes the data for it: files, commit, config checked
 /// against the spec, tokenizer, windows — one refusal after another, each naming the model.
+///
+/// Somewhat long because it reads as that list of refusals, in the order a user fixes them;
+/// each check is a few lines that use what the ones before established.
 pub async fn pin_model(
     spec: &SweepSpec,
     instance: &ModelInstance,
