@@ -15,6 +15,7 @@ use hubsweep::spec::HubKind;
 use hubsweep::spec::RepoType as SpecRepoType;
 use hubsweep::spec::reference::Reference;
 
+use super::shared::Failure;
 use super::{EXIT_CANNOT_RUN, EXIT_INTERRUPTED, EXIT_OK, Env};
 
 /// `hubsweep hub`.
@@ -112,20 +113,24 @@ enum KindArg {
 
 /// A repo argument by the one reference grammar ([`Reference`]): its hub, the repo (of the
 /// type written, else `kind`) and the revision (after `@`, else `revision`).
-fn repo_arg(text: &str, kind: KindArg, revision: &str) -> Result<(HubKind, Repo, String), String> {
+fn repo_arg(
+    text: &str,
+    kind: KindArg,
+    revision: &str,
+) -> Result<(HubKind, Repo, String), Failure> {
     let reference = match Reference::parse(text) {
         Ok(Reference::Repo(reference)) => reference,
         Ok(Reference::Folder(_)) => {
-            return Err(format!(
+            return Err(Failure::new(format!(
                 "`{text}` is not a repo: write `NS/NAME`, `hf://[datasets/]NS/NAME` or `local://NS/NAME`"
-            ));
+            )));
         }
-        Err(error) => return Err(error.to_string()),
+        Err(error) => return Err(Failure::of(error)),
     };
     let id: RepoId = reference
         .repo_id
         .parse()
-        .map_err(|e| format!("`{text}`: {e}"))?;
+        .map_err(|e| Failure::because(format!("`{text}`"), e))?;
     let kind = match reference.repo_type {
         Some(SpecRepoType::Model) => KindArg::Model,
         Some(SpecRepoType::Dataset) => KindArg::Dataset,
@@ -325,10 +330,7 @@ async fn import_dir(args: &ImportArgs, dir: &std::path::Path, env: &Env) -> Exit
             return ExitCode::from(EXIT_CANNOT_RUN);
         }
         Ok((hub, repo, revision)) => (repo, revision, args.local || hub == HubKind::Local),
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::from(EXIT_CANNOT_RUN);
-        }
+        Err(failure) => return fail(&failure),
     };
     let mut embedded = None;
     let endpoint = if local {
@@ -449,10 +451,7 @@ fn download_settings(env: &Env) -> HubSource {
 async fn run_download(args: DownloadArgs, env: &Env) -> ExitCode {
     let (hub, repo, revision) = match repo_arg(&args.repo, args.kind, &args.revision) {
         Ok(parsed) => parsed,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::from(EXIT_CANNOT_RUN);
-        }
+        Err(failure) => return fail(&failure),
     };
     // A `local://` repo comes from the embedded hub, served in-process, into the cache `run`
     // keeps for it (`$HUBSWEEP_HOME/cache`).
