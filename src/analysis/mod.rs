@@ -42,7 +42,7 @@ pub use update::{
 };
 pub use weights::{
     QkvSplit, SvdMethod, WeightMatch, WeightMatrix, WeightSpectrum, match_weight_modules,
-    split_fused_qkv, weight_delta_spectrum, weight_spectra, weight_spectrum,
+    split_fused_qkv, weight_delta_spectrum, weight_key_parts, weight_spectra, weight_spectrum,
 };
 
 /// How a decomposition or product may use threads.
