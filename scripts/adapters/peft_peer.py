@@ -3,7 +3,10 @@
 the real `peft` library on the tiny fixtures, merges each into its base in float64 with peft,
 and writes what the test compares against.
 
-    peft_peer.py --fixtures tests/fixtures --out DIR
+    peft_peer.py --fixtures tests/fixtures --out DIR [--smollm2 HF_DIR]
+
+With `--smollm2`, one more case adapts SmolLM2-135M (an HF folder, the project's GGUF
+converted) at three of its 30 layers (`layers_to_transform`).
 
 For each case, DIR/{case}/ holds:
 * adapter/             the adapter as `save_pretrained` writes it (F32 factors, random A and B:
@@ -57,7 +60,7 @@ CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 def out_in(fixture, key, tensor):
     """The weight as d_out x d_in (GPT-2's Conv1D weights are stored [in, out])."""
     array = tensor.detach().numpy()
-    if fixture.startswith("gpt2") and any(key.endswith(m + ".weight") for m in CONV1D):
+    if os.path.basename(fixture).startswith("gpt2") and any(key.endswith(m + ".weight") for m in CONV1D):
         return array.T
     return array
 
@@ -144,9 +147,16 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--fixtures", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--smollm2", help="an HF folder of SmolLM2-135M")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cases = [run_case(i, *case, args.fixtures, args.out) for i, case in enumerate(CASES)]
+    cases = list(CASES)
+    if args.smollm2:
+        # An absolute path: os.path.join keeps it as it is.
+        cases.append(("smollm2", os.path.abspath(args.smollm2),
+                      dict(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+                           layers_to_transform=[0, 15, 29])))
+    cases = [run_case(i, *case, args.fixtures, args.out) for i, case in enumerate(cases)]
     cases.append(save_ia3(args.fixtures, args.out))
     with open(os.path.join(args.out, "cases.json"), "w") as f:
         json.dump(cases, f, indent=1)

@@ -369,11 +369,11 @@ fn thin_qr(mut matrix: Mat<f64>, parallelism: Parallelism) -> (Mat<f64>, Mat<f64
     (q, r)
 }
 
-/// Thin SVD: singular values (non-increasing), `U` (`m × min`) and `V` (`n × min`).
-fn thin_svd(
-    matrix: MatRef<'_, f64>,
-    parallelism: Parallelism,
-) -> Result<(Vec<f64>, Mat<f64>, Mat<f64>), AnalysisError> {
+/// Singular values (non-increasing), `U` (`m × min`) and `V` (`n × min`).
+type SvdParts = (Vec<f64>, Mat<f64>, Mat<f64>);
+
+/// Thin SVD of an `m × n` matrix.
+fn thin_svd(matrix: MatRef<'_, f64>, parallelism: Parallelism) -> Result<SvdParts, AnalysisError> {
     let par = parallelism.to_faer();
     let (rows, cols) = matrix.shape();
     let size = rows.min(cols);

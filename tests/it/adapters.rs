@@ -40,15 +40,38 @@ fn peft_python() -> Option<PathBuf> {
     }
 }
 
-/// Runs the peer recipe into `out`; the cases it wrote.
-fn save_with_peft(python: &Path, out: &Path) -> Vec<Value> {
+/// SmolLM2-135M as an HF folder under `ctx` (the GGUF of scripts/test.d/20-models.sh,
+/// converted), when the asset is there.
+#[allow(clippy::print_stderr)] // the skip note the conventions ask for
+fn smollm2(ctx: &TestContext) -> Option<PathBuf> {
+    let Some(gguf) = std::env::var_os("HUBSWEEP_SMOLLM2_GGUF") else {
+        assert!(
+            !peers_required(),
+            "HUBSWEEP_SMOLLM2_GGUF is not set: scripts/test.sh sets it"
+        );
+        eprintln!("skip: HUBSWEEP_SMOLLM2_GGUF not set; no SmolLM2 adapter case");
+        return None;
+    };
+    let dir = ctx.child("smollm2");
+    hubsweep::model::gguf::convert_to_dir(Path::new(&gguf), &dir).expect("convert the GGUF");
+    Some(dir)
+}
+
+/// Runs the peer recipe into `out` (with a SmolLM2 case when `smollm2` is given); the cases it
+/// wrote.
+fn save_with_peft(python: &Path, out: &Path, smollm2: Option<&Path>) -> Vec<Value> {
     let root = repo_root();
-    let output = Command::new(python)
+    let mut command = Command::new(python);
+    command
         .arg(root.join("scripts/adapters/peft_peer.py"))
         .arg("--fixtures")
         .arg(root.join("tests/fixtures"))
         .arg("--out")
-        .arg(out)
+        .arg(out);
+    if let Some(dir) = smollm2 {
+        command.arg("--smollm2").arg(dir);
+    }
+    let output = command
         .env("HF_HUB_OFFLINE", "1")
         .env("TRANSFORMERS_VERBOSITY", "error")
         .output()
@@ -274,7 +297,8 @@ fn peft_adapters_give_peft_updates_and_numpy_metrics() {
     let Some(python) = peft_python() else { return };
     let ctx = TestContext::new();
     let out = ctx.child("peft");
-    let cases = save_with_peft(&python, &out);
+    let smollm2 = smollm2(&ctx);
+    let cases = save_with_peft(&python, &out, smollm2.as_deref());
     let mut checked = BTreeMap::new();
     for case in &cases {
         let name = case["name"].as_str().expect("name");
@@ -308,7 +332,15 @@ fn peft_adapters_give_peft_updates_and_numpy_metrics() {
     }
     // Fused parts: 3 NeoX layers × (qkv + 3 parts) + 3 dense in the default case.
     assert_eq!(checked.get("neox_default"), Some(&15), "{checked:?}");
-    assert_eq!(checked.len(), 6, "{checked:?}");
+    // SmolLM2: q, v and down projections at layers 0, 15 and 29 only.
+    if smollm2.is_some() {
+        assert_eq!(checked.get("smollm2"), Some(&9), "{checked:?}");
+    }
+    assert_eq!(
+        checked.len(),
+        6 + usize::from(smollm2.is_some()),
+        "{checked:?}"
+    );
 }
 
 #[test]
