@@ -15,6 +15,8 @@
 //!                                                           │      └► to_safetensors (artifact)
 //!                                                           └► overlaps(base, other, k)
 //! checkpoint weights ─► match_weight_modules ─► split_fused_qkv ─► weight_spectrum
+//! LoRA factors ─► LowRankUpdate ─► TruncatedSvd::of_low_rank ─┐
+//! base weight ─► TruncatedSvd::of_weight ─────────────────────┴► update_geometry
 //! ```
 //!
 //! Conventions, used throughout (see `docs/analysis.md`): singular values are sorted in
@@ -26,6 +28,7 @@ mod metrics;
 mod overlap;
 mod spectrum;
 mod store;
+mod update;
 mod weights;
 
 pub use gram::GramAccumulator;
@@ -33,9 +36,13 @@ pub use metrics::SpectrumMetrics;
 pub use overlap::{SubspaceOverlap, overlap_k_values, overlaps, subspace_overlap};
 pub use spectrum::{ActivationMetrics, Centring, Decomposition, Eigenbasis, Spectrum};
 pub use store::{GRAM_FORMAT, SPECTRUM_FORMAT, SPECTRUM_FORMAT_VERSION};
+pub use update::{
+    LowRankUpdate, StableRankName, SubspaceAlignment, SubspaceChoice, TruncatedSvd, UpdateGeometry,
+    update_geometry,
+};
 pub use weights::{
     QkvSplit, SvdMethod, WeightMatch, WeightMatrix, WeightSpectrum, match_weight_modules,
-    split_fused_qkv, weight_delta_spectrum, weight_spectra, weight_spectrum,
+    split_fused_qkv, weight_delta_spectrum, weight_key_parts, weight_spectra, weight_spectrum,
 };
 
 /// How a decomposition or product may use threads.

@@ -347,7 +347,14 @@ pub struct WeightMatch {
 /// families: `gpt_neox.layers.{L}.…`, `model.layers.{L}.…` (Llama), `transformer.h.{L}.…`.
 const LAYER_CONTAINERS: [&str; 3] = ["layers", "h", "blocks"];
 
-/// Layer and module path of a `….weight` key; `None` for other keys (biases, buffers).
+/// Layer and module path of a checkpoint's `….weight` key, as [`match_weight_modules`] reads
+/// them: `(Some(12), "attention.query_key_value")` for
+/// `gpt_neox.layers.12.attention.query_key_value.weight`, `(None, "gpt_neox.embed_in")` outside
+/// the layers; `None` for other keys (biases, buffers).
+pub fn weight_key_parts(key: &str) -> Option<(Option<usize>, String)> {
+    split_key(key)
+}
+
 fn split_key(key: &str) -> Option<(Option<usize>, String)> {
     let segments: Vec<&str> = key.split('.').collect();
     let (last, body) = segments.split_last()?;

@@ -5,7 +5,9 @@
 //! (config + weights in a compute dtype on a device) → [`Model::forward`] with a
 //! [`HookRequest`] → [`Activations`] (hook name → tensor). The pass stops after the last
 //! requested block. [`gguf::convert_to_dir`] turns a Llama GGUF into the same HF layout.
+//! [`adapter::LoraAdapter`] reads a PEFT LoRA adapter as per-module low-rank updates of a base.
 
+pub mod adapter;
 mod block;
 pub mod config;
 mod device;

@@ -148,6 +148,11 @@ impl Weights {
         self.entries.contains_key(key)
     }
 
+    /// The shape of `key` as stored, when the checkpoint has it.
+    pub fn shape(&self, key: &str) -> Option<&[usize]> {
+        self.entries.get(key).map(|entry| entry.shape.as_slice())
+    }
+
     /// All keys, sorted.
     pub fn keys(&self) -> Vec<&str> {
         let mut keys: Vec<&str> = self.entries.keys().map(String::as_str).collect();

@@ -1,6 +1,7 @@
 //! The one integration-test binary (one link on a 2-core machine). Each module tests one
 //! capability through the front door: the `hubsweep` binary or the public library API.
 
+mod adapters;
 mod analysis;
 mod card;
 mod common;
