@@ -4,6 +4,7 @@
 mod analysis;
 mod card;
 mod common;
+mod emit;
 mod families;
 mod homes;
 mod hub;
