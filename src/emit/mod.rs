@@ -17,6 +17,7 @@ pub mod check;
 pub mod columns;
 pub mod compute;
 pub mod format;
+pub mod pdf;
 pub mod raw;
 pub mod render;
 pub mod source;

@@ -1,5 +1,5 @@
 //! The emitted files, as bytes: `values.tex`, `values.json`, `tables/NAME.{tex,csv,json}` and
-//! `figures/NAME.svg`. Each begins with a header naming every
+//! `figures/NAME.svg` and `.pdf` ([`super::pdf`]). Each begins with a header naming every
 //! source as `repo@commit` and the hubsweep version; nothing else varies (no clock, no host,
 //! no path), so the same sources give the same bytes.
 
@@ -321,9 +321,15 @@ pub fn render(file: &EmitFile, computed: &Computed, header: &Header) -> Vec<Outp
         let comment = comment.replace("--", "- -");
         let svg_text = format!("<!--\n{comment}-->\n{svg}\n");
         let item = Item::Figure(figure.name.clone());
+        let pdf = super::pdf::from_svg(&svg, &header.lines());
         files.push(OutputFile {
             path: format!("figures/{}.svg", figure.name),
             bytes: svg_text.into_bytes(),
+            item: item.clone(),
+        });
+        files.push(OutputFile {
+            path: format!("figures/{}.pdf", figure.name),
+            bytes: pdf,
             item,
         });
     }

@@ -15,7 +15,7 @@ use crate::run::{dataset, hubsweep, open_store, runtime};
 const NEOX: &str = "local://hubsweep/tiny-gpt-neox";
 
 /// Runs `spec` (the quickstart, with `edit` applied to its text) and returns the repo's head.
-fn run_quickstart(ctx: &TestContext, edit: &dyn Fn(String) -> String) -> String {
+pub(crate) fn run_quickstart(ctx: &TestContext, edit: &dyn Fn(String) -> String) -> String {
     let text = std::fs::read_to_string(repo_root().join("sweeps/quickstart.yaml")).unwrap();
     let spec = ctx.child("quickstart.yaml");
     std::fs::write(&spec, edit(text)).unwrap();
@@ -280,6 +280,9 @@ fn emitted_values_match_the_metrics_and_check_names_what_drifted() {
     );
     let svg = std::fs::read_to_string(out.join("figures/ranks.svg")).unwrap();
     assert!(svg.contains("<polyline") && svg.contains(&sha), "{svg}");
+    let pdf = std::fs::read(out.join("figures/ranks.pdf")).unwrap();
+    assert!(pdf.starts_with(b"%PDF-1.4\n") && pdf.ends_with(b"%%EOF\n"));
+    assert!(String::from_utf8_lossy(&pdf).contains(&sha), "the PDF names its source");
 
     // Deterministic: a second emit gives the same bytes; --check passes on fresh output.
     let again = ctx.child("again");

@@ -5,6 +5,7 @@ mod analysis;
 mod card;
 mod common;
 mod emit;
+mod emit_latex;
 mod families;
 mod homes;
 mod hub;
