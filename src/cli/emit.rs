@@ -61,21 +61,17 @@ impl Hubs {
                     .map_err(|e| Failure::because("cannot open the embedded hub", e))?;
                 self.local = Some(hub);
             }
-            Ok(self
-                .local
+            self.local
                 .as_ref()
                 .map(|h| h.client().clone())
-                .ok_or_else(|| Failure::new("no embedded hub"))?)
+                .ok_or_else(|| Failure::new("no embedded hub"))
         } else {
             if self.hf.is_none() {
                 let client = hubsweep::exec::session::hf_client(&settings.hf)
                     .map_err(|e| Failure::because("cannot open the Hub client", e))?;
                 self.hf = Some(client);
             }
-            Ok(self
-                .hf
-                .clone()
-                .ok_or_else(|| Failure::new("no Hub client"))?)
+            self.hf.clone().ok_or_else(|| Failure::new("no Hub client"))
         }
     }
 

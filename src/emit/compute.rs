@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use super::columns::TableKind;
 use super::format::Written;
 use super::source::{Row, SourceData};
-use super::validate::{Aggregate, EmitFile, FigureSpec, PlotKind, Selection, ValueKind};
+use super::types::{Aggregate, EmitFile, FigureSpec, PlotKind, Selection, ValueKind};
 use crate::report::{Plot, ReportData};
 use crate::spec::diag::Diagnostic;
 
@@ -191,21 +191,28 @@ fn direct(
 }
 
 fn values(file: &EmitFile, data: &[SourceData], out: &mut Vec<Diagnostic>) -> Vec<ValueResult> {
-    let mut results: Vec<Option<ValueResult>> = Vec::new();
-    for value in &file.values {
-        let result = match &value.kind {
-            ValueKind::Direct {
+    // Direct values first: a ratio or difference may name a value written after it.
+    let mut results: Vec<Option<ValueResult>> = file
+        .values
+        .iter()
+        .map(|value| {
+            let ValueKind::Direct {
                 selection,
                 field,
                 aggregate,
-            } => match direct(
+            } = &value.kind
+            else {
+                return None;
+            };
+            let found = direct(
                 file,
                 data,
                 &value.path,
                 selection,
                 field.as_deref(),
                 *aggregate,
-            ) {
+            );
+            match found {
                 Ok((number, nodes, rows)) => Some(ValueResult {
                     written: match number {
                         Number::One(x) => value.format.write(x),
@@ -220,34 +227,38 @@ fn values(file: &EmitFile, data: &[SourceData], out: &mut Vec<Diagnostic>) -> Ve
                     out.push(d);
                     None
                 }
-            },
-            ValueKind::Ratio(a, b) | ValueKind::Difference(a, b) => {
-                let ratio = matches!(value.kind, ValueKind::Ratio(..));
-                match (&results[*a], &results[*b]) {
-                    (Some(x), Some(y)) => {
-                        let (Number::One(p), Number::One(q)) = (x.number, y.number) else {
-                            out.push(Diagnostic::error(
-                                &value.path,
-                                "a range cannot be combined into a ratio or difference",
-                            ));
-                            results.push(None);
-                            continue;
-                        };
-                        let number = if ratio { p / q } else { p - q };
-                        Some(ValueResult {
-                            number: Number::One(number),
-                            written: value.format.write(number),
-                            sources: x.sources.union(&y.sources).copied().collect(),
-                            nodes: x.nodes.union(&y.nodes).cloned().collect(),
-                            rows: x.rows + y.rows,
-                        })
-                    }
-                    // The operand's own error is reported already.
-                    _ => None,
-                }
             }
+        })
+        .collect();
+    for (i, value) in file.values.iter().enumerate() {
+        let (ValueKind::Ratio(a, b) | ValueKind::Difference(a, b)) = value.kind else {
+            continue;
         };
-        results.push(result);
+        // An operand's own error is reported already.
+        let (Some(x), Some(y)) = (&results[a], &results[b]) else {
+            continue;
+        };
+        let (Number::One(p), Number::One(q)) = (x.number, y.number) else {
+            out.push(
+                Diagnostic::error(
+                    &value.path,
+                    "a range cannot be combined into a ratio or difference",
+                )
+                .with_help("combine values without `aggregate: range`"),
+            );
+            continue;
+        };
+        let number = match value.kind {
+            ValueKind::Ratio(..) => p / q,
+            _ => p - q,
+        };
+        results[i] = Some(ValueResult {
+            number: Number::One(number),
+            written: value.format.write(number),
+            sources: x.sources.union(&y.sources).copied().collect(),
+            nodes: x.nodes.union(&y.nodes).cloned().collect(),
+            rows: x.rows + y.rows,
+        });
     }
     results.into_iter().flatten().collect()
 }

@@ -21,12 +21,13 @@ pub mod pdf;
 pub mod raw;
 pub mod render;
 pub mod source;
+pub mod types;
 pub mod validate;
 
 use std::sync::{Arc, OnceLock};
 
 pub use render::{Header, Item, OutputFile};
-pub use validate::{EmitFile, Source};
+pub use types::{EmitFile, Source};
 
 use crate::spec::{Diagnostic, Severity, tree};
 

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::compute::{Computed, Number};
 use super::raw::RawFormat;
-use super::validate::{Aggregate, EmitFile, PlotKind, TableSpec, ValueKind};
+use super::types::{Aggregate, EmitFile, PlotKind, TableSpec, ValueKind};
 
 /// What a file is the output of.
 #[derive(Debug, Clone, PartialEq, Eq)]

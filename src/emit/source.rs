@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::columns::TableKind;
-use super::validate::Source;
+use super::types::Source;
 use crate::hub::{HubClient, HubError, Repo, RepoId};
 use crate::ledger::tables::{OverlapRow, SpectrumRow, WeightRow};
 use crate::spec::RepoType;
@@ -39,7 +39,7 @@ pub enum SourceError {
         commit: String,
         /// The Hub's answer.
         #[source]
-        source: HubError,
+        source: Box<HubError>,
     },
     /// The Hub refused or failed.
     #[error("cannot read `{path}` of `{repo}`")]
@@ -50,7 +50,7 @@ pub enum SourceError {
         path: String,
         /// Cause.
         #[source]
-        source: HubError,
+        source: Box<HubError>,
     },
     /// A file is not what the ledger format says.
     #[error("`{path}` of `{repo}` is not valid")]
@@ -131,13 +131,13 @@ pub async fn read(client: &HubClient, source: &Source) -> Result<SourceData, Sou
                 SourceError::NotFound {
                     repo: name,
                     commit: commit.clone(),
-                    source: e,
+                    source: Box::new(e),
                 }
             }
             other => SourceError::Hub {
                 repo: name,
                 path: String::new(),
-                source: other,
+                source: Box::new(other),
             },
         });
     }
@@ -150,7 +150,7 @@ pub async fn read(client: &HubClient, source: &Source) -> Result<SourceData, Sou
                 .map_err(|source| SourceError::Hub {
                     repo: name.clone(),
                     path: path.to_owned(),
-                    source,
+                    source: Box::new(source),
                 })
         }
     };
@@ -172,10 +172,11 @@ pub async fn read(client: &HubClient, source: &Source) -> Result<SourceData, Sou
         let bytes = match fetch(kind.path()).await {
             Ok(bytes) => bytes,
             // A ledger from before a table existed has no file: no rows.
-            Err(SourceError::Hub {
-                source: HubError::EntryNotFound { .. },
-                ..
-            }) => bytes::Bytes::new(),
+            Err(SourceError::Hub { source, .. })
+                if matches!(*source, HubError::EntryNotFound { .. }) =>
+            {
+                bytes::Bytes::new()
+            }
             Err(e) => return Err(e),
         };
         let rows = match kind {

@@ -12,147 +12,9 @@ use crate::spec::diag::{Diagnostic, did_you_mean};
 use crate::spec::reference::{Reference, RepoReference};
 use crate::spec::{HubKind, RepoType};
 
-/// A validated emit file.
-#[derive(Debug, Clone)]
-pub struct EmitFile {
-    /// The sources, in name order.
-    pub sources: Vec<Source>,
-    /// The values, in file order.
-    pub values: Vec<ValueSpec>,
-    /// The tables, in file order.
-    pub tables: Vec<TableSpec>,
-    /// The figures, in file order.
-    pub figures: Vec<FigureSpec>,
-}
-
-/// An output repo pinned to a commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Source {
-    /// Its name in the emit file.
-    pub name: String,
-    /// The repo (its revision is the commit).
-    pub reference: RepoReference,
-    /// The full commit sha.
-    pub commit: String,
-}
-
-impl Source {
-    /// `local://datasets/NS/NAME@SHA`, as headers name it.
-    pub fn display(&self) -> String {
-        self.reference.to_string()
-    }
-
-    /// Whether it lives on the embedded hub.
-    pub fn is_local(&self) -> bool {
-        self.reference.hub == HubKind::Local
-    }
-}
-
-/// Rows of one metrics table of one source.
-#[derive(Debug, Clone)]
-pub struct Selection {
-    /// Index into [`EmitFile::sources`].
-    pub source: usize,
-    /// The table.
-    pub table: TableKind,
-    /// Column → accepted values (a row matches when every column has one of them).
-    pub filters: Vec<(String, Vec<serde_json::Value>)>,
-    /// Document path of the item (`/values/2`), for diagnostics found on the data.
-    pub path: String,
-}
-
-/// How a selection becomes one number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Aggregate {
-    /// Exactly one row must match.
-    Single,
-    /// Mean.
-    Mean,
-    /// Min.
-    Min,
-    /// Max.
-    Max,
-    /// Median.
-    Median,
-    /// Row count.
-    Count,
-    /// Min and max.
-    Range,
-}
-
-/// What a value is computed from.
-#[derive(Debug, Clone)]
-pub enum ValueKind {
-    /// A field of selected rows, aggregated.
-    Direct {
-        /// The rows.
-        selection: Selection,
-        /// The numeric column (`None` for a count).
-        field: Option<String>,
-        /// The aggregation.
-        aggregate: Aggregate,
-    },
-    /// `a / b` of two direct values (indices into [`EmitFile::values`]).
-    Ratio(usize, usize),
-    /// `a − b` of two direct values.
-    Difference(usize, usize),
-}
-
-/// One value to emit.
-#[derive(Debug, Clone)]
-pub struct ValueSpec {
-    /// Macro name (letters only).
-    pub macro_name: String,
-    /// What it is computed from.
-    pub kind: ValueKind,
-    /// How it is written.
-    pub format: NumberFormat,
-    /// Document path (`/values/0`).
-    pub path: String,
-}
-
-/// One table to emit.
-#[derive(Debug, Clone)]
-pub struct TableSpec {
-    /// File stem.
-    pub name: String,
-    /// The rows.
-    pub selection: Selection,
-    /// The columns.
-    pub columns: Vec<String>,
-    /// Headings, one per column.
-    pub headers: Vec<String>,
-    /// Format of fractional numbers.
-    pub format: NumberFormat,
-}
-
-/// What a figure draws.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlotKind {
-    /// A spectra metric against layer.
-    Layers,
-    /// Overlap against layer.
-    Overlap,
-    /// Weight stable rank against layer.
-    Weights,
-    /// A spectra metric against training step.
-    Trajectory,
-}
-
-/// One figure to emit.
-#[derive(Debug, Clone)]
-pub struct FigureSpec {
-    /// File stem.
-    pub name: String,
-    /// What is drawn.
-    pub plot: PlotKind,
-    /// The rows.
-    pub selection: Selection,
-    /// The spectra metric for `layers` and `trajectory`.
-    pub field: String,
-    /// Width and height in points.
-    pub size: (u32, u32),
-}
+use super::types::{
+    Aggregate, EmitFile, FigureSpec, PlotKind, Selection, Source, TableSpec, ValueKind, ValueSpec,
+};
 
 const DEFAULT_DIGITS: u8 = 3;
 
@@ -212,21 +74,37 @@ pub fn validate(raw: &RawEmit) -> (Option<EmitFile>, Vec<Diagnostic>) {
         written: raw.sources.keys().map(String::as_str).collect(),
     };
     let values = values(raw, &checker, &mut out);
+    let tables = tables(raw, &checker, &mut out);
+    let figures = figures(raw, &checker, &mut out);
+    if raw.values.is_empty() && raw.tables.is_empty() && raw.figures.is_empty() {
+        out.push(
+            Diagnostic::error("", "the file emits nothing")
+                .with_help("add `values:`, `tables:` or `figures:`"),
+        );
+    }
+    let valid = !out
+        .iter()
+        .any(|d| d.severity == crate::spec::Severity::Error);
+    let file = valid.then_some(EmitFile {
+        sources,
+        values,
+        tables,
+        figures,
+    });
+    (file, out)
+}
+
+fn tables(raw: &RawEmit, checker: &Checker<'_>, out: &mut Vec<Diagnostic>) -> Vec<TableSpec> {
     let mut stems = HashMap::new();
     let mut tables = Vec::new();
     for (i, table) in raw.tables.iter().enumerate() {
         let path = format!("/tables/{i}");
-        checker.stem(&table.name, &path, "tables", &mut stems, &mut out);
+        checker.stem(&table.name, &path, "tables", &mut stems, out);
         let kind = TableKind::from(table.table.unwrap_or(RawTableName::Spectra));
-        let selection = checker.selection(
-            table.source.as_deref(),
-            kind,
-            &table.selection,
-            &path,
-            &mut out,
-        );
+        let selection =
+            checker.selection(table.source.as_deref(), kind, &table.selection, &path, out);
         for (j, column) in table.columns.iter().enumerate() {
-            checker.column(kind, column, &format!("{path}/columns/{j}"), &mut out);
+            checker.column(kind, column, &format!("{path}/columns/{j}"), out);
         }
         let headers = match &table.headers {
             Some(h) if h.len() != table.columns.len() => {
@@ -252,11 +130,15 @@ pub fn validate(raw: &RawEmit) -> (Option<EmitFile>, Vec<Diagnostic>) {
             });
         }
     }
+    tables
+}
+
+fn figures(raw: &RawEmit, checker: &Checker<'_>, out: &mut Vec<Diagnostic>) -> Vec<FigureSpec> {
     let mut stems = HashMap::new();
     let mut figures = Vec::new();
     for (i, figure) in raw.figures.iter().enumerate() {
         let path = format!("/figures/{i}");
-        checker.stem(&figure.name, &path, "figures", &mut stems, &mut out);
+        checker.stem(&figure.name, &path, "figures", &mut stems, out);
         let (plot, kind) = match figure.plot {
             RawPlot::Layers => (PlotKind::Layers, TableKind::Spectra),
             RawPlot::Trajectory => (PlotKind::Trajectory, TableKind::Spectra),
@@ -269,7 +151,7 @@ pub fn validate(raw: &RawEmit) -> (Option<EmitFile>, Vec<Diagnostic>) {
             .unwrap_or_else(|| "stable_rank".to_owned());
         if figure.field.is_some() {
             if matches!(plot, PlotKind::Layers | PlotKind::Trajectory) {
-                checker.field(kind, &field, &format!("{path}/field"), &mut out);
+                checker.field(kind, &field, &format!("{path}/field"), out);
             } else {
                 out.push(
                     Diagnostic::error(
@@ -285,7 +167,7 @@ pub fn validate(raw: &RawEmit) -> (Option<EmitFile>, Vec<Diagnostic>) {
             kind,
             &figure.selection,
             &path,
-            &mut out,
+            out,
         );
         if let Some(selection) = selection {
             figures.push(FigureSpec {
@@ -300,22 +182,7 @@ pub fn validate(raw: &RawEmit) -> (Option<EmitFile>, Vec<Diagnostic>) {
             });
         }
     }
-    if raw.values.is_empty() && raw.tables.is_empty() && raw.figures.is_empty() {
-        out.push(
-            Diagnostic::error("", "the file emits nothing")
-                .with_help("add `values:`, `tables:` or `figures:`"),
-        );
-    }
-    let valid = !out
-        .iter()
-        .any(|d| d.severity == crate::spec::Severity::Error);
-    let file = valid.then_some(EmitFile {
-        sources,
-        values,
-        tables,
-        figures,
-    });
-    (file, out)
+    figures
 }
 
 fn sources(raw: &RawEmit, out: &mut Vec<Diagnostic>) -> Vec<Source> {

@@ -377,6 +377,37 @@ mod tests {
     }
 
     #[test]
+    fn the_trajectory_has_one_line_per_layer_ordered_by_training_step() {
+        let at = |revision: &str, layer: u32, rank: f64| SpectrumRow {
+            revision: revision.into(),
+            ..row("a", layer, rank)
+        };
+        let data = ReportData {
+            spectra: vec![
+                at("step1000", 0, 2.0),
+                at("step0", 0, 1.0),
+                at("step1000", 1, 4.0),
+                at("main", 0, 9.0),
+            ],
+            ..ReportData::default()
+        };
+        let plot = trajectory_plot(&data, "stable rank", &|r| r.metrics.stable_rank);
+        let lines: Vec<(&str, &[(f64, f64)])> = plot
+            .series
+            .iter()
+            .map(|s| (s.label.as_str(), s.points.as_slice()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("a hook_resid_post layer 0", &[(0.0, 1.0), (1000.0, 2.0)][..]),
+                ("a hook_resid_post layer 1", &[(1000.0, 4.0)][..]),
+            ],
+            "`main` names no step and is left out"
+        );
+    }
+
+    #[test]
     fn the_page_draws_one_line_per_model_in_each_rank_plot() {
         let data = ReportData {
             repo: "local://ns/<name>".into(),

@@ -70,6 +70,8 @@ fn paper(sha: &str, extra: &str) -> String {
 sources:
   qs: local://hubsweep/quickstart@{sha}
 values:
+  - macro: srankRatio
+    ratio: [srankMax, srankMin]
   - macro: srankMean
     where: {{model: {NEOX}, hook: hook_resid_post, centring: centred}}
     field: stable_rank
@@ -105,8 +107,6 @@ values:
     where: {{model: {NEOX}, hook: hook_resid_post, centring: centred, layer: 0}}
     field: frobenius_norm_sq
     format: integer
-  - macro: srankRatio
-    ratio: [srankMax, srankMin]
   - macro: srankSpread
     difference: [srankMax, srankMin]
     format: fixed
@@ -173,7 +173,7 @@ fn thousands(n: u64) -> String {
     let text = n.to_string();
     let mut out = String::new();
     for (i, c) in text.chars().enumerate() {
-        if i > 0 && (text.len() - i) % 3 == 0 {
+        if i > 0 && (text.len() - i).is_multiple_of(3) {
             out.push_str("{,}");
         }
         out.push(c);
@@ -282,7 +282,10 @@ fn emitted_values_match_the_metrics_and_check_names_what_drifted() {
     assert!(svg.contains("<polyline") && svg.contains(&sha), "{svg}");
     let pdf = std::fs::read(out.join("figures/ranks.pdf")).unwrap();
     assert!(pdf.starts_with(b"%PDF-1.4\n") && pdf.ends_with(b"%%EOF\n"));
-    assert!(String::from_utf8_lossy(&pdf).contains(&sha), "the PDF names its source");
+    assert!(
+        String::from_utf8_lossy(&pdf).contains(&sha),
+        "the PDF names its source"
+    );
 
     // Deterministic: a second emit gives the same bytes; --check passes on fresh output.
     let again = ctx.child("again");
