@@ -188,7 +188,7 @@ async fn compute(
         .next()
         .unwrap_or(&loaded.file_name)
         .to_owned();
-    let header = Header::new(file, env!("CARGO_PKG_VERSION"), &name);
+    let header = Header::new(file, env!("CARGO_PKG_VERSION"), &name, &env.hf_endpoint);
     emit::emit(file, &data, &header).map_err(Stop::Located)
 }
 

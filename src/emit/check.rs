@@ -22,13 +22,20 @@ pub struct Difference {
 
 const MISSING: &str = "missing";
 
-/// The `\newcommand{\NAME}{BODY}` lines of a `values.tex`, by name.
+/// The `\newcommand{\NAME}{BODY}` lines of a `values.tex`, by name; a linked body
+/// (`\hubsweepsource{URL}{TEXT}`) is shown as `TEXT (URL)`, so the number comes first.
 fn macros(text: &str) -> BTreeMap<String, String> {
     text.lines()
         .filter_map(|line| {
             let rest = line.trim().strip_prefix("\\newcommand{\\")?;
             let (name, body) = rest.split_once("}{")?;
-            Some((name.to_owned(), body.strip_suffix('}')?.to_owned()))
+            let body = body.strip_suffix('}')?;
+            let shown = body
+                .strip_prefix("\\hubsweepsource{")
+                .and_then(|linked| linked.strip_suffix('}'))
+                .and_then(|linked| linked.split_once("}{"))
+                .map_or_else(|| body.to_owned(), |(url, text)| format!("{text} ({url})"));
+            Some((name.to_owned(), shown))
         })
         .collect()
 }

@@ -29,6 +29,10 @@ pub struct RawEmit {
     /// Figures, each written as SVG and PDF.
     #[serde(default)]
     pub figures: Vec<RawFigure>,
+    /// Make each value of an `hf://` source a link to the metrics table it was computed from
+    /// (`\hubsweepsource{URL}{TEXT}`, drawn with `\href` when the document loads hyperref).
+    #[serde(default)]
+    pub links: bool,
 }
 
 /// A metrics table of an output repo (`metrics/NAME.jsonl`; columns in docs/metrics.md).

@@ -49,12 +49,16 @@ pub struct Header {
     pub emit_file: String,
     /// `(name, repo@commit)` of each source.
     pub sources: Vec<(String, String)>,
+    /// `HF_ENDPOINT`, where the links of `hf://` sources point (with `links: true`); not part
+    /// of the header's text.
+    pub hf_endpoint: String,
 }
 
 impl Header {
     /// The header of `file`, emitted by hubsweep `version` from `emit_file`.
-    pub fn new(file: &EmitFile, version: &str, emit_file: &str) -> Self {
+    pub fn new(file: &EmitFile, version: &str, emit_file: &str, hf_endpoint: &str) -> Self {
         Self {
+            hf_endpoint: hf_endpoint.to_owned(),
             tool: format!("hubsweep {version}"),
             emit_file: emit_file.to_owned(),
             sources: file
@@ -118,13 +122,30 @@ fn aggregate_name(aggregate: Aggregate) -> Option<&'static str> {
 
 fn values_files(file: &EmitFile, computed: &Computed, header: &Header) -> [OutputFile; 2] {
     let mut tex = header.commented("% ");
+    if file.links {
+        // A link when the document loads hyperref, the bare text otherwise.
+        tex.push_str(
+            "\\providecommand{\\hubsweepsource}[2]{\\ifdefined\\href\\href{#1}{#2}\\else#2\\fi}\n",
+        );
+    }
     let mut entries = serde_json::Map::new();
     for (spec, result) in file.values.iter().zip(&computed.values) {
-        let _ = writeln!(
-            tex,
-            "\\newcommand{{\\{}}}{{{}}}",
-            spec.macro_name, result.written.latex
-        );
+        let url = match &spec.kind {
+            ValueKind::Direct { selection, .. } if file.links => {
+                file.sources[selection.source].file_url(&header.hf_endpoint, selection.table.path())
+            }
+            _ => None,
+        };
+        let body = match &url {
+            // `#` and `%` would end the macro's body or start a comment: percent-encode them.
+            Some(url) => format!(
+                "\\hubsweepsource{{{}}}{{{}}}",
+                url.replace('%', "%25").replace('#', "%23"),
+                result.written.latex
+            ),
+            None => result.written.latex.clone(),
+        };
+        let _ = writeln!(tex, "\\newcommand{{\\{}}}{{{body}}}", spec.macro_name);
         let number = match result.number {
             Number::One(x) => json!(x),
             Number::Range(a, b) => json!([a, b]),
@@ -162,6 +183,7 @@ fn values_files(file: &EmitFile, computed: &Computed, header: &Header) -> [Outpu
                 "sources": sources,
                 "rows": result.rows,
                 "nodes": result.nodes,
+                "url": url,
             }),
         );
     }

@@ -16,6 +16,8 @@ pub struct EmitFile {
     pub tables: Vec<TableSpec>,
     /// The figures, in file order.
     pub figures: Vec<FigureSpec>,
+    /// Values of `hf://` sources link to their metrics table.
+    pub links: bool,
 }
 
 /// An output repo pinned to a commit.
@@ -38,6 +40,24 @@ impl Source {
     /// Whether it lives on the embedded hub.
     pub fn is_local(&self) -> bool {
         self.reference.hub == HubKind::Local
+    }
+
+    /// The download URL of `path` at the pinned commit on the Hub at `endpoint`; `None` for
+    /// an embedded hub's repo, which has no lasting address.
+    pub fn file_url(&self, endpoint: &str, path: &str) -> Option<String> {
+        if self.is_local() {
+            return None;
+        }
+        let kind = match self.reference.repo_type {
+            Some(crate::spec::RepoType::Model) => "",
+            _ => "datasets/",
+        };
+        Some(format!(
+            "{}/{kind}{}/resolve/{}/{path}",
+            endpoint.trim_end_matches('/'),
+            self.reference.repo_id,
+            self.commit
+        ))
     }
 }
 

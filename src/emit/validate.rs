@@ -90,6 +90,7 @@ pub fn validate(raw: &RawEmit) -> (Option<EmitFile>, Vec<Diagnostic>) {
         values,
         tables,
         figures,
+        links: raw.links,
     });
     (file, out)
 }

@@ -523,3 +523,58 @@ fn committed_emit_schema_matches_the_types() {
         "schemas/emit.schema.json is out of date; regenerate it with `HUBSWEEP_UPDATE_SCHEMAS=1 cargo test --release --test it committed_emit_schema`"
     );
 }
+
+/// An `hf://` source is read from the Hub at `HF_ENDPOINT` (here the store the run wrote, served
+/// by the test as a Hub-compatible server): the same values as the commit read as `local://`,
+/// each linked, with `links: true`, to the metrics table it came from.
+#[test]
+fn an_hf_source_is_read_from_hf_endpoint_with_links_to_its_tables() {
+    let ctx = TestContext::new();
+    let sha = run_quickstart(&ctx, &|t| t);
+    let local = write(&ctx, "local.yaml", &paper(&sha, ""));
+    let from_local = ctx.child("from-local");
+    let output = emit(&ctx, &local, "--out", &from_local);
+    assert_eq!(output.status.code(), Some(0), "{}", output_text(&output));
+    let text = paper(&sha, "links: true\n").replace(
+        "local://hubsweep/quickstart@",
+        "hf://datasets/hubsweep/quickstart@",
+    );
+    let hf = write(&ctx, "hf.yaml", &text);
+    let rt = runtime();
+    let (server, _client) = rt.block_on(open_store(&ctx.child("hubsweep-home")));
+    let endpoint = server.base_url().trim_end_matches('/').to_owned();
+    let from_hf = ctx.child("from-hf");
+    let output = hubsweep(&ctx)
+        .arg("emit")
+        .arg(&hf)
+        .arg("--out")
+        .arg(&from_hf)
+        .env("HF_ENDPOINT", &endpoint)
+        .env("HF_TOKEN", "hf_anything")
+        .output()
+        .unwrap();
+    rt.block_on(server.shutdown());
+    assert_eq!(output.status.code(), Some(0), "{}", output_text(&output));
+    let tex = std::fs::read_to_string(from_hf.join("values.tex")).unwrap();
+    assert!(
+        tex.contains(&format!(
+            "% source qs: hf://datasets/hubsweep/quickstart@{sha}"
+        )),
+        "{tex}"
+    );
+    let url =
+        format!("{endpoint}/datasets/hubsweep/quickstart/resolve/{sha}/metrics/spectra.jsonl");
+    let local_tex = std::fs::read_to_string(from_local.join("values.tex")).unwrap();
+    for line in local_tex.lines().filter(|l| l.starts_with("\\newcommand")) {
+        let (name, body) = line.split_once("}{").unwrap();
+        let body = body.strip_suffix('}').unwrap();
+        let linked = format!("{name}}}{{\\hubsweepsource{{{url}}}{{{body}}}}}");
+        // Derived values name no one table: they stay plain.
+        let derived = name.contains("Ratio") || name.contains("Spread");
+        let expected = if derived { line.to_owned() } else { linked };
+        assert!(
+            tex.lines().any(|l| l == expected),
+            "`{expected}` not in:\n{tex}"
+        );
+    }
+}

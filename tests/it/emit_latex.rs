@@ -1,6 +1,7 @@
 //! The example paper (`examples/paper/`) built with a real LaTeX from the quickstart's results:
 //! `make` emits the values, table and figure and runs pdflatex; the PDF's text (pdftotext)
-//! holds the emitted numbers, and the emitted figure PDF renders with ink (pdftoppm). Tools come
+//! holds the emitted numbers, and the emitted figure PDF renders with ink (pdftoppm); values of
+//! an `hf://` source emitted with `links: true` become hyperref links. Tools come
 //! from scripts/test.d/50-latex.sh; without them the test skips, or fails under
 //! `HUBSWEEP_REQUIRE_PEERS=1`.
 
@@ -149,4 +150,50 @@ fn the_example_paper_builds_with_latex_and_shows_the_emitted_numbers() {
         figure_text.contains("stable rank") && figure_text.contains("layer"),
         "{figure_text}"
     );
+
+    // With `links: true`, a value of an `hf://` source links to its metrics table when the
+    // document loads hyperref: the PDF has the link, and the number as text.
+    let yaml = std::fs::read_to_string(paper.join("paper.yaml"))
+        .unwrap()
+        .replace(
+            "local://hubsweep/quickstart@SHA",
+            &format!("hf://datasets/hubsweep/quickstart@{sha}"),
+        )
+        + "links: true\n";
+    std::fs::write(paper.join("linked.yaml"), yaml).unwrap();
+    let rt = crate::run::runtime();
+    let (server, _client) = rt.block_on(crate::run::open_store(&ctx.child("hubsweep-home")));
+    let endpoint = server.base_url().trim_end_matches('/').to_owned();
+    let emitted = crate::run::hubsweep(&ctx)
+        .current_dir(&paper)
+        .args(["emit", "linked.yaml", "--out", "linked"])
+        .env("HF_ENDPOINT", &endpoint)
+        .output()
+        .unwrap();
+    rt.block_on(server.shutdown());
+    assert!(emitted.status.success(), "{}", output_text(&emitted));
+    std::fs::write(
+        paper.join("linked.tex"),
+        "\\pdfcompresslevel=0 \\pdfobjcompresslevel=0\n\\documentclass{article}\n\\usepackage{hyperref}\n\\input{linked/values}\n\\begin{document}\nMean \\srankMean{}.\n\\end{document}\n",
+    )
+    .unwrap();
+    run(Command::new(&pdflatex).current_dir(&paper).args([
+        "-interaction=nonstopmode",
+        "-halt-on-error",
+        "linked.tex",
+    ]));
+    let pdf = std::fs::read(paper.join("linked.pdf")).unwrap();
+    let url = format!(
+        "/URI({endpoint}/datasets/hubsweep/quickstart/resolve/{sha}/metrics/spectra.jsonl)"
+    );
+    assert!(
+        String::from_utf8_lossy(&pdf).contains(&url),
+        "no `{url}` in the PDF"
+    );
+    let text = run(Command::new(&pdftotext)
+        .arg(paper.join("linked.pdf"))
+        .arg("-"))
+    .stdout;
+    let mean = values["values"]["srankMean"]["text"].as_str().unwrap();
+    assert!(String::from_utf8_lossy(&text).contains(&format!("Mean {mean}.")));
 }
