@@ -505,6 +505,10 @@ impl Checker<'_> {
         for (column, accepted) in filters {
             let at = format!("{path}/where/{}", crate::spec::tree::escape_pointer(column));
             if !self.column(kind, column, &at, out) {
+                // A `where` key names the column: point at the key, not its value.
+                if let Some(last) = out.last_mut() {
+                    last.on_key = true;
+                }
                 ok = false;
                 continue;
             }

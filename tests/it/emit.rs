@@ -457,6 +457,7 @@ values:
   - macro: srank
     field: effective_rank
     aggregate: max
+    where: {{layr: 2}}
 "
     );
     let file = write(&ctx, "bad.yaml", &text);
@@ -473,6 +474,9 @@ values:
         "did you mean `stable_rank`?",
         "bad.yaml:10:12",
         "macro `srank` is defined twice",
+        "bad.yaml:13:13",
+        "unknown column `layr` in table `spectra`",
+        "did you mean `layer`?",
     ] {
         assert!(err.contains(expected), "`{expected}` not in:\n{err}");
     }
