@@ -25,10 +25,12 @@
 //! | [`reproduce`] | a ledger's plan rebuilt from its manifest at the recorded pins, rerun and compared |
 //! | [`fuzzing`] | fuzz target bodies for the hostile-input parsers (run by `fuzz/` and the tests) |
 //! | [`report`] | the metrics tables drawn as a self-contained HTML page (inline SVG), CSV, JSON |
+//! | [`emit`] | a paper's values (LaTeX macros, JSON), tables and figures from pinned output repos; `--check` |
 #![deny(missing_docs)]
 
 pub mod analysis;
 pub mod data;
+pub mod emit;
 pub mod exec;
 pub mod fuzzing;
 pub mod hub;

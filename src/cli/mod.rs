@@ -4,6 +4,7 @@
 //! 130 interrupted. stdout carries data only; diagnostics and progress go to stderr.
 
 mod capture;
+mod emit;
 mod hub;
 mod inspect;
 mod report;
@@ -66,6 +67,8 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Check a published ledger: records, ids, DAG, index, files (and with --deep, content).
     Verify(verify::VerifyArgs),
+    /// Write a paper's values, tables and figures from pinned output repos, or check them.
+    Emit(emit::EmitArgs),
     /// Rebuild a published sweep from its ledger alone, rerun chosen nodes, compare bitwise.
     Reproduce(reproduce::ReproduceArgs),
 }
@@ -179,6 +182,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => exit_for(inspect::run(&args, &env)),
         Command::Verify(args) => verify::run(args, &env),
         Command::Reproduce(args) => reproduce::run(args, &env),
+        Command::Emit(args) => emit::run(args, &env),
     }
 }
 

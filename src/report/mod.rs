@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::ledger::tables::{OverlapRow, SpectrumRow, WeightRow};
 
-pub use svg::{Guide, Plot, Series};
+pub use svg::{Guide, Plot, Series, render as render_svg};
 
 /// What a report draws.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -75,7 +75,7 @@ fn escape(text: &str) -> String {
 }
 
 /// One line per (model, revision, hook) of the centred spectra, `metric` against layer.
-fn metric_plot(data: &ReportData, title: &str, metric: fn(&SpectrumRow) -> f64) -> Plot {
+pub fn layer_plot(data: &ReportData, title: &str, metric: &dyn Fn(&SpectrumRow) -> f64) -> Plot {
     let mut series: Vec<Series> = Vec::new();
     for row in data
         .spectra
@@ -103,7 +103,9 @@ fn metric_plot(data: &ReportData, title: &str, metric: fn(&SpectrumRow) -> f64) 
     }
 }
 
-fn overlap_plot(data: &ReportData) -> Plot {
+/// One line per (pair, hook, k) of the overlaps, γ against layer, with the random baselines
+/// dashed.
+pub fn overlap_plot(data: &ReportData) -> Plot {
     let mut series: Vec<Series> = Vec::new();
     let mut guides: Vec<Guide> = Vec::new();
     for row in data.overlaps.iter().filter(|r| r.layer.is_some()) {
@@ -135,6 +137,51 @@ fn overlap_plot(data: &ReportData) -> Plot {
         log_y: false,
         series,
         guides,
+        markers: true,
+    }
+}
+
+/// The training step a revision names (`step1000` → 1000), as Pythia's checkpoint branches do.
+fn training_step(revision: &str) -> Option<f64> {
+    revision
+        .strip_prefix("step")
+        .and_then(|n| n.parse::<u64>().ok())
+        .map(|n| n as f64)
+}
+
+/// One line per (model, hook, layer) of the centred spectra, `metric` against training step
+/// (revisions named `stepN`; other revisions are left out).
+pub fn trajectory_plot(
+    data: &ReportData,
+    title: &str,
+    metric: &dyn Fn(&SpectrumRow) -> f64,
+) -> Plot {
+    let mut series: Vec<Series> = Vec::new();
+    for row in data.spectra.iter().filter(|r| r.centring == "centred") {
+        let Some(step) = training_step(&row.revision) else {
+            continue;
+        };
+        let layer = row.layer.map_or("final".to_owned(), |l| l.to_string());
+        let label = format!("{} {} layer {layer}", row.model, row.hook);
+        let point = (step, metric(row));
+        match series.iter_mut().find(|s| s.label == label) {
+            Some(s) => s.points.push(point),
+            None => series.push(Series {
+                label,
+                points: vec![point],
+            }),
+        }
+    }
+    for s in &mut series {
+        s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    Plot {
+        title: format!("{title} against training step"),
+        x_label: "training step".to_owned(),
+        y_label: title.to_owned(),
+        log_y: false,
+        series,
+        guides: Vec::new(),
         markers: true,
     }
 }
@@ -175,7 +222,7 @@ fn spectrum_plot(data: &ReportData) -> Plot {
 
 /// One line per (model, revision, base, module, part) of the weight spectra: stable rank
 /// against layer (weights outside the blocks, such as embeddings, are in the table only).
-fn weight_plot(data: &ReportData) -> Plot {
+pub fn weight_plot(data: &ReportData) -> Plot {
     let mut series: Vec<Series> = Vec::new();
     for row in data.weights.iter().filter(|r| r.layer.is_some()) {
         let what = match &row.delta_from {
@@ -230,11 +277,11 @@ pub fn render_html(data: &ReportData) -> String {
     let plots = [
         (
             "stable-rank",
-            metric_plot(data, "stable rank", |r| r.metrics.stable_rank),
+            layer_plot(data, "stable rank", &|r| r.metrics.stable_rank),
         ),
         (
             "effective-rank",
-            metric_plot(data, "effective rank", |r| r.metrics.effective_rank),
+            layer_plot(data, "effective rank", &|r| r.metrics.effective_rank),
         ),
         ("overlap", overlap_plot(data)),
         ("spectrum", spectrum_plot(data)),
@@ -327,6 +374,37 @@ mod tests {
             node: "ab".into(),
             file: Some("spectra/x/layer000.safetensors".into()),
         }
+    }
+
+    #[test]
+    fn the_trajectory_has_one_line_per_layer_ordered_by_training_step() {
+        let at = |revision: &str, layer: u32, rank: f64| SpectrumRow {
+            revision: revision.into(),
+            ..row("a", layer, rank)
+        };
+        let data = ReportData {
+            spectra: vec![
+                at("step1000", 0, 2.0),
+                at("step0", 0, 1.0),
+                at("step1000", 1, 4.0),
+                at("main", 0, 9.0),
+            ],
+            ..ReportData::default()
+        };
+        let plot = trajectory_plot(&data, "stable rank", &|r| r.metrics.stable_rank);
+        let lines: Vec<(&str, &[(f64, f64)])> = plot
+            .series
+            .iter()
+            .map(|s| (s.label.as_str(), s.points.as_slice()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("a hook_resid_post layer 0", &[(0.0, 1.0), (1000.0, 2.0)][..]),
+                ("a hook_resid_post layer 1", &[(1000.0, 4.0)][..]),
+            ],
+            "`main` names no step and is left out"
+        );
     }
 
     #[test]

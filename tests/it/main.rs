@@ -5,6 +5,8 @@ mod adapters;
 mod analysis;
 mod card;
 mod common;
+mod emit;
+mod emit_latex;
 mod families;
 mod homes;
 mod hub;
