@@ -49,35 +49,24 @@ fn answer(errors: Vec<String>) -> Response {
 
 /// Every problem of the card's front matter (none when it has no front matter).
 fn check(content: &str) -> Vec<String> {
-    let Some(rest) = content
-        .strip_prefix("---\n")
-        .or_else(|| content.strip_prefix("---\r\n"))
-    else {
+    let Some(yaml) = crate::ledger::card::front_matter_yaml(content) else {
         return Vec::new();
     };
-    let Some(end) = rest.find("\n---").map(|i| i + 1) else {
+    let Some(yaml) = yaml else {
         return vec!["the front matter has no closing `---` line".into()];
     };
-    let mut budget = serde_saphyr::Budget::default();
-    budget.max_aliases = 100;
-    budget.max_anchors = 100;
-    budget.max_nodes = 100_000;
-    budget.max_depth = 32;
-    budget.max_documents = 1;
-    let mut options = serde_saphyr::Options::default();
-    options.budget = Some(budget);
-    options.with_snippet = false;
-    let metadata: Value = match serde_saphyr::from_str_with_options(&rest[..end], options) {
-        Ok(Value::Null) => return Vec::new(),
-        Ok(metadata) => metadata,
-        Err(err) => {
-            let message = err.to_string();
-            return vec![format!(
-                "the front matter is not valid YAML: {}",
-                message.lines().next().unwrap_or_default()
-            )];
-        }
-    };
+    let metadata: Value =
+        match serde_saphyr::from_str_with_options(yaml, crate::ledger::card::yaml_options()) {
+            Ok(Value::Null) => return Vec::new(),
+            Ok(metadata) => metadata,
+            Err(err) => {
+                let message = err.to_string();
+                return vec![format!(
+                    "the front matter is not valid YAML: {}",
+                    message.lines().next().unwrap_or_default()
+                )];
+            }
+        };
     let Some(metadata) = metadata.as_object() else {
         return vec!["the front matter must be a mapping of keys to values".into()];
     };

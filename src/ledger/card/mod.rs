@@ -20,8 +20,8 @@
 
 mod render;
 
-pub use render::render;
 use render::code_list;
+pub use render::render;
 
 use std::collections::BTreeSet;
 
@@ -235,12 +235,25 @@ struct ConfigEntry {
 /// The YAML between the opening `---` line and the next `---` line, parsed; `None` when the
 /// text has no front matter.
 fn front_matter(text: &str) -> Option<Result<FrontMatter, String>> {
+    let yaml = front_matter_yaml(text)??;
+    Some(
+        serde_saphyr::from_str_with_options::<FrontMatter>(yaml, yaml_options())
+            .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_owned()),
+    )
+}
+
+/// A card's front matter: the YAML between its first line `---` and the next `---` line.
+/// `None` without the opening line; `Some(None)` when no closing line follows.
+pub fn front_matter_yaml(text: &str) -> Option<Option<&str>> {
     let rest = text
         .strip_prefix("---\n")
         .or_else(|| text.strip_prefix("---\r\n"))?;
-    let end = rest.find("\n---").map(|i| i + 1)?;
-    let yaml = &rest[..end];
-    // A card read back is hostile input: bound aliases, nodes and depth like a spec's.
+    Some(rest.find("\n---").map(|i| &rest[..=i]))
+}
+
+/// How YAML read from a card is parsed: a card is hostile input, so aliases, nodes and depth
+/// are bounded as a spec's are.
+pub fn yaml_options() -> serde_saphyr::Options {
     let mut budget = serde_saphyr::Budget::default();
     budget.max_aliases = 1_000;
     budget.max_anchors = 1_000;
@@ -250,10 +263,7 @@ fn front_matter(text: &str) -> Option<Result<FrontMatter, String>> {
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
     options.with_snippet = false;
-    Some(
-        serde_saphyr::from_str_with_options::<FrontMatter>(yaml, options)
-            .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_owned()),
-    )
+    options
 }
 
 /// What is wrong with a card, for `verify`.

@@ -95,7 +95,12 @@ fn tags(records: &[&Record], spec: Option<&SweepSpec>) -> Vec<String> {
     }
     tags.push("hubsweep".into());
     let families: BTreeSet<&str> = spec
-        .map(|s| s.models.iter().filter_map(|g| g.family.map(|f| f.as_str())).collect())
+        .map(|s| {
+            s.models
+                .iter()
+                .filter_map(|g| g.family.map(|f| f.as_str()))
+                .collect()
+        })
         .unwrap_or_default();
     tags.extend(families.into_iter().map(str::to_owned));
     tags
