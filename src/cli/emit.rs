@@ -157,6 +157,31 @@ async fn read_source(client: &HubClient, source: &Source) -> Result<SourceData, 
     })
 }
 
+/// Reads the spectrum files the spectrum figures draw, from each source at its commit.
+async fn read_spectra(
+    hubs: &mut Hubs,
+    file: &emit::EmitFile,
+    data: &mut [SourceData],
+    env: &Env,
+) -> Result<(), Stop> {
+    let wanted = emit::compute::spectrum_files(file, data);
+    for ((source, files), data) in file.sources.iter().zip(&wanted).zip(data.iter_mut()) {
+        if files.is_empty() {
+            continue;
+        }
+        let client = hubs.client(source, env).await.map_err(Stop::Failed)?;
+        emit::source::read_spectra(&client, source, files, data)
+            .await
+            .map_err(|e| {
+                Stop::Located(vec![Diagnostic::error(
+                    source_path(source),
+                    error_chain(&e),
+                )])
+            })?;
+    }
+    Ok(())
+}
+
 async fn compute(
     loaded: &emit::Loaded,
     file: &emit::EmitFile,
@@ -177,6 +202,9 @@ async fn compute(
                 break;
             }
         }
+    }
+    if stop.is_none() {
+        stop = read_spectra(&mut hubs, file, &mut data, env).await.err();
     }
     hubs.close().await;
     if let Some(stop) = stop {

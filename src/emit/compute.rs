@@ -302,7 +302,74 @@ fn figure(spec: &FigureSpec, rows: &[&Row]) -> Plot {
         PlotKind::Trajectory => crate::report::trajectory_plot(&data, &title, &metric),
         PlotKind::Overlap => crate::report::overlap_plot(&data),
         PlotKind::Weights => crate::report::weight_plot(&data),
+        PlotKind::Spectrum => crate::report::spectrum_plot(&data),
     }
+}
+
+/// The spectrum files a spectrum figure's rows name (`None` for rows without one).
+fn files_of<'a>(rows: &[&'a Row]) -> impl Iterator<Item = Option<&'a str>> {
+    rows.iter()
+        .map(|r| r.get("file").and_then(serde_json::Value::as_str))
+}
+
+/// The spectrum files each source's spectrum figures draw (one set per source, in order), to
+/// read before [`compute`]; selections that match nothing are left to [`compute`] to report.
+pub fn spectrum_files(file: &EmitFile, data: &[SourceData]) -> Vec<BTreeSet<String>> {
+    let mut files = vec![BTreeSet::new(); data.len()];
+    for spec in file.figures.iter().filter(|f| f.plot == PlotKind::Spectrum) {
+        if let (Ok(rows), Some(set)) = (
+            select(&spec.selection, file, data),
+            files.get_mut(spec.selection.source),
+        ) {
+            set.extend(files_of(&rows).flatten().map(str::to_owned));
+        }
+    }
+    files
+}
+
+/// The report's spectrum plot of a spectrum figure's rows: one line per row, its `centring`'s
+/// singular values from its spectrum file (read into `data` by the caller).
+fn spectrum_figure(
+    spec: &FigureSpec,
+    rows: &[&Row],
+    data: &SourceData,
+) -> Result<Plot, Diagnostic> {
+    let text = |row: &Row, column: &str| row.get(column).map(describe).unwrap_or_default();
+    let mut layer_spectra = Vec::new();
+    for (row, file) in rows.iter().zip(files_of(rows)) {
+        let values = file.and_then(|f| data.spectra.get(f)).ok_or_else(|| {
+            Diagnostic::error(
+                format!("{}/where", spec.selection.path),
+                format!(
+                    "the row of node `{}` has no spectrum file to draw",
+                    text(row, "node")
+                ),
+            )
+            .with_help("select rows of a sweep that kept its spectra (`file` is set)")
+        })?;
+        let centring = text(row, "centring");
+        let (values, suffix) = if centring == "raw" {
+            (&values.raw, " (raw)")
+        } else {
+            (&values.centred, "")
+        };
+        let label = format!(
+            "{}@{} {}{suffix}",
+            text(row, "model"),
+            text(row, "revision"),
+            text(row, "hook")
+        );
+        layer_spectra.push((label, values.clone()));
+    }
+    let layer = rows
+        .iter()
+        .find_map(|r| r.get("layer").and_then(serde_json::Value::as_u64))
+        .and_then(|l| u32::try_from(l).ok());
+    Ok(crate::report::spectrum_plot(&ReportData {
+        layer,
+        layer_spectra,
+        ..ReportData::default()
+    }))
 }
 
 /// Computes everything `file` emits from `data` (one entry per source, in order).
@@ -335,7 +402,17 @@ pub fn compute(file: &EmitFile, data: &[SourceData]) -> Result<Computed, Vec<Dia
     for spec in &file.figures {
         match select(&spec.selection, file, data) {
             Ok(rows) => {
-                let plot = figure(spec, &rows);
+                let plot = if spec.plot == PlotKind::Spectrum {
+                    match spectrum_figure(spec, &rows, &data[spec.selection.source]) {
+                        Ok(plot) => plot,
+                        Err(d) => {
+                            out.push(d);
+                            continue;
+                        }
+                    }
+                } else {
+                    figure(spec, &rows)
+                };
                 if plot.series.is_empty() {
                     out.push(
                         Diagnostic::error(

@@ -152,6 +152,9 @@ pub enum RawPlot {
     /// A spectra metric (`field`) against training step: one line per (model, hook, layer),
     /// revisions named `stepN`.
     Trajectory,
+    /// A layer's singular values (centred or raw, as the rows' `centring`), one line per
+    /// selected row, read from its spectrum file; the selection names one `layer`.
+    Spectrum,
 }
 
 /// One figure.

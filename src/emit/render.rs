@@ -332,6 +332,7 @@ pub fn render(file: &EmitFile, computed: &Computed, header: &Header) -> Vec<Outp
                 PlotKind::Overlap => "overlap",
                 PlotKind::Weights => "weights",
                 PlotKind::Trajectory => "trajectory",
+                PlotKind::Spectrum => "spectrum",
             },
             nodes
                 .iter()

@@ -18,6 +18,17 @@ pub type Row = serde_json::Map<String, serde_json::Value>;
 pub struct SourceData {
     /// Rows of each table, in file order.
     pub tables: HashMap<TableKind, Vec<Row>>,
+    /// Singular values of the spectrum files that spectrum figures draw, by path in the repo.
+    pub spectra: HashMap<String, SingularValues>,
+}
+
+/// The singular values of one spectrum file (non-increasing).
+#[derive(Debug, Clone, Default)]
+pub struct SingularValues {
+    /// Of `XᵀX`.
+    pub raw: Vec<f64>,
+    /// Of the centred Gram matrix.
+    pub centred: Vec<f64>,
 }
 
 impl SourceData {
@@ -198,4 +209,40 @@ pub async fn read(client: &HubClient, source: &Source) -> Result<SourceData, Sou
         data.tables.insert(kind, rows);
     }
     Ok(data)
+}
+
+/// Reads the spectrum files `files` of `source` at its commit through `client` into `data`.
+pub async fn read_spectra(
+    client: &HubClient,
+    source: &Source,
+    files: &std::collections::BTreeSet<String>,
+    data: &mut SourceData,
+) -> Result<(), SourceError> {
+    let repo = hub_repo(source)?;
+    let name = source.display();
+    for file in files {
+        let bytes = client
+            .download_bytes(&repo, &source.commit, file)
+            .await
+            .map_err(|source| SourceError::Hub {
+                repo: name.clone(),
+                path: file.clone(),
+                source: Box::new(source),
+            })?;
+        let spectrum = crate::analysis::Spectrum::from_safetensors(&bytes).map_err(|e| {
+            SourceError::Invalid {
+                repo: name.clone(),
+                path: file.clone(),
+                source: Box::new(e),
+            }
+        })?;
+        data.spectra.insert(
+            file.clone(),
+            SingularValues {
+                raw: spectrum.raw.singular_values,
+                centred: spectrum.centred.singular_values,
+            },
+        );
+    }
+    Ok(())
 }

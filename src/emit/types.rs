@@ -150,6 +150,8 @@ pub enum PlotKind {
     Weights,
     /// A spectra metric against training step.
     Trajectory,
+    /// A layer's singular values, one line per selected spectra row.
+    Spectrum,
 }
 
 /// One figure to emit.

@@ -145,7 +145,11 @@ fn figures(raw: &RawEmit, checker: &Checker<'_>, out: &mut Vec<Diagnostic>) -> V
             RawPlot::Trajectory => (PlotKind::Trajectory, TableKind::Spectra),
             RawPlot::Overlap => (PlotKind::Overlap, TableKind::Overlaps),
             RawPlot::Weights => (PlotKind::Weights, TableKind::Weights),
+            RawPlot::Spectrum => (PlotKind::Spectrum, TableKind::Spectra),
         };
+        if plot == PlotKind::Spectrum {
+            one_layer(figure.selection.get("layer"), &path, out);
+        }
         let field = figure
             .field
             .clone()
@@ -184,6 +188,28 @@ fn figures(raw: &RawEmit, checker: &Checker<'_>, out: &mut Vec<Diagnostic>) -> V
         }
     }
     figures
+}
+
+/// A spectrum figure draws one layer: its selection must name exactly one.
+fn one_layer(layer: Option<&RawScalarOrList>, path: &str, out: &mut Vec<Diagnostic>) {
+    let help = "a spectrum figure draws one layer's singular values: add `layer: N` to `where`";
+    match layer {
+        None => out.push(
+            Diagnostic::error(
+                format!("{path}/plot"),
+                "a `spectrum` figure needs a selection that names one `layer`",
+            )
+            .with_help(help),
+        ),
+        Some(RawScalarOrList::List(list)) if list.len() != 1 => out.push(
+            Diagnostic::error(
+                format!("{path}/where/layer"),
+                format!("a `spectrum` figure draws one layer, not {}", list.len()),
+            )
+            .with_help(help),
+        ),
+        Some(_) => {}
+    }
 }
 
 fn sources(raw: &RawEmit, out: &mut Vec<Diagnostic>) -> Vec<Source> {

@@ -191,7 +191,9 @@ pub fn trajectory_plot(
 /// `1e-8·σ₁` (docs/analysis.md).
 const NOISE_FLOOR: f64 = 1e-8;
 
-fn spectrum_plot(data: &ReportData) -> Plot {
+/// One line per entry of `data.layer_spectra`: singular values against index, log scale,
+/// titled with `data.layer` (values below the noise floor left out).
+pub fn spectrum_plot(data: &ReportData) -> Plot {
     Plot {
         title: format!(
             "singular values at layer {}",
@@ -400,7 +402,10 @@ mod tests {
         assert_eq!(
             lines,
             [
-                ("a hook_resid_post layer 0", &[(0.0, 1.0), (1000.0, 2.0)][..]),
+                (
+                    "a hook_resid_post layer 0",
+                    &[(0.0, 1.0), (1000.0, 2.0)][..]
+                ),
                 ("a hook_resid_post layer 1", &[(1000.0, 4.0)][..]),
             ],
             "`main` names no step and is left out"

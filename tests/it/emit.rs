@@ -24,7 +24,7 @@ pub(crate) fn run_quickstart(ctx: &TestContext, edit: &dyn Fn(String) -> String)
     head(ctx, "main")
 }
 
-fn with_client<T>(ctx: &TestContext, f: impl AsyncFnOnce(&HubClient) -> T) -> T {
+pub(crate) fn with_client<T>(ctx: &TestContext, f: impl AsyncFnOnce(&HubClient) -> T) -> T {
     runtime().block_on(async {
         let (server, client) = open_store(&ctx.child("hubsweep-home")).await;
         let out = f(&client).await;
@@ -124,7 +124,7 @@ figures:
     )
 }
 
-fn emit(ctx: &TestContext, file: &Path, mode: &str, dir: &Path) -> Output {
+pub(crate) fn emit(ctx: &TestContext, file: &Path, mode: &str, dir: &Path) -> Output {
     hubsweep(ctx)
         .arg("emit")
         .arg(file)
@@ -134,13 +134,13 @@ fn emit(ctx: &TestContext, file: &Path, mode: &str, dir: &Path) -> Output {
         .unwrap()
 }
 
-fn write(ctx: &TestContext, name: &str, text: &str) -> PathBuf {
+pub(crate) fn write(ctx: &TestContext, name: &str, text: &str) -> PathBuf {
     let path = ctx.child(name);
     std::fs::write(&path, text).unwrap();
     path
 }
 
-fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for sub in ["", "tables", "figures"] {
         let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {

@@ -7,6 +7,7 @@ mod card;
 mod common;
 mod emit;
 mod emit_latex;
+mod emit_spectrum;
 mod families;
 mod homes;
 mod hub;
