@@ -76,9 +76,7 @@ pub fn schema() -> &'static serde_json::Value {
 
 /// The schema as committed in `schemas/emit.schema.json` (pretty JSON, trailing newline).
 pub fn schema_text() -> String {
-    let mut text = serde_json::to_string_pretty(schema()).unwrap_or_default();
-    text.push('\n');
-    text
+    crate::spec::committed_schema_text(schema())
 }
 
 /// Loads an emit file from bytes. Never panics; all problems are in `diagnostics`.
@@ -93,19 +91,11 @@ pub fn load(file_name: &str, bytes: &[u8]) -> Loaded {
     let tree = match tree::parse(bytes) {
         Ok(tree) => tree,
         Err(err) => {
-            let location = match &err {
-                tree::ParseError::NotUtf8 { location, .. } => Some(*location),
-                tree::ParseError::Syntax { location, .. } => *location,
-                tree::ParseError::TooLarge { .. } | tree::ParseError::Empty => None,
-            };
-            let help = match &err {
-                tree::ParseError::NotUtf8 { .. } => "save the file as UTF-8",
-                tree::ParseError::TooLarge { .. } => "an emit file is a page of YAML",
-                tree::ParseError::Empty => "start from examples/paper/paper.yaml",
-                tree::ParseError::Syntax { .. } => "fix the YAML syntax at this position",
-            };
-            let mut d = Diagnostic::error("", err.to_string()).with_help(help);
-            d.location = location;
+            let d = err.diagnostic(&tree::FileHints {
+                what: "an emit file",
+                too_large: "an emit file is a page of YAML",
+                empty: "start from examples/paper/paper.yaml",
+            });
             if matches!(err, tree::ParseError::TooLarge { .. }) {
                 loaded.text = Arc::new(String::new());
             }

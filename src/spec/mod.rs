@@ -68,9 +68,14 @@ pub fn schema() -> &'static serde_json::Value {
     })
 }
 
-/// The schema as committed in `schemas/sweep.schema.json` (pretty JSON, trailing newline).
+/// The schema as committed in `schemas/sweep.schema.json`.
 pub fn schema_text() -> String {
-    let mut text = serde_json::to_string_pretty(schema()).unwrap_or_default();
+    committed_schema_text(schema())
+}
+
+/// A schema as the files under `schemas/` hold it: pretty JSON and a trailing newline.
+pub fn committed_schema_text(schema: &serde_json::Value) -> String {
+    let mut text = serde_json::to_string_pretty(schema).unwrap_or_default();
     text.push('\n');
     text
 }
@@ -88,26 +93,11 @@ pub fn load(file_name: &str, bytes: &[u8]) -> Loaded {
     let tree = match tree::parse(bytes) {
         Ok(tree) => tree,
         Err(err) => {
-            let location = match &err {
-                tree::ParseError::NotUtf8 { location, .. } => Some(*location),
-                tree::ParseError::Syntax { location, .. } => *location,
-                tree::ParseError::TooLarge { .. } | tree::ParseError::Empty => None,
-            };
-            let help = match &err {
-                tree::ParseError::NotUtf8 { .. } => "save the file as UTF-8",
-                tree::ParseError::TooLarge { .. } => {
-                    "a sweep spec is a page of YAML; put data in a `data.source` file"
-                }
-                tree::ParseError::Empty => "start from sweeps/quickstart.yaml",
-                tree::ParseError::Syntax { message, .. }
-                    if message.starts_with("budget breached") =>
-                {
-                    "a spec holds at most 200,000 values and 1,000 aliases; aliases of aliases multiply (an alias bomb)"
-                }
-                tree::ParseError::Syntax { .. } => "fix the YAML syntax at this position",
-            };
-            let mut d = Diagnostic::error("", err.to_string()).with_help(help);
-            d.location = location;
+            let d = err.diagnostic(&tree::FileHints {
+                what: "a spec",
+                too_large: "a sweep spec is a page of YAML; put data in a `data.source` file",
+                empty: "start from sweeps/quickstart.yaml",
+            });
             if matches!(err, tree::ParseError::TooLarge { .. }) {
                 // Do not ask miette to render a megabyte of source.
                 loaded.text = Arc::new(String::new());

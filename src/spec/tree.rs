@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use super::diag::Diagnostic;
+
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::{Budget, DuplicateKeyPolicy, Options, Spanned};
 
@@ -171,6 +173,42 @@ pub enum ParseError {
     /// The document is empty.
     #[error("spec is empty")]
     Empty,
+}
+
+/// What a kind of file should look like, for the hints of [`ParseError::diagnostic`].
+pub struct FileHints<'a> {
+    /// The file, as a hint names it ("a spec", "an emit file").
+    pub what: &'a str,
+    /// Said when the file is too large.
+    pub too_large: &'a str,
+    /// Said when the file is empty.
+    pub empty: &'a str,
+}
+
+impl ParseError {
+    /// The diagnostic of a file that does not parse: where, when known, and a hint.
+    pub fn diagnostic(&self, hints: &FileHints<'_>) -> Diagnostic {
+        let location = match self {
+            ParseError::NotUtf8 { location, .. } => Some(*location),
+            ParseError::Syntax { location, .. } => *location,
+            ParseError::TooLarge { .. } | ParseError::Empty => None,
+        };
+        let help = match self {
+            ParseError::NotUtf8 { .. } => "save the file as UTF-8".to_owned(),
+            ParseError::TooLarge { .. } => hints.too_large.to_owned(),
+            ParseError::Empty => hints.empty.to_owned(),
+            ParseError::Syntax { message, .. } if message.starts_with("budget breached") => {
+                format!(
+                    "{} holds at most 200,000 values and 1,000 aliases; aliases of aliases multiply (an alias bomb)",
+                    hints.what
+                )
+            }
+            ParseError::Syntax { .. } => "fix the YAML syntax at this position".to_owned(),
+        };
+        let mut d = Diagnostic::error("", self.to_string()).with_help(help);
+        d.location = location;
+        d
+    }
 }
 
 /// Parses YAML bytes into a tree, refusing oversized, non-UTF-8 and alias-bomb input early.
