@@ -113,11 +113,7 @@ enum KindArg {
 
 /// A repo argument by the one reference grammar ([`Reference`]): its hub, the repo (of the
 /// type written, else `kind`) and the revision (after `@`, else `revision`).
-fn repo_arg(
-    text: &str,
-    kind: KindArg,
-    revision: &str,
-) -> Result<(HubKind, Repo, String), Failure> {
+fn repo_arg(text: &str, kind: KindArg, revision: &str) -> Result<(HubKind, Repo, String), Failure> {
     let reference = match Reference::parse(text) {
         Ok(Reference::Repo(reference)) => reference,
         Ok(Reference::Folder(_)) => {

@@ -271,8 +271,8 @@ pub fn compute_node(job: &WeightJob) -> Result<(WeightNodeMetrics, Vec<u8>), Run
                 .map(|f| f.groups(this.config.n_heads, this.config.head_dim))
                 .filter(|(groups, group_rows)| rows == 3 * groups * group_rows);
             if let Some((groups, group_rows)) = groups {
-                let split = analysis::split_fused_qkv(&data, groups, group_rows, cols)
-                    .map_err(analysis)?;
+                let split =
+                    analysis::split_fused_qkv(&data, groups, group_rows, cols).map_err(analysis)?;
                 let part_rows = split.rows;
                 parts.push((Some("query"), split.query, part_rows));
                 parts.push((Some("key"), split.key, part_rows));

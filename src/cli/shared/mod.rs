@@ -13,7 +13,9 @@ use hubsweep::exec::{self, Embedded, EmbeddedHub, HubSettings, Session};
 use hubsweep::hub::{HubClient, Repo, RepoId};
 use hubsweep::model::{HubSource, ModelFiles};
 use hubsweep::spec::reference::{FORMS, Reference, RepoReference};
-use hubsweep::spec::{self, Diagnostic, HubKind, Loaded, RepoType, Severity, diag::Rendered, tree::Location};
+use hubsweep::spec::{
+    self, Diagnostic, HubKind, Loaded, RepoType, Severity, diag::Rendered, tree::Location,
+};
 
 pub use args::{Executor, RunArgs};
 pub use hubsweep::hub::client::error_chain;
@@ -375,17 +377,16 @@ pub async fn open_hub(
 /// repo from the embedded hub (a bundled model is imported on first use, as `run` does); an
 /// `hf://` or bare repo from the HF cache first, then the Hub endpoint.
 pub fn resolve_model(text: &str, env: &Env) -> Result<ModelFiles, Failure> {
-    let repo = match Reference::parse(text)
-        .map_err(|e| Failure::new(format!("{e}; write {FORMS}")))?
-    {
-        Reference::Folder(path) => return ModelFiles::from_dir(&path).map_err(Failure::of),
-        Reference::Repo(repo) if repo.repo_type == Some(RepoType::Dataset) => {
-            return Err(Failure::new(format!(
-                "`{text}` is a dataset repo; a model is needed"
-            )));
-        }
-        Reference::Repo(repo) => repo,
-    };
+    let repo =
+        match Reference::parse(text).map_err(|e| Failure::new(format!("{e}; write {FORMS}")))? {
+            Reference::Folder(path) => return ModelFiles::from_dir(&path).map_err(Failure::of),
+            Reference::Repo(repo) if repo.repo_type == Some(RepoType::Dataset) => {
+                return Err(Failure::new(format!(
+                    "`{text}` is a dataset repo; a model is needed"
+                )));
+            }
+            Reference::Repo(repo) => repo,
+        };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

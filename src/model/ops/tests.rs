@@ -24,9 +24,8 @@ fn fused_silu_mul_matches_candle() {
     let dev = Device::Cpu;
     let both = (Tensor::randn(0f32, 1.0, (3, 7, 2 * 37), &dev).unwrap() * 4.0).unwrap();
     let fused = silu_mul(&both).unwrap();
-    let plain = (both.narrow(2, 0, 37).unwrap().silu().unwrap()
-        * both.narrow(2, 37, 37).unwrap())
-    .unwrap();
+    let plain =
+        (both.narrow(2, 0, 37).unwrap().silu().unwrap() * both.narrow(2, 37, 37).unwrap()).unwrap();
     assert_eq!(fused.dims(), [3, 7, 37]);
     let a: Vec<f32> = fused.flatten_all().unwrap().to_vec1().unwrap();
     let b: Vec<f32> = plain.flatten_all().unwrap().to_vec1().unwrap();
