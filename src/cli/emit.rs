@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use hubsweep::emit::{self, Header, OutputFile, Source, check::Difference, source::SourceData};
+use hubsweep::emit::source::{Refusal, SourceData};
+use hubsweep::emit::{self, Header, OutputFile, Source, check::Difference};
 use hubsweep::exec::EmbeddedHub;
 use hubsweep::hub::HubClient;
-use hubsweep::ledger::verify::{self, VerifyError, VerifyOptions};
 use hubsweep::spec::{self, Diagnostic};
 
 use super::shared::{Failure, error_chain, hub_settings, render_diagnostics, runtime};
@@ -86,75 +86,62 @@ fn source_path(source: &Source) -> String {
     format!("/sources/{}", spec::tree::escape_pointer(&source.name))
 }
 
-/// Verifies (shallow) and reads one source.
+/// Verifies (shallow) and reads one source, rendering a refusal as a located diagnostic.
 async fn read_source(client: &HubClient, source: &Source) -> Result<SourceData, Stop> {
-    let repo = emit::source::hub_repo(source).map_err(|e| {
-        Stop::Located(vec![Diagnostic::error(
-            source_path(source),
-            error_chain(&e),
-        )])
-    })?;
     let located = |message: String, help: &str| {
         Stop::Located(vec![
             Diagnostic::error(source_path(source), message).with_help(help),
         ])
     };
-    let report = match verify::verify(client, &repo, &source.commit, &VerifyOptions::default())
+    emit::source::read_verified(client, source)
         .await
-    {
-        Ok(report) => report,
-        Err(e @ VerifyError::NotFound { .. }) => {
-            return Err(located(
+        .map_err(|refusal| match refusal {
+            Refusal::Missing(e) => located(
                 format!(
                     "source `{}` does not exist: {}",
                     source.name,
                     error_chain(&e)
                 ),
                 "check the repo name and the commit sha (`hubsweep verify REPO` prints the head's)",
-            ));
-        }
-        Err(e) => {
-            return Err(Stop::Failed(Failure::because(
+            ),
+            Refusal::Unverifiable(e) => Stop::Failed(Failure::because(
                 format!("cannot verify `{}`", source.display()),
                 e,
-            )));
-        }
-    };
-    if !report.passed() {
-        let failures: Vec<String> = report
-            .failures
-            .iter()
-            .take(5)
-            .map(|f| {
-                format!(
-                    "{} {} {}: {}",
-                    f.check.name(),
-                    f.node.as_deref().unwrap_or("-"),
-                    f.file.as_deref().unwrap_or("-"),
-                    f.message
+            )),
+            Refusal::DoesNotVerify(report) => {
+                let failures: Vec<String> = report
+                    .failures
+                    .iter()
+                    .take(5)
+                    .map(|f| {
+                        format!(
+                            "{} {} {}: {}",
+                            f.check.name(),
+                            f.node.as_deref().unwrap_or("-"),
+                            f.file.as_deref().unwrap_or("-"),
+                            f.message
+                        )
+                    })
+                    .collect();
+                located(
+                    format!(
+                        "source `{}` ({}) does not verify: {} failure(s): {}",
+                        source.name,
+                        source.display(),
+                        report.failures.len(),
+                        failures.join("; ")
+                    ),
+                    &format!(
+                        "`hubsweep verify {}` shows every failure; emit reads only ledgers that verify",
+                        source.display()
+                    ),
                 )
-            })
-            .collect();
-        return Err(located(
-            format!(
-                "source `{}` ({}) does not verify: {} failure(s): {}",
-                source.name,
-                source.display(),
-                report.failures.len(),
-                failures.join("; ")
-            ),
-            &format!(
-                "`hubsweep verify {}` shows every failure; emit reads only ledgers that verify",
-                source.display()
-            ),
-        ));
-    }
-    emit::source::read(client, source).await.map_err(|e| {
-        Stop::Located(vec![Diagnostic::error(
-            source_path(source),
-            error_chain(&e),
-        )])
-    })
+            }
+            Refusal::Read(e) => Stop::Located(vec![Diagnostic::error(
+                source_path(source),
+                error_chain(&e),
+            )]),
+        })
 }
 
 /// Reads the spectrum files the spectrum figures draw, from each source at its commit.

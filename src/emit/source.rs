@@ -8,6 +8,7 @@ use super::columns::TableKind;
 use super::types::Source;
 use crate::hub::{HubClient, HubError, Repo, RepoId};
 use crate::ledger::tables::{OverlapRow, SpectrumRow, WeightRow};
+use crate::ledger::verify::{self, VerifyError, VerifyOptions, VerifyReport};
 use crate::spec::RepoType;
 
 /// One row of a metrics table, as JSON (column → value).
@@ -129,6 +130,32 @@ where
             Err(e) => Err(invalid(Box::new(e))),
         })
         .collect()
+}
+
+/// Why a source was not read: `emit` reads only ledgers that verify.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The repo or commit does not exist.
+    Missing(VerifyError),
+    /// The verify could not run (the Hub failed).
+    Unverifiable(VerifyError),
+    /// Its ledger does not verify (shallow); the report says why.
+    DoesNotVerify(Box<VerifyReport>),
+    /// It verifies, but reading it failed.
+    Read(SourceError),
+}
+
+/// Verifies `source`'s ledger (shallow) at its commit, then reads it: what every front end of
+/// `emit` does with a source.
+pub async fn read_verified(client: &HubClient, source: &Source) -> Result<SourceData, Refusal> {
+    let repo = hub_repo(source).map_err(Refusal::Read)?;
+    match verify::verify(client, &repo, &source.commit, &VerifyOptions::default()).await {
+        Ok(report) if report.passed() => {}
+        Ok(report) => return Err(Refusal::DoesNotVerify(Box::new(report))),
+        Err(e @ VerifyError::NotFound { .. }) => return Err(Refusal::Missing(e)),
+        Err(e) => return Err(Refusal::Unverifiable(e)),
+    }
+    read(client, source).await.map_err(Refusal::Read)
 }
 
 /// Reads `source` at its commit through `client`.

@@ -42,8 +42,12 @@ fn head(ctx: &TestContext, revision: &str) -> String {
     })
 }
 
-/// The centred `hook_resid_post` rows of the GPT-NeoX model in `metrics/spectra.jsonl` at `sha`.
-fn neox_rows(ctx: &TestContext, sha: &str) -> Vec<serde_json::Value> {
+/// The rows of `metrics/spectra.jsonl` at `sha` that `keep` keeps.
+pub(crate) fn spectra_rows(
+    ctx: &TestContext,
+    sha: &str,
+    keep: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
     let bytes = with_client(ctx, async |client| {
         client
             .download_bytes(
@@ -58,10 +62,15 @@ fn neox_rows(ctx: &TestContext, sha: &str) -> Vec<serde_json::Value> {
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| {
-            r["model"] == NEOX && r["hook"] == "hook_resid_post" && r["centring"] == "centred"
-        })
+        .filter(|r| keep(r))
         .collect()
+}
+
+/// The centred `hook_resid_post` rows of the GPT-NeoX model in `metrics/spectra.jsonl` at `sha`.
+fn neox_rows(ctx: &TestContext, sha: &str) -> Vec<serde_json::Value> {
+    spectra_rows(ctx, sha, |r| {
+        r["model"] == NEOX && r["hook"] == "hook_resid_post" && r["centring"] == "centred"
+    })
 }
 
 fn paper(sha: &str, extra: &str) -> String {

@@ -5,27 +5,13 @@
 //! located error with nothing written.
 
 use crate::common::{TestContext, output_text};
-use crate::emit::{emit, files_of, run_quickstart, with_client, write};
-use crate::run::dataset;
+use crate::emit::{emit, files_of, run_quickstart, spectra_rows, write};
 
 /// The `metrics/spectra.jsonl` rows at `sha` of `hook_resid_post` at layer 1.
 fn layer_one_rows(ctx: &TestContext, sha: &str) -> Vec<serde_json::Value> {
-    let bytes = with_client(ctx, async |client| {
-        client
-            .download_bytes(
-                &dataset("hubsweep/quickstart"),
-                sha,
-                "metrics/spectra.jsonl",
-            )
-            .await
-            .unwrap()
-    });
-    String::from_utf8(bytes.to_vec())
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["hook"] == "hook_resid_post" && r["layer"] == 1)
-        .collect()
+    spectra_rows(ctx, sha, |r| {
+        r["hook"] == "hook_resid_post" && r["layer"] == 1
+    })
 }
 
 #[test]

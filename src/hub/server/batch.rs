@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::Limits;
 use super::faults::FaultState;
 use super::paths;
-use super::state::{ApiError, AppState};
+use super::state::{ApiError, AppState, git_repo_name};
 use super::store::RepoKey;
 use crate::hub::RepoType;
 
@@ -98,9 +98,7 @@ pub async fn batch(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let name = name_git
-        .strip_suffix(".git")
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not a git path"))?;
+    let name = git_repo_name(&name_git)?;
     let key = state.existing_repo(kind, &namespace, name)?;
     let request: BatchRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid batch body: {e}")))?;

@@ -18,7 +18,7 @@ use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 
 use super::faults::{self, FaultState};
 use super::paths;
-use super::state::{ApiError, AppState, ConnectionKill};
+use super::state::{ApiError, AppState, ConnectionKill, git_repo_name};
 use super::store::RepoKey;
 use crate::hub::RepoType;
 
@@ -377,9 +377,7 @@ pub async fn verify(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let name = name_git
-        .strip_suffix(".git")
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not a git path"))?;
+    let name = git_repo_name(&name_git)?;
     state.require_write(&headers)?;
     let _key: RepoKey = state.existing_repo(kind, &namespace, name)?;
     let request: VerifyRequest = serde_json::from_slice(&body)

@@ -388,3 +388,10 @@ impl From<std::io::Error> for ApiError {
         ApiError::from(StoreError::Io(error))
     }
 }
+
+/// The repo name of a git-style path segment `NAME.git` (the LFS endpoints); 404 otherwise.
+pub fn git_repo_name(name_git: &str) -> Result<&str, ApiError> {
+    name_git
+        .strip_suffix(".git")
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not a git path"))
+}
