@@ -48,7 +48,7 @@ fn commands_that_need_the_hub_fail_at_once_when_offline() {
         "plan took {:?}",
         started.elapsed()
     );
-    let cases: [(&str, Vec<&str>); 4] = [
+    let cases: [(&str, Vec<&str>); 5] = [
         ("run", vec!["run", &spec]),
         ("status", vec!["status", &spec]),
         (
@@ -68,6 +68,10 @@ fn commands_that_need_the_hub_fail_at_once_when_offline() {
         (
             "hub download",
             vec!["hub", "download", "someone/not-cached", "config.json"],
+        ),
+        (
+            "verify",
+            vec!["verify", "hf://datasets/someone/offline-results"],
         ),
     ];
     for (name, args) in cases {
