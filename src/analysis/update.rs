@@ -499,6 +499,8 @@ pub fn update_geometry(
         .numerical_rank()
         .min(update.kept())
         .min(base.rows.min(base.cols));
+    // `srank` is capped at the base vectors kept too (a fixed size past them is an error).
+    let srank_cap = max_k.min(base.kept());
     let mut geometry = UpdateGeometry {
         stable_rank_update: metrics.stable_rank,
         max_k,
@@ -515,7 +517,7 @@ pub fn update_geometry(
             }
             SubspaceChoice::Fixed(k) => k,
             SubspaceChoice::StableRank(_) => {
-                (metrics.stable_rank.round() as usize).max(1).min(max_k)
+                (metrics.stable_rank.round() as usize).max(1).min(srank_cap)
             }
         };
         if k > max_k || max_k == 0 {

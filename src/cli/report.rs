@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use hubsweep::analysis::Spectrum;
 use hubsweep::ledger::tables::{OVERLAPS_PATH, SPECTRA_PATH, WEIGHTS_PATH};
+use hubsweep::ledger::updates::{UPDATES_PATH, UPDATES_SUMMARY_PATH};
 use hubsweep::report::{self, ReportData};
 
 use super::shared::{Failure, error_chain, open_hub, parse_repo, runtime};
@@ -75,12 +76,23 @@ async fn gather(args: &ReportArgs, env: &Env) -> Result<String, Failure> {
         report::parse_rows(OVERLAPS_PATH, &fetch(OVERLAPS_PATH).await?).map_err(Failure::of)?;
     let weights =
         report::parse_rows(WEIGHTS_PATH, &fetch(WEIGHTS_PATH).await?).map_err(Failure::of)?;
+    // Only sweeps with adapters have the update tables.
+    let (updates, update_summary) = match fetch(UPDATES_PATH).await {
+        Ok(bytes) => (
+            report::parse_rows(UPDATES_PATH, &bytes).map_err(Failure::of)?,
+            report::parse_rows(UPDATES_SUMMARY_PATH, &fetch(UPDATES_SUMMARY_PATH).await?)
+                .map_err(Failure::of)?,
+        ),
+        Err(_) => (Vec::new(), Vec::new()),
+    };
     let mut data = ReportData {
         repo: target.display.clone(),
         file_base,
         spectra,
         overlaps,
         weights,
+        updates,
+        update_summary,
         ..ReportData::default()
     };
     // The middle one of the layers swept (a sweep may take every third layer).

@@ -21,6 +21,7 @@ mod records;
 pub mod session;
 mod steps;
 pub mod unit;
+pub mod updates;
 pub mod weights;
 
 use std::collections::BTreeMap;
@@ -88,7 +89,7 @@ pub enum RunEvent {
         label: String,
         /// Commit sha (or folder hash).
         commit: String,
-        /// Token windows the data makes for it.
+        /// Token windows the data makes for it (0 for an adapter, which sees no data).
         windows: usize,
     },
     /// The pinned plan against the ledger.

@@ -88,7 +88,7 @@ pub(super) async fn run_models(
             report.interrupted = true;
             break;
         }
-        let outcome = match steps::run_weight_nodes(run, m).await {
+        let outcome = match steps::run_weight_nodes(run, m, &mut report.failed).await {
             Ok(executed) => {
                 report.executed += executed;
                 steps::run_model(run, m, nodes, &label, spectra).await
@@ -149,8 +149,11 @@ async fn record_failure(
     });
     report.failed.push((label.to_owned(), message.clone()));
     let weight_nodes = plan.nodes.iter().enumerate().filter_map(|(i, node)| {
-        matches!(node.params, Params::WeightSpectrum { model, .. } if model as usize == m)
-            .then_some(i)
+        matches!(node.params,
+            Params::WeightSpectrum { model, .. }
+            | Params::BaseSvd { model, .. }
+            | Params::UpdateGeometry { model, .. } if model as usize == m)
+        .then_some(i)
     });
     for i in nodes.captures.iter().copied().chain(weight_nodes) {
         if done.contains(&i) {

@@ -413,6 +413,8 @@ impl PinnedModel {
 pub struct PinnedLookup<'a> {
     /// Pinned models, in plan order (the planner asks in the same order it expands).
     pub models: &'a [(ModelInstance, PinnedModel)],
+    /// Pinned adapters.
+    pub adapters: &'a [super::updates::PinnedAdapter],
 }
 
 impl ModelLookup for PinnedLookup<'_> {
@@ -431,6 +433,13 @@ impl ModelLookup for PinnedLookup<'_> {
             },
             None => ModelFacts::default(),
         }
+    }
+
+    fn adapter(&self, adapter: &crate::spec::expand::AdapterInstance) -> Option<(String, PathBuf)> {
+        self.adapters
+            .iter()
+            .find(|p| &p.instance == adapter)
+            .map(|p| (p.commit.clone(), p.dir.clone()))
     }
 }
 
@@ -456,6 +465,8 @@ pub async fn pin_and_plan(
             }) {
                 continue;
             }
+            let mut instance = instance;
+            instance.adapter = None;
             tracing::debug!(model = %format!("{}@{}", instance.source, instance.revision), "pinning a model revision");
             let mut model = pin_model(spec, &instance, &data, sources).await?;
             model.data = data_pin.clone();
@@ -467,7 +478,18 @@ pub async fn pin_and_plan(
             pinned.push((instance, model));
         }
     }
-    let lookup = PinnedLookup { models: &pinned };
+    let adapters = super::updates::pin_adapters(spec, sources).await?;
+    for adapter in &adapters {
+        events(&RunEvent::Pinned {
+            label: adapter.instance.label(),
+            commit: adapter.commit.clone(),
+            windows: 0,
+        });
+    }
+    let lookup = PinnedLookup {
+        models: &pinned,
+        adapters: &adapters,
+    };
     let options = PlanOptions {
         lookup: &lookup,
         data_hash: None,

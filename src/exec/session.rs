@@ -376,6 +376,11 @@ impl Session {
             pinned: pinned_models
                 .iter()
                 .map(|(i, p)| (format!("{}@{}", i.source, i.revision), p.commit.clone()))
+                .chain(
+                    plan.adapters
+                        .iter()
+                        .filter_map(|a| Some((a.label(), a.commit.clone()?))),
+                )
                 .collect(),
             ..RunReport::default()
         };

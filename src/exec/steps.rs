@@ -437,7 +437,14 @@ pub(super) async fn run_overlaps(
 
 /// Weight-spectrum nodes of model `m` (see [`weights`]); for a spec without `capture`, also the
 /// model's ledger record, which `run_model` writes otherwise.
-pub(super) async fn run_weight_nodes(run: &Run<'_>, m: usize) -> Result<usize, RunError> {
+///
+/// Its `base_svd` and `update_geometry` nodes run here too ([`super::updates`]); an update that
+/// failed is added to `failures`, and the model's ledger record then waits for a later run.
+pub(super) async fn run_weight_nodes(
+    run: &Run<'_>,
+    m: usize,
+    failures: &mut Vec<(String, String)>,
+) -> Result<usize, RunError> {
     let Run {
         spec,
         plan,
@@ -482,7 +489,10 @@ pub(super) async fn run_weight_nodes(run: &Run<'_>, m: usize) -> Result<usize, R
             .map_err(|_| RunError::Interrupted)?;
         executed += 1;
     }
+    let failed_before = failures.len();
+    executed += super::updates::run_update_nodes(run, m, failures).await?;
     if spec.capture.is_none()
+        && failures.len() == failed_before
         && let Some(c) = group_nodes(plan)[m].commit.filter(|c| !done.contains(c))
     {
         let _ = commits
@@ -498,7 +508,11 @@ pub(super) async fn run_weight_nodes(run: &Run<'_>, m: usize) -> Result<usize, R
 
 /// Downloads the weight files of `model` not in the cache yet, saying so first; Ctrl-C stops
 /// the download like it stops a capture.
-async fn fetch_weights(run: &Run<'_>, model: &PinnedModel, label: &str) -> Result<(), RunError> {
+pub(super) async fn fetch_weights(
+    run: &Run<'_>,
+    model: &PinnedModel,
+    label: &str,
+) -> Result<(), RunError> {
     tokio::select! {
         fetched = model.fetch_weights_saying(label, run.events) => fetched,
         () = run.cancel.cancelled() => Err(RunError::Interrupted),
@@ -517,6 +531,8 @@ pub(super) fn needs_weights(plan: &Plan, m: usize, done: &HashSet<usize>) -> boo
                     | Params::Artifact { .. }
                     | Params::Spectrum { .. }
                     | Params::WeightSpectrum { .. }
+                    | Params::BaseSvd { .. }
+                    | Params::UpdateGeometry { .. }
             )
     })
 }

@@ -27,10 +27,10 @@ pub const WEIGHTS_FORMAT: &str = "hubsweep.weights";
 
 /// Where one tensor lives in a checkpoint.
 #[derive(Debug, Clone)]
-struct TensorEntry {
+pub(super) struct TensorEntry {
     file: PathBuf,
     dtype: String,
-    shape: Vec<usize>,
+    pub(super) shape: Vec<usize>,
     /// Absolute byte range in the file.
     start: u64,
     end: u64,
@@ -38,7 +38,9 @@ struct TensorEntry {
 
 /// The tensors of a checkpoint, from the safetensors headers alone (read by the same checked
 /// parser as `verify --deep`: a checkpoint is input from anywhere).
-fn checkpoint_index(files: &[PathBuf]) -> Result<BTreeMap<String, TensorEntry>, RunError> {
+pub(super) fn checkpoint_index(
+    files: &[PathBuf],
+) -> Result<BTreeMap<String, TensorEntry>, RunError> {
     use crate::ledger::verify::header;
     let mut index = BTreeMap::new();
     for path in files {
@@ -74,7 +76,7 @@ fn checkpoint_index(files: &[PathBuf]) -> Result<BTreeMap<String, TensorEntry>, 
 }
 
 /// Reads one tensor as f64 (exact for every float dtype a checkpoint stores).
-fn read_tensor(key: &str, entry: &TensorEntry) -> Result<Vec<f64>, RunError> {
+pub(super) fn read_tensor(key: &str, entry: &TensorEntry) -> Result<Vec<f64>, RunError> {
     let invalid = |reason: String| RunError::Io {
         path: entry.file.clone(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, reason),
@@ -117,7 +119,7 @@ fn read_tensor(key: &str, entry: &TensorEntry) -> Result<Vec<f64>, RunError> {
 }
 
 /// Matrix keys of a checkpoint (2-D tensors; norms and biases are 1-D and have no spectrum).
-fn matrix_keys(index: &BTreeMap<String, TensorEntry>) -> Vec<&str> {
+pub(super) fn matrix_keys(index: &BTreeMap<String, TensorEntry>) -> Vec<&str> {
     index
         .iter()
         .filter(|(_, e)| e.shape.len() == 2)
@@ -196,7 +198,35 @@ impl WeightJob {
 }
 
 /// One matrix to decompose: its part name (`None` for the whole matrix), values and rows.
-type MatrixPart = (Option<&'static str>, Vec<f64>, usize);
+pub(super) type MatrixPart = (Option<&'static str>, Vec<f64>, usize);
+
+/// A checkpoint matrix of `module` as the matrices it is analysed as: read as d_out × d_in
+/// (GPT-2's Conv1D weights are stored [in, out]), and for a fused QKV weight also its query,
+/// key and value parts. Returns the columns and the parts, the whole matrix first.
+pub(super) fn matrix_parts(
+    config: &crate::model::ModelConfig,
+    module: &str,
+    data: Vec<f64>,
+    rows: usize,
+    cols: usize,
+) -> Result<(usize, Vec<MatrixPart>), analysis::AnalysisError> {
+    let layout = config.family.matrix_layout(module);
+    let (data, rows, cols) = layout.to_out_in(data, rows, cols);
+    let groups = layout
+        .fused_qkv
+        .map(|f| f.groups(config.n_heads, config.head_dim))
+        .filter(|(groups, group_rows)| rows == 3 * groups * group_rows);
+    let mut parts: Vec<MatrixPart> = Vec::new();
+    if let Some((groups, group_rows)) = groups {
+        let split = analysis::split_fused_qkv(&data, groups, group_rows, cols)?;
+        let part_rows = split.rows;
+        parts.push((Some("query"), split.query, part_rows));
+        parts.push((Some("key"), split.key, part_rows));
+        parts.push((Some("value"), split.value, part_rows));
+    }
+    parts.insert(0, (None, data, rows));
+    Ok((cols, parts))
+}
 
 /// Computes one weight-spectrum node: its ledger metrics and the bytes of its safetensors
 /// file. Runs on the calling thread (call it from `spawn_blocking`). Matrices are read in
@@ -262,23 +292,8 @@ pub fn compute_node(job: &WeightJob) -> Result<(WeightNodeMetrics, Vec<u8>), Run
                 }
                 None => weight,
             };
-            let mut parts: Vec<MatrixPart> = Vec::new();
-            // GPT-2's Conv1D weights are stored [in, out]: read every matrix as d_out × d_in.
-            let layout = this.config.family.matrix_layout(&found.module);
-            let (data, rows, cols) = layout.to_out_in(data, rows, cols);
-            let groups = layout
-                .fused_qkv
-                .map(|f| f.groups(this.config.n_heads, this.config.head_dim))
-                .filter(|(groups, group_rows)| rows == 3 * groups * group_rows);
-            if let Some((groups, group_rows)) = groups {
-                let split =
-                    analysis::split_fused_qkv(&data, groups, group_rows, cols).map_err(analysis)?;
-                let part_rows = split.rows;
-                parts.push((Some("query"), split.query, part_rows));
-                parts.push((Some("key"), split.key, part_rows));
-                parts.push((Some("value"), split.value, part_rows));
-            }
-            parts.insert(0, (None, data, rows));
+            let (cols, parts) =
+                matrix_parts(&this.config, &found.module, data, rows, cols).map_err(analysis)?;
             loaded.push((found, cols, parts));
         }
         let views = loaded

@@ -15,6 +15,7 @@ pub mod card;
 pub mod record;
 pub mod state;
 pub mod tables;
+pub mod updates;
 pub mod verify;
 
 use std::collections::BTreeMap;

@@ -195,6 +195,11 @@ fn jsonl<T: Serialize>(rows: &[T]) -> Vec<u8> {
 /// nodes and nodes of other plans are left out. Rows follow the plan's order.
 pub fn tables(plan: &Plan, records: &HashMap<String, &Record>) -> Vec<(String, Vec<u8>)> {
     let (mut spectra, mut overlaps, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+    let mut updates = Vec::new();
+    let has_updates = plan
+        .nodes
+        .iter()
+        .any(|n| matches!(n.params, Params::UpdateGeometry { .. }));
     for node in &plan.nodes {
         let Some(id) = node.id.map(|id| id.to_hex()) else {
             continue;
@@ -302,14 +307,41 @@ pub fn tables(plan: &Plan, records: &HashMap<String, &Record>) -> Vec<(String, V
                     });
                 }
             }
+            Params::UpdateGeometry {
+                model: m, module, ..
+            } => {
+                let Ok(node_metrics) =
+                    serde_json::from_value::<super::updates::UpdateNodeMetrics>(metrics.clone())
+                else {
+                    continue;
+                };
+                let (model, revision) = model(*m);
+                updates.extend(super::updates::rows(
+                    &model,
+                    &revision,
+                    module,
+                    &node_metrics,
+                    &id,
+                ));
+            }
             _ => {}
         }
     }
-    vec![
+    let mut out = vec![
         (SPECTRA_PATH.to_owned(), jsonl(&spectra)),
         (OVERLAPS_PATH.to_owned(), jsonl(&overlaps)),
         (WEIGHTS_PATH.to_owned(), jsonl(&weights)),
-    ]
+    ];
+    // Only sweeps with adapters have these two (the others' repos stay as they were).
+    if has_updates {
+        let summary = super::updates::summary(&updates);
+        out.push((super::updates::UPDATES_PATH.to_owned(), jsonl(&updates)));
+        out.push((
+            super::updates::UPDATES_SUMMARY_PATH.to_owned(),
+            jsonl(&summary),
+        ));
+    }
+    out
 }
 
 /// The files written in the one commit that closes a sweep, all derived from `records` (every

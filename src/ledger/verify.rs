@@ -20,6 +20,7 @@ pub mod header;
 mod report;
 mod shallow;
 mod spectra;
+mod updates;
 
 use std::collections::HashMap;
 

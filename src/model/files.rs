@@ -246,6 +246,47 @@ fn linked_elsewhere(entry: &Path, blob: &Path) -> bool {
 }
 
 /// A downloader for `source` and `repo` as a model repo.
+/// Fetches `names` from `folder` (`None`: the root) of model repo `repo` at `revision` into the
+/// cache, the first one resolving the revision and the rest taken at the commit it resolved to
+/// (so a branch that moves meanwhile cannot mix two commits). Returns the local folder holding
+/// them and that commit, when the cache layout shows it.
+pub async fn fetch_folder(
+    source: &HubSource,
+    repo: &str,
+    revision: &str,
+    folder: Option<&str>,
+    names: &[&str],
+) -> Result<(PathBuf, Option<String>), ModelError> {
+    let (downloader, hub_repo) = open(source, repo)?;
+    let path_of = |name: &str| match folder {
+        Some(folder) => format!("{}/{name}", folder.trim_end_matches('/')),
+        None => name.to_owned(),
+    };
+    let mut dir = None;
+    let mut commit: Option<String> = None;
+    for name in names {
+        let at = commit.as_deref().unwrap_or(revision);
+        let got = downloader
+            .get(&hub_repo, at, &path_of(name))
+            .await
+            .map_err(download_err)?;
+        let folder_dir = got.parent().map(Path::to_path_buf).unwrap_or_default();
+        if commit.is_none() {
+            let mut snapshot = folder_dir.clone();
+            for _ in 0..folder.map_or(0, |f| f.trim_end_matches('/').split('/').count()) {
+                snapshot.pop();
+            }
+            commit = snapshot
+                .file_name()
+                .and_then(|n| n.to_str())
+                .filter(|n| is_commit_id(n))
+                .map(str::to_string);
+        }
+        dir.get_or_insert(folder_dir);
+    }
+    Ok((dir.unwrap_or_default(), commit))
+}
+
 fn open(source: &HubSource, repo: &str) -> Result<(Downloader, Repo), ModelError> {
     let downloader = Downloader::new(source.clone()).map_err(download_err)?;
     let repo = parse_repo(RepoType::Model, repo).map_err(download_err)?;

@@ -174,7 +174,9 @@ impl FileCount {
                     count.hooked += 1;
                     (*model, *layer)
                 }
-                Params::WeightSpectrum { model, .. } => (*model, None),
+                Params::WeightSpectrum { model, .. }
+                | Params::BaseSvd { model, .. }
+                | Params::UpdateGeometry { model, .. } => (*model, None),
                 _ => continue,
             };
             count.nodes += 1;

@@ -123,6 +123,15 @@ pub struct ModelFacts {
 pub trait ModelLookup: Sync {
     /// Facts about `source` at `revision`.
     fn lookup(&self, source: &ModelSource, revision: &str) -> ModelFacts;
+
+    /// The pin of an adapter (commit sha, or `sha256:` of a local folder's files), and the
+    /// folder holding its files, when pinned.
+    fn adapter(
+        &self,
+        _adapter: &crate::spec::expand::AdapterInstance,
+    ) -> Option<(String, PathBuf)> {
+        None
+    }
 }
 
 /// A lookup that knows nothing: every model is unpinned with unknown dimensions.

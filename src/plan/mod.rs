@@ -11,6 +11,7 @@ pub mod lookup;
 pub mod node;
 mod record;
 pub mod render;
+pub mod updates;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -23,6 +24,7 @@ pub use id::NodeId;
 pub use lookup::{LocalLookup, ModelDims, ModelFacts, ModelLookup, NoLookup};
 pub use node::{Node, NodeKind, Params, Windows};
 pub use record::{ACTIVATIONS_DIR, artifact_path, model_slug};
+pub use updates::{PlannedAdapter, step_of};
 
 use crate::spec::{
     Analysis, Between, DataSource, Diagnostic, Hook, ModelInstance, OutputRepo, SweepSpec,
@@ -82,6 +84,8 @@ pub struct Plan {
     pub output: OutputRepo,
     /// Model revisions, in expansion order.
     pub models: Vec<PlannedModel>,
+    /// Adapters, in expansion order, each trained on one of `models`.
+    pub adapters: Vec<PlannedAdapter>,
     /// Nodes; inputs always precede the nodes that use them.
     pub nodes: Vec<Node>,
     /// Estimates.
@@ -112,9 +116,19 @@ pub fn inline_data_hash(spec: &SweepSpec) -> Option<String> {
 pub fn build(spec: &SweepSpec, options: &PlanOptions) -> Plan {
     let mut diagnostics = Vec::new();
     let mut instances: Vec<ModelInstance> = Vec::new();
+    let mut adapters = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for group in &spec.models {
-        for instance in expand_group(group, &mut Vec::new()) {
+        for mut instance in expand_group(group, &mut Vec::new()) {
+            // An adapter's base is a model of the plan; many adapters share one base.
+            if let Some(adapter) = instance.adapter.take() {
+                adapters.push((instance.clone(), adapter));
+                if !seen.insert((instance.source.clone(), instance.revision.clone())) {
+                    continue;
+                }
+                instances.push(instance);
+                continue;
+            }
             if !seen.insert((instance.source.clone(), instance.revision.clone())) {
                 diagnostics.push(Diagnostic::warning(
                     format!("/models/{}", group.index),
@@ -137,6 +151,7 @@ pub fn build(spec: &SweepSpec, options: &PlanOptions) -> Plan {
         name: spec.name.clone(),
         output: spec.output.clone(),
         models,
+        adapters: Vec::new(),
         nodes: Vec::new(),
         estimates: Estimates::default(),
         diagnostics,
@@ -147,6 +162,7 @@ pub fn build(spec: &SweepSpec, options: &PlanOptions) -> Plan {
         seq_len: spec.data.seq_len,
         prepend_bos: spec.data.prepend_bos,
     };
+    plan.plan_adapters(adapters, options.lookup);
     plan.add_nodes(spec);
     plan.assign_ids();
     plan.estimates = estimate::estimate(spec, &plan);
@@ -286,9 +302,12 @@ impl Plan {
     fn add_nodes(&mut self, spec: &SweepSpec) {
         let top_k = spec.analyses.iter().find_map(|a| match a {
             Analysis::Spectrum { top_k } => Some(*top_k),
-            Analysis::Overlap { .. } => None,
+            _ => None,
         });
-        let wants_spectra = !spec.analyses.is_empty();
+        let wants_spectra = spec
+            .analyses
+            .iter()
+            .any(|a| !matches!(a, Analysis::UpdateGeometry(_)));
         // Per model, its spectrum nodes by (hook, layer), in that order: for overlaps.
         let mut spectra: Vec<ModelSpectra> = vec![Vec::new(); self.models.len()];
         let mut resolves = Vec::with_capacity(self.models.len());
@@ -366,6 +385,7 @@ impl Plan {
         }
         let mut finals = Vec::new();
         self.add_weight_spectra(spec, &resolves, &mut commits);
+        self.add_update_geometry(spec, &resolves, &mut commits);
         for (m, produced) in commits {
             let c = self.push(
                 NodeKind::LedgerCommit,
@@ -564,7 +584,9 @@ pub fn node_model(node: &Node) -> Option<u32> {
         | Params::Capture { model, .. }
         | Params::Artifact { model, .. }
         | Params::Spectrum { model, .. }
-        | Params::WeightSpectrum { model, .. } => Some(*model),
+        | Params::WeightSpectrum { model, .. }
+        | Params::BaseSvd { model, .. }
+        | Params::UpdateGeometry { model, .. } => Some(*model),
         Params::LedgerCommit { model } => *model,
         Params::Overlap { .. } => None,
     }

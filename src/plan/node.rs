@@ -21,19 +21,26 @@ pub enum NodeKind {
     Overlap,
     /// Singular values of one weight module (or its delta from a base revision).
     WeightSpectrum,
+    /// Top singular vectors of a base model's weights matched by one module pattern, shared by
+    /// every adapter trained on that base.
+    BaseSvd,
+    /// Spectra of one adapter's updates ΔW and their geometry against the base's weights.
+    UpdateGeometry,
     /// The ledger commit recording one model revision's results (or the final compaction).
     LedgerCommit,
 }
 
 impl NodeKind {
     /// Every kind, in pipeline order.
-    pub const ALL: [NodeKind; 7] = [
+    pub const ALL: [NodeKind; 9] = [
         NodeKind::Resolve,
         NodeKind::Capture,
         NodeKind::Artifact,
         NodeKind::Spectrum,
         NodeKind::Overlap,
         NodeKind::WeightSpectrum,
+        NodeKind::BaseSvd,
+        NodeKind::UpdateGeometry,
         NodeKind::LedgerCommit,
     ];
 
@@ -46,6 +53,8 @@ impl NodeKind {
             NodeKind::Spectrum => "spectrum",
             NodeKind::Overlap => "overlap",
             NodeKind::WeightSpectrum => "weight_spectrum",
+            NodeKind::BaseSvd => "base_svd",
+            NodeKind::UpdateGeometry => "update_geometry",
             NodeKind::LedgerCommit => "ledger_commit",
         }
     }
@@ -136,6 +145,27 @@ pub enum Params {
         module: String,
         /// Base model index for a delta.
         delta_from: Option<u32>,
+    },
+    /// The base's top singular vectors of the weights one module pattern matches.
+    BaseSvd {
+        /// Model index (the base).
+        model: u32,
+        /// Module pattern.
+        module: String,
+        /// Singular vector pairs kept.
+        keep: u32,
+    },
+    /// One adapter's updates of the weights one module pattern matches; input: the base's
+    /// `base_svd` node of that pattern.
+    UpdateGeometry {
+        /// Adapter index ([`super::Plan::adapters`]).
+        adapter: u32,
+        /// Model index of its base.
+        model: u32,
+        /// Module pattern.
+        module: String,
+        /// Subspace sizes (shared by every node of one analysis).
+        k: std::sync::Arc<Vec<crate::analysis::SubspaceChoice>>,
     },
     /// A ledger commit (`None`: the final compaction).
     LedgerCommit {

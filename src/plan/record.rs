@@ -54,6 +54,21 @@ pub(super) struct WeightParams<'a> {
 }
 
 #[derive(Serialize)]
+pub(super) struct BaseSvdParams<'a> {
+    keep: u32,
+    module: &'a str,
+}
+
+#[derive(Serialize)]
+pub(super) struct UpdateParams<'a> {
+    adapter: String,
+    adapter_revision: &'a str,
+    k: &'a [crate::analysis::SubspaceChoice],
+    module: &'a str,
+    subfolder: Option<&'a str>,
+}
+
+#[derive(Serialize)]
 pub(super) struct CommitParams {
     model: Option<String>,
 }
@@ -68,6 +83,8 @@ pub(super) enum AnyParams<'a> {
     Spectrum(SpectrumParams),
     Overlap(OverlapParams<'a>),
     Weight(WeightParams<'a>),
+    BaseSvd(BaseSvdParams<'a>),
+    Update(UpdateParams<'a>),
     Commit(CommitParams),
 }
 
@@ -183,6 +200,32 @@ impl Plan {
                     m.slug, m.instance.revision
                 ))
             }
+            Params::BaseSvd { model, module, .. } => {
+                let m = &self.models[*model as usize];
+                let module = module.replace('*', "_");
+                let short = &id.to_hex()[..12];
+                Some(format!(
+                    "updates/{}/{}/base/{module}-{short}.safetensors",
+                    m.slug, m.instance.revision
+                ))
+            }
+            Params::UpdateGeometry {
+                adapter, module, ..
+            } => {
+                let a = &self.adapters[*adapter as usize];
+                let m = &self.models[a.base as usize];
+                let module = module.replace('*', "_");
+                let short = &id.to_hex()[..12];
+                let folder = a
+                    .instance
+                    .subfolder
+                    .as_deref()
+                    .map_or_else(String::new, |f| format!("{f}/"));
+                Some(format!(
+                    "updates/{}/{}/{}/{}/{folder}{module}-{short}.safetensors",
+                    m.slug, m.instance.revision, a.slug, a.instance.revision
+                ))
+            }
             _ => None,
         }
     }
@@ -242,6 +285,17 @@ impl Plan {
                 ),
                 None => format!("weights {} {module}", ml(*model)),
             },
+            Params::BaseSvd { model, module, .. } => format!("base_svd {} {module}", ml(*model)),
+            Params::UpdateGeometry {
+                adapter,
+                model,
+                module,
+                ..
+            } => format!(
+                "update_geometry {} on {} {module}",
+                self.adapters[*adapter as usize].label(),
+                ml(*model)
+            ),
             Params::LedgerCommit { model: Some(m) } => format!("ledger {}", ml(*m)),
             Params::LedgerCommit { model: None } => "ledger final".to_owned(),
         }
@@ -303,6 +357,22 @@ impl Plan {
                 delta_from: delta_from.map(|b| self.revision(b)),
                 module,
             }),
+            Params::BaseSvd { module, keep, .. } => AnyParams::BaseSvd(BaseSvdParams {
+                keep: *keep,
+                module,
+            }),
+            Params::UpdateGeometry {
+                adapter, module, k, ..
+            } => {
+                let a = &self.adapters[*adapter as usize].instance;
+                AnyParams::Update(UpdateParams {
+                    adapter: a.source.to_string(),
+                    adapter_revision: &a.revision,
+                    k,
+                    module,
+                    subfolder: a.subfolder.as_deref(),
+                })
+            }
             Params::LedgerCommit { model } => AnyParams::Commit(CommitParams {
                 model: model.map(|m| self.models[m as usize].label()),
             }),
@@ -325,9 +395,14 @@ impl Plan {
                 };
                 serde_json::to_value(pins).ok().map(Cow::Owned)
             }
-            Params::WeightSpectrum { model, .. } => Some(Cow::Owned(
-                serde_json::json!({ "commit": commit_of(*model)? }),
-            )),
+            Params::WeightSpectrum { model, .. } | Params::BaseSvd { model, .. } => Some(
+                Cow::Owned(serde_json::json!({ "commit": commit_of(*model)? })),
+            ),
+            // The base is pinned through the input (its base_svd node).
+            Params::UpdateGeometry { adapter, .. } => {
+                let commit = self.adapters[*adapter as usize].commit.as_deref()?;
+                Some(Cow::Owned(serde_json::json!({ "commit": commit })))
+            }
             _ => Some(Cow::Borrowed(&self.empty_pins)),
         }
     }

@@ -1,4 +1,4 @@
-//! The columns of the report's three tables, listed once: the HTML page and the CSV file write
+//! The columns of the report's tables, listed once: the HTML page and the CSV file write
 //! the same columns in the same order, each cell formatted for its medium.
 
 use std::fmt::Write as _;
@@ -101,6 +101,33 @@ pub(super) const WEIGHTS: &[Column<WeightRow>] = with_metrics![
     column("rows", "rows", |r| Cell::Count(r.rows as u64)),
     column("cols", "cols", |r| Cell::Count(r.cols as u64));
     column("file", "file", |r| Cell::File(r.file.as_deref()))
+];
+
+/// The update-geometry table (`metrics/updates.jsonl`).
+pub(super) const UPDATES: &[Column<crate::ledger::updates::UpdateRow>] = &[
+    column("adapter", "adapter", |r| Cell::Text(&r.adapter)),
+    column("revision", "revision", |r| Cell::Text(&r.revision)),
+    column("subfolder", "subfolder", |r| {
+        Cell::Text(r.subfolder.as_deref().unwrap_or(""))
+    }),
+    column("step", "step", |r| Cell::Count(r.step)),
+    column("key", "key", |r| Cell::Text(&r.key)),
+    column("part", "part", |r| {
+        Cell::Text(r.part.as_deref().unwrap_or(""))
+    }),
+    column("k", "k", |r| Cell::Text(&r.k_choice)),
+    column("k_used", "k used", |r| Cell::Count(r.k as u64)),
+    column("p_left", "p left", |r| Cell::Number(r.p_left, 4)),
+    column("p_right", "p right", |r| Cell::Number(r.p_right, 4)),
+    column("bonus_left", "bonus left", |r| {
+        Cell::Number(r.bonus_left, 2)
+    }),
+    column("bonus_right", "bonus right", |r| {
+        Cell::Number(r.bonus_right, 2)
+    }),
+    column("stable_rank_update", "stable rank ΔW", |r| {
+        Cell::Number(r.stable_rank_update, 3)
+    }),
 ];
 
 /// Appends a CSV section: `# title`, the header, one line per row.

@@ -4,6 +4,7 @@
 
 mod columns;
 mod svg;
+mod updates;
 
 use std::fmt::Write as _;
 
@@ -12,6 +13,7 @@ use serde::Serialize;
 use crate::ledger::tables::{OverlapRow, SpectrumRow, WeightRow};
 
 pub use svg::{Guide, Plot, Series, render as render_svg};
+pub use updates::{update_layer_plot, update_trajectory_plot};
 
 /// What a report draws.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -26,6 +28,10 @@ pub struct ReportData {
     pub overlaps: Vec<OverlapRow>,
     /// Rows of `metrics/weights.jsonl`.
     pub weights: Vec<WeightRow>,
+    /// Rows of `metrics/updates.jsonl` (sweeps with adapters).
+    pub updates: Vec<crate::ledger::updates::UpdateRow>,
+    /// Rows of `metrics/updates_summary.jsonl`.
+    pub update_summary: Vec<crate::ledger::updates::UpdateSummaryRow>,
     /// The chosen layer.
     pub layer: Option<u32>,
     /// Singular values of the chosen layer's spectra: label and values (non-increasing).
@@ -289,14 +295,15 @@ pub fn render_html(data: &ReportData) -> String {
         ("spectrum", spectrum_plot(data)),
         ("weight-rank", weight_plot(data)),
     ];
-    for (id, plot) in &plots {
+    let plots = plots.into_iter().chain(updates::update_plots(data));
+    for (id, plot) in plots {
         if plot.series.is_empty() {
             continue;
         }
         let _ = writeln!(
             html,
             "<figure id=\"{id}\">{}</figure>",
-            svg::render(plot, 1100, 360)
+            svg::render(&plot, 1100, 360)
         );
     }
     let link = |file: Option<&str>| match file {
@@ -324,6 +331,9 @@ pub fn render_html(data: &ReportData) -> String {
     if !data.weights.is_empty() {
         columns::html_table(&mut html, "weights", columns::WEIGHTS, &data.weights, &link);
     }
+    if !data.updates.is_empty() {
+        columns::html_table(&mut html, "updates", columns::UPDATES, &data.updates, &link);
+    }
     html.push_str("</body></html>\n");
     html
 }
@@ -335,6 +345,8 @@ pub fn render_json(data: &ReportData) -> String {
         "spectra": data.spectra,
         "overlaps": data.overlaps,
         "weights": data.weights,
+        "updates": data.updates,
+        "updates_summary": data.update_summary,
     }))
     .unwrap_or_default()
 }
@@ -346,6 +358,9 @@ pub fn render_csv(data: &ReportData) -> String {
     columns::csv_section(&mut out, "spectra", columns::SPECTRA, &data.spectra);
     columns::csv_section(&mut out, "overlaps", columns::OVERLAPS, &data.overlaps);
     columns::csv_section(&mut out, "weights", columns::WEIGHTS, &data.weights);
+    if !data.updates.is_empty() {
+        columns::csv_section(&mut out, "updates", columns::UPDATES, &data.updates);
+    }
     out
 }
 

@@ -330,9 +330,10 @@ impl ReproduceReport {
     }
 }
 
-/// Commits of the recorded resolve records, by `source@revision`.
+/// Commits of the recorded resolve records, by `source@revision`, and of the adapters the
+/// `update_geometry` records pinned (by the adapter's `source@revision`).
 fn recorded_commits(records: &HashMap<String, Record>) -> BTreeMap<String, String> {
-    records
+    let models = records
         .values()
         .filter(|r| r.kind == NodeKind::Resolve.as_str() && r.error.is_none())
         .filter_map(|r| {
@@ -340,8 +341,17 @@ fn recorded_commits(records: &HashMap<String, Record>) -> BTreeMap<String, Strin
             let revision = r.params["revision"].as_str()?;
             let commit = r.metrics.as_ref()?["commit"].as_str()?;
             Some((format!("{model}@{revision}"), commit.to_owned()))
-        })
-        .collect()
+        });
+    let adapters = records
+        .values()
+        .filter(|r| r.kind == NodeKind::UpdateGeometry.as_str())
+        .filter_map(|r| {
+            let adapter = r.params["adapter"].as_str()?;
+            let revision = r.params["adapter_revision"].as_str()?;
+            let commit = r.pins["commit"].as_str()?;
+            Some((format!("{adapter}@{revision}"), commit.to_owned()))
+        });
+    models.chain(adapters).collect()
 }
 
 /// The device class the recorded captures ran on (`cpu` when nothing was captured).

@@ -25,6 +25,30 @@ pub struct ModelInstance {
     pub revision: String,
     /// Axis values that produced it (`revision` included).
     pub axes: BTreeMap<String, String>,
+    /// The adapter trained on it, for a group with `adapter:`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterInstance>,
+}
+
+/// One adapter after expansion: the group's `adapter:` templates filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct AdapterInstance {
+    /// Where its files are.
+    pub source: ModelSource,
+    /// Requested revision of its repo.
+    pub revision: String,
+    /// Folder inside the repo (`None`: the root).
+    pub subfolder: Option<String>,
+}
+
+impl AdapterInstance {
+    /// `repo@revision[/subfolder]`, for labels.
+    pub fn label(&self) -> String {
+        match &self.subfolder {
+            Some(folder) => format!("{}@{}/{folder}", self.source, self.revision),
+            None => format!("{}@{}", self.source, self.revision),
+        }
+    }
 }
 
 /// Expands one group; warnings (rules that change nothing) go to `diagnostics`.
@@ -107,12 +131,18 @@ pub fn expand_group(group: &ModelGroup, diagnostics: &mut Vec<Diagnostic>) -> Ve
                 .get("revision")
                 .cloned()
                 .unwrap_or_else(|| "main".to_owned());
+            let adapter = group.adapter.as_ref().map(|a| AdapterInstance {
+                source: source_of(&render(&a.repo, &axes)),
+                revision: render(&a.revision, &axes),
+                subfolder: a.subfolder.as_ref().map(|f| render(f, &axes)),
+            });
             ModelInstance {
                 group: group.index,
                 family: group.family,
                 source,
                 revision,
                 axes,
+                adapter,
             }
         })
         .collect()

@@ -63,9 +63,26 @@ pub struct RawModelGroup {
     /// Combinations to add: each rule gives one value for every axis.
     #[serde(default)]
     pub include: Vec<BTreeMap<String, RawScalar>>,
+    /// A PEFT LoRA adapter trained on this group's model (the base): its updates ΔW are
+    /// analysed by `update_geometry`. Its fields are templates over the group's axes.
+    pub adapter: Option<RawAdapter>,
     /// Axes: any other key, with a value or a list of values, used as `{key}` in `repo`.
     #[serde(flatten)]
     pub axes: BTreeMap<String, RawScalarOrList>,
+}
+
+/// A PEFT LoRA adapter (`adapter_config.json` + `adapter_model.safetensors`); every field may
+/// hold `{axis}` placeholders of its model group, e.g. `subfolder: checkpoint-{step}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdapter {
+    /// The adapter's repo: a Hub id, `local://NS/NAME`, or a local folder.
+    pub repo: String,
+    /// Branch, tag or commit of the adapter's repo; default `main`.
+    pub revision: Option<String>,
+    /// Folder inside the repo holding the adapter, e.g. `checkpoint-800` (how trainers save
+    /// intermediate adapters); default: the repo's root.
+    pub subfolder: Option<String>,
 }
 
 /// Model architecture family.
@@ -180,6 +197,27 @@ pub enum RawAnalysis {
     Spectrum(RawSpectrum),
     /// Subspace overlap between spectra of two revisions or two models.
     Overlap(RawOverlap),
+    /// Geometry of each adapter's update ΔW against its base weight W: alignment of their
+    /// top singular subspaces, per layer and module.
+    UpdateGeometry(RawUpdateGeometry),
+}
+
+/// Update–base geometry options.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpdateGeometry {
+    /// Module patterns over the base's checkpoint keys, as in `weights.modules`, e.g.
+    /// `attention.query_key_value`, `self_attn.*_proj`: the modules the adapters train.
+    #[schemars(length(min = 1))]
+    pub modules: Vec<String>,
+    /// Subspace sizes: integers and `srank` (the update's rounded stable rank); default
+    /// `[5, 10, 20, srank]`.
+    #[schemars(length(min = 1))]
+    pub k: Option<Vec<RawScalar>>,
+    /// Singular vector pairs of each base weight kept for the comparison (the largest usable
+    /// `k`); default 64.
+    #[schemars(range(min = 1))]
+    pub base_vectors: Option<u32>,
 }
 
 /// Spectrum options.

@@ -98,6 +98,19 @@ pub struct ModelGroup {
     pub exclude: Vec<BTreeMap<String, Vec<String>>>,
     /// Extra combinations: axis → value, for every axis.
     pub include: Vec<BTreeMap<String, String>>,
+    /// The adapter trained on each model of the group, as templates over its axes.
+    pub adapter: Option<AdapterTemplate>,
+}
+
+/// A model group's `adapter:`: templates over the group's axes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdapterTemplate {
+    /// Repo template.
+    pub repo: String,
+    /// Revision template.
+    pub revision: String,
+    /// Subfolder template (`None`: the repo's root).
+    pub subfolder: Option<String>,
 }
 
 /// One axis of a model group.
@@ -377,7 +390,23 @@ pub enum Analysis {
         /// Subspace sizes.
         k: OverlapK,
     },
+    /// Update–base geometry of every adapter's updates.
+    UpdateGeometry(UpdateGeometrySpec),
 }
+
+/// `update_geometry` options.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpdateGeometrySpec {
+    /// Module patterns over the base's checkpoint keys.
+    pub modules: Vec<String>,
+    /// Subspace sizes, in the order given.
+    pub k: Vec<crate::analysis::SubspaceChoice>,
+    /// Singular vector pairs kept of each base weight.
+    pub base_vectors: u32,
+}
+
+/// Default `update_geometry.base_vectors`.
+pub const DEFAULT_BASE_VECTORS: u32 = 64;
 
 /// Overlap axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

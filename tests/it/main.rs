@@ -12,6 +12,7 @@ mod families;
 mod homes;
 mod hub;
 mod logging;
+mod lora_study;
 mod model;
 mod offline;
 mod plan;

@@ -94,6 +94,11 @@ fn describe(event: &RunEvent) -> Option<String> {
             label,
             commit,
             windows,
+        } if *windows == 0 => format!("pinned   {label} → {}", short(commit, 19)),
+        RunEvent::Pinned {
+            label,
+            commit,
+            windows,
         } => {
             format!(
                 "pinned   {label} → {} ({windows} windows)",

@@ -84,8 +84,12 @@ fn tags(records: &[&Record], spec: Option<&SweepSpec>) -> Vec<String> {
     if has("capture") {
         tags.push("activations".into());
     }
-    if has("spectrum") || has("weight_spectrum") {
+    if has("spectrum") || has("weight_spectrum") || has("update_geometry") {
         tags.push("spectra".into());
+    }
+    if has("update_geometry") {
+        tags.push("lora".into());
+        tags.push("fine-tuning".into());
     }
     if records
         .iter()

@@ -64,6 +64,8 @@ pub(super) struct Fetcher {
 /// A unit of deep work: a spectrum with its input artifacts, or a lone file.
 enum Group {
     Spectrum(Record, Vec<Record>),
+    /// An `update_geometry` node and its `base_svd` input.
+    Update(Record, Option<Record>),
     Lone(Record),
 }
 
@@ -100,6 +102,15 @@ pub(super) async fn check(
         grouped.insert(record.id.clone());
         groups.push(Group::Spectrum(record.clone(), inputs));
     }
+    for id in &ids {
+        let record = &records[*id];
+        if record.kind != "update_geometry" || record.files.is_empty() {
+            continue;
+        }
+        let base = record.inputs.first().and_then(|i| records.get(i)).cloned();
+        grouped.insert(record.id.clone());
+        groups.push(Group::Update(record.clone(), base));
+    }
     for id in ids {
         let record = &records[id];
         if !record.files.is_empty() && !grouped.contains(id) {
@@ -124,6 +135,10 @@ pub(super) async fn check(
                         for file in &record.files {
                             let _ = fetcher.fetch_checked(&record, file, false, &mut out).await;
                         }
+                    }
+                    Group::Update(update, base) => {
+                        super::updates::check_update(&fetcher, &update, base.as_ref(), &mut out)
+                            .await;
                     }
                     Group::Spectrum(spectrum, inputs) => {
                         spectra::check_spectrum(

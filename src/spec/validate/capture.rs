@@ -145,6 +145,22 @@ pub(super) fn analyses(
     let mut out = Vec::new();
     for (i, analysis) in raw.analyses.iter().enumerate() {
         let path = format!("/analyses/{i}");
+        if let RawAnalysis::UpdateGeometry(g) = analysis {
+            if out.iter().any(|a| matches!(a, Analysis::UpdateGeometry(_))) {
+                d.push(
+                    Diagnostic::error(
+                        format!("{path}/update_geometry"),
+                        "`update_geometry` is listed twice",
+                    )
+                    .with_help("list every module and size in one `update_geometry`"),
+                );
+                continue;
+            }
+            if let Some(spec) = update_geometry_spec(&path, g, raw, d) {
+                out.push(Analysis::UpdateGeometry(spec));
+            }
+            continue;
+        }
         if raw.capture.is_none() {
             d.push(Diagnostic::error(
                 &path,
@@ -153,6 +169,7 @@ pub(super) fn analyses(
             continue;
         }
         match analysis {
+            RawAnalysis::UpdateGeometry(_) => {}
             RawAnalysis::Spectrum(s) => out.push(Analysis::Spectrum {
                 top_k: s.top_k.unwrap_or(64),
             }),
@@ -225,6 +242,81 @@ pub(super) fn analyses(
         }
     }
     out
+}
+
+/// `update_geometry`: module patterns, sizes (integers ≥ 1 and `srank`), base vectors; the
+/// spec must name an adapter somewhere.
+fn update_geometry_spec(
+    path: &str,
+    raw: &RawUpdateGeometry,
+    spec: &RawSpec,
+    d: &mut Vec<Diagnostic>,
+) -> Option<UpdateGeometrySpec> {
+    use crate::analysis::SubspaceChoice;
+    let path = format!("{path}/update_geometry");
+    let before = d.len();
+    if !spec.models.iter().any(|g| g.adapter.is_some()) {
+        d.push(
+            Diagnostic::error(&path, "`update_geometry` needs adapters, but no model group names one")
+                .with_help("add `adapter: {repo: ..., subfolder: ...}` to the model group of the adapters' base model"),
+        );
+    }
+    for (i, module) in raw.modules.iter().enumerate() {
+        if module.trim().is_empty() {
+            d.push(Diagnostic::error(
+                format!("{path}/modules/{i}"),
+                "empty module pattern",
+            ));
+        }
+    }
+    let base_vectors = raw.base_vectors.unwrap_or(DEFAULT_BASE_VECTORS);
+    let written = raw.k.clone().unwrap_or_else(|| {
+        [5, 10, 20]
+            .into_iter()
+            .map(RawScalar::Integer)
+            .chain([RawScalar::String("srank".into())])
+            .collect()
+    });
+    let mut k = Vec::new();
+    for (j, value) in written.iter().enumerate() {
+        let at = format!("{path}/k/{j}");
+        let choice = match value {
+            RawScalar::Integer(n) if *n >= 1 => SubspaceChoice::Fixed(*n as usize),
+            RawScalar::String(w) if w == "srank" => SubspaceChoice::SRANK,
+            other => {
+                d.push(
+                    Diagnostic::error(&at, format!("`{}` is not a subspace size", super::models::scalar_text(other)))
+                        .with_help("write integers of at least 1, or `srank` (the update's rounded stable rank)"),
+                );
+                continue;
+            }
+        };
+        if let SubspaceChoice::Fixed(n) = choice
+            && n > base_vectors as usize
+        {
+            d.push(
+                Diagnostic::error(&at, format!("k = {n} exceeds the {base_vectors} singular vectors kept of each base weight"))
+                    .with_help(format!("raise `base_vectors` to at least {n}, or use a smaller k")),
+            );
+        }
+        if k.contains(&choice) {
+            d.push(Diagnostic::warning(
+                &at,
+                format!("k = {choice} is listed twice"),
+            ));
+            continue;
+        }
+        k.push(choice);
+    }
+    (d.len() == before
+        || d[before..]
+            .iter()
+            .all(|x| x.severity == crate::spec::Severity::Warning))
+    .then(|| UpdateGeometrySpec {
+        modules: raw.modules.clone(),
+        k,
+        base_vectors,
+    })
 }
 
 pub(super) fn weights_spec(

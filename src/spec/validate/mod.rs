@@ -68,11 +68,15 @@ pub fn validate(raw: &RawSpec) -> (Option<SweepSpec>, Vec<Diagnostic>) {
         );
     }
     // The section as written: a `capture` with errors of its own is not missing.
-    if raw.capture.is_none() && raw.weights.is_none() {
+    let geometry = raw
+        .analyses
+        .iter()
+        .any(|a| matches!(a, RawAnalysis::UpdateGeometry(_)));
+    if raw.capture.is_none() && raw.weights.is_none() && !geometry {
         d.push(
             Diagnostic::error(
                 "",
-                "nothing to do: the spec has neither `capture` nor `weights`",
+                "nothing to do: the spec has neither `capture` nor `weights` nor `update_geometry`",
             )
             .with_help("add a `capture:` section"),
         );

@@ -70,6 +70,18 @@ pub(super) fn model_group(
     let has_error = d[errors_before..]
         .iter()
         .any(|x| x.severity == Severity::Error);
+    let adapter = raw.adapter.as_ref().map(|a| AdapterTemplate {
+        repo: a.repo.clone(),
+        revision: a.revision.clone().unwrap_or_else(|| "main".to_owned()),
+        subfolder: a.subfolder.clone(),
+    });
+    if let Some(adapter) = &adapter {
+        check_adapter(&base, adapter, d);
+    }
+    let has_error = has_error
+        || d[errors_before..]
+            .iter()
+            .any(|x| x.severity == Severity::Error);
     (!has_error).then(|| ModelGroup {
         index,
         family,
@@ -78,6 +90,7 @@ pub(super) fn model_group(
         zip,
         exclude,
         include,
+        adapter,
     })
 }
 
@@ -123,6 +136,35 @@ fn check_placeholders(
         }
     };
     let axis_names: Vec<&str> = axes.iter().map(|a| a.name.as_str()).collect();
+    let mut used = used;
+    for (field, template) in adapter_templates(raw) {
+        match placeholders(template) {
+            Ok(names) => {
+                for name in names {
+                    if !axis_names.contains(&name.as_str()) {
+                        d.push(
+                            Diagnostic::error(
+                                format!("{base}/adapter/{field}"),
+                                format!("placeholder `{{{name}}}` has no axis"),
+                            )
+                            .with_help(format!("add `{name}: [..]` to this model group")),
+                        );
+                    }
+                    used.push(name);
+                }
+            }
+            Err(offset) => d.push(
+                Diagnostic::error(
+                    format!("{base}/adapter/{field}"),
+                    format!(
+                        "unbalanced brace at character {} of `{template}`",
+                        offset + 1
+                    ),
+                )
+                .with_help("placeholders look like `{step}`"),
+            ),
+        }
+    }
     for name in &used {
         if !axis_names.contains(&name.as_str()) {
             let mut e = Diagnostic::error(
@@ -142,10 +184,12 @@ fn check_placeholders(
         if !used.contains(axis.0) {
             let mut e = Diagnostic::error(
                 format!("{base}/{}", axis.0),
-                format!("axis `{}` is not used in `repo`", axis.0),
+                format!("axis `{}` is not used in `repo` (nor in `adapter`)", axis.0),
             )
             .on_key();
-            let known = ["family", "repo", "revision", "zip", "exclude", "include"];
+            let known = [
+                "family", "repo", "revision", "zip", "exclude", "include", "adapter",
+            ];
             e = match did_you_mean(axis.0, known) {
                 Some(hint) => e.with_help(hint),
                 None => e.with_help(format!(
@@ -157,6 +201,53 @@ fn check_placeholders(
         }
     }
     Some(())
+}
+
+/// The adapter's templates with their field names.
+fn adapter_templates(raw: &RawModelGroup) -> Vec<(&'static str, &str)> {
+    let Some(adapter) = &raw.adapter else {
+        return Vec::new();
+    };
+    let mut out = vec![("repo", adapter.repo.as_str())];
+    out.extend(adapter.revision.as_deref().map(|r| ("revision", r)));
+    out.extend(adapter.subfolder.as_deref().map(|s| ("subfolder", s)));
+    out
+}
+
+/// Checks an adapter's templates: characters a repo id, revision or folder can hold, and a
+/// subfolder that stays inside the repo.
+fn check_adapter(base: &str, adapter: &AdapterTemplate, d: &mut Vec<Diagnostic>) {
+    let repo_ok = adapter
+        .repo
+        .chars()
+        .all(|c| is_repo_char(c) || matches!(c, '/' | '{' | '}' | ':'));
+    if !repo_ok {
+        d.push(Diagnostic::error(
+            format!("{base}/adapter/repo"),
+            format!("`{}` has characters a repo id cannot hold", adapter.repo),
+        ));
+    }
+    if let Some(subfolder) = &adapter.subfolder {
+        let bad = subfolder.is_empty()
+            || subfolder.starts_with('/')
+            || subfolder
+                .split('/')
+                .any(|part| part.is_empty() || part == "." || part == "..")
+            || !subfolder
+                .chars()
+                .all(|c| is_repo_char(c) || matches!(c, '/' | '{' | '}'));
+        if bad {
+            d.push(
+                Diagnostic::error(
+                    format!("{base}/adapter/subfolder"),
+                    format!("`{subfolder}` is not a folder inside the adapter's repo"),
+                )
+                .with_help(
+                    "write a relative path such as `checkpoint-800` or `runs/a/checkpoint-{step}`",
+                ),
+            );
+        }
+    }
 }
 
 /// Checks `zip`: at least two axes, each known, all of one length.
