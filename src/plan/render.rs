@@ -47,6 +47,20 @@ pub fn text(plan: &Plan) -> String {
     if plan.models.len() > MODELS_LISTED {
         let _ = writeln!(out, "  … and {} more", plan.models.len() - MODELS_LISTED);
     }
+    if !plan.adapters.is_empty() {
+        let _ = writeln!(out, "\nadapters: {}", plan.adapters.len());
+        for a in plan.adapters.iter().take(MODELS_LISTED) {
+            let pin = a.commit.as_deref().map_or_else(
+                || "unpinned".to_owned(),
+                |c| format!("commit {}", &c[..12.min(c.len())]),
+            );
+            let base = plan.models[a.base as usize].label();
+            let _ = writeln!(out, "  {:<48} step {}, on {base}, {pin}", a.label(), a.step);
+        }
+        if plan.adapters.len() > MODELS_LISTED {
+            let _ = writeln!(out, "  … and {} more", plan.adapters.len() - MODELS_LISTED);
+        }
+    }
     let counts = plan.counts();
     let total: u64 = counts.values().sum();
     let _ = writeln!(out, "\nnodes: {total}");
@@ -103,7 +117,7 @@ pub fn text(plan: &Plan) -> String {
     out
 }
 
-/// The plan as JSON: `{"name","output","models","nodes":[{"id","kind","label","inputs",
+/// The plan as JSON: `{"name","output","models",["adapters",]"nodes":[{"id","kind","label","inputs",
 /// "params"}],"counts","estimates","diagnostics"}`, pretty-printed. An unpinned node has
 /// `"id": null`, and inputs that are unpinned are named by label.
 ///
@@ -119,6 +133,7 @@ pub fn write_json<W: std::io::Write>(plan: &Plan, out: W) -> std::io::Result<()>
         name: &plan.name,
         output: plan.output.to_string(),
         models: &plan.models,
+        adapters: &plan.adapters,
         nodes: JsonNodes(plan),
         counts,
         estimates: &plan.estimates,
@@ -136,6 +151,9 @@ struct JsonPlan<'a> {
     name: &'a str,
     output: String,
     models: &'a [super::PlannedModel],
+    /// Absent for sweeps without adapters (their plans read as before).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    adapters: &'a [super::PlannedAdapter],
     nodes: JsonNodes<'a>,
     counts: BTreeMap<&'static str, u64>,
     estimates: &'a super::Estimates,

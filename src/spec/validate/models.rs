@@ -184,7 +184,11 @@ fn check_placeholders(
         if !used.contains(axis.0) {
             let mut e = Diagnostic::error(
                 format!("{base}/{}", axis.0),
-                format!("axis `{}` is not used in `repo` (nor in `adapter`)", axis.0),
+                if raw.adapter.is_some() {
+                    format!("axis `{}` is not used in `repo` nor in `adapter`", axis.0)
+                } else {
+                    format!("axis `{}` is not used in `repo`", axis.0)
+                },
             )
             .on_key();
             let known = [
