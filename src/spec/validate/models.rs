@@ -136,21 +136,27 @@ fn check_placeholders(
         }
     };
     let axis_names: Vec<&str> = axes.iter().map(|a| a.name.as_str()).collect();
-    let mut used = used;
+    let mut all_used = used.clone();
     for (field, template) in adapter_templates(raw) {
         match placeholders(template) {
             Ok(names) => {
                 for name in names {
                     if !axis_names.contains(&name.as_str()) {
+                        let help = match did_you_mean(&name, axis_names.iter().copied()) {
+                            Some(hint) => {
+                                format!("{hint} (or add `{name}: [..]` to this model group)")
+                            }
+                            None => format!("add `{name}: [..]` to this model group"),
+                        };
                         d.push(
                             Diagnostic::error(
                                 format!("{base}/adapter/{field}"),
                                 format!("placeholder `{{{name}}}` has no axis"),
                             )
-                            .with_help(format!("add `{name}: [..]` to this model group")),
+                            .with_help(help),
                         );
                     }
-                    used.push(name);
+                    all_used.push(name);
                 }
             }
             Err(offset) => d.push(
@@ -181,7 +187,7 @@ fn check_placeholders(
         }
     }
     for axis in &raw.axes {
-        if !used.contains(axis.0) {
+        if !all_used.contains(axis.0) {
             let mut e = Diagnostic::error(
                 format!("{base}/{}", axis.0),
                 if raw.adapter.is_some() {
@@ -196,6 +202,10 @@ fn check_placeholders(
             ];
             e = match did_you_mean(axis.0, known) {
                 Some(hint) => e.with_help(hint),
+                None if raw.adapter.is_some() => e.with_help(format!(
+                    "use it as `{{{}}}` in `repo` or in the adapter's fields, or remove it",
+                    axis.0
+                )),
                 None => e.with_help(format!(
                     "use it as `{{{}}}` in `repo`, or remove it",
                     axis.0
