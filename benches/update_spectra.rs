@@ -1,6 +1,7 @@
 //! The low-rank route for an update's SVD against a dense SVD of the formed `ΔW`, on one
 //! Pythia-410M-shaped `query_key_value` matrix (3072 × 1024, random factors), and the cost of
-//! the base's SVD with vectors that update geometry needs once per base module. Not a test;
+//! the base's SVD with vectors that update geometry needs once per base module (the Gram
+//! route `of_weight` takes for such a weight, and the dense SVD). Not a test;
 //! prints one JSON line per measurement (median seconds of RUNS, single-threaded).
 //!
 //! Usage: cargo bench --bench update_spectra -- [RUNS]
@@ -52,8 +53,12 @@ fn main() {
     let seconds = median_seconds(runs, || {
         base_svd = Some(TruncatedSvd::of_weight(base, 128, seq).expect("base svd"));
     });
+    let dense_seconds = median_seconds(runs, || {
+        TruncatedSvd::of_weight_dense(base, 128, seq).expect("dense base svd");
+    });
     println!(
-        r#"{{"what":"base SVD with vectors, f64","shape":[{D_OUT},{D_IN}],"seconds":{seconds:.4}}}"#
+        r#"{{"what":"base SVD with 128 vector pairs, f64","shape":[{D_OUT},{D_IN}],"gram_route_seconds":{seconds:.4},"dense_seconds":{dense_seconds:.4},"speedup":{:.1}}}"#,
+        dense_seconds / seconds
     );
     let base_svd = base_svd.expect("ran");
     for rank in [16, 128] {
@@ -73,7 +78,7 @@ fn main() {
         let dense_values = update.dense();
         let dense = WeightMatrix::new(&dense_values, D_OUT, D_IN).expect("shape");
         let dense_seconds = median_seconds(runs, || {
-            TruncatedSvd::of_weight(dense, rank, seq).expect("dense");
+            TruncatedSvd::of_weight_dense(dense, rank, seq).expect("dense");
         });
         let low = low.expect("ran");
         let choices = [5, 10, 20].map(SubspaceChoice::Fixed);

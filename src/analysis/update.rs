@@ -7,19 +7,15 @@
 //! `ΔW = (Q_B U) Σ (Q_A V)ᵀ`, an exact SVD at `O((d_out + d_in)·r²)` cost instead of the
 //! `O(d_out·d_in·min(d_out, d_in))` of a dense one. Formulas: `docs/analysis.md`.
 
-use faer::diag::Diag;
-use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
-use faer::linalg::householder;
 use faer::linalg::matmul::matmul;
-use faer::linalg::qr::no_pivoting::factor as qr;
-use faer::linalg::svd::{self, ComputeSvdVectors};
-use faer::{Accum, Conj, Mat, MatRef};
+use faer::{Accum, Mat, MatRef};
 use serde::{Deserialize, Serialize};
 
 use super::metrics::SpectrumMetrics;
 use super::spectrum::Eigenbasis;
 use super::weights::{WeightMatrix, WeightSpectrum};
 use super::{AnalysisError, Element, Parallelism, check_shape, split_fused_qkv};
+use factor::{thin_qr, thin_svd};
 
 /// A low-rank update `ΔW = scale · B · A` of a `d_out × d_in` weight, as a LoRA adapter stores
 /// it: `B` is `[d_out, rank]` and `A` is `[rank, d_in]`, both row-major, in f64.
@@ -173,23 +169,38 @@ pub struct TruncatedSvd {
 
 impl TruncatedSvd {
     /// The SVD of a weight matrix (converted to f64), keeping its top `keep` singular vector
-    /// pairs (at most `min(rows, cols)`).
+    /// pairs (at most `min(rows, cols)`) and every singular value.
+    ///
+    /// A well-conditioned weight (`σ₁ / σ_min ≤ 10⁴`, as trained and random weights are) goes
+    /// by the Gram route (`update::gram_route`): the smaller Gram matrix's eigendecomposition,
+    /// then the other side's top vectors from `W·v` — 2.5–3.5× faster than a dense SVD on a
+    /// 3072 × 1024 weight, its singular values within `~1e-12 · σ₁` of the dense SVD's. Any
+    /// other (rank-deficient, such as a formed low-rank `ΔW`) takes the dense SVD of
+    /// [`TruncatedSvd::of_weight_dense`].
     pub fn of_weight<T: Element>(
         weight: WeightMatrix<'_, T>,
         keep: usize,
         parallelism: Parallelism,
     ) -> Result<Self, AnalysisError> {
-        let (rows, cols) = (weight.rows(), weight.cols());
-        let data = weight.data();
-        if let Some(index) = data.iter().position(|value| !value.to_f64().is_finite()) {
-            return Err(AnalysisError::NonFinite {
-                what: "weight",
-                row: index / cols,
-                column: index % cols,
-                value: data[index].to_f64(),
-            });
-        }
-        let matrix = Mat::from_fn(rows, cols, |row, col| data[row * cols + col].to_f64());
+        let matrix = checked_matrix(weight)?;
+        let (rows, cols) = matrix.shape();
+        let (values, left, right) = match gram_route::gram_svd(matrix.as_ref(), keep, parallelism)?
+        {
+            Some(parts) => parts,
+            None => thin_svd(matrix.as_ref(), parallelism)?,
+        };
+        Self::from_parts(rows, cols, values, left.as_ref(), right.as_ref(), keep)
+    }
+
+    /// [`TruncatedSvd::of_weight`] by a dense f64 SVD whatever the conditioning (singular
+    /// values within `~1e-15 · σ₁`): the reference the Gram route is checked against.
+    pub fn of_weight_dense<T: Element>(
+        weight: WeightMatrix<'_, T>,
+        keep: usize,
+        parallelism: Parallelism,
+    ) -> Result<Self, AnalysisError> {
+        let matrix = checked_matrix(weight)?;
+        let (rows, cols) = matrix.shape();
         let (values, left, right) = thin_svd(matrix.as_ref(), parallelism)?;
         Self::from_parts(rows, cols, values, left.as_ref(), right.as_ref(), keep)
     }
@@ -309,6 +320,23 @@ impl TruncatedSvd {
     }
 }
 
+/// A weight as an f64 matrix, refusing non-finite entries (with their row and column).
+fn checked_matrix<T: Element>(weight: WeightMatrix<'_, T>) -> Result<Mat<f64>, AnalysisError> {
+    let (rows, cols) = (weight.rows(), weight.cols());
+    let data = weight.data();
+    if let Some(index) = data.iter().position(|value| !value.to_f64().is_finite()) {
+        return Err(AnalysisError::NonFinite {
+            what: "weight",
+            row: index / cols,
+            column: index % cols,
+            value: data[index].to_f64(),
+        });
+    }
+    Ok(Mat::from_fn(rows, cols, |row, col| {
+        data[row * cols + col].to_f64()
+    }))
+}
+
 /// `+1` or `−1`: the sign of the entry of largest magnitude (the first, on ties).
 fn pair_sign(vector: &[f64]) -> f64 {
     let mut largest = 0.0f64;
@@ -320,85 +348,6 @@ fn pair_sign(vector: &[f64]) -> f64 {
         }
     }
     sign
-}
-
-/// Thin QR of an `m × n` matrix: `Q` (`m × min(m, n)`, orthonormal columns) and `R`
-/// (`min(m, n) × n`, upper trapezoidal), Householder without pivoting.
-fn thin_qr(mut matrix: Mat<f64>, parallelism: Parallelism) -> (Mat<f64>, Mat<f64>) {
-    let par = parallelism.to_faer();
-    let (m, n) = matrix.shape();
-    let size = m.min(n);
-    let block = qr::recommended_block_size::<f64>(m, n);
-    let mut coefficients = Mat::<f64>::zeros(block, size);
-    let mut buffer = MemBuffer::new(StackReq::any_of(&[
-        qr::qr_in_place_scratch::<f64>(m, n, block, par, Default::default()),
-        householder::apply_block_householder_sequence_on_the_left_in_place_scratch::<f64>(
-            m, block, size,
-        ),
-    ]));
-    qr::qr_in_place(
-        matrix.as_mut(),
-        coefficients.as_mut(),
-        par,
-        MemStack::new(&mut buffer),
-        Default::default(),
-    );
-    let r = Mat::from_fn(
-        size,
-        n,
-        |row, col| {
-            if row <= col { matrix[(row, col)] } else { 0.0 }
-        },
-    );
-    // The Householder vectors are the strict lower part of the factored matrix with an
-    // implicit unit diagonal; spelled out so no reader of the basis sees R's entries.
-    let basis = Mat::from_fn(m, size, |row, col| match row.cmp(&col) {
-        std::cmp::Ordering::Greater => matrix[(row, col)],
-        std::cmp::Ordering::Equal => 1.0,
-        std::cmp::Ordering::Less => 0.0,
-    });
-    let mut q = Mat::<f64>::identity(m, size);
-    householder::apply_block_householder_sequence_on_the_left_in_place_with_conj(
-        basis.as_ref(),
-        coefficients.as_ref(),
-        Conj::No,
-        q.as_mut(),
-        par,
-        MemStack::new(&mut buffer),
-    );
-    (q, r)
-}
-
-/// Singular values (non-increasing), `U` (`m × min`) and `V` (`n × min`).
-type SvdParts = (Vec<f64>, Mat<f64>, Mat<f64>);
-
-/// Thin SVD of an `m × n` matrix.
-fn thin_svd(matrix: MatRef<'_, f64>, parallelism: Parallelism) -> Result<SvdParts, AnalysisError> {
-    let par = parallelism.to_faer();
-    let (rows, cols) = matrix.shape();
-    let size = rows.min(cols);
-    let mut sigma = Diag::<f64>::zeros(size);
-    let mut left = Mat::<f64>::zeros(rows, size);
-    let mut right = Mat::<f64>::zeros(cols, size);
-    let mut buffer = MemBuffer::new(svd::svd_scratch::<f64>(
-        rows,
-        cols,
-        ComputeSvdVectors::Thin,
-        ComputeSvdVectors::Thin,
-        par,
-        Default::default(),
-    ));
-    svd::svd(
-        matrix,
-        sigma.as_mut(),
-        Some(left.as_mut()),
-        Some(right.as_mut()),
-        par,
-        MemStack::new(&mut buffer),
-        Default::default(),
-    )
-    .map_err(|_| AnalysisError::SvdNoConvergence { rows, cols })?;
-    Ok((sigma.column_vector().iter().copied().collect(), left, right))
 }
 
 /// A subspace size for update geometry: a fixed `k`, or the update's rounded stable rank.
@@ -573,5 +522,7 @@ fn alignment(
     Ok((squared / k as f64, cosines))
 }
 
+mod factor;
+mod gram_route;
 #[cfg(test)]
 mod tests;

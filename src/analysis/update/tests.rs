@@ -2,7 +2,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::analysis::WeightMatrix;
+use crate::analysis::{Eigenbasis, WeightMatrix};
 
 /// The low-rank route and a dense f64 SVD agree to rounding (`~1e-15 · σ₁`); 1e-9 relative to
 /// `σ₁` is the bar and leaves room for the condition of the small singular values.
@@ -310,4 +310,162 @@ fn a_fused_qkv_update_splits_like_its_dense_matrix() {
         assert_eq!((part.d_out(), part.d_in()), (heads * head_dim, d_in));
         assert_close("part", &part.dense(), expected, 1e-6);
     }
+}
+
+/// Row-major `rows × cols` `W = U diag(values) Vᵀ` with seeded random orthonormal `U`, `V`
+/// (thin QR of uniform matrices), and those `U`, `V` as bases.
+fn with_singular_values(
+    seed: u64,
+    rows: usize,
+    cols: usize,
+    values: &[f64],
+) -> (Vec<f64>, Eigenbasis, Eigenbasis) {
+    let size = values.len();
+    assert_eq!(size, rows.min(cols));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut orthonormal = |dim: usize| {
+        let matrix = Mat::from_fn(dim, size, |_, _| rng.random::<f64>() * 2.0 - 1.0);
+        let (q, _) = factor::thin_qr(matrix, Parallelism::Sequential);
+        q
+    };
+    let (u, v) = (orthonormal(rows), orthonormal(cols));
+    let mut weight = vec![0.0; rows * cols];
+    for (pair, &sigma) in values.iter().enumerate() {
+        for row in 0..rows {
+            let scaled = sigma * u[(row, pair)];
+            for col in 0..cols {
+                weight[row * cols + col] += scaled * v[(col, pair)];
+            }
+        }
+    }
+    let basis = |m: &Mat<f64>, dim: usize| {
+        let values = (0..size).flat_map(|c| m.col(c).iter().copied().collect::<Vec<_>>());
+        Eigenbasis::from_columns(dim, values.collect()).expect("basis")
+    };
+    (weight, basis(&u, rows), basis(&v, cols))
+}
+
+/// The largest entry of `P_a − P_b` for the projectors onto the first `k` columns of two
+/// bases: 0 for the same subspace, whatever basis of it each holds.
+fn projector_distance(a: &Eigenbasis, b: &Eigenbasis, k: usize) -> f64 {
+    let (a, b) = (a.as_mat().subcols(0, k), b.as_mat().subcols(0, k));
+    let (pa, pb) = (a * a.transpose(), b * b.transpose());
+    (0..pa.nrows())
+        .flat_map(|row| (0..pa.ncols()).map(move |col| (row, col)))
+        .map(|(row, col)| (pa[(row, col)] - pb[(row, col)]).abs())
+        .fold(0.0, f64::max)
+}
+
+/// The Gram route (taken, not fallen back from) against the dense SVD: every singular value
+/// within `TOL · σ₁`, the top-`k` subspaces of both sides for each `k` within `TOL`.
+fn assert_gram_route_matches_dense(
+    weight: &[f64],
+    rows: usize,
+    cols: usize,
+    keep: usize,
+    ks: &[usize],
+) -> (TruncatedSvd, TruncatedSvd) {
+    let matrix = WeightMatrix::new(weight, rows, cols).expect("shape");
+    let seq = Parallelism::Sequential;
+    let as_mat = Mat::from_fn(rows, cols, |row, col| weight[row * cols + col]);
+    assert!(
+        gram_route::gram_svd(as_mat.as_ref(), keep, seq)
+            .expect("gram")
+            .is_some(),
+        "{rows}×{cols}: the Gram route was not taken"
+    );
+    let ours = TruncatedSvd::of_weight(matrix, keep, seq).expect("gram route");
+    let dense = TruncatedSvd::of_weight_dense(matrix, keep, seq).expect("dense");
+    assert_eq!((ours.rows, ours.cols, ours.kept()), (rows, cols, keep));
+    let sigma_1 = dense.singular_values[0];
+    assert_close("σ", &ours.singular_values, &dense.singular_values, sigma_1);
+    for &k in ks {
+        for (side, a, b) in [
+            ("U", &ours.left, &dense.left),
+            ("V", &ours.right, &dense.right),
+        ] {
+            let distance = projector_distance(a, b, k);
+            assert!(distance <= TOL, "{rows}×{cols} {side} k={k}: {distance:e}");
+        }
+    }
+    (ours, dense)
+}
+
+#[test]
+fn the_gram_route_matches_the_dense_svd_on_tall_wide_and_square_weights() {
+    let mut rng = StdRng::seed_from_u64(31);
+    for (rows, cols) in [(300, 120), (90, 250), (64, 64)] {
+        let weight = random(&mut rng, rows * cols);
+        let (ours, dense) = assert_gram_route_matches_dense(&weight, rows, cols, 30, &[1, 5, 30]);
+        // Distinct singular values: each vector is unique up to the pair sign both fix.
+        assert_close("U", ours.left.values(), dense.left.values(), 1.0);
+        assert_close("V", ours.right.values(), dense.right.values(), 1.0);
+    }
+}
+
+#[test]
+fn the_gram_route_finds_the_subspaces_of_repeated_and_clustered_singular_values() {
+    // Top-k subspaces are defined at the gaps (k = 3, 6, 10) even where the vectors inside
+    // a cluster are not: three equal values, three within 1e-7 of each other, four equal.
+    let mut values = vec![
+        5.0,
+        5.0,
+        5.0,
+        3.0 + 1e-7,
+        3.0,
+        3.0 - 1e-7,
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+    ];
+    values.extend((0..30).map(|i| 0.5 - i as f64 * 0.01));
+    for (rows, cols) in [(120, 40), (40, 90)] {
+        let (weight, u, v) = with_singular_values(41, rows, cols, &values);
+        let (ours, _) = assert_gram_route_matches_dense(&weight, rows, cols, 12, &[3, 6, 10]);
+        assert_close("σ vs planted", &ours.singular_values, &values, values[0]);
+        for k in [3, 6, 10] {
+            for (side, a, b) in [("U", &ours.left, &u), ("V", &ours.right, &v)] {
+                let distance = projector_distance(a, b, k);
+                assert!(distance <= TOL, "planted {side} k={k}: {distance:e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn ill_conditioned_weights_take_the_dense_svd_and_the_limit_keeps_values_exact() {
+    let seq = Parallelism::Sequential;
+    let geometric = |count: usize, condition: f64| -> Vec<f64> {
+        let ratio = condition.powf(-1.0 / (count - 1) as f64);
+        (0..count).map(|i| 2.0 * ratio.powi(i as i32)).collect()
+    };
+    // Just inside the limit: the Gram route, still within TOL · σ₁ of the planted values.
+    let near_limit = geometric(60, gram_route::MAX_CONDITION * 0.9);
+    let (weight, _, _) = with_singular_values(51, 150, 60, &near_limit);
+    let (ours, _) = assert_gram_route_matches_dense(&weight, 150, 60, 10, &[5, 10]);
+    assert_close(
+        "σ vs planted",
+        &ours.singular_values,
+        &near_limit,
+        near_limit[0],
+    );
+    // Past it, and rank-deficient (a formed low-rank update): the dense SVD, bit for bit.
+    let far = geometric(60, 1e7);
+    let (ill, _, _) = with_singular_values(52, 150, 60, &far);
+    let low_rank = random_update(53, 150, 60, 7, 1.0).dense();
+    for weight in [&ill, &low_rank] {
+        let as_mat = Mat::from_fn(150, 60, |row, col| weight[row * 60 + col]);
+        let gram = gram_route::gram_svd(as_mat.as_ref(), 10, seq).expect("gram");
+        assert!(gram.is_none(), "the Gram route was taken");
+        let matrix = WeightMatrix::new(weight, 150, 60).expect("shape");
+        assert_eq!(
+            TruncatedSvd::of_weight(matrix, 10, seq).expect("svd"),
+            TruncatedSvd::of_weight_dense(matrix, 10, seq).expect("dense")
+        );
+    }
+    // A zero weight too: every singular value 0.
+    let zeros = vec![0.0; 12];
+    let svd = TruncatedSvd::of_weight(WeightMatrix::new(&zeros, 3, 4).expect("shape"), 2, seq);
+    assert_eq!(svd.expect("svd").singular_values, [0.0; 3]);
 }
