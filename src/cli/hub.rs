@@ -178,7 +178,7 @@ struct ServeArgs {
     /// Serve the fault-injection and counter endpoints (`/_admin/faults`, `/_admin/stats`).
     #[arg(long)]
     admin: bool,
-    /// Speak Xet besides LFS (token routes, CAS API, the `xet` batch transfer).
+    /// Speak Xet besides LFS (token routes, CAS API, the `xet` batch transfer); the default.
     #[arg(long, overrides_with = "no_xet")]
     xet: bool,
     /// Speak LFS only: Xet clients must then set `HF_HUB_DISABLE_XET=1`.

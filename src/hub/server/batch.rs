@@ -353,7 +353,7 @@ fn no_spoken_transfer(offered: &Offered) -> Refusal {
     Refusal::new(
         422,
         format!(
-            "none of the offered transfers ({}) is spoken by this hub; it speaks `basic` and `multipart` (and `xet` when started with `--xet`)",
+            "none of the offered transfers ({}) is spoken by this hub; it speaks `basic` and `multipart` (and `xet` unless started with `--no-xet`)",
             offered.names
         ),
     )

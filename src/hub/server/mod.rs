@@ -1,5 +1,5 @@
 //! The embedded Hub-compatible server (docs/hub.md, "What the server implements"): axum over the crash-safe
-//! on-disk [`store`], LFS-only (no Xet), with per-instance limits and [`faults`].
+//! on-disk [`store`], speaking LFS and [`xet`], with per-instance limits and [`faults`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), hubsweep::hub::server::ServerError> {
@@ -73,8 +73,8 @@ pub struct ServerConfig {
     /// shared network anyone could otherwise switch faults on (or, with a token, whoever holds it).
     pub admin: bool,
     /// Speak Xet (docs/hub.md, "Xet"): the token routes, the CAS API, the `xet` batch transfer
-    /// and the `X-Xet-*` headers of `resolve/`. Off: LFS only, and the token routes answer 404
-    /// with a hint to set `HF_HUB_DISABLE_XET=1`.
+    /// and the `X-Xet-*` headers of `resolve/`. On by default ([`XET_BY_DEFAULT`]). Off: LFS
+    /// only, and the token routes answer 404 with a hint to set `HF_HUB_DISABLE_XET=1`.
     pub xet: bool,
 }
 
@@ -95,7 +95,7 @@ impl ServerConfig {
 }
 
 /// Whether a server speaks Xet unless told otherwise.
-pub const XET_BY_DEFAULT: bool = false;
+pub const XET_BY_DEFAULT: bool = true;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

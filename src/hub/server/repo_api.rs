@@ -421,7 +421,7 @@ pub async fn whoami(state: Arc<AppState>, headers: HeaderMap) -> Result<Json<Val
 pub async fn xet_token() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "this server does not speak Xet (start it with `--xet`), or set HF_HUB_DISABLE_XET=1",
+        "this server does not speak Xet (it runs with `--no-xet`); set HF_HUB_DISABLE_XET=1",
     )
 }
 

@@ -31,7 +31,7 @@ async fn peer(
         .env("HF_ENDPOINT", endpoint)
         .env("HF_TOKEN", HUB_TOKEN)
         .env("HF_HUB_DISABLE_TELEMETRY", "1")
-        .env("HF_HOME", work.join("hf-home"))
+        .env("HF_HOME", work.join(format!("hf-home-{phase}")))
         .env("HF_HUB_DISABLE_PROGRESS_BARS", "1");
     // The test command exports HF_HUB_DISABLE_XET=1 for the LFS peer tests; only this
     // subprocess sees it removed.
@@ -68,7 +68,11 @@ async fn official_python_client_round_trips_through_xet() {
     // Xet hash; the plain HTTP download serves the reassembled bytes.
     let stats = server.stats();
     assert_eq!(stats.object_puts + stats.part_puts, 0, "{stats:?}");
-    let http = reqwest::Client::new();
+    // The headers are on the redirect itself, as the Python client reads them.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     for name in ["big25.bin", "big120.bin"] {
         let head = http
             .head(format!("{endpoint}/org/xet-model/resolve/main/{name}"))
@@ -91,7 +95,27 @@ async fn official_python_client_round_trips_through_xet() {
         "the lfs phase uploads over LFS"
     );
     peer(&python, &context, &endpoint, "xet-read", true).await;
+    // Global dedup: the same 25 MB again, from a client with an empty Xet cache, sends no xorb.
+    let xorbs = context.path().join("store/xet/xorbs");
+    let before = folder_bytes(&xorbs);
+    peer(&python, &context, &endpoint, "xet-dedup", true).await;
+    assert_eq!(folder_bytes(&xorbs), before);
     server.shutdown().await;
+}
+
+/// Bytes of the files in a folder tree.
+fn folder_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                folder_bytes(&entry.path())
+            } else {
+                entry.metadata().unwrap().len()
+            }
+        })
+        .sum()
 }
 
 /// A xorb of `chunks` (stored uncompressed) and its hash.
@@ -344,5 +368,75 @@ async fn expired_xet_tokens_get_401() {
         .await
         .unwrap();
     assert_eq!(answer.status().as_u16(), 401);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_answer_picks_xet_with_a_working_token_when_offered() {
+    let context = TestContext::new();
+    let server = start_server(context.path(), |config| {
+        config.token = Some(hubsweep::hub::Token::new(HUB_TOKEN));
+        config.xet = true;
+    })
+    .await;
+    let base = server.base_url().to_owned();
+    let http = reqwest::Client::new();
+    http.post(format!("{base}/api/repos/create"))
+        .bearer_auth(HUB_TOKEN)
+        .json(&json!({"name": "a", "organization": "org"}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let batch = |transfers: serde_json::Value| {
+        http.post(format!("{base}/org/a.git/info/lfs/objects/batch"))
+            .bearer_auth(HUB_TOKEN)
+            .json(&json!({"operation": "upload", "transfers": transfers,
+                "objects": [{"oid": sha256_hex(b"x"), "size": 1}]}))
+            .send()
+    };
+    let answer: serde_json::Value = batch(json!(["basic", "multipart", "xet"]))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["transfer"], "xet", "{answer}");
+    let upload = &answer["objects"][0]["actions"]["upload"];
+    assert!(
+        upload["href"]
+            .as_str()
+            .unwrap()
+            .ends_with("/api/models/org/a/xet-write-token/main")
+    );
+    let header = &upload["header"];
+    assert_eq!(header["X-Xet-Cas-Url"], base.as_str());
+    let token = header["X-Xet-Access-Token"].as_str().unwrap();
+    assert!(
+        header["X-Xet-Token-Expiration"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .is_ok()
+    );
+    // The token it hands out is a working write token.
+    let (xorb, xorb_hash) = xorb_of(&[b"from the batch answer"]);
+    let stored = http
+        .post(format!("{base}/v1/xorbs/default/{}", xorb_hash.hex()))
+        .bearer_auth(token)
+        .body(xorb)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status().as_u16(), 200);
+    // Not offered, not answered: LFS as before.
+    let answer: serde_json::Value = batch(json!(["basic", "multipart"]))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["transfer"], "basic", "{answer}");
     server.shutdown().await;
 }

@@ -7,6 +7,8 @@ sets HF_HUB_DISABLE_XET=1 for the `lfs` phase only. Phases share WORK and the se
   listing oids, snapshot_download and a refused stale parent.
 - `lfs`: (Xet disabled) downloads the Xet uploads over plain HTTP, uploads a file via LFS.
 - `xet-read`: (Xet enabled) downloads the LFS upload.
+- `xet-dedup`: (Xet enabled, a fresh Xet cache) uploads the 25 MB file again under another
+  name: the global dedup query finds its chunks, so no xorb is sent.
 
 Every check raises on failure; the last stdout line is a JSON summary.
 """
@@ -88,6 +90,11 @@ elif phase == "lfs":
     local, digest = write("lfs-up.bin", 12_000_000, 4)
     api.upload_file(path_or_fileobj=local, path_in_repo="lfs-up.bin", repo_id=repo)
     print(json.dumps({"lfs": digest}))
+elif phase == "xet-dedup":
+    api.upload_file(path_or_fileobj=os.path.join(work, "big25.bin"), path_in_repo="again25.bin", repo_id=repo)
+    got = hf_hub_download(repo, "again25.bin", cache_dir=os.path.join(work, "cache-dedup"))
+    assert sha256_file(got) == sha256_file(os.path.join(work, "big25.bin"))
+    print(json.dumps({"ok": True}))
 elif phase == "xet-read":
     check_downloads(["lfs-up.bin"], os.path.join(work, "cache-xet-read"))
     print(json.dumps({"ok": True}))
