@@ -199,9 +199,10 @@ async fn xet_token(http: &reqwest::Client, base: &str, repo: &str, scope: &str) 
     answer["accessToken"].as_str().unwrap().to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_cas_requests_get_4xx() {
-    let context = TestContext::new();
+/// A server with Xet and the Hub token, repos `org/a` and `org/b`, and a client.
+async fn xet_server(
+    context: &TestContext,
+) -> (hubsweep::hub::server::ServerHandle, String, reqwest::Client) {
     let server = start_server(context.path(), |config| {
         config.token = Some(hubsweep::hub::Token::new(HUB_TOKEN));
         config.xet = true;
@@ -219,55 +220,85 @@ async fn hostile_cas_requests_get_4xx() {
             .error_for_status()
             .unwrap();
     }
+    (server, base, http)
+}
+
+/// The status of a POST of `body`, with `token` as bearer if any.
+async fn post_status(http: &reqwest::Client, url: &str, token: Option<&str>, body: Vec<u8>) -> u16 {
+    let mut request = http.post(url).body(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_cas_requests_get_4xx() {
+    let context = TestContext::new();
+    let (server, base, http) = xet_server(&context).await;
     let write = xet_token(&http, &base, "org/b", "write").await;
     let data = pseudo_random(200_000, 7);
     let chunks: Vec<&[u8]> = data.chunks(70_000).collect();
     let (xorb, xorb_hash) = xorb_of(&chunks);
     let xorb_url = format!("{base}/v1/xorbs/default/{}", xorb_hash.hex());
-    let post = |url: &str, token: Option<&str>, body: Vec<u8>| {
-        let request = http.post(url).body(body);
-        match token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        }
-    };
-    let status = |request: reqwest::RequestBuilder| async move {
-        request.send().await.unwrap().status().as_u16()
-    };
 
-    // Upload refusals: no token, a forged one, a read token, truncated and mislabelled xorbs.
-    assert_eq!(status(post(&xorb_url, None, xorb.clone())).await, 401);
+    // No token, a forged one, a read token, truncated and mislabelled xorbs.
+    assert_eq!(post_status(&http, &xorb_url, None, xorb.clone()).await, 401);
+    let forged = Some("xet1.00.1.00");
     assert_eq!(
-        status(post(&xorb_url, Some("xet1.00.1.00"), xorb.clone())).await,
+        post_status(&http, &xorb_url, forged, xorb.clone()).await,
         401
     );
     let read_b = xet_token(&http, &base, "org/b", "read").await;
     assert_eq!(
-        status(post(&xorb_url, Some(&read_b), xorb.clone())).await,
+        post_status(&http, &xorb_url, Some(&read_b), xorb.clone()).await,
         403
     );
     let truncated = xorb[..xorb.len() - 10].to_vec();
-    assert_eq!(status(post(&xorb_url, Some(&write), truncated)).await, 400);
+    assert_eq!(
+        post_status(&http, &xorb_url, Some(&write), truncated).await,
+        400
+    );
     let (other, _) = xorb_of(&[b"something else"]);
-    assert_eq!(status(post(&xorb_url, Some(&write), other)).await, 400);
-    // A shard referencing a xorb nobody uploaded.
-    let (shard, file) = shard_of(xorb_hash, &chunks);
+    assert_eq!(
+        post_status(&http, &xorb_url, Some(&write), other).await,
+        400
+    );
+    // A shard referencing a xorb nobody uploaded, and a cut shard.
+    let (shard, _) = shard_of(xorb_hash, &chunks);
     let shards = format!("{base}/v1/shards");
     assert_eq!(
-        status(post(&shards, Some(&write), shard.clone())).await,
+        post_status(&http, &shards, Some(&write), shard.clone()).await,
         400
     );
     assert_eq!(
-        status(post(&shards, Some(&write), shard[..100].to_vec())).await,
+        post_status(&http, &shards, Some(&write), shard[..100].to_vec()).await,
         400
     );
+    // Nothing of it was stored.
+    assert!(!context.path().join("store/xet/xorbs").exists());
+    server.shutdown().await;
+}
 
-    // The well-formed upload goes through, and the file commits and downloads like LFS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xet_files_reconstruct_for_their_repo_only() {
+    let context = TestContext::new();
+    let (server, base, http) = xet_server(&context).await;
+    let write = xet_token(&http, &base, "org/b", "write").await;
+    let data = pseudo_random(200_000, 7);
+    let chunks: Vec<&[u8]> = data.chunks(70_000).collect();
+    let (xorb, xorb_hash) = xorb_of(&chunks);
+    let xorb_url = format!("{base}/v1/xorbs/default/{}", xorb_hash.hex());
+    let (shard, file) = shard_of(xorb_hash, &chunks);
     assert_eq!(
-        status(post(&xorb_url, Some(&write), xorb.clone())).await,
+        post_status(&http, &xorb_url, Some(&write), xorb.clone()).await,
         200
     );
-    assert_eq!(status(post(&shards, Some(&write), shard)).await, 200);
+    assert_eq!(
+        post_status(&http, &format!("{base}/v1/shards"), Some(&write), shard).await,
+        200
+    );
+    // The file commits and downloads like an LFS upload.
     let sha = sha256_hex(&data);
     let commit = format!(
         "{}\n{}\n",
@@ -292,13 +323,10 @@ async fn hostile_cas_requests_get_4xx() {
         .get(format!("{base}/org/b/resolve/main/f.bin"))
         .send()
         .await
-        .unwrap()
-        .bytes()
-        .await
         .unwrap();
-    assert_eq!(sha256_hex(&body), sha);
+    assert_eq!(sha256_hex(&body.bytes().await.unwrap()), sha);
 
-    // Reconstruction: with a read token of the repo holding the file, not with another repo's.
+    // With a read token of the repo holding the file; not with another repo's, nor without.
     let reconstruction = format!("{base}/v1/reconstructions/{}", file.hex());
     let read_b = xet_token(&http, &base, "org/b", "read").await;
     let answer = http
@@ -311,11 +339,33 @@ async fn hostile_cas_requests_get_4xx() {
     let answer: serde_json::Value = answer.json().await.unwrap();
     assert_eq!(answer["terms"][0]["range"], json!({"start": 0, "end": 3}));
     let read_a = xet_token(&http, &base, "org/a", "read").await;
+    let status = |request: reqwest::RequestBuilder| async move {
+        request.send().await.unwrap().status().as_u16()
+    };
     assert_eq!(
         status(http.get(&reconstruction).bearer_auth(&read_a)).await,
         403
     );
     assert_eq!(status(http.get(&reconstruction)).await, 401);
+    // A range: whole chunks 1..3 (bytes 70,000..200,000), the first 30,000 of them skipped.
+    let ranged: serde_json::Value = http
+        .get(&reconstruction)
+        .bearer_auth(&read_b)
+        .header("range", "bytes=100000-150000")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ranged["offset_into_first_range"], 30_000);
+    assert_eq!(ranged["terms"][0]["range"], json!({"start": 1, "end": 3}));
+    assert_eq!(ranged["terms"][0]["unpacked_length"], 130_000);
+    let past_end = http
+        .get(&reconstruction)
+        .bearer_auth(&read_b)
+        .header("range", "bytes=200000-");
+    assert_eq!(status(past_end).await, 416);
     // The signed xorb range serves exactly the chunks' bytes, and only with its signature.
     let fetch = &answer["fetch_info"][xorb_hash.hex()][0];
     let url = fetch["url"].as_str().unwrap();

@@ -47,7 +47,7 @@ impl ChunkEntry {
 
     /// Parses a stored chunk index (written by the server itself).
     pub fn parse_index(bytes: &[u8]) -> Option<Vec<Self>> {
-        if bytes.len() % ENTRY_BYTES != 0 {
+        if !bytes.len().is_multiple_of(ENTRY_BYTES) {
             return None;
         }
         Some(
