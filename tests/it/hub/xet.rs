@@ -97,9 +97,14 @@ async fn official_python_client_round_trips_through_xet() {
     peer(&python, &context, &endpoint, "xet-read", true).await;
     // Global dedup: the same 25 MB again, from a client with an empty Xet cache, sends no xorb.
     let xorbs = context.path().join("store/xet/xorbs");
-    let before = folder_bytes(&xorbs);
+    let (stored, posted) = (folder_bytes(&xorbs), server.stats().xorb_posts);
     peer(&python, &context, &endpoint, "xet-dedup", true).await;
-    assert_eq!(folder_bytes(&xorbs), before);
+    assert_eq!(folder_bytes(&xorbs), stored);
+    assert_eq!(
+        server.stats().xorb_posts,
+        posted,
+        "the dedup query must spare the xorb"
+    );
     server.shutdown().await;
 }
 

@@ -112,6 +112,7 @@ pub async fn upload_xorb(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     token::check(&state, &headers, Scope::Write)?;
+    crate::hub::server::faults::FaultState::bump(&state.faults.xorb_posts);
     if prefix != "default" {
         return Err(ApiError::bad_request("the xorb prefix must be `default`"));
     }
