@@ -8,7 +8,8 @@
 //! xet/xorbs/<aa>/<xorb>.chunks   its chunk index (hash, byte range, length), written first
 //! xet/files/<aa>/<file>.json     a file: size, sha256 and terms (xorb, chunk range, bytes)
 //! xet/sha256/<aa>/<sha256>       the Xet file hash of the content with that sha256
-//! xet/chunks/<aa>/<chunk>        a xorb holding that chunk (global-dedup-eligible chunks only)
+//! xet/chunks/<aa>/<chunk>        a xorb holding that chunk (the chunks clients ask the global
+//!                                dedup query about: `0 mod 1024`, and each file's first)
 //! ```
 //!
 //! A shard's file is also reassembled into `objects/<sha256>` (checked against the sha256 the
@@ -257,6 +258,12 @@ pub fn apply_shard(store: &Store, shard: &Shard) -> Result<bool, CasError> {
         )?;
         let map = path(store, "sha256", &sha256, "");
         store.write_file_atomic(&map, file.file_hash.hex().as_bytes())?;
+        // Clients ask the dedup query about a file's first chunk too, not only about chunks
+        // that are `0 mod 1024`.
+        let first = &file.terms[0];
+        let first_chunk = indexes[0][first.start as usize].hash;
+        let entry = path(store, "chunks", &first_chunk.hex(), "");
+        store.write_file_atomic(&entry, first.xorb.hex().as_bytes())?;
         any_new = true;
     }
     Ok(any_new)

@@ -160,8 +160,8 @@ pub fn parse(bytes: &[u8]) -> Result<Shard, ShardError> {
         }
         shard.xorbs.push(XorbInfo { xorb, chunks });
     }
-    let left = bytes.len() - reader.offset;
-    if left != 0 && left as u64 != FOOTER_BYTES {
+    // With a footer, lookup tables come between the sections and it; nothing reads them here.
+    if footer == 0 && reader.offset != bytes.len() {
         return Err(reader.error("unexpected bytes after the CAS info section"));
     }
     Ok(shard)
@@ -229,43 +229,89 @@ mod hex_hash {
     }
 }
 
-/// Serializes a shard answering a global dedup query: no files, the given xorbs, a footer
-/// with the section offsets, no chunk HMAC key, and `expiry` (unix seconds).
+/// Serializes a shard answering a global dedup query as `xet-core` reads it: no files, the
+/// given xorbs, the lookup tables (file: none; xorb: first word of its hash → its entry index;
+/// chunk: first word of its hash → xorb entry index and chunk index, sorted), and the 200-byte
+/// footer with their offsets, no chunk HMAC key, and `expiry` (unix seconds).
 pub fn dedup_answer(xorbs: &[XorbInfo], now: u64, expiry: u64) -> Vec<u8> {
+    let word = |hash: &XetHash| u64::from_le_bytes(hash.0[..8].try_into().expect("8 bytes"));
     let mut out = Vec::new();
     out.extend_from_slice(&HEADER_TAG);
     out.extend_from_slice(&HEADER_VERSION.to_le_bytes());
     out.extend_from_slice(&FOOTER_BYTES.to_le_bytes());
     let file_info_offset = out.len() as u64;
     bookend(&mut out);
-    let cas_info_offset = out.len() as u64;
+    let xorb_info_offset = out.len() as u64;
+    let mut xorb_lookup = Vec::new();
+    let mut chunk_lookup = Vec::new();
+    let mut entry = 0u32;
+    let mut stored = 0u64;
     for xorb in xorbs {
         let total: u64 = xorb.chunks.iter().map(|c| u64::from(c.1)).sum();
+        stored += total;
+        xorb_lookup.push((word(&xorb.xorb), entry));
         out.extend_from_slice(&xorb.xorb.0);
         out.extend_from_slice(&0u32.to_le_bytes());
         out.extend_from_slice(&(xorb.chunks.len() as u32).to_le_bytes());
         out.extend_from_slice(&(total as u32).to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
         let mut position = 0u32;
-        for (hash, unpacked) in &xorb.chunks {
+        for (i, (hash, unpacked)) in xorb.chunks.iter().enumerate() {
+            chunk_lookup.push((word(hash), entry, i as u32));
             out.extend_from_slice(&hash.0);
             out.extend_from_slice(&position.to_le_bytes());
             out.extend_from_slice(&unpacked.to_le_bytes());
             out.extend_from_slice(&[0; 8]);
             position += unpacked;
         }
+        entry += 1 + xorb.chunks.len() as u32;
     }
     bookend(&mut out);
+    let file_lookup_offset = out.len() as u64;
+    xorb_lookup.sort_unstable();
+    let xorb_lookup_offset = out.len() as u64;
+    for (key, index) in &xorb_lookup {
+        out.extend_from_slice(&key.to_le_bytes());
+        out.extend_from_slice(&index.to_le_bytes());
+    }
+    chunk_lookup.sort_unstable();
+    let chunk_lookup_offset = out.len() as u64;
+    for (key, xorb_entry, chunk) in &chunk_lookup {
+        out.extend_from_slice(&key.to_le_bytes());
+        out.extend_from_slice(&xorb_entry.to_le_bytes());
+        out.extend_from_slice(&chunk.to_le_bytes());
+    }
     let footer_offset = out.len() as u64;
-    out.extend_from_slice(&1u64.to_le_bytes());
-    out.extend_from_slice(&file_info_offset.to_le_bytes());
-    out.extend_from_slice(&cas_info_offset.to_le_bytes());
-    out.extend_from_slice(&[0; 48]);
+    for value in [
+        1,
+        file_info_offset,
+        xorb_info_offset,
+        file_lookup_offset,
+        0,
+        xorb_lookup_offset,
+        xorb_lookup.len() as u64,
+        chunk_lookup_offset,
+        chunk_lookup.len() as u64,
+    ] {
+        out.extend_from_slice(&value.to_le_bytes());
+    }
     out.extend_from_slice(&[0; 32]);
-    out.extend_from_slice(&now.to_le_bytes());
-    out.extend_from_slice(&expiry.to_le_bytes());
-    out.extend_from_slice(&[0; 72]);
-    out.extend_from_slice(&footer_offset.to_le_bytes());
+    for value in [
+        now,
+        expiry,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        stored,
+        stored,
+        stored,
+        footer_offset,
+    ] {
+        out.extend_from_slice(&value.to_le_bytes());
+    }
     out
 }
 
