@@ -24,8 +24,8 @@ if [ ! -f "$hub_py_dir/.installed" ]; then
     printf '#!/bin/sh\nPYTHONPATH="%s${PYTHONPATH:+:$PYTHONPATH}" exec "%s" "$@"\n' "$hub_py_dir/site" "$hub_py_base" > "$hub_py_dir/python"
     chmod +x "$hub_py_dir/python"
   fi
-  # hf_xet comes along with huggingface_hub; harmless, because the tests and the benchmark set
-  # HF_HUB_DISABLE_XET=1 (our server speaks LFS only, see docs/hub.md).
+  # hf_xet comes along with huggingface_hub. The LFS peer tests and the benchmark run with
+  # HF_HUB_DISABLE_XET=1 (exported below); tests/it/hub/xet.rs removes it for its own runs.
   "$hub_py_dir/python" -c "import huggingface_hub as h; assert h.__version__ == '$hub_py_version', h.__version__"
   touch "$hub_py_dir/.installed"
 fi

@@ -178,6 +178,12 @@ struct ServeArgs {
     /// Serve the fault-injection and counter endpoints (`/_admin/faults`, `/_admin/stats`).
     #[arg(long)]
     admin: bool,
+    /// Speak Xet besides LFS (token routes, CAS API, the `xet` batch transfer); the default.
+    #[arg(long, overrides_with = "no_xet")]
+    xet: bool,
+    /// Speak LFS only: Xet clients must then set `HF_HUB_DISABLE_XET=1`.
+    #[arg(long, overrides_with = "xet")]
+    no_xet: bool,
 }
 
 /// Runs a `hub` subcommand.
@@ -405,6 +411,7 @@ async fn run_serve(args: ServeArgs, env: &Env) -> ExitCode {
     config.token = args.token.map(Token::new);
     config.public_url = args.public_url;
     config.admin = args.admin;
+    config.xet = (config.xet || args.xet) && !args.no_xet;
     let defaults = Limits::default();
     config.limits = Limits {
         part_size: args.part_size.unwrap_or(defaults.part_size),

@@ -29,6 +29,14 @@ struct BatchRequest {
     #[serde(default)]
     transfers: Vec<String>,
     objects: Vec<BatchObject>,
+    /// The ref the objects are for (git-lfs 2.4+); the branch a `xet` write token is for.
+    #[serde(default, rename = "ref")]
+    reference: Option<BatchRef>,
+}
+
+#[derive(Deserialize)]
+struct BatchRef {
+    name: String,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +49,7 @@ struct BatchObject {
 struct Offered {
     basic: bool,
     multipart: bool,
+    xet: bool,
     names: String,
 }
 
@@ -50,6 +59,7 @@ impl Offered {
             return Self {
                 basic: true,
                 multipart: false,
+                xet: false,
                 names: "`basic`".to_owned(),
             };
         }
@@ -61,6 +71,7 @@ impl Offered {
         Self {
             basic: transfers.iter().any(|t| t == "basic"),
             multipart: transfers.iter().any(|t| t == "multipart"),
+            xet: transfers.iter().any(|t| t == "xet"),
             names: names.join(", "),
         }
     }
@@ -137,6 +148,18 @@ pub async fn batch(
         paths::unix_now() + state.limits.presign_ttl_secs
     };
     let offered = Offered::new(&request.transfers);
+    if !download && state.xet && offered.xet {
+        let revision = request.reference.as_ref().map_or("main", |r| {
+            r.name.strip_prefix("refs/heads/").unwrap_or(&r.name)
+        });
+        let objects = xet_answers(&state, &key, revision, &request.objects);
+        let body = json!({ "transfer": "xet", "objects": objects, "hash_algo": "sha256" });
+        return Ok((
+            [(header::CONTENT_TYPE, "application/vnd.git-lfs+json")],
+            body.to_string(),
+        )
+            .into_response());
+    }
     let (objects, used_multipart) = if download {
         (download_answers(&state, &offered, &request.objects), false)
     } else {
@@ -174,6 +197,36 @@ fn download_answers(state: &AppState, offered: &Offered, objects: &[BatchObject]
                     &Refusal::new(404, "object does not exist".to_owned()),
                 ),
             }
+        })
+        .collect()
+}
+
+/// Upload answers when the client offered `xet` (and the server speaks it): objects already
+/// stored need nothing, the others one `xet` action (a write token and the CAS URL).
+fn xet_answers(
+    state: &AppState,
+    key: &RepoKey,
+    revision: &str,
+    objects: &[BatchObject],
+) -> Vec<Value> {
+    let action = super::xet::batch_upload_action(state, key, revision);
+    objects
+        .iter()
+        .map(|object| {
+            if !paths::is_sha256_hex(&object.oid) {
+                return refused(object, &bad_oid());
+            }
+            if state.store.object_size(&object.oid) == Some(object.size) {
+                return json!({"oid": object.oid, "size": object.size});
+            }
+            if object.size > state.limits.max_object_size {
+                return refused(
+                    object,
+                    &Refusal::new(422, "file is larger than this hub accepts".to_owned()),
+                );
+            }
+            json!({"oid": object.oid, "size": object.size, "authenticated": true,
+                "actions": {"upload": action}})
         })
         .collect()
 }
@@ -300,7 +353,7 @@ fn no_spoken_transfer(offered: &Offered) -> Refusal {
     Refusal::new(
         422,
         format!(
-            "none of the offered transfers ({}) is spoken by this hub; it speaks `basic` and `multipart`",
+            "none of the offered transfers ({}) is spoken by this hub; it speaks `basic` and `multipart` (and `xet` unless started with `--no-xet`)",
             offered.names
         ),
     )

@@ -53,6 +53,8 @@ pub struct Stats {
     /// Requests to storage URLs (`/_lfs/…`) that carried an `Authorization` header: a client
     /// leaking its token to storage. Should stay 0.
     pub storage_requests_with_auth: u64,
+    /// Xet xorb uploads received with a valid token (stored, refused or already there).
+    pub xorb_posts: u64,
 }
 
 /// How many times each kind of fault fired.
@@ -85,6 +87,7 @@ pub struct FaultState {
     faults_fired: AtomicU64,
     fired: Mutex<FiredFaults>,
     pub(super) storage_requests_with_auth: AtomicU64,
+    pub(super) xorb_posts: AtomicU64,
 }
 
 impl FaultState {
@@ -120,6 +123,7 @@ impl FaultState {
             faults_fired: load(&self.faults_fired),
             fired: self.fired.lock().expect("fault lock").clone(),
             storage_requests_with_auth: load(&self.storage_requests_with_auth),
+            xorb_posts: load(&self.xorb_posts),
         }
     }
 

@@ -54,6 +54,16 @@ pub struct Limits {
     pub presign_ttl_secs: u64,
     /// Entries per page of tree listings (pages are linked with `Link: rel="next"`).
     pub tree_page_size: usize,
+    /// Largest serialized xorb accepted (413 beyond): the protocol's 64 MiB of chunks plus
+    /// room for the footer `xet-core` appends.
+    pub max_xorb_bytes: u64,
+    /// Largest shard accepted (413 beyond).
+    pub max_shard_bytes: u64,
+    /// Xorb and shard uploads validated at once; more wait before their bodies are read, so
+    /// memory stays below this many times [`Limits::max_xorb_bytes`].
+    pub xet_uploads_in_flight: usize,
+    /// Lifetime of Xet access tokens.
+    pub xet_token_ttl_secs: u64,
 }
 
 impl Default for Limits {
@@ -75,6 +85,10 @@ impl Default for Limits {
             commits_per_hour: None,
             presign_ttl_secs: 3600,
             tree_page_size: 1000,
+            max_xorb_bytes: (64 << 20) + (1 << 20),
+            max_shard_bytes: 32 << 20,
+            xet_uploads_in_flight: 4,
+            xet_token_ttl_secs: 3600,
         }
     }
 }
@@ -91,6 +105,7 @@ impl Limits {
             ("max_ndjson_line", self.max_ndjson_line as u64),
             ("max_commit_operations", self.max_commit_operations as u64),
             ("tree_page_size", self.tree_page_size as u64),
+            ("xet_uploads_in_flight", self.xet_uploads_in_flight as u64),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("`{name}` must be at least 1"));

@@ -1,5 +1,5 @@
 //! The embedded Hub-compatible server (docs/hub.md, "What the server implements"): axum over the crash-safe
-//! on-disk [`store`], LFS-only (no Xet), with per-instance limits and [`faults`].
+//! on-disk [`store`], speaking LFS and [`xet`], with per-instance limits and [`faults`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), hubsweep::hub::server::ServerError> {
@@ -28,6 +28,7 @@ mod resolve;
 mod state;
 pub mod store;
 mod tree;
+pub mod xet;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -71,6 +72,10 @@ pub struct ServerConfig {
     /// Serve `/_admin/faults` and `/_admin/stats` (tests, benchmarks). Off by default: on a
     /// shared network anyone could otherwise switch faults on (or, with a token, whoever holds it).
     pub admin: bool,
+    /// Speak Xet (docs/hub.md, "Xet"): the token routes, the CAS API, the `xet` batch transfer
+    /// and the `X-Xet-*` headers of `resolve/`. On by default ([`XET_BY_DEFAULT`]). Off: LFS
+    /// only, and the token routes answer 404 with a hint to set `HF_HUB_DISABLE_XET=1`.
+    pub xet: bool,
 }
 
 impl ServerConfig {
@@ -84,9 +89,13 @@ impl ServerConfig {
             faults: Faults::default(),
             public_url: None,
             admin: false,
+            xet: XET_BY_DEFAULT,
         }
     }
 }
+
+/// Whether a server speaks Xet unless told otherwise.
+pub const XET_BY_DEFAULT: bool = true;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +166,7 @@ impl Server {
             base_url.clone(),
             storage_url,
             faults::FaultState::new(config.faults),
+            config.xet,
         ));
         let router = router(state.clone(), config.admin);
         let shutdown = CancellationToken::new();
@@ -401,10 +411,6 @@ fn router(state: Arc<AppState>, admin: bool) -> Router {
                 }),
             )
             .route(
-                &format!("{api}/xet-write-token/{{rev}}"),
-                get(repo_api::xet_token),
-            )
-            .route(
                 &format!("{git}/info/lfs/objects/batch"),
                 post(move |State(s): S, p: P2, h: HeaderMap, b| batch::batch(s, kind, p.0, h, b)),
             )
@@ -420,6 +426,19 @@ fn router(state: Arc<AppState>, admin: bool) -> Router {
                     resolve::resolve(s, kind, p.0, m, h)
                 }),
             );
+    }
+    if state.xet {
+        app = xet::routes(app);
+    } else {
+        for kind in [RepoType::Model, RepoType::Dataset] {
+            let api = format!("/api/{}/{{ns}}/{{name}}", kind.api_plural());
+            for scope in ["read", "write"] {
+                app = app.route(
+                    &format!("{api}/xet-{scope}-token/{{rev}}"),
+                    get(repo_api::xet_token),
+                );
+            }
+        }
     }
     // Bodies read whole (JSON, forms) are bounded; commits and uploads stream under their own.
     let body_limit = axum::extract::DefaultBodyLimit::max(state.limits.max_json_body);
@@ -466,6 +485,8 @@ async fn declared_body_limits(State(state): S, request: Request, next: Next) -> 
         let limit = match segments.as_slice() {
             ["", "_lfs", "objects" | "parts", ..] => None,
             ["", "api", _, _, _, "commit", ..] => Some(state.limits.max_commit_bytes),
+            ["", "v1", "xorbs", ..] => Some(state.limits.max_xorb_bytes),
+            ["", "v1", "shards"] => Some(state.limits.max_shard_bytes),
             _ => Some(state.limits.max_json_body as u64),
         };
         if let Some(limit) = limit.filter(|limit| declared > *limit) {

@@ -416,12 +416,12 @@ pub async fn whoami(state: Arc<AppState>, headers: HeaderMap) -> Result<Json<Val
     })))
 }
 
-/// `GET /api/{t}/{ns}/{name}/xet-write-token/{rev}`: this server speaks LFS only, and says so,
-/// so a Xet-enabled client fails loudly instead of hanging.
+/// `GET /api/{t}/{ns}/{name}/xet-{read|write}-token/{rev}` when Xet is off: the server speaks
+/// LFS only, and says so, so a Xet-enabled client fails loudly instead of hanging.
 pub async fn xet_token() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "this server does not support Xet; set HF_HUB_DISABLE_XET=1",
+        "this server does not speak Xet (it runs with `--no-xet`); set HF_HUB_DISABLE_XET=1",
     )
 }
 

@@ -62,6 +62,9 @@ pub async fn resolve(
             header_value(&format!("\"{}\"", entry.git_oid))?,
         );
         out.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        if state.xet {
+            super::xet::add_resolve_headers(&state, &key, &commit_id, &entry.sha256, out);
+        }
         return Ok(response);
     }
     let file = state.store.object_path(&entry.sha256);
@@ -99,7 +102,7 @@ pub async fn blob(
 }
 
 /// Serves a stored file whole or as a `Range`, with exact `Content-Length` (also on `HEAD`).
-async fn serve_file(
+pub(super) async fn serve_file(
     path: &std::path::Path,
     size: u64,
     method: &Method,
@@ -208,7 +211,7 @@ fn map(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<memmap2::
 
 /// Parses a single `bytes=` range against `size`, clamping an end past the last byte (the
 /// `hf-hub` crate asks for one byte past the end). `None` means 416.
-fn parse_range(text: &str, size: u64) -> Option<(u64, u64)> {
+pub(super) fn parse_range(text: &str, size: u64) -> Option<(u64, u64)> {
     let spec = text.trim().strip_prefix("bytes=")?;
     if spec.contains(',') || size == 0 {
         return None;
@@ -225,7 +228,7 @@ fn parse_range(text: &str, size: u64) -> Option<(u64, u64)> {
     (start <= end && start < size).then_some((start, end))
 }
 
-fn header_value(text: &str) -> Result<HeaderValue, ApiError> {
+pub(super) fn header_value(text: &str) -> Result<HeaderValue, ApiError> {
     HeaderValue::from_str(text)
         .map_err(|_| ApiError::bad_request("value cannot be sent as a header"))
 }

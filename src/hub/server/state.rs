@@ -36,6 +36,10 @@ pub struct AppState {
     pub hashes: super::hashing::IncrementalHashes,
     /// Parsed commits and their listings (commits are immutable, so never stale).
     pub commits: super::tree::CommitCache,
+    /// Whether the server speaks Xet.
+    pub xet: bool,
+    /// Xorb and shard uploads being validated ([`Limits::xet_uploads_in_flight`]).
+    pub xet_uploads: tokio::sync::Semaphore,
     repo_locks: Mutex<HashMap<RepoKey, Arc<tokio::sync::Mutex<()>>>>,
     commit_times: Mutex<HashMap<RepoKey, VecDeque<Instant>>>,
 }
@@ -49,8 +53,11 @@ impl AppState {
         base_url: String,
         storage_url: String,
         faults: FaultState,
+        xet: bool,
     ) -> Self {
         Self {
+            xet,
+            xet_uploads: tokio::sync::Semaphore::new(limits.xet_uploads_in_flight),
             store,
             limits,
             token,
@@ -232,6 +239,12 @@ impl AppState {
             );
         }
         Ok(())
+    }
+
+    /// The server's signature of `what` valid until `expires` (the same MAC as presigned URLs;
+    /// Xet access tokens carry one).
+    pub fn signature(&self, what: &str, expires: u64) -> String {
+        self.sign(&format!("{what}|{expires}"))
     }
 
     /// HMAC-SHA256 (RFC 2104) of `message` with the server's key, in hex.

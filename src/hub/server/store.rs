@@ -10,6 +10,7 @@
 //! repos/<models|datasets>/<ns>/<name>/repo.json        creation time, visibility
 //! repos/<models|datasets>/<ns>/<name>/commits/<id>.json one immutable record per commit
 //! repos/<models|datasets>/<ns>/<name>/refs.json        branches, tags, pull requests
+//! xet/…                             Xet xorbs, file records and indexes (see `xet::cas`)
 //! ```
 //!
 //! Crash safety: every file is written to `tmp/`, fsynced, renamed into place and its folder
@@ -163,6 +164,18 @@ impl Store {
             std::process::id(),
             rand::random::<u64>()
         ))
+    }
+
+    /// The store's root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Writes `bytes` to `target` crash-safe (temp file, fsync, rename, fsync of the folder),
+    /// creating the folder if needed.
+    pub fn write_file_atomic(&self, target: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        fs_err::create_dir_all(target.parent().expect("store files live in a folder"))?;
+        write_atomic(self, target, bytes)
     }
 
     fn repo_dir(&self, key: &RepoKey) -> PathBuf {

@@ -10,6 +10,7 @@ mod hostile;
 mod limits;
 mod listing;
 mod python;
+mod xet;
 
 use std::io::BufRead as _;
 

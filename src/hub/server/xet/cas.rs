@@ -1,0 +1,418 @@
+//! The Xet side of the store: xorbs, the files shards describe, and the indexes between them.
+//!
+//! Layout under the store root (every file written crash-safe through
+//! [`Store::write_file_atomic`] or [`Store::install_object`]):
+//!
+//! ```text
+//! xet/xorbs/<aa>/<xorb>          a xorb as uploaded (chunks, then the client's footer)
+//! xet/xorbs/<aa>/<xorb>.chunks   its chunk index (hash, byte range, length), written first
+//! xet/files/<aa>/<file>.json     a file: size, sha256 and terms (xorb, chunk range, bytes)
+//! xet/sha256/<aa>/<sha256>       the Xet file hash of the content with that sha256
+//! xet/chunks/<aa>/<chunk>        a xorb holding that chunk (the chunks clients ask the global
+//!                                dedup query about: `0 mod 1024`, and each file's first)
+//! ```
+//!
+//! A shard's file is also reassembled into `objects/<sha256>` (checked against the sha256 the
+//! shard declares) before its records are written, so commits, listings, `resolve/`, `verify`
+//! and LFS clients see a Xet upload exactly like an LFS one. Each record is written after what
+//! it points to, so a crash leaves at most unreferenced files, never a dangling record.
+
+use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
+use std::path::PathBuf;
+
+use sha2::Digest as _;
+
+use super::hash::{self, XetHash};
+use super::shard::{Shard, Term};
+use super::xorb::{self, ChunkEntry};
+use crate::hub::server::store::{Store, StoreError};
+
+/// Chunks whose hash is `0 mod 1024` are the ones clients ask the global dedup query about.
+pub const GLOBAL_DEDUP_MODULUS: u64 = 1024;
+
+/// A file as a shard described it, once checked and reassembled.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileRecord {
+    /// Bytes of the content.
+    pub size: u64,
+    /// sha256 of the content (the object's name in `objects/`, the LFS oid).
+    pub sha256: String,
+    /// The terms, in order.
+    pub terms: Vec<Term>,
+}
+
+/// Why a shard is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CasError {
+    /// A term or CAS entry names a xorb that was never uploaded.
+    #[error("shard references xorb `{xorb}`, which was not uploaded")]
+    MissingXorb {
+        /// The xorb.
+        xorb: String,
+    },
+    /// A term's chunk range is empty or beyond the xorb's chunks.
+    #[error("term names chunks {start}..{end} of xorb `{xorb}`, which has {chunks}")]
+    ChunkRange {
+        /// The xorb.
+        xorb: String,
+        /// First chunk named.
+        start: u32,
+        /// One past the last.
+        end: u32,
+        /// Chunks the xorb has.
+        chunks: usize,
+    },
+    /// Something the shard declares does not match the stored chunks.
+    #[error("shard does not match the stored data: {what}")]
+    Mismatch {
+        /// What differs.
+        what: String,
+    },
+    /// A file comes without the sha256 extension a Git repo needs.
+    #[error("file `{file}` has no sha256 metadata extension (needed for Git repos)")]
+    NoSha256 {
+        /// The file hash.
+        file: String,
+    },
+    /// A stored record cannot be read.
+    #[error("stored xet record `{}` is corrupt", path.display())]
+    Corrupt {
+        /// The record.
+        path: PathBuf,
+    },
+    /// The filesystem failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<std::io::Error> for CasError {
+    fn from(error: std::io::Error) -> Self {
+        Self::Store(StoreError::Io(error))
+    }
+}
+
+fn path(store: &Store, kind: &str, name: &str, suffix: &str) -> PathBuf {
+    store
+        .root()
+        .join("xet")
+        .join(kind)
+        .join(&name[..2])
+        .join(format!("{name}{suffix}"))
+}
+
+/// Where a xorb's bytes live.
+pub fn xorb_path(store: &Store, xorb: &XetHash) -> PathBuf {
+    path(store, "xorbs", &xorb.hex(), "")
+}
+
+/// Whether a xorb is stored (its bytes are written after its index, so they mark it).
+pub fn has_xorb(store: &Store, xorb: &XetHash) -> bool {
+    xorb_path(store, xorb).is_file()
+}
+
+/// A stored xorb's chunk index, `None` if the xorb is not stored.
+pub fn xorb_index(store: &Store, xorb: &XetHash) -> Result<Option<Vec<ChunkEntry>>, CasError> {
+    if !has_xorb(store, xorb) {
+        return Ok(None);
+    }
+    let index = path(store, "xorbs", &xorb.hex(), ".chunks");
+    let bytes = fs_err::read(&index)?;
+    ChunkEntry::parse_index(&bytes)
+        .map(Some)
+        .ok_or(CasError::Corrupt { path: index })
+}
+
+/// Stores a validated xorb: index, bytes, then dedup entries. Returns whether it was new.
+pub fn install_xorb(
+    store: &Store,
+    xorb: &XetHash,
+    bytes: &[u8],
+    chunks: &[ChunkEntry],
+) -> Result<bool, CasError> {
+    if has_xorb(store, xorb) {
+        return Ok(false);
+    }
+    let index: Vec<u8> = chunks.iter().flat_map(|c| c.to_bytes()).collect();
+    store.write_file_atomic(&path(store, "xorbs", &xorb.hex(), ".chunks"), &index)?;
+    store.write_file_atomic(&xorb_path(store, xorb), bytes)?;
+    for chunk in chunks
+        .iter()
+        .filter(|c| c.hash.modulo(GLOBAL_DEDUP_MODULUS) == 0)
+    {
+        let entry = path(store, "chunks", &chunk.hash.hex(), "");
+        store.write_file_atomic(&entry, xorb.hex().as_bytes())?;
+    }
+    Ok(true)
+}
+
+/// The xorb holding a global-dedup-eligible chunk, if any.
+pub fn xorb_of_chunk(store: &Store, chunk: &XetHash) -> Option<XetHash> {
+    let text = std::fs::read_to_string(path(store, "chunks", &chunk.hex(), "")).ok()?;
+    XetHash::from_hex(text.trim())
+}
+
+/// A file's record, `None` if no shard described it.
+pub fn file_record(store: &Store, file: &XetHash) -> Result<Option<FileRecord>, CasError> {
+    let record = path(store, "files", &file.hex(), ".json");
+    match std::fs::read(&record) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|_| CasError::Corrupt { path: record }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The Xet file hash of the content with this sha256, if it arrived through Xet.
+pub fn file_of_sha256(store: &Store, sha256: &str) -> Option<XetHash> {
+    if sha256.len() != 64 {
+        return None;
+    }
+    let text = std::fs::read_to_string(path(store, "sha256", sha256, "")).ok()?;
+    XetHash::from_hex(text.trim())
+}
+
+/// Bytes the files of a shard will take in `objects/` (for the free-space check).
+pub fn shard_bytes(shard: &Shard) -> u64 {
+    shard
+        .files
+        .iter()
+        .flat_map(|f| f.terms.iter())
+        .map(|t| u64::from(t.bytes))
+        .sum()
+}
+
+/// Checks a shard against the stored xorbs and records its files (reassembling each into
+/// `objects/`). Blocking: reads and hashes every byte of every new file. Returns whether any
+/// file was new.
+pub fn apply_shard(store: &Store, shard: &Shard) -> Result<bool, CasError> {
+    for listed in &shard.xorbs {
+        let index = xorb_index(store, &listed.xorb)?.ok_or_else(|| CasError::MissingXorb {
+            xorb: listed.xorb.hex(),
+        })?;
+        let stored = index.iter().map(|c| (c.hash, c.unpacked));
+        if !stored.eq(listed.chunks.iter().copied()) {
+            return Err(CasError::Mismatch {
+                what: format!("xorb `{}` is listed with other chunks", listed.xorb.hex()),
+            });
+        }
+    }
+    let mut any_new = false;
+    for file in &shard.files {
+        let sha256 = file.sha256.ok_or_else(|| CasError::NoSha256 {
+            file: file.file_hash.hex(),
+        })?;
+        // Stored like every Xet hash (`xet-core` builds it from the digest's big-endian
+        // words), so its string form is the usual sha256 hex.
+        let sha256 = XetHash(sha256).hex();
+        let mut pairs = Vec::new();
+        let mut indexes = Vec::with_capacity(file.terms.len());
+        for (i, term) in file.terms.iter().enumerate() {
+            let index = xorb_index(store, &term.xorb)?.ok_or_else(|| CasError::MissingXorb {
+                xorb: term.xorb.hex(),
+            })?;
+            let range = chunk_range(term, &index)?;
+            let bytes: u64 = range.iter().map(|c| u64::from(c.unpacked)).sum();
+            if bytes != u64::from(term.bytes) {
+                return Err(CasError::Mismatch {
+                    what: format!(
+                        "term {i} declares {} bytes, its chunks hold {bytes}",
+                        term.bytes
+                    ),
+                });
+            }
+            if let Some(verification) = &file.verification
+                && hash::verification_hash(range.iter().map(|c| c.hash)) != verification[i]
+            {
+                return Err(CasError::Mismatch {
+                    what: format!("verification hash of term {i}"),
+                });
+            }
+            pairs.extend(range.iter().map(|c| (c.hash, u64::from(c.unpacked))));
+            indexes.push(index);
+        }
+        let actual = hash::file_hash(&pairs);
+        if actual != file.file_hash {
+            return Err(CasError::Mismatch {
+                what: format!(
+                    "file hash is `{}`, not `{}`",
+                    actual.hex(),
+                    file.file_hash.hex()
+                ),
+            });
+        }
+        if file_of_sha256(store, &sha256) == Some(file.file_hash) {
+            continue;
+        }
+        let size = reassemble(store, &file.terms, &indexes, &sha256)?;
+        let record = FileRecord {
+            size,
+            sha256: sha256.clone(),
+            terms: file.terms.clone(),
+        };
+        let record_path = path(store, "files", &file.file_hash.hex(), ".json");
+        store.write_file_atomic(
+            &record_path,
+            &serde_json::to_vec(&record).map_err(StoreError::from)?,
+        )?;
+        let map = path(store, "sha256", &sha256, "");
+        store.write_file_atomic(&map, file.file_hash.hex().as_bytes())?;
+        // Clients ask the dedup query about a file's first chunk too, not only about chunks
+        // that are `0 mod 1024`.
+        let first = &file.terms[0];
+        let first_chunk = indexes[0][first.start as usize].hash;
+        let entry = path(store, "chunks", &first_chunk.hex(), "");
+        store.write_file_atomic(&entry, first.xorb.hex().as_bytes())?;
+        any_new = true;
+    }
+    Ok(any_new)
+}
+
+/// The chunks a term names, or why they do not exist.
+pub fn chunk_range<'a>(term: &Term, index: &'a [ChunkEntry]) -> Result<&'a [ChunkEntry], CasError> {
+    index
+        .get(term.start as usize..term.end as usize)
+        .filter(|range| !range.is_empty())
+        .ok_or_else(|| CasError::ChunkRange {
+            xorb: term.xorb.hex(),
+            start: term.start,
+            end: term.end,
+            chunks: index.len(),
+        })
+}
+
+/// Writes the content the terms describe into `objects/<sha256>`, checking its sha256 on the
+/// way; one chunk in memory at a time. Returns its size.
+fn reassemble(
+    store: &Store,
+    terms: &[Term],
+    indexes: &[Vec<ChunkEntry>],
+    sha256: &str,
+) -> Result<u64, CasError> {
+    let temp = store.temp_path();
+    let result = (|| {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, fs_err::File::create(&temp)?);
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        let mut raw = Vec::new();
+        let mut chunk = Vec::with_capacity(xorb::MAX_CHUNK_BYTES + 1);
+        for (term, index) in terms.iter().zip(indexes) {
+            let file = std::fs::File::open(xorb_path(store, &term.xorb))?;
+            for entry in &index[term.start as usize..term.end as usize] {
+                read_chunk(&file, entry, &mut raw, &mut chunk).map_err(|what| {
+                    CasError::Mismatch {
+                        what: format!("stored xorb `{}`: {what}", term.xorb.hex()),
+                    }
+                })?;
+                hasher.update(&chunk);
+                out.write_all(&chunk)?;
+                size += chunk.len() as u64;
+            }
+        }
+        out.flush()?;
+        let actual = hex::encode(hasher.finalize());
+        if actual != sha256 {
+            return Err(CasError::Mismatch {
+                what: format!("content sha256 is `{actual}`, not `{sha256}`"),
+            });
+        }
+        Ok(size)
+    })();
+    match result {
+        Ok(size) if store.object_size(sha256) == Some(size) => {
+            let _ = std::fs::remove_file(&temp);
+            Ok(size)
+        }
+        Ok(size) => {
+            store.install_object(&temp, sha256)?;
+            Ok(size)
+        }
+        Err(error) => {
+            let _ = std::fs::remove_file(&temp);
+            Err(error)
+        }
+    }
+}
+
+/// Reads and decompresses one stored chunk into `chunk`.
+fn read_chunk(
+    file: &std::fs::File,
+    entry: &ChunkEntry,
+    raw: &mut Vec<u8>,
+    chunk: &mut Vec<u8>,
+) -> Result<(), &'static str> {
+    raw.resize((entry.end - entry.start) as usize, 0);
+    file.read_exact_at(raw, u64::from(entry.start))
+        .map_err(|_| "cannot read a chunk")?;
+    if raw.len() < 8 {
+        return Err("chunk shorter than its header");
+    }
+    xorb::decompress(&raw[8..], raw[4], entry.unpacked as usize, chunk)
+        .map_err(|_| "chunk does not decompress")
+}
+
+/// One piece of a reconstruction: chunks of a xorb and where they lie in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    /// The term (possibly cut to the requested range, at chunk boundaries).
+    pub term: Term,
+    /// First byte of the chunks in the xorb.
+    pub first_byte: u64,
+    /// Last byte (inclusive).
+    pub last_byte: u64,
+}
+
+/// The pieces covering bytes `range` (inclusive; the whole file when `None`) of a file, and
+/// how many bytes of the first piece come before the range.
+pub fn reconstruct(
+    store: &Store,
+    record: &FileRecord,
+    range: Option<(u64, u64)>,
+) -> Result<(u64, Vec<Piece>), CasError> {
+    let (want_start, want_end) = range.unwrap_or((0, record.size.saturating_sub(1)));
+    let mut pieces = Vec::new();
+    let mut skip = 0;
+    let mut position = 0u64;
+    for term in &record.terms {
+        let term_end = position + u64::from(term.bytes);
+        if term_end <= want_start || position > want_end {
+            position = term_end;
+            continue;
+        }
+        let index = xorb_index(store, &term.xorb)?.ok_or_else(|| CasError::MissingXorb {
+            xorb: term.xorb.hex(),
+        })?;
+        let chunks = chunk_range(term, &index)?;
+        let (mut first, mut last) = (None, 0usize);
+        let mut at = position;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let next = at + u64::from(chunk.unpacked);
+            if next > want_start && at <= want_end {
+                if first.is_none() {
+                    first = Some(i);
+                    if pieces.is_empty() {
+                        skip = want_start.saturating_sub(at);
+                    }
+                }
+                last = i;
+            }
+            at = next;
+        }
+        if let Some(first) = first {
+            let selected = &chunks[first..=last];
+            pieces.push(Piece {
+                term: Term {
+                    xorb: term.xorb,
+                    start: term.start + first as u32,
+                    end: term.start + last as u32 + 1,
+                    bytes: selected.iter().map(|c| c.unpacked).sum(),
+                },
+                first_byte: u64::from(selected[0].start),
+                last_byte: u64::from(selected[selected.len() - 1].end) - 1,
+            });
+        }
+        position = term_end;
+    }
+    Ok((skip, pieces))
+}
