@@ -23,11 +23,11 @@ import os
 import sys
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peft_peer import out_in, reference  # noqa: E402
+from peft_peer import merged_deltas, out_in, reference  # noqa: E402
 
 RUNS = [
     ("a", dict(r=4, lora_alpha=8, target_modules=["query_key_value", "dense"])),
@@ -61,19 +61,11 @@ def train(base, name, arguments, out, with_reference):
 
 
 def write_reference(base, folder, rank):
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float64)
-    before = {key: value.clone() for key, value in model.state_dict().items()}
-    merged = PeftModel.from_pretrained(model, folder).merge_and_unload()
-    references = {}
-    for key, value in merged.state_dict().items():
-        if not key.endswith(".weight") or key not in before:
-            continue
-        delta = value - before[key]
-        if torch.count_nonzero(delta) == 0:
-            continue
-        references[key] = reference(
-            out_in(base, key, before[key]), out_in(base, key, delta), rank
-        )
+    before, deltas = merged_deltas(base, folder)
+    references = {
+        key: reference(out_in(base, key, before[key]), out_in(base, key, delta), rank)
+        for key, delta in deltas.items()
+    }
     with open(os.path.join(folder, "reference.json"), "w") as f:
         json.dump(references, f, indent=1, sort_keys=True)
 

@@ -100,6 +100,22 @@ def reference(base, delta, rank):
     )
 
 
+def merged_deltas(base_dir, adapter_dir):
+    """The base's weights, and peft's merged weight minus the base (float64) for every weight
+    the merge changed."""
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float64)
+    before = {key: value.clone() for key, value in base.state_dict().items()}
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    deltas = {}
+    for key, value in merged.state_dict().items():
+        if not key.endswith(".weight") or key not in before:
+            continue
+        delta = value - before[key]
+        if torch.count_nonzero(delta) != 0:
+            deltas[key] = delta
+    return before, deltas
+
+
 def run_case(index, name, fixture, arguments, fixtures, out):
     fixture_dir = os.path.join(fixtures, fixture)
     case_dir = os.path.join(out, name)
@@ -109,16 +125,9 @@ def run_case(index, name, fixture, arguments, fixtures, out):
     config = LoraConfig(init_lora_weights=False, lora_dropout=0.0, **arguments)
     get_peft_model(model, config).save_pretrained(adapter_dir)
 
-    base = AutoModelForCausalLM.from_pretrained(fixture_dir, dtype=torch.float64)
-    before = {key: value.clone() for key, value in base.state_dict().items()}
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    before, changed = merged_deltas(fixture_dir, adapter_dir)
     deltas, references = {}, {}
-    for key, value in merged.state_dict().items():
-        if not key.endswith(".weight") or key not in before:
-            continue
-        delta = value - before[key]
-        if torch.count_nonzero(delta) == 0:
-            continue
+    for key, delta in changed.items():
         deltas[key] = delta.contiguous()
         module = key[: -len(".weight")]
         # peft's get_pattern_key, over the patterns in the order the saved config lists them.

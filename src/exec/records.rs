@@ -91,6 +91,7 @@ pub fn pending_artifact_bytes(
                 (windows.1 - windows.0) * seq_len,
                 estimate::width(hook, &dims, seq_len as u32) as usize,
                 capture.dtype,
+                capture.pool,
             );
             crate::sink::safetensors::file_size(&specs, &metadata)
                 .ok()

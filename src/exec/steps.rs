@@ -211,6 +211,7 @@ pub(super) async fn run_model(
         seq_len: pinned.windows.seq_len(),
         batch_size: spec.compute.batch_size as usize,
         dtype: capture_spec.dtype,
+        pool: capture_spec.pool,
         shards,
         spectra: spectra_keys,
         metadata,

@@ -85,7 +85,7 @@ pub fn shards(
         return (None, 1);
     };
     let dtype = capture.dtype.size();
-    let per_window = |hook: Hook| u64::from(seq_len) * width(hook, dims, seq_len) * dtype;
+    let per_window = |hook: Hook| rows_per_window(spec) * width(hook, dims, seq_len) * dtype;
     let largest = capture
         .hooks
         .iter()
@@ -199,6 +199,14 @@ impl FileCount {
     }
 }
 
+/// Activation rows an artifact stores per window: `seq_len`, or 1 when `capture.pool` pools.
+fn rows_per_window(spec: &SweepSpec) -> u64 {
+    match spec.capture.as_ref().map(|c| c.pool) {
+        Some(crate::spec::Pool::Mean | crate::spec::Pool::Last) => 1,
+        _ => u64::from(spec.data.seq_len),
+    }
+}
+
 /// Computes the estimates of a built plan.
 pub fn estimate(spec: &SweepSpec, plan: &Plan) -> Estimates {
     let mut e = Estimates {
@@ -222,7 +230,8 @@ pub fn estimate(spec: &SweepSpec, plan: &Plan) -> Estimates {
             let windows = plan.nodes[node.inputs[0] as usize].params.windows_count();
             match (m.dims.as_ref(), windows) {
                 (Some(dims), Some(w)) => {
-                    let bytes = w * u64::from(seq_len) * width(*hook, dims, seq_len) * dtype + 1024;
+                    let rows = w * rows_per_window(spec);
+                    let bytes = rows * width(*hook, dims, seq_len) * dtype + 1024;
                     total_bytes += bytes;
                     max_bytes = max_bytes.max(bytes);
                 }
@@ -283,7 +292,7 @@ fn peak_memory(
                 .hooks
                 .iter()
                 .map(|&h| {
-                    w * seq
+                    w * rows_per_window(spec)
                         * width(h, dims, spec.data.seq_len)
                         * capture.dtype.size()
                         * if h.is_per_layer() {

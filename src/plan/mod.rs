@@ -96,6 +96,7 @@ pub struct Plan {
     device_class: String,
     empty_pins: serde_json::Value,
     dtype: &'static str,
+    pool: Option<&'static str>,
     seq_len: u32,
     prepend_bos: bool,
 }
@@ -159,6 +160,7 @@ pub fn build(spec: &SweepSpec, options: &PlanOptions) -> Plan {
         device_class: options.device_class.clone(),
         empty_pins: serde_json::Value::Object(serde_json::Map::new()),
         dtype: spec.capture.as_ref().map_or("f32", |c| c.dtype.as_str()),
+        pool: spec.capture.as_ref().and_then(|c| c.pool.pooled()),
         seq_len: spec.data.seq_len,
         prepend_bos: spec.data.prepend_bos,
     };

@@ -29,6 +29,9 @@ pub(super) struct ArtifactParams {
     dtype: &'static str,
     hook: &'static str,
     layer: Option<u32>,
+    /// Absent when unpooled, so unpooled artifacts keep their ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool: Option<&'static str>,
     shard: u32,
 }
 
@@ -330,6 +333,7 @@ impl Plan {
                 dtype: self.dtype,
                 hook: hook.name(),
                 layer: *layer,
+                pool: self.pool,
                 shard: *shard,
             }),
             Params::Spectrum {

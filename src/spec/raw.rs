@@ -162,6 +162,9 @@ pub struct RawCapture {
     pub layers: Option<RawLayers>,
     /// Stored dtype of activations; default `f32`.
     pub dtype: Option<RawDtype>,
+    /// Rows stored per window (sequence): `none` (default, one per token), `mean` (the mean
+    /// over the window's tokens) or `last` (its last token).
+    pub pool: Option<super::types::Pool>,
 }
 
 /// A hook point name (TransformerLens naming): the validated type is used as is.

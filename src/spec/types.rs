@@ -196,6 +196,84 @@ pub struct CaptureSpec {
     pub layers: LayerSelection,
     /// Stored dtype.
     pub dtype: Dtype,
+    /// Rows stored per window (sequence).
+    pub pool: Pool,
+}
+
+/// How a capture's rows are pooled per window (sequence).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool {
+    /// One row per token (per query token for `attn.hook_pattern`).
+    #[default]
+    None,
+    /// One row per window: the mean over its rows.
+    Mean,
+    /// One row per window: its last row (the last token).
+    Last,
+}
+
+impl Pool {
+    /// Name as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pool::None => "none",
+            Pool::Mean => "mean",
+            Pool::Last => "last",
+        }
+    }
+
+    /// The name, or `None` for [`Pool::None`] (what node ids and metadata carry, so that
+    /// unpooled captures keep the ids and bytes they always had).
+    pub fn pooled(self) -> Option<&'static str> {
+        (self != Pool::None).then(|| self.as_str())
+    }
+
+    /// Rows `[rows, width]` (row-major, window after window) of `windows` windows pooled into
+    /// one row per window; unpooled rows are returned as they are. Returns the rows and their
+    /// count.
+    pub fn apply(
+        self,
+        values: Vec<f32>,
+        rows: usize,
+        width: usize,
+        windows: usize,
+    ) -> (Vec<f32>, usize) {
+        if self == Pool::None || windows == 0 || rows % windows != 0 {
+            return (values, rows);
+        }
+        let per = rows / windows;
+        let mut out = Vec::with_capacity(windows * width);
+        for w in 0..windows {
+            let block = &values[w * per * width..(w + 1) * per * width];
+            match self {
+                Pool::Last => out.extend_from_slice(&block[(per - 1) * width..]),
+                _ => {
+                    let mut sum = vec![0f64; width];
+                    for row in block.chunks_exact(width) {
+                        for (s, v) in sum.iter_mut().zip(row) {
+                            *s += f64::from(*v);
+                        }
+                    }
+                    out.extend(sum.into_iter().map(|s| (s / per as f64) as f32));
+                }
+            }
+        }
+        (out, windows)
+    }
 }
 
 /// A hook point, named as TransformerLens names it.

@@ -27,7 +27,7 @@ const METRIC_TOL: f64 = 1e-9;
 
 /// The Python with the real `peft` (scripts/test.d/25-python-peft.sh).
 #[allow(clippy::print_stderr)] // the skip note the conventions ask for
-fn peft_python() -> Option<PathBuf> {
+pub(crate) fn peft_python() -> Option<PathBuf> {
     match std::env::var_os("HUBSWEEP_PEFT_PYTHON") {
         Some(path) => Some(path.into()),
         None if peers_required() => {

@@ -11,26 +11,12 @@ use std::process::Command;
 use hubsweep::ledger::LedgerState;
 use serde_json::Value;
 
-use crate::common::{TestContext, output_text, peers_required, repo_root};
+use crate::adapters::peft_python;
+use crate::common::{TestContext, output_text, repo_root};
 use crate::run::{check_ledger, dataset, hubsweep, open_store, run_json, runtime, segment_records};
 
 /// p and stable ranks from the ledger against NumPy on peft's merged ΔW (both float64).
 const TOL: f64 = 1e-9;
-
-/// The Python with the real `peft` (scripts/test.d/25-python-peft.sh).
-#[allow(clippy::print_stderr)] // the skip note the conventions ask for
-fn peft_python() -> Option<PathBuf> {
-    match std::env::var_os("HUBSWEEP_PEFT_PYTHON") {
-        Some(path) => Some(path.into()),
-        None if peers_required() => {
-            panic!("HUBSWEEP_PEFT_PYTHON is not set: scripts/test.sh sets it")
-        }
-        None => {
-            eprintln!("skip: HUBSWEEP_PEFT_PYTHON not set (run scripts/test.sh)");
-            None
-        }
-    }
-}
 
 /// Trains the study's adapters into `out` (with NumPy references) and imports both runs into
 /// the embedded hub of `ctx`, as docs/adapters.md says.

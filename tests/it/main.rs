@@ -17,6 +17,7 @@ mod model;
 mod offline;
 mod plan;
 mod plan_scale;
+mod pool;
 mod reference;
 mod report_chromium;
 mod reproduce;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::rows::tensor_dtype;
 use crate::model::Model;
 use crate::sink::{TensorDtype, TensorSpec};
-use crate::spec::{Dtype, Hook};
+use crate::spec::{Dtype, Hook, Pool};
 
 /// Width of a hook's rows, from the model's config (for artifact headers, known before any
 /// forward pass).
@@ -30,8 +30,10 @@ pub fn model_metadata(source: &str, commit: &str, revision: &str) -> BTreeMap<St
 }
 
 /// The tensors and metadata of one artifact: `tokens` rows of `width` activations at `hook`
-/// (its full name) over `windows`, and their token ids. Capture writes exactly this, and the
-/// run's progress total counts its size before capture starts.
+/// (its full name) over `windows` — one row per window instead when `pool` pools them — and
+/// their token ids. Capture writes exactly this, and the run's progress total counts its size
+/// before capture starts.
+#[allow(clippy::too_many_arguments)] // the artifact's facts, each used once
 pub fn artifact_layout(
     model_metadata: &BTreeMap<String, String>,
     node_id: &str,
@@ -40,7 +42,12 @@ pub fn artifact_layout(
     tokens: usize,
     width: usize,
     dtype: Dtype,
+    pool: Pool,
 ) -> (Vec<TensorSpec>, BTreeMap<String, String>) {
+    let rows = match pool {
+        Pool::None => tokens,
+        _ => windows.1 - windows.0,
+    };
     let specs = vec![
         TensorSpec {
             name: "token_ids".into(),
@@ -50,7 +57,7 @@ pub fn artifact_layout(
         TensorSpec {
             name: "activations".into(),
             dtype: tensor_dtype(dtype),
-            shape: vec![tokens, width],
+            shape: vec![rows, width],
         },
     ];
     let mut metadata = model_metadata.clone();
@@ -58,5 +65,8 @@ pub fn artifact_layout(
     metadata.insert("hook".into(), hook.to_owned());
     metadata.insert("windows".into(), format!("{}..{}", windows.0, windows.1));
     metadata.insert("dtype".into(), dtype.as_str().into());
+    if let Some(pool) = pool.pooled() {
+        metadata.insert("pool".into(), pool.into());
+    }
     (specs, metadata)
 }

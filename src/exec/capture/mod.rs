@@ -65,6 +65,8 @@ pub struct CaptureWork {
     pub batch_size: usize,
     /// Stored dtype.
     pub dtype: Dtype,
+    /// Rows stored per window.
+    pub pool: crate::spec::Pool,
     /// Shards to run, in order.
     pub shards: Vec<ShardWork>,
     /// Accumulate spectra for these (hook, layer), over every shard run.
@@ -228,6 +230,7 @@ struct HookJob<'a> {
     layer: Option<u32>,
     writer: Option<&'a mut ArtifactWriter>,
     gram: Option<&'a mut GramAccumulator>,
+    pool: crate::spec::Pool,
 }
 
 impl HookJob<'_> {
@@ -244,7 +247,7 @@ impl HookJob<'_> {
     /// test-only, see [`CaptureWork::perturb_for_tests`].
     fn run(&mut self, dtype: Dtype, nudge: bool) -> Result<(), String> {
         let name = &self.name;
-        if narrows_early(dtype, self.gram.is_some(), nudge) {
+        if self.pool.pooled().is_none() && narrows_early(dtype, self.gram.is_some(), nudge) {
             if let Some(writer) = self.writer.as_deref_mut() {
                 let stored =
                     narrowed(self.hook, &self.tensor, dtype).map_err(|e| format!("{name}: {e}"))?;
@@ -254,8 +257,11 @@ impl HookJob<'_> {
             }
             return Ok(());
         }
-        let (mut values, n, width) =
+        let (values, n, width) =
             as_rows(self.hook, &self.tensor).map_err(|e| format!("{name}: {e}"))?;
+        // The batch's windows are the tensor's first dimension; rows are window-major.
+        let windows = self.tensor.dims().first().copied().unwrap_or(1);
+        let (mut values, n) = self.pool.apply(values, n, width, windows);
         if nudge {
             nudge_first(&mut values, dtype);
         }
@@ -381,6 +387,7 @@ pub fn run_capture(
                 tokens,
                 hook_width(target.hook, model, work.seq_len),
                 work.dtype,
+                work.pool,
             );
             let size =
                 crate::sink::safetensors::file_size(&specs, &metadata).map_err(|source| {
@@ -423,37 +430,37 @@ pub fn run_capture(
         // one batch ahead, so the device computes while the host works (the host work, not the
         // forward pass, bounds a GPU capture). On a CPU both stages want the same cores
         // (running ahead measured ~5% slower), so they take turns (see [`overlap`]).
-        let copy_to_host = |acts: Activations,
-                            batch_index: usize|
-         -> Result<Vec<Tensor>, RunError> {
-            let nudge = work.perturb_for_tests && batch_index == 0;
-            let mut host = Vec::with_capacity(shard.targets.len());
-            for target in &shard.targets {
-                let name = target.hook.full_name(target.layer.map(|l| l as usize));
-                let Some(tensor) = acts.get(&name) else {
-                    return Err(RunError::Capture {
-                        label: work.label.clone(),
-                        reason: format!("the model produced no `{name}`"),
-                    });
-                };
-                // Device → host one hook after another (one stream). On a GPU, hooks that
-                // leave narrowed are narrowed before the copy; on a CPU the narrowing runs in
-                // the parallel host work instead.
-                let spectrum = work.spectra.contains(&(target.hook, target.layer));
-                let tensor =
-                    if narrows_early(work.dtype, spectrum, nudge) && !tensor.device().is_cpu() {
+        let copy_to_host =
+            |acts: Activations, batch_index: usize| -> Result<Vec<Tensor>, RunError> {
+                let nudge = work.perturb_for_tests && batch_index == 0;
+                let mut host = Vec::with_capacity(shard.targets.len());
+                for target in &shard.targets {
+                    let name = target.hook.full_name(target.layer.map(|l| l as usize));
+                    let Some(tensor) = acts.get(&name) else {
+                        return Err(RunError::Capture {
+                            label: work.label.clone(),
+                            reason: format!("the model produced no `{name}`"),
+                        });
+                    };
+                    // Device → host one hook after another (one stream). On a GPU, hooks that
+                    // leave narrowed are narrowed before the copy; on a CPU the narrowing runs in
+                    // the parallel host work instead.
+                    let spectrum = work.spectra.contains(&(target.hook, target.layer));
+                    let early =
+                        narrows_early(work.dtype, spectrum, nudge) && work.pool.pooled().is_none();
+                    let tensor = if early && !tensor.device().is_cpu() {
                         tensor.to_dtype(candle_dtype(work.dtype))
                     } else {
                         Ok(tensor.clone())
                     };
-                host.push(
-                    tensor
-                        .and_then(|tensor| tensor.to_device(&Device::Cpu))
-                        .map_err(|e| tensor_err(&name, e))?,
-                );
-            }
-            Ok(host)
-        };
+                    host.push(
+                        tensor
+                            .and_then(|tensor| tensor.to_device(&Device::Cpu))
+                            .map_err(|e| tensor_err(&name, e))?,
+                    );
+                }
+                Ok(host)
+            };
         let produce = |range: std::ops::Range<usize>| -> Vec<Result<Vec<Tensor>, RunError>> {
             let group = &batches[range.clone()];
             forward
@@ -484,6 +491,7 @@ pub fn run_capture(
                     layer: target.layer,
                     writer: None,
                     gram: None,
+                    pool: work.pool,
                 })
                 .collect();
             for (index, _, _, writer, _) in &mut writers {

@@ -345,11 +345,23 @@ fn header_matches(record: &Record, header: &header::Header) -> Result<(), String
                 .as_str()
                 .unwrap_or("f32")
                 .to_uppercase();
-            if acts.dtype != dtype || acts.shape.len() != 2 || acts.shape[0] != ids.shape[0] {
+            // Pooled: one row per window, each window `tokens / rows` tokens.
+            let pooled = record.params["pool"].as_str().is_some();
+            let rows_ok = acts.shape.len() == 2
+                && if pooled {
+                    acts.shape[0] > 0 && ids.shape[0] % acts.shape[0] == 0
+                } else {
+                    acts.shape[0] == ids.shape[0]
+                };
+            if acts.dtype != dtype || !rows_ok {
+                let rows = if pooled { "windows" } else { "tokens" };
                 return Err(format!(
-                    "`activations` is {} {:?}, expected {dtype} [{}, width]",
-                    acts.dtype, acts.shape, ids.shape[0]
+                    "`activations` is {} {:?}, expected {dtype} [{rows}, width]",
+                    acts.dtype, acts.shape
                 ));
+            }
+            if header.metadata.get("pool").map(String::as_str) != record.params["pool"].as_str() {
+                return Err("the file's `pool` is not the record's".into());
             }
             if header.tensors.len() != 2 {
                 return Err(format!(

@@ -69,6 +69,7 @@ pub(super) fn capture_spec(
         hooks,
         layers,
         dtype,
+        pool: raw.pool.unwrap_or_default(),
     })
 }
 
