@@ -435,6 +435,13 @@ impl ModelLookup for PinnedLookup<'_> {
         }
     }
 
+    fn adapter_base(&self, adapter: &crate::spec::expand::AdapterInstance) -> Option<String> {
+        self.adapters
+            .iter()
+            .find(|p| &p.instance == adapter)
+            .and_then(|p| p.base.clone())
+    }
+
     fn adapter(&self, adapter: &crate::spec::expand::AdapterInstance) -> Option<(String, PathBuf)> {
         self.adapters
             .iter()
@@ -457,9 +464,19 @@ pub async fn pin_and_plan(
     // tests count these lines in the jobs' logs).
     tracing::debug!(sweep = %spec.name, device = device_class, "pinning the sweep");
     let (data, data_pin) = fetch_data(spec, sources).await?;
+    // Adapters first: a group without `repo` takes its bases from their configs.
+    let adapters = super::updates::pin_adapters(spec, sources).await?;
+    for adapter in &adapters {
+        events(&RunEvent::Pinned {
+            label: adapter.instance.label(),
+            commit: adapter.commit.clone(),
+            windows: 0,
+        });
+    }
     let mut pinned = Vec::new();
     for group in &spec.models {
         for instance in crate::spec::expand_group(group, &mut Vec::new()) {
+            let instance = super::updates::with_adapter_base(instance, &adapters)?;
             if pinned.iter().any(|(i, _): &(ModelInstance, PinnedModel)| {
                 i.source == instance.source && i.revision == instance.revision
             }) {
@@ -477,14 +494,6 @@ pub async fn pin_and_plan(
             });
             pinned.push((instance, model));
         }
-    }
-    let adapters = super::updates::pin_adapters(spec, sources).await?;
-    for adapter in &adapters {
-        events(&RunEvent::Pinned {
-            label: adapter.instance.label(),
-            commit: adapter.commit.clone(),
-            windows: 0,
-        });
     }
     let lookup = PinnedLookup {
         models: &pinned,

@@ -510,7 +510,12 @@ impl Session {
 /// Whether the spec uses the embedded hub (output, a model or the data on `local://`).
 fn uses_local(spec: &SweepSpec) -> bool {
     spec.output.hub == HubKind::Local
-        || spec.models.iter().any(|g| g.repo.starts_with("local://"))
+        || spec.models.iter().any(|g| {
+            g.repo.starts_with("local://")
+                || g.adapter
+                    .as_ref()
+                    .is_some_and(|a| a.repo.starts_with("local://"))
+        })
         || matches!(
             spec.data.source,
             DataSource::HubFile {

@@ -132,6 +132,22 @@ pub trait ModelLookup: Sync {
     ) -> Option<(String, PathBuf)> {
         None
     }
+
+    /// The base an adapter's `adapter_config.json` names (`base_model_name_or_path`), when
+    /// the config is at hand.
+    fn adapter_base(&self, _adapter: &crate::spec::expand::AdapterInstance) -> Option<String> {
+        None
+    }
+}
+
+/// `base_model_name_or_path` of the `adapter_config.json` in `dir`, if readable.
+pub fn adapter_config_base(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("adapter_config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    config["base_model_name_or_path"]
+        .as_str()
+        .filter(|base| !base.is_empty())
+        .map(str::to_owned)
 }
 
 /// A lookup that knows nothing: every model is unpinned with unknown dimensions.
@@ -165,6 +181,18 @@ pub fn is_commit_sha(revision: &str) -> bool {
 }
 
 impl ModelLookup for LocalLookup {
+    /// A local folder adapter's config (a Hub adapter's is read when `run` pins it).
+    fn adapter_base(&self, adapter: &crate::spec::expand::AdapterInstance) -> Option<String> {
+        let ModelSource::Path(path) = &adapter.source else {
+            return None;
+        };
+        let mut dir = self.base_dir.join(path);
+        if let Some(folder) = &adapter.subfolder {
+            dir.push(folder);
+        }
+        adapter_config_base(&dir)
+    }
+
     fn lookup(&self, source: &ModelSource, revision: &str) -> ModelFacts {
         match source {
             ModelSource::Path(path) => {

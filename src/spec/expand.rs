@@ -28,6 +28,21 @@ pub struct ModelInstance {
     /// The adapter trained on it, for a group with `adapter:`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adapter: Option<AdapterInstance>,
+    /// Its `source` is not known yet: the adapter's config names it ([`ModelInstance::with_base`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub base_from_adapter: bool,
+}
+
+impl ModelInstance {
+    /// This instance with its base taken from its adapter's config (`base_model_name_or_path`,
+    /// read by the one reference grammar); unchanged when the spec names the base.
+    pub fn with_base(mut self, base_model_name_or_path: &str) -> Self {
+        if self.base_from_adapter {
+            self.source = source_of(base_model_name_or_path);
+            self.base_from_adapter = false;
+        }
+        self
+    }
 }
 
 /// One adapter after expansion: the group's `adapter:` templates filled in.
@@ -143,6 +158,7 @@ pub fn expand_group(group: &ModelGroup, diagnostics: &mut Vec<Diagnostic>) -> Ve
                 revision,
                 axes,
                 adapter,
+                base_from_adapter: group.base_from_adapter,
             }
         })
         .collect()

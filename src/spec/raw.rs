@@ -51,8 +51,10 @@ pub struct RawModelGroup {
     /// given, a checkpoint whose config names another family is refused.
     pub family: Option<RawFamily>,
     /// Repo id with `{axis}` placeholders (`EleutherAI/pythia-{size}`), `local://NS/NAME`, or a
-    /// local folder (`./path`, `/path`) in HF layout.
-    pub repo: String,
+    /// local folder (`./path`, `/path`) in HF layout. Required, except in a group with an
+    /// `adapter`: there it defaults to the base each adapter's `adapter_config.json` names
+    /// (`base_model_name_or_path`).
+    pub repo: Option<String>,
     /// Revisions (branches, tags or commit shas); default `main`.
     pub revision: Option<RawScalarOrList>,
     /// Axes that vary together instead of as a product, e.g. `[size, revision]`.

@@ -100,6 +100,9 @@ pub struct ModelGroup {
     pub include: Vec<BTreeMap<String, String>>,
     /// The adapter trained on each model of the group, as templates over its axes.
     pub adapter: Option<AdapterTemplate>,
+    /// The group gives no `repo`: each adapter's base is the one its config names
+    /// (`repo` is then empty until pinning fills each model in).
+    pub base_from_adapter: bool,
 }
 
 /// A model group's `adapter:`: templates over the group's axes.

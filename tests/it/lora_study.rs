@@ -365,3 +365,46 @@ fn bad_adapters_are_refused_where_the_spec_names_them_or_fail_their_own_nodes() 
         server.shutdown().await;
     });
 }
+
+/// A group with an adapter and no `repo`: the base is the one the adapter's config names
+/// (`base_model_name_or_path`, here the fixture folder peft trained on), in `plan` and `run`;
+/// a config that names none is refused at the group, saying to give `repo`.
+#[test]
+fn without_repo_the_adapter_config_names_the_base() {
+    let Some(python) = peft_python() else { return };
+    let ctx = TestContext::new();
+    let adapters = ctx.child("lora-study");
+    make_adapters(&ctx, &python, &adapters);
+    let good = adapters.join("lora-a/checkpoint-20");
+    adapter_copy(&good, &ctx.child("own-base"), |_| {});
+    let text = folder_spec("own-base", "unused", "own-base")
+        .replace("  - repo: unused\n    adapter:", "  - adapter:");
+    let spec = write(&ctx, "own-base.yaml", &text);
+    let fixture = repo_root().join("tests/fixtures/gpt_neox_tiny");
+    let plan = hubsweep(&ctx).arg("plan").arg(&spec).output().unwrap();
+    let plan_text = output_text(&plan);
+    assert_eq!(plan.status.code(), Some(0), "{plan_text}");
+    assert!(plan_text.contains("gpt_neox_tiny"), "{plan_text}");
+    let (output, report) = run_json(&ctx, &spec, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", output_text(&output));
+    let pinned = report["pinned"].to_string();
+    assert!(
+        pinned.contains(&format!("{}@main", fixture.display())),
+        "{pinned}"
+    );
+
+    adapter_copy(&good, &ctx.child("no-base"), |dir| {
+        let path = dir.join("adapter_config.json");
+        let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        config["base_model_name_or_path"] = Value::Null;
+        std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    });
+    let text = folder_spec("no-base", "unused", "no-base")
+        .replace("  - repo: unused\n    adapter:", "  - adapter:");
+    let spec = write(&ctx, "no-base.yaml", &text);
+    let output = hubsweep(&ctx).arg("run").arg(&spec).output().unwrap();
+    let text = output_text(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("base_model_name_or_path"), "{text}");
+    assert!(text.contains("`repo`"), "{text}");
+}

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-pub use pin::{PinnedAdapter, pin_adapters};
+pub use pin::{PinnedAdapter, pin_adapters, with_adapter_base};
 
 use super::weights::{MatrixPart, checkpoint_index, matrix_keys, matrix_parts, read_tensor};
 use super::{PinnedModel, RunError};

@@ -24,6 +24,8 @@ pub struct PinnedAdapter {
     pub commit: String,
     /// The folder holding its two files on this machine.
     pub dir: PathBuf,
+    /// The base its config names (`base_model_name_or_path`), if any.
+    pub base: Option<String>,
 }
 
 /// Pins every adapter of the spec's grid, in expansion order, once each.
@@ -45,6 +47,37 @@ pub async fn pin_adapters(
         }
     }
     Ok(pinned)
+}
+
+/// `instance` with its base filled in from its pinned adapter's config when the spec names
+/// none; refused, at the group's `repo`, when the config names none either.
+pub fn with_adapter_base(
+    instance: crate::spec::ModelInstance,
+    adapters: &[PinnedAdapter],
+) -> Result<crate::spec::ModelInstance, RunError> {
+    if !instance.base_from_adapter {
+        return Ok(instance);
+    }
+    let adapter = instance.adapter.as_ref();
+    let base = adapters
+        .iter()
+        .find(|p| Some(&p.instance) == adapter)
+        .and_then(|p| p.base.clone());
+    match base {
+        Some(base) => Ok(instance.with_base(&base)),
+        None => Err(RunError::Plan {
+            diagnostics: vec![
+                Diagnostic::error(
+                    format!("/models/{}", instance.group),
+                    format!(
+                        "adapter `{}` names no base (`base_model_name_or_path` in its adapter_config.json)",
+                        adapter.map(AdapterInstance::label).unwrap_or_default()
+                    ),
+                )
+                .with_help("give the base as the group's `repo`"),
+            ],
+        }),
+    }
 }
 
 /// Pins one adapter (see the module docs).
@@ -138,17 +171,21 @@ async fn pin_adapter(
             "a local folder changed, or the hub has no such commit",
         ));
     }
-    if let Err(error) = LoraAdapter::open(&dir) {
-        return Err(refuse(
-            at.clone(),
-            format!("adapter `{label}`: {}", error_chain(&error)),
-            "hubsweep reads PEFT LoRA adapters (`peft_type: LORA`, `adapter_model.safetensors`)",
-        ));
-    }
+    let base = match LoraAdapter::open(&dir) {
+        Ok(read) => read.config().base_model_name_or_path.clone(),
+        Err(error) => {
+            return Err(refuse(
+                at.clone(),
+                format!("adapter `{label}`: {}", error_chain(&error)),
+                "hubsweep reads PEFT LoRA adapters (`peft_type: LORA`, `adapter_model.safetensors`)",
+            ));
+        }
+    };
     Ok(PinnedAdapter {
         instance: adapter,
         commit,
         dir,
+        base: base.filter(|b| !b.is_empty()),
     })
 }
 

@@ -27,6 +27,15 @@ pub(super) fn model_group(
 ) -> Option<ModelGroup> {
     let base = format!("/models/{index}");
     let errors_before = d.len();
+    let base_from_adapter = raw.repo.is_none();
+    if base_from_adapter && raw.adapter.is_none() {
+        d.push(
+            Diagnostic::error(&base, "a model group needs `repo`")
+                .with_help("give the model's repo: `repo: EleutherAI/pythia-{size}`, `local://NS/NAME` or a folder"),
+        );
+        return None;
+    }
+    let repo = raw.repo.clone().unwrap_or_default();
     let mut axes: Vec<Axis> = raw
         .axes
         .iter()
@@ -45,14 +54,13 @@ pub(super) fn model_group(
     warn_repeated_values(&base, &axes, raw.zip.as_deref().unwrap_or_default(), d);
     check_placeholders(&base, raw, &axes, d)?;
     let axis_names: Vec<&str> = axes.iter().map(|a| a.name.as_str()).collect();
-    let template_chars_ok = raw
-        .repo
+    let template_chars_ok = repo
         .chars()
         .all(|c| is_repo_char(c) || matches!(c, '/' | '{' | '}' | ':'));
     if !template_chars_ok {
         d.push(Diagnostic::error(
             format!("{base}/repo"),
-            format!("`{}` has characters a repo id cannot hold", raw.repo),
+            format!("`{repo}` has characters a repo id cannot hold"),
         ));
     }
     let zip: Vec<String> = raw.zip.clone().unwrap_or_default();
@@ -85,12 +93,13 @@ pub(super) fn model_group(
     (!has_error).then(|| ModelGroup {
         index,
         family,
-        repo: raw.repo.clone(),
+        repo,
         axes,
         zip,
         exclude,
         include,
         adapter,
+        base_from_adapter,
     })
 }
 
@@ -118,17 +127,14 @@ fn check_placeholders(
     axes: &[Axis],
     d: &mut Vec<Diagnostic>,
 ) -> Option<()> {
-    let used = match placeholders(&raw.repo) {
+    let repo = raw.repo.as_deref().unwrap_or_default();
+    let used = match placeholders(repo) {
         Ok(used) => used,
         Err(offset) => {
             d.push(
                 Diagnostic::error(
                     format!("{base}/repo"),
-                    format!(
-                        "unbalanced brace at character {} of `{}`",
-                        offset + 1,
-                        raw.repo
-                    ),
+                    format!("unbalanced brace at character {} of `{repo}`", offset + 1,),
                 )
                 .with_help("placeholders look like `{size}`"),
             );
