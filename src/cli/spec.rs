@@ -71,6 +71,10 @@ impl plan::ModelLookup for WithBundled {
         }
         self.0.lookup(source, revision)
     }
+
+    fn adapter_base(&self, adapter: &hubsweep::spec::expand::AdapterInstance) -> Option<String> {
+        self.0.adapter_base(adapter)
+    }
 }
 
 fn summary(loaded: &spec::Loaded) -> String {
