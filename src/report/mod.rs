@@ -192,6 +192,16 @@ pub fn trajectory_plot(
     }
 }
 
+/// The centred stable rank against training step, drawn when some line has two steps or more
+/// (a sweep over `stepN` revisions); empty otherwise.
+fn rank_trajectory(data: &ReportData) -> Plot {
+    let mut plot = trajectory_plot(data, "stable rank", &|r| r.metrics.stable_rank);
+    if !plot.series.iter().any(|s| s.points.len() > 1) {
+        plot.series.clear();
+    }
+    plot
+}
+
 /// Singular values below this fraction of the largest are left out of the spectrum plot: an
 /// eigenvalue of a Gram matrix is accurate to about `1e-16·λ₁`, so a singular value to about
 /// `1e-8·σ₁` (docs/analysis.md).
@@ -294,6 +304,7 @@ pub fn render_html(data: &ReportData) -> String {
         ("overlap", overlap_plot(data)),
         ("spectrum", spectrum_plot(data)),
         ("weight-rank", weight_plot(data)),
+        ("rank-trajectory", rank_trajectory(data)),
     ];
     let plots = plots.into_iter().chain(updates::update_plots(data));
     for (id, plot) in plots {
@@ -455,5 +466,26 @@ mod tests {
         assert!(!html.contains("http-equiv") && !html.contains("<script"));
         let csv = render_csv(&data);
         assert_eq!(csv.lines().filter(|l| l.starts_with("\"a\"")).count(), 2);
+    }
+
+    #[test]
+    fn the_page_draws_the_rank_trajectory_only_over_several_steps() {
+        let at = |revision: &str, layer: u32, stable_rank: f64| SpectrumRow {
+            revision: revision.into(),
+            ..row("m", layer, stable_rank)
+        };
+        let mut data = ReportData {
+            spectra: vec![at("step0", 0, 1.0), at("step0", 1, 2.0)],
+            ..ReportData::default()
+        };
+        assert!(!render_html(&data).contains("id=\"rank-trajectory\""));
+        data.spectra
+            .extend([at("step1000", 0, 1.5), at("step1000", 1, 2.5)]);
+        let html = render_html(&data);
+        let start = html
+            .find("<figure id=\"rank-trajectory\"")
+            .expect("the trajectory");
+        let figure = &html[start..start + html[start..].find("</figure>").unwrap()];
+        assert_eq!(figure.matches("<polyline").count(), 2, "one line per layer");
     }
 }
