@@ -465,14 +465,7 @@ pub async fn pin_and_plan(
     tracing::debug!(sweep = %spec.name, device = device_class, "pinning the sweep");
     let (data, data_pin) = fetch_data(spec, sources).await?;
     // Adapters first: a group without `repo` takes its bases from their configs.
-    let adapters = super::updates::pin_adapters(spec, sources).await?;
-    for adapter in &adapters {
-        events(&RunEvent::Pinned {
-            label: adapter.instance.label(),
-            commit: adapter.commit.clone(),
-            windows: 0,
-        });
-    }
+    let adapters = super::updates::pin_adapters(spec, sources, events).await?;
     let mut pinned = Vec::new();
     for group in &spec.models {
         for instance in crate::spec::expand_group(group, &mut Vec::new()) {

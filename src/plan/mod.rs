@@ -120,28 +120,12 @@ pub fn build(spec: &SweepSpec, options: &PlanOptions) -> Plan {
     let mut adapters = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for group in &spec.models {
-        for mut instance in expand_group(group, &mut Vec::new()) {
-            if instance.base_from_adapter {
-                let base = instance
-                    .adapter
-                    .as_ref()
-                    .and_then(|a| options.lookup.adapter_base(a));
-                match base {
-                    Some(base) => instance = instance.with_base(&base),
-                    None => {
-                        let label = instance
-                            .adapter
-                            .as_ref()
-                            .map(|a| a.label())
-                            .unwrap_or_default();
-                        diagnostics.push(Diagnostic::warning(
-                            format!("/models/{}", group.index),
-                            format!("the base of adapter `{label}` is named in its adapter_config.json, read when `run` pins it: not planned here"),
-                        ));
-                        continue;
-                    }
-                }
-            }
+        for instance in expand_group(group, &mut Vec::new()) {
+            let Some(mut instance) =
+                updates::with_looked_up_base(instance, options.lookup, &mut diagnostics)
+            else {
+                continue;
+            };
             // An adapter's base is a model of the plan; many adapters share one base.
             if let Some(adapter) = instance.adapter.take() {
                 adapters.push((instance.clone(), adapter));

@@ -58,6 +58,30 @@ pub fn step_of(name: &str) -> Option<u64> {
     None
 }
 
+/// `instance` with its base looked up in its adapter's config when the spec names none; `None`
+/// (with a warning) when the lookup cannot tell, as for a Hub adapter before `run` pins it.
+pub(super) fn with_looked_up_base(
+    instance: crate::spec::ModelInstance,
+    lookup: &dyn super::ModelLookup,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<crate::spec::ModelInstance> {
+    if !instance.base_from_adapter {
+        return Some(instance);
+    }
+    let adapter = instance.adapter.as_ref()?;
+    if let Some(base) = lookup.adapter_base(adapter) {
+        return Some(instance.with_base(&base));
+    }
+    diagnostics.push(Diagnostic::warning(
+        format!("/models/{}", instance.group),
+        format!(
+            "the base of adapter `{}` is named in its adapter_config.json, read when `run` pins it: not planned here",
+            adapter.label()
+        ),
+    ));
+    None
+}
+
 impl Plan {
     /// The adapters of the grid, each with its base's model index (looked up by source and
     /// revision in [`Plan::models`]); duplicates are planned once, with a warning.

@@ -32,6 +32,7 @@ pub struct PinnedAdapter {
 pub async fn pin_adapters(
     spec: &SweepSpec,
     sources: &Sources,
+    events: &super::super::RunEvents,
 ) -> Result<Vec<PinnedAdapter>, RunError> {
     let mut pinned: Vec<PinnedAdapter> = Vec::new();
     for group in spec.models.iter().filter(|g| g.adapter.is_some()) {
@@ -43,7 +44,13 @@ pub async fn pin_adapters(
                 continue;
             }
             tracing::debug!(adapter = %adapter.label(), "pinning an adapter");
-            pinned.push(pin_adapter(group.index, adapter, sources).await?);
+            let adapter = pin_adapter(group.index, adapter, sources).await?;
+            events(&super::super::RunEvent::Pinned {
+                label: adapter.instance.label(),
+                commit: adapter.commit.clone(),
+                windows: 0,
+            });
+            pinned.push(adapter);
         }
     }
     Ok(pinned)
