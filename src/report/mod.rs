@@ -73,6 +73,18 @@ pub fn parse_rows<T: serde::de::DeserializeOwned>(
         .collect()
 }
 
+/// Adds `point` to the series labelled `label`, starting it if it is new (series keep the order
+/// their first points came in).
+fn add_point(series: &mut Vec<Series>, label: String, point: (f64, f64)) {
+    match series.iter_mut().find(|s| s.label == label) {
+        Some(s) => s.points.push(point),
+        None => series.push(Series {
+            label,
+            points: vec![point],
+        }),
+    }
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -90,13 +102,7 @@ pub fn layer_plot(data: &ReportData, title: &str, metric: &dyn Fn(&SpectrumRow) 
     {
         let label = format!("{}@{} {}", row.model, row.revision, row.hook);
         let point = (f64::from(row.layer.unwrap_or(0)), metric(row));
-        match series.iter_mut().find(|s| s.label == label) {
-            Some(s) => s.points.push(point),
-            None => series.push(Series {
-                label,
-                points: vec![point],
-            }),
-        }
+        add_point(&mut series, label, point);
     }
     Plot {
         title: title.to_owned(),
@@ -128,13 +134,7 @@ pub fn overlap_plot(data: &ReportData) -> Plot {
             row.model, row.revision, row.base_model, row.base_revision, row.hook, row.k
         );
         let point = (f64::from(row.layer.unwrap_or(0)), row.gamma);
-        match series.iter_mut().find(|s| s.label == label) {
-            Some(s) => s.points.push(point),
-            None => series.push(Series {
-                label,
-                points: vec![point],
-            }),
-        }
+        add_point(&mut series, label, point);
     }
     Plot {
         title: "subspace overlap γ".to_owned(),
@@ -170,13 +170,7 @@ pub fn trajectory_plot(
         let layer = row.layer.map_or("final".to_owned(), |l| l.to_string());
         let label = format!("{} {} layer {layer}", row.model, row.hook);
         let point = (step, metric(row));
-        match series.iter_mut().find(|s| s.label == label) {
-            Some(s) => s.points.push(point),
-            None => series.push(Series {
-                label,
-                points: vec![point],
-            }),
-        }
+        add_point(&mut series, label, point);
     }
     for s in &mut series {
         s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -252,13 +246,7 @@ pub fn weight_plot(data: &ReportData) -> Plot {
             None => format!("{what} {}", row.module),
         };
         let point = (row.layer.unwrap_or(0) as f64, row.metrics.stable_rank);
-        match series.iter_mut().find(|s| s.label == label) {
-            Some(s) => s.points.push(point),
-            None => series.push(Series {
-                label,
-                points: vec![point],
-            }),
-        }
+        add_point(&mut series, label, point);
     }
     let delta = data.weights.iter().any(|r| r.delta_from.is_some());
     Plot {

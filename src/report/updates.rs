@@ -2,7 +2,7 @@
 //! stable rank of each update and its alignment bonus against layer, and the layer means of
 //! both against training step across an adapter's checkpoints.
 
-use super::{Plot, ReportData, Series};
+use super::{Plot, ReportData, add_point};
 use crate::ledger::updates::{UpdateRow, UpdateSummaryRow};
 
 /// The subspace size the per-layer plots show: `srank` when the sweep asked for it, else the
@@ -29,16 +29,6 @@ fn module_label(module: &str, part: Option<&str>) -> String {
     }
 }
 
-fn push(series: &mut Vec<Series>, label: String, point: (f64, f64)) {
-    match series.iter_mut().find(|s| s.label == label) {
-        Some(s) => s.points.push(point),
-        None => series.push(Series {
-            label,
-            points: vec![point],
-        }),
-    }
-}
-
 /// One line per (adapter checkpoint, module) of whole matrices: `metric` against layer, at the
 /// shown subspace size.
 pub fn update_layer_plot(
@@ -59,7 +49,7 @@ pub fn update_layer_plot(
                 checkpoint(&row.adapter, &row.revision, row.subfolder.as_deref()),
                 module_label(&row.module, row.part.as_deref())
             );
-            push(&mut series, label, (layer as f64, metric(row)));
+            add_point(&mut series, label, (layer as f64, metric(row)));
         }
     }
     Plot {
@@ -96,7 +86,7 @@ pub fn update_trajectory_plot(
             continue;
         }
         let label = format!("{}@{} {}", row.adapter, row.revision, row.module);
-        push(&mut series, label, (row.step as f64, metric(row)));
+        add_point(&mut series, label, (row.step as f64, metric(row)));
     }
     series.retain(|s| s.points.len() > 1);
     for s in &mut series {
