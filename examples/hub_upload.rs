@@ -21,6 +21,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sha256 = hex::encode(sha2::Sha256::digest(&data));
     let hash_s = started.elapsed().as_secs_f64();
     let object = LfsObject {
+        path: None,
         sha256,
         size: data.len() as u64,
         source: LfsSource::Bytes(data),

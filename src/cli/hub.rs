@@ -255,6 +255,16 @@ fn cli_client(endpoint: &str, token: Option<Token>) -> Result<HubClient, hubswee
                 }
             )
         }
+        HubEvent::XetStored {
+            oid,
+            sent,
+            deduplicated,
+            ..
+        } => eprintln!(
+            "hub: {} through Xet: {sent} bytes sent, {deduplicated} found stored",
+            &oid[..12]
+        ),
+        HubEvent::XetTokenRefreshed { .. } => eprintln!("hub: Xet token refreshed"),
         HubEvent::ObjectStarted { .. } | HubEvent::PartUploaded { .. } => {}
     });
     HubClient::builder(endpoint)?

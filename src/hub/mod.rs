@@ -8,6 +8,8 @@
 //! - [`download`]: file downloads (models, tokenizers, dataset files) through the client into
 //!   the HF cache shared with Python.
 //! - [`server`]: the embedded server ([`server::Server::start`]) over a crash-safe store.
+//! - [`xet`]: the Xet protocol's formats and hashes (content-defined chunks, xorbs, shards),
+//!   shared by the client's Xet uploads and the embedded server's CAS.
 //! - [`bundled`]: the two tiny models compiled into the binary, imported into the embedded hub
 //!   on first use.
 
@@ -16,6 +18,7 @@ pub mod client;
 pub mod download;
 pub mod server;
 mod types;
+pub mod xet;
 
 pub use client::{
     CommitInfo, CommitOperation, CommitOptions, EventSink, FileStream, FolderUpload, HubClient,

@@ -46,6 +46,7 @@ pub async fn upload_stage(
                 permit,
             } = job;
             let object = LfsObject {
+                path: Some(path.clone()),
                 sha256: artifact.oid(),
                 size: artifact.size(),
                 source: LfsSource::Bytes(artifact.bytes.clone()),

@@ -658,7 +658,7 @@ fn injected_faults_during_a_run_change_nothing_in_the_result() {
             rate_limit_next_commit: true,
             commit_applied_then_500: true,
             expire_next_batches: 1,
-            slow_ms: 0,
+            ..Faults::default()
         },
     ));
     let (output, report) = run_json(&ctx, &spec, &[("HF_ENDPOINT", server.base_url())]);

@@ -80,14 +80,24 @@ pub enum HubError {
         reason: String,
     },
     /// The LFS batch answer rejected an object.
-    #[error("the server rejected LFS object `{oid}` ({code}): {message}")]
+    #[error("the server rejected {} ({code}): {message}", path.as_ref().map(|p| format!("`{p}` (object {oid})")).unwrap_or_else(|| format!("object `{oid}`")))]
     ObjectRejected {
+        /// The file's path in the repo, when the caller named it.
+        path: Option<String>,
         /// The object's sha256.
         oid: String,
         /// The per-object error code.
         code: i64,
         /// The per-object message.
         message: String,
+    },
+    /// A Xet upload could not be prepared (its chunking or planning task failed).
+    #[error("the Xet upload of object `{oid}` failed: {reason}")]
+    Xet {
+        /// The object's sha256.
+        oid: String,
+        /// What failed.
+        reason: String,
     },
     /// Retries ran out; the last failure is the source.
     #[error("gave up on `{url}` after {attempts} attempts")]

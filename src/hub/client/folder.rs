@@ -125,11 +125,12 @@ impl HubClient {
                     continue;
                 }
                 operations.push(CommitOperation::AddLfs {
-                    path: candidate.path,
+                    path: candidate.path.clone(),
                     sha256: sha256.clone(),
                     size: candidate.size,
                 });
                 objects.push(LfsObject {
+                    path: Some(candidate.path),
                     sha256,
                     size: candidate.size,
                     source: candidate.source,

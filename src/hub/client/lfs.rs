@@ -1,5 +1,6 @@
 //! The LFS upload path (docs/hub.md, "Upload"): preupload, batch, basic or multipart
-//! transfer with bounded parallel parts, completion, verify.
+//! transfer with bounded parallel parts, completion, verify — or, when the batch answer picks
+//! it, the `xet` transfer of [`super::xet`].
 
 use std::path::PathBuf;
 
@@ -65,6 +66,8 @@ pub enum LfsSource {
 /// An LFS object with its sha256 and size known before the first byte is sent.
 #[derive(Debug, Clone)]
 pub struct LfsObject {
+    /// The path it is for in the repo, when known (named in errors).
+    pub path: Option<String>,
     /// Lowercase hex sha256 of the content.
     pub sha256: String,
     /// Size in bytes.
@@ -79,9 +82,25 @@ impl LfsObject {
         use sha2::Digest as _;
         let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
         Self {
+            path: None,
             sha256,
             size: bytes.len() as u64,
             source: LfsSource::Bytes(bytes),
+        }
+    }
+
+    /// The same object, named by its path in the repo (errors name it).
+    pub fn at(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    fn rejected(&self, error: ObjectError) -> HubError {
+        HubError::ObjectRejected {
+            path: self.path.clone(),
+            oid: self.sha256.clone(),
+            code: error.code,
+            message: error.message,
         }
     }
 
@@ -116,6 +135,9 @@ pub enum UploadOutcome {
 
 #[derive(Deserialize)]
 struct BatchAnswer {
+    /// The transfer the server picked; git-lfs: none means `basic`.
+    #[serde(default)]
+    transfer: Option<String>,
     objects: Vec<BatchObject>,
 }
 
@@ -202,12 +224,15 @@ impl HubClient {
     ) -> Result<Vec<UploadOutcome>, HubError> {
         let mut outcomes = Vec::with_capacity(objects.len());
         for chunk in objects.chunks(PER_CALL) {
-            let answers = self.batch(repo, revision, chunk).await?;
+            let (transfer, answers) = self.batch(repo, revision, chunk).await?;
             for (object, answer) in chunk.iter().zip(answers) {
-                outcomes.push(
+                let outcome = if transfer == "xet" {
+                    self.xet_upload(object, answer).await?
+                } else {
                     self.transfer_with_renewal(repo, revision, object, answer)
-                        .await?,
-                );
+                        .await?
+                };
+                outcomes.push(outcome);
             }
         }
         Ok(outcomes)
@@ -225,16 +250,32 @@ impl HubClient {
             .await?[0])
     }
 
+    /// The transfers to offer for `objects`: `xet` too when the client speaks it and every
+    /// object is in memory (files go through LFS, read one part at a time).
+    fn offered_transfers(&self, objects: &[LfsObject]) -> &'static [&'static str] {
+        let in_memory = objects
+            .iter()
+            .all(|o| matches!(o.source, LfsSource::Bytes(_)));
+        if self.inner.xet && in_memory {
+            &["basic", "multipart", "xet"]
+        } else {
+            &["basic", "multipart"]
+        }
+    }
+
+    /// One batch call: the transfer the server picked (one it was offered) and its answer for
+    /// each object, in order.
     async fn batch(
         &self,
         repo: &Repo,
         revision: &str,
         objects: &[LfsObject],
-    ) -> Result<Vec<BatchObject>, HubError> {
+    ) -> Result<(String, Vec<BatchObject>), HubError> {
         let url = self.git_url(repo, ".git/info/lfs/objects/batch");
+        let offered = self.offered_transfers(objects);
         let mut body = json!({
             "operation": "upload",
-            "transfers": ["basic", "multipart"],
+            "transfers": offered,
             "objects": objects.iter().map(|o| json!({"oid": o.sha256, "size": o.size})).collect::<Vec<_>>(),
             "hash_algo": "sha256",
         });
@@ -250,6 +291,16 @@ impl HubClient {
             })
             .await?;
         let answer: BatchAnswer = Self::json(&url, response).await?;
+        let transfer = answer.transfer.unwrap_or_else(|| "basic".to_owned());
+        if !offered.contains(&transfer.as_str()) {
+            return Err(HubError::InvalidResponse {
+                url: redact(&url),
+                reason: format!(
+                    "the server picked the `{transfer}` transfer, which was not offered (offered: {}); upgrade hubsweep or ask the server's operator",
+                    offered.join(", ")
+                ),
+            });
+        }
         if answer.objects.len() != objects.len()
             || answer
                 .objects
@@ -262,7 +313,45 @@ impl HubClient {
                 reason: "batch answer does not list the objects asked for".into(),
             });
         }
-        Ok(answer.objects)
+        Ok((transfer, answer.objects))
+    }
+
+    /// One object whose batch answer picked `xet`: nothing to do if the server has it, else
+    /// the Xet upload of [`super::xet`].
+    async fn xet_upload(
+        &self,
+        object: &LfsObject,
+        answer: BatchObject,
+    ) -> Result<UploadOutcome, HubError> {
+        if let Some(error) = answer.error {
+            return Err(object.rejected(error));
+        }
+        let Some(upload) = answer.actions.and_then(|a| a.upload) else {
+            self.emit(HubEvent::ObjectSkipped {
+                oid: object.sha256.clone(),
+                size: object.size,
+            });
+            return Ok(UploadOutcome::AlreadyPresent);
+        };
+        let LfsSource::Bytes(data) = &object.source else {
+            return Err(HubError::InvalidResponse {
+                url: redact(&upload.href),
+                reason: "the server picked `xet` for a file, which was offered only LFS".into(),
+            });
+        };
+        let action = super::xet::XetAction::new(&upload.href, &upload.header);
+        let sent = self.xet_transfer(object, data.clone(), action).await?;
+        self.emit(HubEvent::XetStored {
+            oid: object.sha256.clone(),
+            size: object.size,
+            sent: sent.bytes,
+            deduplicated: sent.deduplicated,
+        });
+        self.emit(HubEvent::ObjectUploaded {
+            oid: object.sha256.clone(),
+            size: object.size,
+        });
+        Ok(UploadOutcome::Uploaded)
     }
 
     async fn transfer_with_renewal(
@@ -275,11 +364,7 @@ impl HubClient {
         let mut renewals = 0;
         loop {
             if let Some(error) = answer.error {
-                return Err(HubError::ObjectRejected {
-                    oid: object.sha256.clone(),
-                    code: error.code,
-                    message: error.message,
-                });
+                return Err(object.rejected(error));
             }
             let Some(actions) = answer.actions.clone().filter(|a| a.upload.is_some()) else {
                 self.emit(HubEvent::ObjectSkipped {
@@ -302,10 +387,13 @@ impl HubClient {
                     self.emit(HubEvent::BatchRenewed {
                         oid: object.sha256.clone(),
                     });
-                    answer = self
+                    let (transfer, mut answers) = self
                         .batch(repo, revision, std::slice::from_ref(object))
-                        .await?
-                        .remove(0);
+                        .await?;
+                    if transfer == "xet" {
+                        return self.xet_upload(object, answers.remove(0)).await;
+                    }
+                    answer = answers.remove(0);
                 }
                 Err(TransferError::Expired) => {
                     return Err(HubError::Unauthorized {

@@ -1,5 +1,6 @@
-//! The Hub HTTP client: repo management, the LFS upload path (preupload → batch → basic or
-//! multipart PUTs → completion → verify), NDJSON commits, listing and resolve metadata.
+//! The Hub HTTP client: repo management, the upload path (preupload → batch → basic or
+//! multipart PUTs → completion → verify, or the `xet` transfer: chunks, xorbs and a shard to
+//! the CAS), NDJSON commits, listing and resolve metadata.
 //!
 //! Secrets: the token goes only to the configured endpoint's origin (scheme, host, port), never
 //! to presigned storage URLs, completion URLs or redirects elsewhere. Progress is reported as
@@ -11,6 +12,7 @@ mod folder;
 mod lfs;
 mod listing;
 mod retry;
+mod xet;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +26,7 @@ pub use folder::{FolderUpload, MirrorReport};
 pub use lfs::{LfsObject, LfsSource, PreuploadAnswer, PreuploadFile, UploadOutcome};
 pub use listing::{FileMetadata, FileStream, GitRef, HubCommit, PathInfo, Refs, RepoInfo};
 pub use retry::RetryPolicy;
+pub use xet::file_hash as xet_file_hash;
 
 use crate::hub::{RepoId, RepoType, Token};
 
@@ -105,6 +108,23 @@ pub enum HubEvent {
         /// sha256 of the object.
         oid: String,
     },
+    /// An object went through Xet: `sent` bytes of new xorbs and shard left this machine,
+    /// `deduplicated` bytes of its content were found in xorbs the CAS already stores.
+    XetStored {
+        /// sha256.
+        oid: String,
+        /// Bytes.
+        size: u64,
+        /// Bytes sent (new xorbs and the shard).
+        sent: u64,
+        /// Content bytes found stored already.
+        deduplicated: u64,
+    },
+    /// The Xet token was about to expire or was refused; the Hub handed out a fresh one.
+    XetTokenRefreshed {
+        /// Unix seconds at which the new token expires.
+        expires: u64,
+    },
     /// A commit landed. `recovered` = its answer was lost and the client established from the
     /// Hub's state that it had been applied.
     Committed {
@@ -128,9 +148,18 @@ pub struct HubClientBuilder {
     read_timeout: Option<Duration>,
     events: Option<EventSink>,
     offline: bool,
+    xet: bool,
 }
 
 impl HubClientBuilder {
+    /// Whether uploads offer the `xet` transfer (default: yes, unless `HF_HUB_DISABLE_XET` is
+    /// set to 1/true/yes/on, as for the official client). Without it every object goes through
+    /// LFS (`basic` or `multipart`), which the Hub still accepts.
+    pub fn xet(mut self, xet: bool) -> Self {
+        self.xet = xet;
+        self
+    }
+
     /// The token, sent only to the endpoint's origin.
     pub fn token(mut self, token: Option<Token>) -> Self {
         self.token = token;
@@ -204,9 +233,23 @@ impl HubClientBuilder {
                 retry: self.retry,
                 parts_in_flight: self.parts_in_flight,
                 events: self.events,
+                xet: self.xet,
+                xet_known: Arc::new(std::sync::Mutex::new(xet::KnownChunks::new(
+                    xet::KNOWN_CHUNKS,
+                ))),
             }),
         })
     }
+}
+
+/// Whether `HF_HUB_DISABLE_XET` (the official client's switch, same values) turns Xet off.
+fn xet_disabled_by_env() -> bool {
+    std::env::var("HF_HUB_DISABLE_XET").is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
 }
 
 /// Whether `url` names this machine (`localhost` or a loopback address).
@@ -234,6 +277,10 @@ struct Inner {
     retry: RetryPolicy,
     parts_in_flight: usize,
     events: Option<EventSink>,
+    /// Whether uploads offer `xet`.
+    xet: bool,
+    /// Chunks the CAS is known to store (earlier uploads, dedup answers), shared by clones.
+    xet_known: Arc<std::sync::Mutex<xet::KnownChunks>>,
 }
 
 impl std::fmt::Debug for HubClient {
@@ -264,6 +311,7 @@ impl HubClient {
             read_timeout: None,
             events: None,
             offline: false,
+            xet: !xet_disabled_by_env(),
         })
     }
 

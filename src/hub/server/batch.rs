@@ -148,7 +148,13 @@ pub async fn batch(
         paths::unix_now() + state.limits.presign_ttl_secs
     };
     let offered = Offered::new(&request.transfers);
-    if !download && state.xet && offered.xet {
+    let unoffered = !download
+        && state.xet
+        && !offered.xet
+        && state
+            .faults
+            .take(|f| std::mem::take(&mut f.pick_xet_unoffered));
+    if !download && state.xet && (offered.xet || unoffered) {
         let revision = request.reference.as_ref().map_or("main", |r| {
             r.name.strip_prefix("refs/heads/").unwrap_or(&r.name)
         });
@@ -210,6 +216,7 @@ fn xet_answers(
     objects: &[BatchObject],
 ) -> Vec<Value> {
     let action = super::xet::batch_upload_action(state, key, revision);
+    let mut room = free_room(state);
     objects
         .iter()
         .map(|object| {
@@ -225,10 +232,22 @@ fn xet_answers(
                     &Refusal::new(422, "file is larger than this hub accepts".to_owned()),
                 );
             }
+            if let Err(refusal) = reserve(&state.limits, &mut room, object.size, 2 * object.size) {
+                return refused(object, &refusal);
+            }
             json!({"oid": object.oid, "size": object.size, "authenticated": true,
                 "actions": {"upload": action}})
         })
         .collect()
+}
+
+/// Room left for uploads (`None`: no floor set, or unknown), shared by the objects of one
+/// answer in order.
+fn free_room(state: &AppState) -> Option<u64> {
+    state.limits.min_free_bytes.and_then(|keep| {
+        let free = state.store.available_bytes()?;
+        Some(free.saturating_sub(keep))
+    })
 }
 
 fn upload_answers(
@@ -240,11 +259,7 @@ fn upload_answers(
     expires: u64,
 ) -> (Vec<Value>, bool) {
     let limits = &state.limits;
-    // Room left for uploads, shared by the objects of this answer in order.
-    let mut room = limits.min_free_bytes.and_then(|keep| {
-        let free = state.store.available_bytes()?;
-        Some(free.saturating_sub(keep))
-    });
+    let mut room = free_room(state);
     let decisions: Vec<Result<Transfer, Refusal>> = objects
         .iter()
         .map(|object| {
@@ -328,21 +343,33 @@ fn decide(
     } else {
         return Err(no_spoken_transfer(offered));
     };
+    reserve(limits, room, size, size)?;
+    Ok(transfer)
+}
+
+/// Takes `need` bytes for a file of `size` from the disk space left for this answer's uploads
+/// (`None`: unknown), or refuses it with 507.
+fn reserve(limits: &Limits, room: &mut Option<u64>, size: u64, need: u64) -> Result<(), Refusal> {
     if let Some(left) = room {
-        if size > *left {
+        if need > *left {
             return Err(Refusal::new(
                 507,
                 format!(
-                    "the hub has not enough free disk space for this file of {}: {} can still be used (it keeps {} free)",
+                    "the hub has not enough free disk space for this file of {}{}: {} can still be used (it keeps {} free)",
                     decimal_size(size),
+                    if need > size {
+                        " (a Xet upload is stored twice: its xorbs and the file)"
+                    } else {
+                        ""
+                    },
                     decimal_size(*left),
                     decimal_size(limits.min_free_bytes.unwrap_or_default())
                 ),
             ));
         }
-        *left -= size;
+        *left -= need;
     }
-    Ok(transfer)
+    Ok(())
 }
 
 fn bad_oid() -> Refusal {

@@ -27,6 +27,14 @@ pub struct Faults {
     pub expire_next_batches: u32,
     /// Delay every response by this many milliseconds.
     pub slow_ms: u64,
+    /// The next N CAS calls are refused with 401 "Xet access token has expired", as when a
+    /// token runs out mid-upload (the client fetches a fresh one and repeats the call).
+    pub expire_next_xet_tokens: u32,
+    /// The next N xorb uploads get 503 (the client retries them).
+    pub fail_next_xorbs: u32,
+    /// The next upload batch answer picks `xet` even if the client did not offer it (a
+    /// misbehaving server; the client must refuse the answer) (once).
+    pub pick_xet_unoffered: bool,
 }
 
 /// Counters of what the server did; tests use them to bound retries and spot duplicates.
@@ -55,6 +63,15 @@ pub struct Stats {
     pub storage_requests_with_auth: u64,
     /// Xet xorb uploads received with a valid token (stored, refused or already there).
     pub xorb_posts: u64,
+    /// Xet xorb uploads that stored a new xorb.
+    pub xorbs_stored: u64,
+    /// Xet shard uploads received with a valid token.
+    pub shard_posts: u64,
+    /// Xet tokens handed out (token routes and batch answers).
+    pub xet_tokens_issued: u64,
+    /// CAS requests that carried the Hub token instead of a Xet token: a client leaking its
+    /// token to the CAS. Should stay 0.
+    pub cas_requests_with_hub_token: u64,
 }
 
 /// How many times each kind of fault fired.
@@ -71,6 +88,12 @@ pub struct FiredFaults {
     pub commit_applied_then_500: u64,
     /// `expire_next_batches` (one per batch answer with expired URLs).
     pub expired_batch: u64,
+    /// `expire_next_xet_tokens`.
+    pub expired_xet_token: u64,
+    /// `fail_next_xorbs`.
+    pub failed_xorb: u64,
+    /// `pick_xet_unoffered`.
+    pub unoffered_xet: u64,
 }
 
 /// The live switches and counters of one server.
@@ -88,6 +111,10 @@ pub struct FaultState {
     fired: Mutex<FiredFaults>,
     pub(super) storage_requests_with_auth: AtomicU64,
     pub(super) xorb_posts: AtomicU64,
+    pub(super) xorbs_stored: AtomicU64,
+    pub(super) shard_posts: AtomicU64,
+    pub(super) xet_tokens_issued: AtomicU64,
+    pub(super) cas_requests_with_hub_token: AtomicU64,
 }
 
 impl FaultState {
@@ -124,6 +151,10 @@ impl FaultState {
             fired: self.fired.lock().expect("fault lock").clone(),
             storage_requests_with_auth: load(&self.storage_requests_with_auth),
             xorb_posts: load(&self.xorb_posts),
+            xorbs_stored: load(&self.xorbs_stored),
+            shard_posts: load(&self.shard_posts),
+            xet_tokens_issued: load(&self.xet_tokens_issued),
+            cas_requests_with_hub_token: load(&self.cas_requests_with_hub_token),
         }
     }
 
@@ -145,6 +176,11 @@ impl FaultState {
                 u64::from(before.commit_applied_then_500 != faults.commit_applied_then_500);
             counts.expired_batch +=
                 u64::from(before.expire_next_batches != faults.expire_next_batches);
+            counts.expired_xet_token +=
+                u64::from(before.expire_next_xet_tokens != faults.expire_next_xet_tokens);
+            counts.failed_xorb += u64::from(before.fail_next_xorbs != faults.fail_next_xorbs);
+            counts.unoffered_xet +=
+                u64::from(before.pick_xet_unoffered != faults.pick_xet_unoffered);
         }
         fired
     }
@@ -158,6 +194,13 @@ impl FaultState {
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Fires a "next N" fault: true (and one fewer left) while `count` is above zero.
+pub fn take_counted(count: &mut u32) -> bool {
+    let armed = *count > 0;
+    *count = count.saturating_sub(1);
+    armed
 }
 
 /// Fires `fail_part_once` for part `n`.

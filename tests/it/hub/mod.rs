@@ -11,6 +11,7 @@ mod limits;
 mod listing;
 mod python;
 mod xet;
+mod xet_client;
 
 use std::io::BufRead as _;
 

@@ -2,7 +2,7 @@
 //! trips through the server, files cross between the Xet and LFS paths both ways, and hostile
 //! CAS requests (bytes built here and sent over HTTP) are refused with a 4xx.
 
-use hubsweep::hub::server::xet::hash::{self, XetHash};
+use hubsweep::hub::xet::hash::{self, XetHash};
 use serde_json::json;
 
 use super::{hub_python, pseudo_random, sha256_hex, start_server};

@@ -51,6 +51,7 @@ pub async fn issue_token(
         expires: paths::unix_now() + state.limits.xet_token_ttl_secs,
     };
     let access_token = token::issue(&state, &grant);
+    crate::hub::server::faults::FaultState::bump(&state.faults.xet_tokens_issued);
     let cas_url = state.base_url.clone();
     let mut response = Json(json!({
         "accessToken": access_token,
@@ -116,6 +117,15 @@ pub async fn upload_xorb(
     if prefix != "default" {
         return Err(ApiError::bad_request("the xorb prefix must be `default`"));
     }
+    if state
+        .faults
+        .take(|f| crate::hub::server::faults::take_counted(&mut f.fail_next_xorbs))
+    {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "xorb upload failed (injected fault)",
+        ));
+    }
     let hash = parse_hash(&hash)?;
     if cas::has_xorb(&state.store, &hash) {
         return Ok(Json(json!({ "was_inserted": false })));
@@ -133,6 +143,9 @@ pub async fn upload_xorb(
         cas::install_xorb(&task_state.store, &hash, &bytes, &chunks).map_err(refusal)
     })
     .await?;
+    if inserted {
+        crate::hub::server::faults::FaultState::bump(&state.faults.xorbs_stored);
+    }
     Ok(Json(json!({ "was_inserted": inserted })))
 }
 
@@ -144,6 +157,7 @@ pub async fn upload_shard(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     token::check(&state, &headers, Scope::Write)?;
+    crate::hub::server::faults::FaultState::bump(&state.faults.shard_posts);
     let _permit =
         state.xet_uploads.acquire().await.map_err(|_| {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down")

@@ -2,19 +2,17 @@
 //! official clients use (xorb and shard uploads, the global dedup query, reconstructions), the
 //! `xet` transfer of the LFS batch answer, and the `X-Xet-*` headers of `resolve/`.
 //!
-//! Our own implementation of the public protocol specification, on `blake3` and `lz4_flex`:
-//! a server only parses, checks and serves what clients build, so it needs the formats and
-//! hashes, not `xet-core`'s client machinery. Everything a client sends is checked as hostile
+//! Our own implementation of the public protocol specification; the formats and hashes it
+//! shares with hubsweep's client are in [`crate::hub::xet`]. Everything a client sends is checked as hostile
 //! input: every chunk is decompressed (bounded) and hashed, xorb and file hashes recomputed, a
 //! shard's terms checked against stored xorbs, and each file reassembled into `objects/` with
 //! its sha256 checked, so the rest of the server sees a Xet upload exactly as an LFS one.
 
 mod api;
 pub mod cas;
-pub mod hash;
-pub mod shard;
 pub mod token;
-pub mod xorb;
+
+pub use crate::hub::xet::{hash, shard, xorb};
 
 use std::sync::Arc;
 
@@ -68,6 +66,7 @@ pub fn token_route(state: &AppState, key: &RepoKey, scope: Scope, revision: &str
 /// a write token and its expiry as the `X-Xet-*` headers git-xet and the JS client read.
 pub fn batch_upload_action(state: &AppState, key: &RepoKey, revision: &str) -> Value {
     let expires = super::paths::unix_now() + state.limits.xet_token_ttl_secs;
+    super::faults::FaultState::bump(&state.faults.xet_tokens_issued);
     let grant = Grant {
         scope: Scope::Write,
         repo: key.clone(),

@@ -9,6 +9,7 @@
 use axum::http::{HeaderMap, StatusCode, header};
 
 use crate::hub::RepoType;
+use crate::hub::server::faults::{FaultState, take_counted};
 use crate::hub::server::paths;
 use crate::hub::server::state::{ApiError, AppState};
 use crate::hub::server::store::RepoKey;
@@ -74,6 +75,15 @@ pub fn check(state: &AppState, headers: &HeaderMap, need: Scope) -> Result<Grant
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| unauthorized("a Xet access token is required"))?;
+    if state.token.as_deref() == Some(token) {
+        FaultState::bump(&state.faults.cas_requests_with_hub_token);
+    }
+    if state
+        .faults
+        .take(|f| take_counted(&mut f.expire_next_xet_tokens))
+    {
+        return Err(unauthorized("Xet access token has expired"));
+    }
     let mut parts = token.split('.');
     let (Some(PREFIX), Some(body), Some(expires), Some(signature), None) = (
         parts.next(),

@@ -2,7 +2,8 @@
 //! header, the file info section (per file: a header, its terms, optionally a verification
 //! entry per term and the metadata extension with the sha256), the CAS info section (the new
 //! xorbs and their chunks), each ended by a bookend, and optionally the 200-byte footer.
-//! Parsing checks the layout only; [`super::cas`] checks what the entries claim.
+//! Parsing checks the layout only; the server's CAS checks what the entries claim. Our client's
+//! uploads are written by [`upload_body`], the dedup query's answers by [`dedup_answer`].
 
 use super::hash::XetHash;
 
@@ -18,6 +19,8 @@ const ENTRY: usize = 48;
 const WITH_VERIFICATION: u32 = 1 << 31;
 /// File flag: the metadata extension (sha256) follows.
 const WITH_METADATA: u32 = 1 << 30;
+/// Chunk flag: the chunk starts a file, so the CAS indexes it for the global dedup query.
+const GLOBAL_DEDUP: u32 = 1 << 31;
 
 /// One term of a file: chunks `[start, end)` of a xorb, `bytes` long uncompressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -229,6 +232,79 @@ mod hex_hash {
     }
 }
 
+/// A xorb an upload created, as its shard lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewXorb {
+    /// The xorb and its chunks.
+    pub info: XorbInfo,
+    /// Its serialized size.
+    pub stored_bytes: u32,
+    /// The chunks (indices, ascending) that start a file: flagged for the global dedup index.
+    pub file_starts: Vec<u32>,
+}
+
+/// Serializes the shard of an upload as the specification requires it: the header (no footer),
+/// the files (each with a verification hash per term and its sha256), the xorbs the upload
+/// created, each section closed by a bookend.
+pub fn upload_body(files: &[FileInfo], xorbs: &[NewXorb]) -> Vec<u8> {
+    let terms: usize = files.iter().map(|f| 2 * f.terms.len() + 2).sum();
+    let chunks: usize = xorbs.iter().map(|x| x.info.chunks.len() + 1).sum();
+    let mut out = Vec::with_capacity(48 * (terms + chunks + 3));
+    out.extend_from_slice(&HEADER_TAG);
+    out.extend_from_slice(&HEADER_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u64.to_le_bytes());
+    let words = |out: &mut Vec<u8>, values: &[u32]| {
+        for value in values {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+    };
+    for file in files {
+        let mut flags = 0;
+        if file.verification.is_some() {
+            flags |= WITH_VERIFICATION;
+        }
+        if file.sha256.is_some() {
+            flags |= WITH_METADATA;
+        }
+        out.extend_from_slice(&file.file_hash.0);
+        words(&mut out, &[flags, file.terms.len() as u32, 0, 0]);
+        for term in &file.terms {
+            out.extend_from_slice(&term.xorb.0);
+            words(&mut out, &[0, term.bytes, term.start, term.end]);
+        }
+        for hash in file.verification.iter().flatten() {
+            out.extend_from_slice(&hash.0);
+            out.extend_from_slice(&[0; 16]);
+        }
+        if let Some(sha256) = &file.sha256 {
+            out.extend_from_slice(sha256);
+            out.extend_from_slice(&[0; 16]);
+        }
+    }
+    bookend(&mut out);
+    for xorb in xorbs {
+        let total: u32 = xorb.info.chunks.iter().map(|c| c.1).sum();
+        out.extend_from_slice(&xorb.info.xorb.0);
+        words(
+            &mut out,
+            &[0, xorb.info.chunks.len() as u32, total, xorb.stored_bytes],
+        );
+        let mut position = 0u32;
+        for (i, (hash, unpacked)) in xorb.info.chunks.iter().enumerate() {
+            let flags = if xorb.file_starts.binary_search(&(i as u32)).is_ok() {
+                GLOBAL_DEDUP
+            } else {
+                0
+            };
+            out.extend_from_slice(&hash.0);
+            words(&mut out, &[position, *unpacked, flags, 0]);
+            position += unpacked;
+        }
+    }
+    bookend(&mut out);
+    out
+}
+
 /// Serializes a shard answering a global dedup query as `xet-core` reads it: no files, the
 /// given xorbs, the lookup tables (file: none; xorb: first word of its hash → its entry index;
 /// chunk: first word of its hash → xorb entry index and chunk index, sorted), and the 200-byte
@@ -334,6 +410,34 @@ mod tests {
         let shard = parse(&bytes).unwrap();
         assert!(shard.files.is_empty());
         assert_eq!(shard.xorbs, vec![xorb]);
+    }
+
+    #[test]
+    fn an_upload_body_parses_back() {
+        let info = XorbInfo {
+            xorb: XetHash([7; 32]),
+            chunks: vec![(XetHash([1; 32]), 10), (XetHash([2; 32]), 20)],
+        };
+        let file = FileInfo {
+            file_hash: XetHash([3; 32]),
+            terms: vec![Term {
+                xorb: info.xorb,
+                start: 0,
+                end: 2,
+                bytes: 30,
+            }],
+            verification: Some(vec![XetHash([4; 32])]),
+            sha256: Some([5; 32]),
+        };
+        let xorb = NewXorb {
+            info: info.clone(),
+            stored_bytes: 46,
+            file_starts: vec![0],
+        };
+        let bytes = upload_body(std::slice::from_ref(&file), &[xorb]);
+        let shard = parse(&bytes).unwrap();
+        assert_eq!(shard.files, vec![file]);
+        assert_eq!(shard.xorbs, vec![info]);
     }
 
     #[test]

@@ -1,10 +1,14 @@
-//! Xorbs as clients upload them (the Xet protocol specification, "Xorb format"): chunks, each
-//! an 8-byte header (version 0, compressed size u24, scheme, uncompressed size u24) and its
-//! bytes, optionally followed by the footer `xet-core` writes (ident `XETBLOB`, the xorb hash,
-//! the chunk hashes, boundaries). Every chunk is decompressed and hashed here: a xorb is stored
-//! only if its chunks, its hash and (when present) its footer agree.
+//! Xorbs (the Xet protocol specification, "Xorb format"): chunks, each an 8-byte header
+//! (version 0, compressed size u24, scheme, uncompressed size u24) and its bytes, optionally
+//! followed by the footer `xet-core` writes (ident `XETBLOB`, the xorb hash, the chunk hashes,
+//! boundaries). The server decompresses and hashes every chunk ([`validate`]): a xorb is stored
+//! only if its chunks, its hash and (when present) its footer agree. The client serializes its
+//! own ([`serialize`]) without copying the file's bytes.
 
 use std::io::Read as _;
+use std::ops::Range;
+
+use bytes::Bytes;
 
 use super::hash::{self, XetHash};
 
@@ -16,6 +20,12 @@ const HEADER_BYTES: usize = 8;
 const FOOTER_IDENT: &[u8; 7] = b"XETBLOB";
 /// Ident opening the footer's chunk hash section.
 const HASHES_IDENT: &[u8; 7] = b"XBLBHSH";
+/// Ident opening the footer's boundary section.
+const BOUNDARIES_IDENT: &[u8; 7] = b"XBLBBND";
+/// Most chunk bytes one xorb may hold (`xet-core`'s limit; the CAS refuses more).
+pub const MAX_XORB_BYTES: usize = 64 * 1024 * 1024;
+/// Most chunks one xorb may hold.
+pub const MAX_XORB_CHUNKS: usize = 8 * 1024;
 
 /// One chunk of a stored xorb: its hash, where its header starts and its data ends in the
 /// serialized xorb, and its uncompressed length.
@@ -192,6 +202,75 @@ pub fn validate(bytes: &[u8], claimed: &XetHash) -> Result<Vec<ChunkEntry>, Xorb
     Ok(chunks)
 }
 
+/// A xorb serialized for upload: its hash, its bytes as pieces (chunk headers, slices of the
+/// file's own buffer, the footer) and their total length.
+#[derive(Debug, Clone)]
+pub struct XorbBody {
+    /// The xorb's hash (the Merkle root over its chunks).
+    pub hash: XetHash,
+    /// The serialized xorb, in order.
+    pub pieces: Vec<Bytes>,
+    /// Total bytes of the pieces.
+    pub len: u64,
+}
+
+/// Serializes the chunks `ranges` of `data` (with their hashes) as a xorb: each chunk stored
+/// as it is (scheme 0: activations and weights are floats, which LZ4 barely shrinks, and a
+/// stored chunk costs no CPU and no copy — its piece is a slice of `data`), then the footer
+/// `xet-core` writes (version 1: the xorb hash, the chunk hashes, the stored and unpacked end
+/// offsets of every chunk, a zero nonce) and its length.
+pub fn serialize(data: &Bytes, chunks: &[(XetHash, Range<usize>)]) -> XorbBody {
+    let pairs: Vec<(XetHash, u64)> = chunks
+        .iter()
+        .map(|(hash, range)| (*hash, range.len() as u64))
+        .collect();
+    let hash = hash::xorb_hash(&pairs);
+    let mut pieces = Vec::with_capacity(2 * chunks.len() + 1);
+    let (mut stored, mut unpacked) = (Vec::new(), Vec::new());
+    let (mut stored_end, mut unpacked_end) = (0u32, 0u32);
+    for (_, range) in chunks {
+        let length = range.len() as u32;
+        let mut header = [0u8; HEADER_BYTES];
+        header[1..4].copy_from_slice(&length.to_le_bytes()[..3]);
+        header[5..8].copy_from_slice(&length.to_le_bytes()[..3]);
+        pieces.push(Bytes::copy_from_slice(&header));
+        pieces.push(data.slice(range.clone()));
+        stored_end += HEADER_BYTES as u32 + length;
+        unpacked_end += length;
+        stored.push(stored_end);
+        unpacked.push(unpacked_end);
+    }
+    let count = chunks.len() as u32;
+    let mut footer = Vec::with_capacity(112 + 40 * chunks.len());
+    footer.extend_from_slice(FOOTER_IDENT);
+    footer.push(1);
+    footer.extend_from_slice(&hash.0);
+    footer.extend_from_slice(HASHES_IDENT);
+    footer.push(0);
+    footer.extend_from_slice(&count.to_le_bytes());
+    for (chunk, _) in chunks {
+        footer.extend_from_slice(&chunk.0);
+    }
+    let boundaries_start = footer.len();
+    footer.extend_from_slice(BOUNDARIES_IDENT);
+    footer.push(1);
+    footer.extend_from_slice(&count.to_le_bytes());
+    for offset in stored.iter().chain(&unpacked) {
+        footer.extend_from_slice(&offset.to_le_bytes());
+    }
+    footer.extend_from_slice(&count.to_le_bytes());
+    // Offsets from the footer's end (past the 16-byte nonce buffer) back to each section.
+    let end = footer.len() + 8 + 16;
+    footer.extend_from_slice(&((end - 40) as u32).to_le_bytes());
+    footer.extend_from_slice(&((end - boundaries_start) as u32).to_le_bytes());
+    footer.extend_from_slice(&[0; 16]);
+    let info_length = footer.len() as u32;
+    footer.extend_from_slice(&info_length.to_le_bytes());
+    pieces.push(Bytes::from(footer));
+    let len = pieces.iter().map(|p| p.len() as u64).sum();
+    XorbBody { hash, pieces, len }
+}
+
 /// Checks the start of `xet-core`'s footer: the xorb hash and every chunk hash it lists.
 fn check_footer(footer: &[u8], xorb: &XetHash, chunks: &[ChunkEntry]) -> Result<(), XorbError> {
     let fail = |reason| XorbError::Footer { reason };
@@ -336,6 +415,32 @@ mod tests {
             validate(&bad, &hash),
             Err(XorbError::Scheme { .. })
         ));
+    }
+
+    #[test]
+    fn serialized_xorbs_validate_with_their_footer() {
+        let data = Bytes::from((0..300u32).map(|i| (i * 7) as u8).collect::<Vec<_>>());
+        let chunks = vec![
+            (hash::chunk_hash(&data[..100]), 0..100),
+            (hash::chunk_hash(&data[100..]), 100..300),
+        ];
+        let body = serialize(&data, &chunks);
+        let bytes: Vec<u8> = body.pieces.concat();
+        assert_eq!(bytes.len() as u64, body.len);
+        let entries = validate(&bytes, &body.hash).unwrap();
+        assert_eq!(
+            entries.iter().map(|e| e.unpacked).collect::<Vec<_>>(),
+            [100, 200]
+        );
+        // The trailing length covers the footer exactly, and its offsets lead back to the
+        // sections they name.
+        let info = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap()) as usize;
+        let footer = &bytes[bytes.len() - 4 - info..bytes.len() - 4];
+        assert_eq!(&footer[..7], FOOTER_IDENT);
+        let word = |at: usize| u32::from_le_bytes(footer[at..at + 4].try_into().unwrap()) as usize;
+        let (hashes, bounds) = (word(footer.len() - 24), word(footer.len() - 20));
+        assert_eq!(&footer[footer.len() - hashes..][..7], HASHES_IDENT);
+        assert_eq!(&footer[footer.len() - bounds..][..7], BOUNDARIES_IDENT);
     }
 
     #[test]

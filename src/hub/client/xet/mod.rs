@@ -1,0 +1,348 @@
+//! The `xet` transfer (docs/hub.md, "Xet"): when the batch answer picks `xet`, an in-memory
+//! object is cut into content-defined chunks, the chunks the CAS already stores are found
+//! (this client's earlier uploads, then the global dedup query), the rest are packed into
+//! xorbs that borrow the object's bytes (nothing is copied, nothing touches the disk), the
+//! xorbs are uploaded, then the shard that describes the file. The commit that follows is the
+//! same `lfsFile` commit as after an LFS upload.
+//!
+//! Tokens: the CAS gets only the short-lived Xet token (refreshed through the Hub before it
+//! expires, and once more whenever the CAS refuses it); the Hub token goes only to the Hub
+//! (the refresh route), never to the CAS.
+
+mod plan;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _};
+use reqwest::{Method, Response};
+use serde::Deserialize;
+use serde_json::Value;
+
+pub use plan::KnownChunks;
+use plan::{Chunked, UploadPlan};
+
+use super::error::{HubError, redact};
+use super::{HubClient, HubEvent, LfsObject};
+use crate::hub::xet::hash::XetHash;
+use crate::hub::xet::shard;
+
+/// How many chunks of earlier uploads a client remembers for dedup (≈ 16 GiB of content,
+/// ≈ 20 MB of memory).
+pub const KNOWN_CHUNKS: usize = 1 << 18;
+/// A token this close to its expiry is refreshed before it is used.
+const REFRESH_MARGIN: Duration = Duration::from_secs(30);
+/// How many times one CAS call refreshes a refused token before giving up.
+const MAX_REFRESHES: u32 = 3;
+/// Xorbs in flight at once.
+const XORBS_IN_FLIGHT: usize = 4;
+
+/// The `xet` action of a batch answer: the token refresh route and the first token.
+#[derive(Debug, Clone)]
+pub(super) struct XetAction {
+    /// The Hub route that hands out fresh write tokens.
+    pub refresh: String,
+    /// The first token, if the answer carried one.
+    pub token: Option<CasToken>,
+}
+
+impl XetAction {
+    /// Reads the action's `href` and its `X-Xet-*` headers (any case).
+    pub fn new(href: &str, header: &serde_json::Map<String, Value>) -> Self {
+        let get = |name: &str| {
+            header
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| v.as_str())
+        };
+        let token = match (
+            get("X-Xet-Access-Token"),
+            get("X-Xet-Cas-Url"),
+            get("X-Xet-Token-Expiration").and_then(|e| e.parse().ok()),
+        ) {
+            (Some(access), Some(cas_url), Some(expires)) => Some(CasToken {
+                access: access.to_owned(),
+                cas_url: cas_url.trim_end_matches('/').to_owned(),
+                expires,
+            }),
+            _ => None,
+        };
+        Self {
+            refresh: href.to_owned(),
+            token,
+        }
+    }
+}
+
+/// A CAS write token and the CAS it is for.
+#[derive(Clone)]
+pub(super) struct CasToken {
+    access: String,
+    cas_url: String,
+    /// Unix seconds.
+    expires: u64,
+}
+
+impl std::fmt::Debug for CasToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CasToken")
+            .field("cas_url", &self.cas_url)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenAnswer {
+    access_token: String,
+    exp: u64,
+    cas_url: String,
+}
+
+/// One upload's view of the CAS: the current token, refreshed as needed.
+struct Cas<'a> {
+    client: &'a HubClient,
+    refresh: String,
+    token: tokio::sync::Mutex<Option<CasToken>>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Cas<'_> {
+    /// A token valid for at least [`REFRESH_MARGIN`] more, fetching one when `stale` is the
+    /// current one (the CAS refused it) or it is about to expire.
+    async fn token(&self, stale: Option<&str>) -> Result<CasToken, HubError> {
+        let mut current = self.token.lock().await;
+        let fresh_enough = |t: &CasToken| {
+            stale != Some(t.access.as_str()) && t.expires > unix_now() + REFRESH_MARGIN.as_secs()
+        };
+        if let Some(token) = current.as_ref().filter(|t| fresh_enough(t)) {
+            return Ok(token.clone());
+        }
+        let url = &self.refresh;
+        let response = self
+            .client
+            .send_with_retry(url, || self.client.hub_request(Method::GET, url))
+            .await?;
+        let answer: TokenAnswer = HubClient::json(url, response).await?;
+        let token = CasToken {
+            access: answer.access_token,
+            cas_url: answer.cas_url.trim_end_matches('/').to_owned(),
+            expires: answer.exp,
+        };
+        if current.is_some() {
+            self.client.emit(HubEvent::XetTokenRefreshed {
+                expires: token.expires,
+            });
+        }
+        *current = Some(token.clone());
+        Ok(token)
+    }
+
+    /// Sends a CAS request (`path` under the CAS URL) with the Xet token: transient failures
+    /// are retried by the client's policy, a refused token is refreshed and the call repeated.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Fn() -> Option<reqwest::Body>,
+        length: Option<u64>,
+    ) -> Result<Response, HubError> {
+        let mut stale: Option<String> = None;
+        let mut refreshes = 0;
+        loop {
+            let token = self.token(stale.as_deref()).await?;
+            let url = format!("{}{path}", token.cas_url);
+            let result = self
+                .client
+                .send_with_retry(&url, || {
+                    let mut request = self
+                        .client
+                        .storage_request(method.clone(), &url)
+                        .bearer_auth(&token.access);
+                    if let Some(length) = length {
+                        request = request.header(reqwest::header::CONTENT_LENGTH, length);
+                    }
+                    match body() {
+                        Some(body) => request.body(body),
+                        None => request,
+                    }
+                })
+                .await;
+            match result {
+                Err(HubError::Unauthorized { .. }) if refreshes < MAX_REFRESHES => {
+                    refreshes += 1;
+                    stale = Some(token.access);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// What one Xet upload sent.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct XetSent {
+    /// Bytes of new xorbs and the shard.
+    pub bytes: u64,
+    /// Content bytes found in stored xorbs.
+    pub deduplicated: u64,
+}
+
+impl HubClient {
+    /// Uploads `object` (held in `data`) through Xet: chunks, dedup, xorbs, shard.
+    pub(super) async fn xet_transfer(
+        &self,
+        object: &LfsObject,
+        data: Bytes,
+        action: XetAction,
+    ) -> Result<XetSent, HubError> {
+        let cas = Cas {
+            client: self,
+            refresh: action.refresh,
+            token: tokio::sync::Mutex::new(action.token),
+        };
+        let file = tokio::task::spawn_blocking(move || Chunked::new(data))
+            .await
+            .map_err(|e| HubError::Xet {
+                oid: object.sha256.clone(),
+                reason: format!("chunking stopped: {e}"),
+            })?;
+        self.query_global_dedup(&cas, &file).await?;
+        let (file, sha256, known) = (file, object.sha256.clone(), self.inner.xet_known.clone());
+        let (file, plan) = tokio::task::spawn_blocking(move || {
+            let known = known.lock().unwrap_or_else(|p| p.into_inner());
+            let plan = plan::plan(&file, &sha256, &known);
+            (file, plan)
+        })
+        .await
+        .map_err(|e| HubError::Xet {
+            oid: object.sha256.clone(),
+            reason: format!("planning stopped: {e}"),
+        })?;
+        drop(file);
+        let UploadPlan {
+            xorbs,
+            xorb_chunks,
+            shard,
+            file_hash,
+            deduplicated,
+        } = plan;
+        self.emit(HubEvent::ObjectStarted {
+            oid: object.sha256.clone(),
+            size: object.size,
+            parts: xorbs.len() + 1,
+        });
+        let sent: u64 = futures::stream::iter(xorbs.into_iter().zip(xorb_chunks).enumerate())
+            .map(|(n, (body, chunks))| {
+                let cas = &cas;
+                async move {
+                    let path = format!("/v1/xorbs/default/{}", body.hash.hex());
+                    let pieces = body.pieces.clone();
+                    cas.send(
+                        Method::POST,
+                        &path,
+                        || {
+                            let stream = futures::stream::iter(
+                                pieces.clone().into_iter().map(Ok::<_, std::io::Error>),
+                            );
+                            Some(reqwest::Body::wrap_stream(stream))
+                        },
+                        Some(body.len),
+                    )
+                    .await?;
+                    self.inner
+                        .xet_known
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .add_xorb(body.hash, chunks);
+                    self.emit(HubEvent::PartUploaded {
+                        oid: object.sha256.clone(),
+                        part: n + 1,
+                        bytes: body.len,
+                    });
+                    Ok::<u64, HubError>(body.len)
+                }
+            })
+            .buffer_unordered(XORBS_IN_FLIGHT)
+            .try_fold(0u64, |total, bytes| async move { Ok(total + bytes) })
+            .await?;
+        let shard_len = shard.len() as u64;
+        let shard = Bytes::from(shard);
+        let response = cas
+            .send(
+                Method::POST,
+                "/v1/shards",
+                || Some(reqwest::Body::from(shard.clone())),
+                None,
+            )
+            .await?;
+        drop(response);
+        tracing::debug!(
+            oid = %object.sha256,
+            xet_hash = %file_hash.hex(),
+            sent = sent + shard_len,
+            deduplicated,
+            "stored through Xet"
+        );
+        Ok(XetSent {
+            bytes: sent + shard_len,
+            deduplicated,
+        })
+    }
+
+    /// Asks the CAS about the file's first chunk and its indexed chunks that no known xorb
+    /// holds yet; every xorb an answer lists becomes known (it may hold later chunks too).
+    async fn query_global_dedup(&self, cas: &Cas<'_>, file: &Chunked) -> Result<(), HubError> {
+        for chunk in file.dedup_candidates() {
+            let known = self
+                .inner
+                .xet_known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(chunk)
+                .is_some();
+            if known {
+                continue;
+            }
+            let path = format!("/v1/chunks/default-merkledb/{}", chunk.hex());
+            let response = match cas.send(Method::GET, &path, || None, None).await {
+                Ok(response) => response,
+                Err(HubError::Status { status: 404, .. }) => continue,
+                Err(error) => return Err(error),
+            };
+            let url = redact(response.url().as_str());
+            let body = response
+                .bytes()
+                .await
+                .map_err(|source| HubError::Transport {
+                    url: url.clone(),
+                    source: source.without_url(),
+                })?;
+            let answer = shard::parse(&body).map_err(|error| HubError::InvalidResponse {
+                url,
+                reason: format!("the global dedup answer is not a shard: {error}"),
+            })?;
+            let mut known = self
+                .inner
+                .xet_known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for xorb in answer.xorbs {
+                known.add_xorb(xorb.xorb, xorb.chunks.into_iter().map(|(h, _)| h));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The Xet hash of `data` as every Xet client computes it (what `resolve/` answers carry as
+/// `X-Xet-Hash`).
+pub fn file_hash(data: Bytes) -> XetHash {
+    Chunked::new(data).file_hash()
+}

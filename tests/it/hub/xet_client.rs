@@ -1,0 +1,357 @@
+//! hubsweep's own Xet client: it chunks and hashes exactly as `hf_xet` does (same Xet file
+//! hash for the same bytes), uploads through Xet with no LFS transfer, the official client
+//! downloads what it stored, chunks the CAS already holds are not sent again (the global dedup
+//! query, and this client's own earlier uploads), and faults are survived or refused.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use hubsweep::hub::server::ServerHandle;
+use hubsweep::hub::server::faults::Faults;
+use hubsweep::hub::{
+    CommitOperation, CommitOptions, HubClient, HubError, HubEvent, LfsObject, UploadOutcome,
+};
+
+use super::{hub_python, model, pseudo_random, sha256_hex, start_server};
+use crate::common::TestContext;
+
+const PEER_SCRIPT: &str = include_str!("xet_client_peer.py");
+const HUB_TOKEN: &str = "hf_test_token_for_xet_client";
+
+type Events = Arc<Mutex<Vec<HubEvent>>>;
+
+/// A client that offers `xet` (the test command exports `HF_HUB_DISABLE_XET=1` for the LFS
+/// peers, which would turn it off), with a fast retry policy and its events recorded.
+fn xet_client(server: &ServerHandle) -> (HubClient, Events) {
+    let events: Events = Arc::default();
+    let sink = events.clone();
+    let client = HubClient::builder(server.base_url())
+        .unwrap()
+        .token(Some(hubsweep::hub::Token::new(HUB_TOKEN)))
+        .retry(hubsweep::hub::RetryPolicy {
+            max_attempts: 5,
+            base_delay: std::time::Duration::from_millis(10),
+            max_delay: std::time::Duration::from_millis(100),
+            max_server_wait: std::time::Duration::from_secs(5),
+        })
+        .events(Arc::new(move |e: &HubEvent| {
+            sink.lock().unwrap().push(e.clone())
+        }))
+        .xet(true)
+        .build()
+        .unwrap();
+    (client, events)
+}
+
+async fn xet_server(context: &TestContext, xet: bool) -> ServerHandle {
+    start_server(context.path(), |config| {
+        config.token = Some(hubsweep::hub::Token::new(HUB_TOKEN));
+        config.xet = xet;
+    })
+    .await
+}
+
+/// Runs the peer script with Xet enabled; its JSON summary.
+async fn peer(
+    python: &std::path::Path,
+    context: &TestContext,
+    endpoint: &str,
+    args: &[&str],
+) -> serde_json::Value {
+    let script = context.child("xet_client_peer.py");
+    std::fs::write(&script, PEER_SCRIPT).unwrap();
+    let mut command = std::process::Command::new(python);
+    command
+        .arg(&script)
+        .args(args)
+        .env("HF_ENDPOINT", endpoint)
+        .env("HF_TOKEN", HUB_TOKEN)
+        .env("HF_HOME", context.child(&format!("hf-home-{}", args[0])))
+        .env("HF_HUB_DISABLE_TELEMETRY", "1")
+        .env("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        .env_remove("HF_HUB_DISABLE_XET");
+    let output = tokio::task::spawn_blocking(move || command.output().expect("run the peer"))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "peer {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+/// Uploads `data` as `path` and commits it; the upload's outcome.
+async fn upload_and_commit(
+    client: &HubClient,
+    repo: &hubsweep::hub::Repo,
+    path: &str,
+    data: Bytes,
+) -> Result<UploadOutcome, HubError> {
+    let object = LfsObject::from_bytes(data).at(path);
+    let outcome = client.upload_lfs_object(repo, "main", &object).await?;
+    let operations = [CommitOperation::AddLfs {
+        path: path.into(),
+        sha256: object.sha256.clone(),
+        size: object.size,
+    }];
+    let options = CommitOptions {
+        summary: format!("add {path}"),
+        ..Default::default()
+    };
+    client.commit(repo, "main", &operations, &options).await?;
+    Ok(outcome)
+}
+
+/// The `X-Xet-Hash` of `path` at main, from its `resolve/` answer.
+async fn xet_hash_of(endpoint: &str, repo: &str, path: &str) -> Option<String> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let head = http
+        .head(format!("{endpoint}/{repo}/resolve/main/{path}"))
+        .bearer_auth(HUB_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    head.headers()
+        .get("x-xet-hash")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// (bytes sent, bytes found stored) of the last Xet upload of `oid`.
+fn xet_sent(events: &Events, oid: &str) -> (u64, u64) {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            HubEvent::XetStored {
+                oid: o,
+                sent,
+                deduplicated,
+                ..
+            } if o == oid => Some((*sent, *deduplicated)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no XetStored event for {oid}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubsweep_uploads_through_xet_as_hf_xet_does_and_sends_only_new_chunks() {
+    let Some(python) = hub_python() else { return };
+    let context = TestContext::new();
+    let server = xet_server(&context, true).await;
+    let endpoint = server.base_url().to_owned();
+    let repo_id = "org/xet-client";
+    let repo = model(repo_id);
+
+    // The official client uploads a file through Xet; our chunking and hashing give the Xet
+    // hash it computed (the hash names every chunk boundary and chunk byte).
+    let theirs = pseudo_random(9_000_000, 11);
+    let local = context.child("theirs.bin");
+    std::fs::write(&local, &theirs).unwrap();
+    peer(
+        &python,
+        &context,
+        &endpoint,
+        &["upload", repo_id, "theirs.bin", local.to_str().unwrap()],
+    )
+    .await;
+    let their_hash = xet_hash_of(&endpoint, repo_id, "theirs.bin")
+        .await
+        .expect("a Xet hash");
+    assert_eq!(
+        hubsweep::hub::client::xet_file_hash(theirs.clone()).hex(),
+        their_hash
+    );
+    let (client, events) = xet_client(&server);
+
+    // Ours: 20 MB through Xet, no LFS transfer; the official client downloads it through Xet.
+    let ours = pseudo_random(20_000_000, 12);
+    let before = server.stats();
+    let outcome = upload_and_commit(&client, &repo, "ours.bin", ours.clone())
+        .await
+        .unwrap();
+    assert_eq!(outcome, UploadOutcome::Uploaded);
+    let stats = server.stats();
+    assert_eq!(
+        stats.object_puts + stats.part_puts,
+        before.object_puts + before.part_puts
+    );
+    assert_eq!(stats.shard_posts, before.shard_posts + 1);
+    assert!(stats.xorbs_stored > before.xorbs_stored, "{stats:?}");
+    assert_eq!(stats.cas_requests_with_hub_token, 0);
+    let (sent, found) = xet_sent(&events, &sha256_hex(&ours));
+    assert_eq!(found, 0);
+    assert!(sent >= 20_000_000 && sent < 20_200_000, "sent {sent}");
+    assert_eq!(
+        xet_hash_of(&endpoint, repo_id, "ours.bin").await.as_deref(),
+        Some(
+            hubsweep::hub::client::xet_file_hash(ours.clone())
+                .hex()
+                .as_str()
+        )
+    );
+    let downloaded = peer(
+        &python,
+        &context,
+        &endpoint,
+        &["download", repo_id, "ours.bin"],
+    )
+    .await;
+    assert_eq!(downloaded["sha256"], sha256_hex(&ours));
+
+    // The official client's file with 1 MB appended, from a client that never saw it: the
+    // global dedup query finds its chunks (all but the last, which the end of the file cut),
+    // so one new xorb carries the rest.
+    let (fresh, fresh_events) = xet_client(&server);
+    let stored = server.stats().xorbs_stored;
+    let grown = Bytes::from([theirs.to_vec(), pseudo_random(1_000_000, 14).to_vec()].concat());
+    upload_and_commit(&fresh, &repo, "grown.bin", grown.clone())
+        .await
+        .unwrap();
+    let (sent, found) = xet_sent(&fresh_events, &sha256_hex(&grown));
+    assert!(found > 8_800_000, "found {found} of the 9 MB stored");
+    assert!(
+        sent < 1_300_000,
+        "sent {sent} bytes for 1 MB of new content"
+    );
+    assert_eq!(server.stats().xorbs_stored, stored + 1);
+
+    // Ours with 1% of its bytes rewritten in one place: about that much is sent again.
+    let mut edited = ours.to_vec();
+    let middle = edited.len() / 2;
+    edited[middle..middle + 200_000].copy_from_slice(&pseudo_random(200_000, 13));
+    let edited = Bytes::from(edited);
+    upload_and_commit(&client, &repo, "ours.bin", edited.clone())
+        .await
+        .unwrap();
+    let (sent, found) = xet_sent(&events, &sha256_hex(&edited));
+    assert!(sent < 1_000_000, "sent {sent} of 20 MB with 200 kB changed");
+    assert!(found > 19_000_000, "found {found}");
+    let downloaded = peer(
+        &python,
+        &context,
+        &endpoint,
+        &["download", repo_id, "ours.bin"],
+    )
+    .await;
+    assert_eq!(downloaded["sha256"], sha256_hex(&edited));
+    assert_eq!(server.stats().cas_requests_with_hub_token, 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xet_uploads_survive_expired_tokens_and_cas_errors_and_refuse_what_was_not_offered() {
+    let context = TestContext::new();
+    let server = xet_server(&context, true).await;
+    let (client, events) = xet_client(&server);
+    let repo = model("org/xet-faults");
+    client.create_repo(&repo, false, false).await.unwrap();
+
+    // Two CAS calls refused as expired (the token is refreshed through the Hub), two xorb
+    // uploads answered 503 (retried): the upload and its commit still go through.
+    server.set_faults(Faults {
+        expire_next_xet_tokens: 2,
+        fail_next_xorbs: 2,
+        ..Faults::default()
+    });
+    let data = pseudo_random(3_000_000, 21);
+    let issued = server.stats().xet_tokens_issued;
+    upload_and_commit(&client, &repo, "faulty.bin", data.clone())
+        .await
+        .unwrap();
+    let stats = server.stats();
+    assert_eq!(stats.fired.expired_xet_token, 2, "{stats:?}");
+    assert_eq!(stats.fired.failed_xorb, 2, "{stats:?}");
+    assert!(stats.xet_tokens_issued >= issued + 3, "{stats:?}");
+    let events = events.lock().unwrap().clone();
+    let refreshed = events
+        .iter()
+        .filter(|e| matches!(e, HubEvent::XetTokenRefreshed { .. }))
+        .count();
+    let retried = events
+        .iter()
+        .filter(|e| matches!(e, HubEvent::Retrying { .. }))
+        .count();
+    assert_eq!(refreshed, 2, "{events:?}");
+    assert_eq!(retried, 2, "{events:?}");
+    assert_eq!(
+        client
+            .download_bytes(&repo, "main", "faulty.bin")
+            .await
+            .unwrap(),
+        data
+    );
+
+    // A server that picks `xet` for a client that offered only LFS: refused, named.
+    server.set_faults(Faults {
+        pick_xet_unoffered: true,
+        ..Faults::default()
+    });
+    let lfs_only = HubClient::builder(server.base_url())
+        .unwrap()
+        .token(Some(hubsweep::hub::Token::new(HUB_TOKEN)))
+        .xet(false)
+        .build()
+        .unwrap();
+    let refused = upload_and_commit(&lfs_only, &repo, "refused.bin", pseudo_random(1000, 22)).await;
+    let message = match refused {
+        Err(error @ HubError::InvalidResponse { .. }) => error.to_string(),
+        other => panic!("expected a refused answer, got {other:?}"),
+    };
+    assert!(
+        message.contains("`xet` transfer, which was not offered"),
+        "{message}"
+    );
+    assert_eq!(server.stats().fired.unoffered_xet, 1);
+
+    // A per-object refusal names the file's path: an object larger than the hub accepts.
+    let mut huge = LfsObject::from_bytes(pseudo_random(10, 23)).at("acts/huge.bin");
+    huge.size = 1 << 50;
+    let message = client
+        .upload_lfs_object(&repo, "main", &huge)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("`acts/huge.bin`") && message.contains("422"),
+        "{message}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_without_xet_gets_lfs_uploads_from_the_same_client() {
+    let context = TestContext::new();
+    let server = xet_server(&context, false).await;
+    let (client, events) = xet_client(&server);
+    let repo = model("org/lfs-only");
+    client.create_repo(&repo, false, false).await.unwrap();
+    let data = pseudo_random(2_000_000, 31);
+    upload_and_commit(&client, &repo, "plain.bin", data.clone())
+        .await
+        .unwrap();
+    let stats = server.stats();
+    assert_eq!(stats.object_puts + stats.completions, 1, "{stats:?}");
+    assert_eq!(stats.xorb_posts + stats.shard_posts, 0, "{stats:?}");
+    assert!(
+        !events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, HubEvent::XetStored { .. }))
+    );
+    assert_eq!(
+        client
+            .download_bytes(&repo, "main", "plain.bin")
+            .await
+            .unwrap(),
+        data
+    );
+    server.shutdown().await;
+}
