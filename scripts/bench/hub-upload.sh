@@ -46,7 +46,7 @@ json_field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.ar
 reps="${HUB_BENCH_REPS:-2}"
 best() { python3 -c "import json,sys; runs=[json.loads(l) for l in sys.argv[1:]]; print(json.dumps(min(runs, key=lambda r: r['total_s'])))" "$@"; }
 runs=()
-for i in $(seq "$reps"); do start_server; runs+=("$("$example" "$url" "$work/artifact.bin" "bench/rust$i")"); stop_server; done
+for i in $(seq "$reps"); do start_server; runs+=("$("$example" "$url" "$work/artifact.bin" "bench/rust$i" --lfs)"); stop_server; done
 rust="$(best "${runs[@]}")"
 runs=()
 for i in $(seq "$reps"); do

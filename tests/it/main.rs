@@ -30,3 +30,4 @@ mod spec;
 mod spectro;
 mod spectro_smollm2;
 mod verify;
+mod xet_run;

@@ -427,7 +427,7 @@ print(len(expected))
 }
 
 /// A longer sweep (many shards and commits) over the bundled models.
-fn long_spec(
+pub(crate) fn long_spec(
     ctx: &TestContext,
     output: &str,
     tokens: usize,
@@ -440,7 +440,7 @@ fn long_spec(
 /// [`long_spec`] over other token ids for each `variant` (0: `long_spec`'s own). Runs over the
 /// same ids store byte-identical artifacts, which the Hub then already has: a run that must
 /// really upload needs ids no earlier run of the store used.
-fn long_spec_of(
+pub(crate) fn long_spec_of(
     ctx: &TestContext,
     output: &str,
     tokens: usize,
@@ -469,7 +469,7 @@ fn long_spec_of(
 
 /// `child`'s stderr, line by line as it comes, on a channel; the thread hands back the whole
 /// text when it is joined (after the child exited and closed the pipe).
-fn stderr_lines(
+pub(crate) fn stderr_lines(
     child: &mut std::process::Child,
 ) -> (
     std::sync::mpsc::Receiver<String>,
@@ -492,7 +492,7 @@ fn stderr_lines(
 
 /// Whether a run's log line marks progress a kill can land after: a model's capture starting,
 /// or a commit.
-fn is_milestone(line: &str) -> bool {
+pub(crate) fn is_milestone(line: &str) -> bool {
     line.starts_with("capture  ") || line.starts_with("commit   ")
 }
 
@@ -634,10 +634,12 @@ fn killed_at_random_moments_then_rerun_completes_without_duplicates() {
     );
 }
 
-/// A server on loopback for `hf://` outputs, with faults switched on.
+/// A server on loopback for `hf://` outputs, with faults switched on. LFS only: the faults
+/// here are the LFS transfers' (tests/it/xet_run.rs has the Xet ones).
 async fn faulty_server(ctx: &TestContext, faults: Faults) -> ServerHandle {
     let mut config = ServerConfig::new(ctx.child("remote-store"));
     config.addr = "127.0.0.1:0".parse().unwrap();
+    config.xet = false;
     // Small thresholds so artifacts go multipart and part faults apply.
     config.limits.multipart_threshold = 16 << 10;
     config.limits.part_size = 8 << 10;

@@ -237,6 +237,7 @@ impl HubClientBuilder {
                 xet_known: Arc::new(std::sync::Mutex::new(xet::KnownChunks::new(
                     xet::KNOWN_CHUNKS,
                 ))),
+                xet_in_flight: XorbGates::default(),
             }),
         })
     }
@@ -281,7 +282,16 @@ struct Inner {
     xet: bool,
     /// Chunks the CAS is known to store (earlier uploads, dedup answers), shared by clones.
     xet_known: Arc<std::sync::Mutex<xet::KnownChunks>>,
+    /// Xorbs this client is uploading now, each with the lock its uploader holds.
+    xet_in_flight: XorbGates,
 }
+
+/// Per-xorb upload locks, so a client never sends one xorb twice at once.
+type XorbGates = Arc<
+    std::sync::Mutex<
+        std::collections::HashMap<crate::hub::xet::hash::XetHash, Arc<tokio::sync::Mutex<()>>>,
+    >,
+>;
 
 impl std::fmt::Debug for HubClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

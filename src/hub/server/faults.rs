@@ -65,8 +65,12 @@ pub struct Stats {
     pub xorb_posts: u64,
     /// Xet xorb uploads that stored a new xorb.
     pub xorbs_stored: u64,
+    /// Xet xorb uploads of a xorb the CAS already had (sent twice).
+    pub xorbs_already_stored: u64,
     /// Xet shard uploads received with a valid token.
     pub shard_posts: u64,
+    /// Bytes of the xorb and shard bodies the CAS read (what Xet clients sent).
+    pub cas_bytes_received: u64,
     /// Xet tokens handed out (token routes and batch answers).
     pub xet_tokens_issued: u64,
     /// CAS requests that carried the Hub token instead of a Xet token: a client leaking its
@@ -112,7 +116,9 @@ pub struct FaultState {
     pub(super) storage_requests_with_auth: AtomicU64,
     pub(super) xorb_posts: AtomicU64,
     pub(super) xorbs_stored: AtomicU64,
+    pub(super) xorbs_already_stored: AtomicU64,
     pub(super) shard_posts: AtomicU64,
+    pub(super) cas_bytes_received: AtomicU64,
     pub(super) xet_tokens_issued: AtomicU64,
     pub(super) cas_requests_with_hub_token: AtomicU64,
 }
@@ -152,7 +158,9 @@ impl FaultState {
             storage_requests_with_auth: load(&self.storage_requests_with_auth),
             xorb_posts: load(&self.xorb_posts),
             xorbs_stored: load(&self.xorbs_stored),
+            xorbs_already_stored: load(&self.xorbs_already_stored),
             shard_posts: load(&self.shard_posts),
+            cas_bytes_received: load(&self.cas_bytes_received),
             xet_tokens_issued: load(&self.xet_tokens_issued),
             cas_requests_with_hub_token: load(&self.cas_requests_with_hub_token),
         }

@@ -216,6 +216,13 @@ impl ServerHandle {
         self.state.faults.stats()
     }
 
+    /// Waits until no xorb or shard upload is being read or validated (e.g. the ones a killed
+    /// client had sent whole), so what the CAS stores stops changing.
+    pub async fn xet_idle(&self) {
+        let all = self.state.limits.xet_uploads_in_flight as u32;
+        let _permits = self.state.xet_uploads.acquire_many(all).await;
+    }
+
     /// Stops accepting, lets in-flight requests finish, and waits for the server task.
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();

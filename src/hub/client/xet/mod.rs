@@ -11,6 +11,7 @@
 
 mod plan;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -242,6 +243,16 @@ impl HubClient {
             .map(|(n, (body, chunks))| {
                 let cas = &cas;
                 async move {
+                    // One upload of a xorb at a time per client: identical artifacts uploaded
+                    // at once make identical xorbs, and the second waits for the first.
+                    let gate = self.xorb_gate(body.hash);
+                    let turn = gate.lock().await;
+                    if self.known_at(&chunks[0]) == Some((body.hash, 0)) {
+                        drop(turn);
+                        self.release_gate(body.hash, gate);
+                        self.remember(body.hash, chunks);
+                        return Ok::<u64, HubError>(0);
+                    }
                     let path = format!("/v1/xorbs/default/{}", body.hash.hex());
                     let pieces = body.pieces.clone();
                     cas.send(
@@ -256,11 +267,9 @@ impl HubClient {
                         Some(body.len),
                     )
                     .await?;
-                    self.inner
-                        .xet_known
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .add_xorb(body.hash, chunks);
+                    self.remember(body.hash, chunks);
+                    drop(turn);
+                    self.release_gate(body.hash, gate);
                     self.emit(HubEvent::PartUploaded {
                         oid: object.sha256.clone(),
                         part: n + 1,
@@ -296,44 +305,89 @@ impl HubClient {
         })
     }
 
+    /// Where this client knows `chunk` to be stored.
+    fn known_at(&self, chunk: &XetHash) -> Option<(XetHash, u32)> {
+        self.inner
+            .xet_known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(chunk)
+    }
+
+    /// The lock held while `xorb` is uploaded by this client.
+    fn xorb_gate(&self, xorb: XetHash) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner
+            .xet_in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(xorb)
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets the lock of `xorb` once no other upload waits on it.
+    fn release_gate(&self, xorb: XetHash, gate: Arc<tokio::sync::Mutex<()>>) {
+        let mut gates = self
+            .inner
+            .xet_in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's: nobody else holds or waits on it.
+        if Arc::strong_count(&gate) <= 2 {
+            gates.remove(&xorb);
+        }
+    }
+
+    /// Remembers that the CAS stores `xorb` with `chunks`.
+    fn remember(&self, xorb: XetHash, chunks: Vec<XetHash>) {
+        self.inner
+            .xet_known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_xorb(xorb, chunks);
+    }
+
+    /// The dedup query's answer for `chunk`: the xorbs that hold it (none: 404).
+    async fn dedup_query(
+        &self,
+        cas: &Cas<'_>,
+        chunk: &XetHash,
+    ) -> Result<Vec<shard::XorbInfo>, HubError> {
+        let path = format!("/v1/chunks/default-merkledb/{}", chunk.hex());
+        let response = match cas.send(Method::GET, &path, || None, None).await {
+            Ok(response) => response,
+            Err(HubError::Status { status: 404, .. }) => return Ok(Vec::new()),
+            Err(error) => return Err(error),
+        };
+        let url = redact(response.url().as_str());
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| HubError::Transport {
+                url: url.clone(),
+                source: source.without_url(),
+            })?;
+        let answer = shard::parse(&body).map_err(|error| HubError::InvalidResponse {
+            url,
+            reason: format!("the global dedup answer is not a shard: {error}"),
+        })?;
+        Ok(answer.xorbs)
+    }
+
     /// Asks the CAS about the file's first chunk and its indexed chunks that no known xorb
     /// holds yet; every xorb an answer lists becomes known (it may hold later chunks too).
     async fn query_global_dedup(&self, cas: &Cas<'_>, file: &Chunked) -> Result<(), HubError> {
         for chunk in file.dedup_candidates() {
-            let known = self
-                .inner
-                .xet_known
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(chunk)
-                .is_some();
-            if known {
+            if self.known_at(chunk).is_some() {
                 continue;
             }
-            let path = format!("/v1/chunks/default-merkledb/{}", chunk.hex());
-            let response = match cas.send(Method::GET, &path, || None, None).await {
-                Ok(response) => response,
-                Err(HubError::Status { status: 404, .. }) => continue,
-                Err(error) => return Err(error),
-            };
-            let url = redact(response.url().as_str());
-            let body = response
-                .bytes()
-                .await
-                .map_err(|source| HubError::Transport {
-                    url: url.clone(),
-                    source: source.without_url(),
-                })?;
-            let answer = shard::parse(&body).map_err(|error| HubError::InvalidResponse {
-                url,
-                reason: format!("the global dedup answer is not a shard: {error}"),
-            })?;
+            let xorbs = self.dedup_query(cas, chunk).await?;
             let mut known = self
                 .inner
                 .xet_known
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            for xorb in answer.xorbs {
+            for xorb in xorbs {
                 known.add_xorb(xorb.xorb, xorb.chunks.into_iter().map(|(h, _)| h));
             }
         }

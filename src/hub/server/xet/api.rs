@@ -128,6 +128,7 @@ pub async fn upload_xorb(
     }
     let hash = parse_hash(&hash)?;
     if cas::has_xorb(&state.store, &hash) {
+        crate::hub::server::faults::FaultState::bump(&state.faults.xorbs_already_stored);
         return Ok(Json(json!({ "was_inserted": false })));
     }
     let _permit =
@@ -135,6 +136,10 @@ pub async fn upload_xorb(
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down")
         })?;
     let bytes = read_body(body, state.limits.max_xorb_bytes).await?;
+    state
+        .faults
+        .cas_bytes_received
+        .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
     state.check_room(bytes.len() as u64)?;
     let task_state = state.clone();
     let inserted = blocking(move || {
@@ -143,9 +148,11 @@ pub async fn upload_xorb(
         cas::install_xorb(&task_state.store, &hash, &bytes, &chunks).map_err(refusal)
     })
     .await?;
-    if inserted {
-        crate::hub::server::faults::FaultState::bump(&state.faults.xorbs_stored);
-    }
+    crate::hub::server::faults::FaultState::bump(if inserted {
+        &state.faults.xorbs_stored
+    } else {
+        &state.faults.xorbs_already_stored
+    });
     Ok(Json(json!({ "was_inserted": inserted })))
 }
 
@@ -163,6 +170,10 @@ pub async fn upload_shard(
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down")
         })?;
     let bytes = read_body(body, state.limits.max_shard_bytes).await?;
+    state
+        .faults
+        .cas_bytes_received
+        .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let parsed = shard::parse(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
     state.check_room(cas::shard_bytes(&parsed))?;
     let task_state = state.clone();

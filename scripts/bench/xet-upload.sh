@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Xet upload benchmark (not a test). SIZE bytes (default 1 GiB) of random data to the embedded
+# hub (`hubsweep hub serve`, Xet on), side by side in one run, a fresh server for each:
+#   1. hubsweep through Xet, the artifact held in memory as the sink holds it
+#      (examples/hub_upload.rs --xet),
+#   2. hubsweep through LFS (--lfs),
+#   3. the official client (huggingface_hub 2.4.0 with hf_xet) through Xet, from the file,
+#   4. the official client through LFS (HF_HUB_DISABLE_XET=1), from the file.
+# Each counts hashing, upload and commit. Then the same artifact with 1% of its bytes rewritten
+# in one place (a contiguous region in the middle) is uploaded again: by hubsweep in the same
+# process (it remembers the chunks it stored), by hubsweep in a fresh process with another 1%
+# edit (the global dedup query only), and by the official client (its on-disk Xet cache). Bytes sent are the
+# server's count of xorb and shard bytes received (`cas_bytes_received` of /_admin/stats).
+# Prints seconds, MiB/s, peak RSS of the uploading process, and the targets' ratios.
+# Needs the venv of scripts/test.d/10-python-hub.sh (sourced here).
+# Usage: scripts/bench/xet-upload.sh [SIZE_BYTES]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+size="${1:-1073741824}"
+export HUBSWEEP_CACHE="${HUBSWEEP_CACHE:-$HOME/.cache/hubsweep-ci}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HUBSWEEP_CACHE/target}"
+# shellcheck source=/dev/null
+source scripts/test.d/10-python-hub.sh
+unset HF_HUB_DISABLE_XET
+cargo build --release --quiet --bin hubsweep --example hub_upload
+work="$(mktemp -d)"
+cp "$CARGO_TARGET_DIR/release/hubsweep" "$work/hubsweep"
+cp "$CARGO_TARGET_DIR/release/examples/hub_upload" "$work/hub_upload"
+server_pid=""
+cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+head -c "$size" /dev/urandom > "$work/artifact.bin"
+cp "$work/artifact.bin" "$work/edited.bin"
+region=$((size / 100))
+head -c "$region" /dev/urandom | dd of="$work/edited.bin" bs=1M seek=$((size / 2)) oflag=seek_bytes conv=notrunc status=none
+# Another 1% edit (a quarter in) for the fresh process: the first edit's file is stored already.
+cp "$work/artifact.bin" "$work/edited2.bin"
+head -c "$region" /dev/urandom | dd of="$work/edited2.bin" bs=1M seek=$((size / 4)) oflag=seek_bytes conv=notrunc status=none
+
+start_server() {
+  rm -rf "$work/store"
+  sync
+  "$work/hubsweep" hub serve --admin --dir "$work/store" > "$work/url" 2>"$work/server.log" &
+  server_pid=$!
+  for _ in $(seq 100); do [ -s "$work/url" ] && break; sleep 0.05; done
+  url="$(head -n1 "$work/url")"
+  [ -n "$url" ] || { echo "server did not start:" >&2; cat "$work/server.log" >&2; exit 1; }
+}
+stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""; : > "$work/url"; }
+cas_bytes() { curl -sf "$url/_admin/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cas_bytes_received"])'; }
+py() { HF_ENDPOINT="$url" HF_HOME="$work/py-home" HF_HUB_DISABLE_PROGRESS_BARS=1 "$@"; }
+
+start_server
+hub_xet="$("$work/hub_upload" "$url" "$work/artifact.bin" bench/hub-xet --xet --then "$work/edited.bin")"
+hub_xet_fresh_before="$(cas_bytes)"
+hub_xet_fresh="$("$work/hub_upload" "$url" "$work/edited2.bin" bench/hub-xet --xet)"
+hub_xet_fresh_sent=$(( $(cas_bytes) - hub_xet_fresh_before ))
+stop_server
+
+start_server
+hub_lfs="$("$work/hub_upload" "$url" "$work/artifact.bin" bench/hub-lfs --lfs)"
+stop_server
+
+start_server
+rm -rf "$work/py-home"
+py_xet="$(py "$HUBSWEEP_HUB_PYTHON" scripts/bench/hub_upload_py.py file "$work/artifact.bin" bench/py-xet)"
+before="$(cas_bytes)"
+py_xet_then="$(py "$HUBSWEEP_HUB_PYTHON" scripts/bench/hub_upload_py.py file "$work/edited.bin" bench/py-xet)"
+py_xet_then_sent=$(( $(cas_bytes) - before ))
+stop_server
+
+start_server
+py_lfs="$(HF_HUB_DISABLE_XET=1 py "$HUBSWEEP_HUB_PYTHON" scripts/bench/hub_upload_py.py file "$work/artifact.bin" bench/py-lfs)"
+stop_server
+
+python3 - "$size" "$hub_xet" "$hub_lfs" "$py_xet" "$py_lfs" "$py_xet_then" "$py_xet_then_sent" "$hub_xet_fresh" "$hub_xet_fresh_sent" <<'PY'
+import json, os, sys
+size = int(sys.argv[1])
+hub_xet, hub_lfs, py_xet, py_lfs, py_then = (json.loads(a) for a in sys.argv[2:7])
+py_then_sent = int(sys.argv[7]); fresh = json.loads(sys.argv[8]); fresh_sent = int(sys.argv[9])
+mib = size / 2**20
+print(f"{size} bytes ({mib:.0f} MiB) of random data, one object, fresh embedded hub per client, {os.cpu_count()} cores")
+print(f"{'client':52} {'seconds':>8} {'MiB/s':>7} {'peak RSS MiB':>13}")
+rows = [("hubsweep, Xet (in memory: hash, upload, commit)", hub_xet),
+        ("hubsweep, LFS (in memory: hash, upload, commit)", hub_lfs),
+        ("huggingface_hub 2.4.0 + hf_xet, Xet (from file)", py_xet),
+        ("huggingface_hub 2.4.0, LFS (from file)", py_lfs)]
+for name, run in rows:
+    print(f"{name:52} {run['total_s']:8.2f} {mib / run['total_s']:7.0f} {run['peak_rss_bytes'] / 2**20:13.0f}")
+print(f"hubsweep Xet / official Xet throughput: {py_xet['total_s'] / hub_xet['total_s']:.2f}x (target >= 1.2)")
+print(f"hubsweep Xet / official LFS throughput: {py_lfs['total_s'] / hub_xet['total_s']:.2f}x")
+print(f"hubsweep Xet peak RSS - artifact: {(hub_xet['peak_rss_bytes'] - size) / 2**20:.0f} MiB (target <= 64; the process held the edited copy too: - 2 artifacts = {(hub_xet['peak_rss_bytes'] - 2 * size) / 2**20:.0f} MiB)")
+print(f"hubsweep LFS peak RSS - artifact: {(hub_lfs['peak_rss_bytes'] - size) / 2**20:.0f} MiB")
+print(f"re-upload with 1% changed in one place (bytes sent / size; target <= 5%):")
+print(f"  hubsweep, same process:  {hub_xet['then_sent_bytes'] / size:6.2%} ({hub_xet['then_total_s']:.2f} s)")
+print(f"  hubsweep, fresh process: {fresh_sent / size:6.2%} ({fresh['total_s']:.2f} s; global dedup query only)")
+print(f"  official client + cache: {py_then_sent / size:6.2%} ({py_then['total_s']:.2f} s)")
+PY
