@@ -122,7 +122,11 @@ async fn upload(repo: &HFRepository<RepoTypeModel>, file: &Upload) -> Result<Val
         .await
         .map_err(|e| format!("upload of `{}` failed: {e}", file.path))?;
     let (elapsed, exact) = seconds(start);
-    let transfer = counter.0.lock().map_err(|_| "poisoned")?.map(|(_, sent)| sent);
+    let transfer = counter
+        .0
+        .lock()
+        .map_err(|_| "poisoned")?
+        .map(|(_, sent)| sent);
     let size = file.content.len() as u64;
     Ok(json!({
         "path": file.path,
@@ -246,7 +250,12 @@ async fn resolve_head(endpoint: &str, repo_id: &str, path: &str) -> Result<Resol
 /// and then wants `X-Repo-Commit` there, which only the Hub's answer carries. Reported, not
 /// checked: the Python client follows only relative redirects for this reason.
 async fn get_file_metadata_outcome(repo: &HFRepository<RepoTypeModel>, path: &str) -> Value {
-    match repo.get_file_metadata().filepath(path.to_owned()).send().await {
+    match repo
+        .get_file_metadata()
+        .filepath(path.to_owned())
+        .send()
+        .await
+    {
         Ok(metadata) => json!({ "ok": true, "etag": metadata.etag, "xet_hash": metadata.xet_hash }),
         Err(error) => json!({ "ok": false, "error": error.to_string() }),
     }
@@ -276,9 +285,16 @@ async fn download(repo: &HFRepository<RepoTypeModel>, file: &Upload) -> Result<V
         .map_err(|e| format!("download_file_to_bytes of `{}` failed: {e}", file.path))?;
     let (to_bytes_s, to_bytes_exact) = seconds(start);
     let bytes_sha = hex::encode(sha2::Sha256::digest(&streamed));
-    for (how, sha) in [("download_file", &cache_sha), ("download_file_to_bytes", &bytes_sha)] {
+    for (how, sha) in [
+        ("download_file", &cache_sha),
+        ("download_file_to_bytes", &bytes_sha),
+    ] {
         if *sha != file.sha256 {
-            return Err(format!("{how} of `{}` has sha256 {sha}, not {}", file.path, file.sha256).into());
+            return Err(format!(
+                "{how} of `{}` has sha256 {sha}, not {}",
+                file.path, file.sha256
+            )
+            .into());
         }
     }
     Ok(json!({
@@ -337,13 +353,20 @@ fn peak_rss_bytes() -> Option<u64> {
 
 async fn run() -> Result<Value, Failure> {
     let mut args = std::env::args().skip(1);
-    let repo_id = args.next().ok_or("usage: hf-hub-peer REPO_ID [SMALL,MEDIUM,LARGE bytes]")?;
+    let repo_id = args
+        .next()
+        .ok_or("usage: hf-hub-peer REPO_ID [SMALL,MEDIUM,LARGE bytes]")?;
     let [small, medium, large] = sizes(args.next())?;
     let endpoint = std::env::var("HF_ENDPOINT").map_err(|_| "HF_ENDPOINT must be set")?;
     let token = std::env::var("HF_TOKEN").map_err(|_| "HF_TOKEN must be set")?;
-    let (namespace, name) = repo_id.split_once('/').ok_or("REPO_ID is `namespace/name`")?;
+    let (namespace, name) = repo_id
+        .split_once('/')
+        .ok_or("REPO_ID is `namespace/name`")?;
 
-    let client = HFClient::builder().endpoint(endpoint.clone()).token(token).build()?;
+    let client = HFClient::builder()
+        .endpoint(endpoint.clone())
+        .token(token)
+        .build()?;
     let start = Instant::now();
     client
         .create_repository()
@@ -357,7 +380,10 @@ async fn run() -> Result<Value, Failure> {
     let repo = client.model(namespace, name);
 
     let text: String = "hf-hub 1.x peer of the embedded hub\n".repeat(small / 36 + 1);
-    let small_file = Upload::new("README-peer.txt", bytes::Bytes::from(text[..small].to_owned()));
+    let small_file = Upload::new(
+        "README-peer.txt",
+        bytes::Bytes::from(text[..small].to_owned()),
+    );
     let medium_file = Upload::new("big25.bin", pseudo_random(medium, 25));
     let large_file = Upload::new("big120.bin", pseudo_random(large, 120));
     let copy = Upload::new("big120-copy.bin", large_file.content.clone());
