@@ -20,7 +20,8 @@
 # Env: HUBSWEEP_CACHE (default ~/.cache/hubsweep-ci); HF_HUB_PEER_TARGET (the peer's target dir,
 # default $HUBSWEEP_CACHE/hf-hub-peer-target: delete it to measure a clean build);
 # CARGO_TARGET_DIR (hubsweep's, default $HUBSWEEP_CACHE/target); RUST_LOG (the server's log,
-# kept in the work dir and printed on failure); CARGO_BUILD_JOBS as usual.
+# kept in the work dir and printed on failure); HF_HUB_PEER_LOG (a tracing filter for the
+# peer's hf-hub / hf-xet logs, printed on failure); CARGO_BUILD_JOBS as usual.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 sizes="${1:-64,25000000,120000000}"

@@ -439,6 +439,13 @@ async fn run() -> Result<Value, Failure> {
 
 #[tokio::main]
 async fn main() {
+    // hf-hub's and hf-xet's own logs, to stderr, when `HF_HUB_PEER_LOG` names a filter.
+    if let Ok(filter) = std::env::var("HF_HUB_PEER_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match run().await {
         Ok(summary) => println!("{summary}"),
         Err(error) => {
