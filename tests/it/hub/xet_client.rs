@@ -355,3 +355,126 @@ async fn a_hub_without_xet_gets_lfs_uploads_from_the_same_client() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_copies_between_hubs_whatever_protocol_each_speaks() {
+    let context = TestContext::new();
+    // A: files came in through Xet; B: LFS only; C: Xet again, filled from B.
+    let hubs = [
+        start_server(&context.child("a"), |c| c.xet = true).await,
+        start_server(&context.child("b"), |c| c.xet = false).await,
+        start_server(&context.child("c"), |c| c.xet = true).await,
+    ];
+    let (through_xet, _) = xet_client(&hubs[0]);
+    let repo = model("org/mirrored");
+    through_xet.create_repo(&repo, false, false).await.unwrap();
+    let weights = pseudo_random(3_000_000, 41);
+    upload_and_commit(&through_xet, &repo, "model.safetensors", weights.clone())
+        .await
+        .unwrap();
+    assert!(hubs[0].stats().shard_posts > 0);
+    let clients: Vec<HubClient> = hubs.iter().map(|h| xet_client(h).0).collect();
+    let scratch = context.child("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    for (from, to) in [(0, 1), (1, 2)] {
+        clients[to]
+            .mirror_from(&clients[from], &repo, "main", &scratch)
+            .await
+            .unwrap();
+    }
+    let files = |client: &HubClient| {
+        let client = client.clone();
+        let repo = repo.clone();
+        async move {
+            let mut entries: Vec<(String, String, u64)> = client
+                .list_tree(&repo, "main", "", true)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.is_file())
+                .map(|e| (e.path, e.lfs.map_or(e.oid, |l| l.oid), e.size))
+                .collect();
+            entries.sort();
+            entries
+        }
+    };
+    let first = files(&clients[0]).await;
+    assert!(
+        first.iter().any(|(_, oid, _)| *oid == sha256_hex(&weights)),
+        "{first:?}"
+    );
+    assert_eq!(files(&clients[1]).await, first);
+    assert_eq!(files(&clients[2]).await, first);
+    for client in &clients[1..] {
+        assert_eq!(
+            client
+                .download_bytes(&repo, "main", "model.safetensors")
+                .await
+                .unwrap(),
+            weights
+        );
+    }
+    // B received it through LFS (it speaks nothing else); the mirror reads files from scratch,
+    // which go through LFS wherever they go.
+    assert_eq!(hubs[1].stats().xorb_posts, 0);
+    assert!(hubs[1].stats().object_puts + hubs[1].stats().completions > 0);
+    for hub in hubs {
+        hub.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_xorb_sent_again_gets_its_answer_not_a_broken_pipe() {
+    let context = TestContext::new();
+    let server = xet_server(&context, true).await;
+    let (client, _) = xet_client(&server);
+    let repo = model("org/twice");
+    client.create_repo(&repo, false, false).await.unwrap();
+    let base = server.base_url().to_owned();
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .get(format!("{base}/api/models/org/twice/xet-write-token/main"))
+        .bearer_auth(HUB_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["accessToken"].as_str().unwrap().to_owned();
+    // 24 MB of chunks: far more than socket buffers hold, so an answer given before the body
+    // is read reaches a client still writing as a broken pipe.
+    let data = pseudo_random(24_000_000, 51);
+    let ends = hubsweep::hub::xet::chunking::boundaries(&data);
+    let chunks: Vec<_> = ends
+        .iter()
+        .scan(0, |start, &end| {
+            let range = *start..end;
+            *start = end;
+            Some((
+                hubsweep::hub::xet::hash::chunk_hash(&data[range.clone()]),
+                range,
+            ))
+        })
+        .collect();
+    let body = hubsweep::hub::xet::xorb::serialize(&data, &chunks);
+    let bytes: Vec<u8> = body.pieces.concat();
+    let url = format!("{base}/v1/xorbs/default/{}", body.hash.hex());
+    for inserted in [true, false] {
+        let answer: serde_json::Value = http
+            .post(&url)
+            .bearer_auth(&token)
+            .body(bytes.clone())
+            .send()
+            .await
+            .expect("an answer, not a broken pipe")
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["was_inserted"], inserted);
+    }
+    assert_eq!(server.stats().xorbs_already_stored, 1);
+    server.shutdown().await;
+}

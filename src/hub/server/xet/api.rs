@@ -86,6 +86,24 @@ async fn read_body(body: Body, limit: u64) -> Result<axum::body::Bytes, ApiError
         })
 }
 
+/// Reads a body to its end without keeping it (at most `limit` bytes, else 413).
+async fn drain_body(body: Body, limit: u64) -> Result<(), ApiError> {
+    use futures::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    let mut total = 0u64;
+    while let Some(frame) = stream.next().await {
+        let frame = frame.map_err(|_| ApiError::bad_request("the body was cut off"))?;
+        total += frame.len() as u64;
+        if total > limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body is larger than the {limit} bytes this endpoint takes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn refusal(error: CasError) -> ApiError {
     match error {
         CasError::Store(error) => error.into(),
@@ -129,6 +147,9 @@ pub async fn upload_xorb(
     let hash = parse_hash(&hash)?;
     if cas::has_xorb(&state.store, &hash) {
         crate::hub::server::faults::FaultState::bump(&state.faults.xorbs_already_stored);
+        // Read the body to its end (dropping it) before answering: an answer sent while the
+        // client is still writing makes it see a broken pipe, not the answer.
+        drain_body(body, state.limits.max_xorb_bytes).await?;
         return Ok(Json(json!({ "was_inserted": false })));
     }
     let _permit =
