@@ -43,8 +43,8 @@ async fn files(server: &ServerHandle, repo: &str) -> BTreeMap<String, (String, u
         .collect()
 }
 
-/// Reads the ledger of `repo` and checks it (every node once, files where records say).
-async fn checked_ledger(server: &ServerHandle, repo: &str) -> usize {
+/// The records of `repo`'s ledger, checked (every node once, files where records say).
+async fn checked_records(server: &ServerHandle, repo: &str) -> Vec<hubsweep::ledger::Record> {
     let client = HubClient::builder(server.base_url())
         .unwrap()
         .build()
@@ -53,21 +53,14 @@ async fn checked_ledger(server: &ServerHandle, repo: &str) -> usize {
     let state = LedgerState::read(&client, &repo, "main").await.unwrap();
     let records = segment_records(&client, &repo, &state).await;
     check_ledger(&state, &records);
-    records.len()
+    records
 }
 
 /// The checked ledger's records of `repo`, each as its JSON line without its timing, sorted.
 async fn records(server: &ServerHandle, repo: &str) -> Vec<String> {
-    let client = HubClient::builder(server.base_url())
-        .unwrap()
-        .build()
-        .unwrap();
-    let repo = dataset(repo);
-    let state = LedgerState::read(&client, &repo, "main").await.unwrap();
-    let records = segment_records(&client, &repo, &state).await;
-    check_ledger(&state, &records);
     // Without `timing`: when a node ran and how long it took are the run's own.
-    let mut lines: Vec<String> = records
+    let mut lines: Vec<String> = checked_records(server, repo)
+        .await
         .iter()
         .map(|r| {
             let mut value = serde_json::to_value(r).unwrap();
@@ -182,7 +175,7 @@ fn xet_faults_during_a_run_change_nothing_in_the_result() {
     );
     assert_eq!(stats.cas_requests_with_hub_token, 0);
     rt.block_on(async {
-        let nodes = checked_ledger(&hub, "alice/xet-faults").await;
+        let nodes = checked_records(&hub, "alice/xet-faults").await.len();
         assert_eq!(nodes, report["nodes"].as_u64().unwrap() as usize);
     });
     let (output, again) = run_json(&ctx, &spec, &[("HF_ENDPOINT", hub.base_url())]);
@@ -248,7 +241,7 @@ fn killed_during_xet_uploads_then_rerun_sends_again_only_what_was_in_flight() {
         );
         let (_, again) = run_json(&ctx, &spec, &[("HF_ENDPOINT", &endpoint)]);
         assert_eq!(again["executed"], 0, "trial {trial}: {again}");
-        let recorded = rt.block_on(checked_ledger(&hub, &repo));
+        let recorded = rt.block_on(checked_records(&hub, &repo)).len();
         assert_eq!(
             recorded,
             report["nodes"].as_u64().unwrap() as usize,

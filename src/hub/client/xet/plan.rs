@@ -259,18 +259,7 @@ fn file_info(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut state = seed;
-        (0..len)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (state >> 56) as u8
-            })
-            .collect()
-    }
+    use crate::hub::xet::chunking::tests::noise;
 
     #[test]
     fn a_second_upload_sends_only_the_changed_chunks() {
