@@ -255,7 +255,7 @@ impl Pool {
         width: usize,
         windows: usize,
     ) -> (Vec<f32>, usize) {
-        if self == Pool::None || windows == 0 || rows % windows != 0 {
+        if self == Pool::None || windows == 0 || !rows.is_multiple_of(windows) {
             return (values, rows);
         }
         let per = rows / windows;

@@ -187,7 +187,7 @@ async fn hubsweep_uploads_through_xet_as_hf_xet_does_and_sends_only_new_chunks()
     assert_eq!(stats.cas_requests_with_hub_token, 0);
     let (sent, found) = xet_sent(&events, &sha256_hex(&ours));
     assert_eq!(found, 0);
-    assert!(sent >= 20_000_000 && sent < 20_200_000, "sent {sent}");
+    assert!((20_000_000..20_200_000).contains(&sent), "sent {sent}");
     assert_eq!(
         xet_hash_of(&endpoint, repo_id, "ours.bin").await.as_deref(),
         Some(
