@@ -255,21 +255,25 @@ impl HubClient {
                     }
                     let path = format!("/v1/xorbs/default/{}", body.hash.hex());
                     let pieces = body.pieces.clone();
-                    cas.send(
-                        Method::POST,
-                        &path,
-                        || {
-                            let stream = futures::stream::iter(
-                                pieces.clone().into_iter().map(Ok::<_, std::io::Error>),
-                            );
-                            Some(reqwest::Body::wrap_stream(stream))
-                        },
-                        Some(body.len),
-                    )
-                    .await?;
-                    self.remember(body.hash, chunks);
+                    let sent = cas
+                        .send(
+                            Method::POST,
+                            &path,
+                            || {
+                                let stream = futures::stream::iter(
+                                    pieces.clone().into_iter().map(Ok::<_, std::io::Error>),
+                                );
+                                Some(reqwest::Body::wrap_stream(stream))
+                            },
+                            Some(body.len),
+                        )
+                        .await;
+                    if sent.is_ok() {
+                        self.remember(body.hash, chunks);
+                    }
                     drop(turn);
                     self.release_gate(body.hash, gate);
+                    sent?;
                     self.emit(HubEvent::PartUploaded {
                         oid: object.sha256.clone(),
                         part: n + 1,

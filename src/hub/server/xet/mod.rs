@@ -43,11 +43,27 @@ pub(super) fn routes(mut app: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
             );
         }
     }
-    app.route("/v1/xorbs/{prefix}/{hash}", post(api::upload_xorb))
-        .route("/v1/shards", post(api::upload_shard))
-        .route("/v1/chunks/{prefix}/{hash}", get(api::query_chunk))
-        .route("/v1/reconstructions/{file}", get(api::reconstruction))
-        .route("/_xet/xorbs/{xorb}/{first}/{last}", get(api::xorb_range))
+    let close = || axum::middleware::map_response(close_unless_ok);
+    app.route(
+        "/v1/xorbs/{prefix}/{hash}",
+        post(api::upload_xorb).layer(close()),
+    )
+    .route("/v1/shards", post(api::upload_shard).layer(close()))
+    .route("/v1/chunks/{prefix}/{hash}", get(api::query_chunk))
+    .route("/v1/reconstructions/{file}", get(api::reconstruction))
+    .route("/_xet/xorbs/{xorb}/{first}/{last}", get(api::xorb_range))
+}
+
+/// An upload refused before its body was read ends its connection, and says so: otherwise a
+/// client could send its next request down a connection the server is closing.
+async fn close_unless_ok(mut response: axum::response::Response) -> axum::response::Response {
+    if !response.status().is_success() {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 /// The route that hands out (and refreshes) tokens of `scope` for a repo revision.

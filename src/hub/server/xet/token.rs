@@ -100,7 +100,8 @@ pub fn check(state: &AppState, headers: &HeaderMap, need: Scope) -> Result<Grant
     if state.signature(&format!("xet-token|{body}"), expires) != signature {
         return Err(unauthorized("Xet access token is not valid"));
     }
-    if expires < paths::unix_now() {
+    // `exp` is the second the token stops being valid.
+    if expires <= paths::unix_now() {
         return Err(unauthorized("Xet access token has expired"));
     }
     let grant = parse_claims(body).ok_or_else(|| unauthorized("Xet access token is not valid"))?;
