@@ -30,13 +30,6 @@ server_pid=""
 cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work" "${store_root:-}/store"; [ "${store_root:-}" != "$work" ] && rmdir "${store_root:-}" 2>/dev/null; true; }
 trap cleanup EXIT
 head -c "$size" /dev/urandom > "$work/artifact.bin"
-cp "$work/artifact.bin" "$work/edited.bin"
-region=$((size / 100))
-head -c "$region" /dev/urandom | dd of="$work/edited.bin" bs=1M seek=$((size / 2)) oflag=seek_bytes conv=notrunc status=none
-# Another 1% edit (a quarter in) for the fresh process: the first edit's file is stored already.
-cp "$work/artifact.bin" "$work/edited2.bin"
-head -c "$region" /dev/urandom | dd of="$work/edited2.bin" bs=1M seek=$((size / 4)) oflag=seek_bytes conv=notrunc status=none
-
 # The hub's store lives in memory (/dev/shm) unless XET_BENCH_STORE names a folder: a Xet
 # upload is written twice by this hub (xorbs, then the file rebuilt from them), and on this
 # machine's disk the kernel's writeback throttling then varies a run by 2-4x, more than the
@@ -55,9 +48,9 @@ stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; serv
 cas_bytes() { curl -sf "$url/_admin/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cas_bytes_received"])'; }
 py() { HF_ENDPOINT="$url" HF_HOME="$work/py-home" HF_HUB_DISABLE_PROGRESS_BARS=1 "$@"; }
 
-# Each client runs $reps times on a fresh server, the four interleaved so that none always
-# comes first after the files above were written; the fastest run counts (the machine is
-# shared, and the server's writes dominate).
+# Each client runs $reps times on a fresh server, the four interleaved; the fastest run counts
+# (the machine is shared, and the server's writes dominate). The edited copies are written
+# only afterwards: 2 GiB more in the page cache slow this hub's writes severalfold.
 reps="${XET_BENCH_REPS:-2}"
 best() { python3 -c "import json,sys; runs=[json.loads(l) for l in sys.argv[1:]]; print(json.dumps(min(runs, key=lambda r: r['total_s'])))" "$@"; }
 hx=(); hl=(); px=(); pl=()
@@ -69,6 +62,14 @@ for i in $(seq "$reps"); do
 done
 printf "%s\n" "${hx[@]}" "${px[@]}" "${hl[@]}" "${pl[@]}" >&2
 hub_xet_best="$(best "${hx[@]}")"; hub_lfs="$(best "${hl[@]}")"; py_xet="$(best "${px[@]}")"; py_lfs="$(best "${pl[@]}")"
+
+cp "$work/artifact.bin" "$work/edited.bin"
+region=$((size / 100))
+head -c "$region" /dev/urandom | dd of="$work/edited.bin" bs=1M seek=$((size / 2)) oflag=seek_bytes conv=notrunc status=none
+# Another 1% edit (a quarter in) for the fresh process: the first edit's file is stored already.
+cp "$work/artifact.bin" "$work/edited2.bin"
+head -c "$region" /dev/urandom | dd of="$work/edited2.bin" bs=1M seek=$((size / 4)) oflag=seek_bytes conv=notrunc status=none
+sync
 
 # The 1% edits: hubsweep in one process (the artifact, then the edit), then a fresh process
 # with another edit; the official client with its cache (the artifact, then the edit).
