@@ -215,18 +215,16 @@ impl HubClient {
                 reason: format!("chunking stopped: {e}"),
             })?;
         self.query_global_dedup(&cas, &file).await?;
-        let (file, sha256, known) = (file, object.sha256.clone(), self.inner.xet_known.clone());
-        let (file, plan) = tokio::task::spawn_blocking(move || {
+        let (sha256, known) = (object.sha256.clone(), self.inner.xet_known.clone());
+        let plan = tokio::task::spawn_blocking(move || {
             let known = known.lock().unwrap_or_else(|p| p.into_inner());
-            let plan = plan::plan(&file, &sha256, &known);
-            (file, plan)
+            plan::plan(&file, &sha256, &known)
         })
         .await
         .map_err(|e| HubError::Xet {
             oid: object.sha256.clone(),
             reason: format!("planning stopped: {e}"),
         })?;
-        drop(file);
         let UploadPlan {
             xorbs,
             xorb_chunks,
