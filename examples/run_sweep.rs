@@ -39,6 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             token: None,
             cache_dir: home.join("hf-cache"),
             offline: false,
+            xet: true,
         },
         home,
     };

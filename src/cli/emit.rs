@@ -56,7 +56,7 @@ impl Hubs {
         let settings = hub_settings(env);
         if source.is_local() {
             if self.local.is_none() {
-                let hub = EmbeddedHub::start(&settings.home)
+                let hub = EmbeddedHub::start(&settings.home, settings.hf.xet)
                     .await
                     .map_err(|e| Failure::because("cannot open the embedded hub", e))?;
                 self.local = Some(hub);

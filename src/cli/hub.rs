@@ -225,7 +225,11 @@ fn token_of(value: &Option<String>) -> Option<Token> {
 }
 
 /// A client for `endpoint` whose progress goes to stderr as plain lines.
-fn cli_client(endpoint: &str, token: Option<Token>) -> Result<HubClient, hubsweep::hub::HubError> {
+fn cli_client(
+    endpoint: &str,
+    token: Option<Token>,
+    xet: bool,
+) -> Result<HubClient, hubsweep::hub::HubError> {
     let events = std::sync::Arc::new(|event: &HubEvent| match event {
         HubEvent::ObjectUploaded { oid, size } => {
             eprintln!("hub: uploaded {} ({size} bytes)", &oid[..12])
@@ -270,6 +274,7 @@ fn cli_client(endpoint: &str, token: Option<Token>) -> Result<HubClient, hubswee
     HubClient::builder(endpoint)?
         .token(token)
         .events(events)
+        .xet(xet)
         .build()
 }
 
@@ -362,7 +367,7 @@ async fn import_dir(args: &ImportArgs, dir: &std::path::Path, env: &Env) -> Exit
             .unwrap_or_else(|| env.hf_endpoint.clone())
     };
     let token = if local { None } else { token_of(&env.hf_token) };
-    let client = match cli_client(&endpoint, token) {
+    let client = match cli_client(&endpoint, token, !env.hf_hub_disable_xet) {
         Ok(client) => client,
         Err(error) => return fail(&error),
     };
@@ -394,8 +399,9 @@ async fn import_dir(args: &ImportArgs, dir: &std::path::Path, env: &Env) -> Exit
 
 /// `hub mirror`: [`HubClient::mirror_from`], LFS objects staged in the temp folder.
 async fn run_mirror(args: MirrorArgs, env: &Env) -> ExitCode {
-    let clients = cli_client(&args.from, token_of(&env.mirror_from_token))
-        .and_then(|from| Ok((from, cli_client(&args.to, token_of(&env.hf_token))?)));
+    let xet = !env.hf_hub_disable_xet;
+    let clients = cli_client(&args.from, token_of(&env.mirror_from_token), xet)
+        .and_then(|from| Ok((from, cli_client(&args.to, token_of(&env.hf_token), xet)?)));
     let (from, to) = match clients {
         Ok(clients) => clients,
         Err(error) => return fail(&error),
@@ -458,6 +464,7 @@ fn download_settings(env: &Env) -> HubSource {
         token: token_of(&env.hf_token),
         cache_dir: env.hf_hub_cache_dir(),
         offline: env.hf_hub_offline,
+        xet: !env.hf_hub_disable_xet,
     }
 }
 
@@ -471,13 +478,14 @@ async fn run_download(args: DownloadArgs, env: &Env) -> ExitCode {
     let mut embedded = None;
     let mut settings = download_settings(env);
     if hub == HubKind::Local {
-        match EmbeddedHub::start(&env.hubsweep_home()).await {
+        match EmbeddedHub::start(&env.hubsweep_home(), !env.hf_hub_disable_xet).await {
             Ok(hub) => {
                 settings = HubSource {
                     endpoint: hub.base_url().to_owned(),
                     token: None,
                     cache_dir: env.hubsweep_home().join("cache"),
                     offline: false,
+                    xet: !env.hf_hub_disable_xet,
                 };
                 embedded = Some(hub);
             }

@@ -87,11 +87,24 @@ pub struct Env {
     hubsweep_home: Option<PathBuf>,
     /// `HF_HUB_OFFLINE`, truthy as the Python client reads it (`1`, `true`, `yes`, `on`).
     pub hf_hub_offline: bool,
+    /// `HF_HUB_DISABLE_XET`, truthy the same way: uploads go through LFS only.
+    pub hf_hub_disable_xet: bool,
     /// `HUBSWEEP_MIRROR_FROM_TOKEN`: the token for the source hub of `hub mirror`.
     pub mirror_from_token: Option<String>,
     /// `HUBSWEEP_TEST_PERTURB`: TEST ONLY. `capture` makes `reproduce` perturb captured
     /// activations, so the tests can see a difference caught (docs/reproduce.md).
     pub test_perturb: Option<String>,
+}
+
+/// Whether the variable is set to `1`, `true`, `yes` or `on` (any case), as the Python client
+/// reads its switches.
+fn truthy(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
 }
 
 impl Env {
@@ -113,9 +126,8 @@ impl Env {
                 .unwrap_or_else(|| "https://huggingface.co".to_owned()),
             hf_token: std::env::var("HF_TOKEN").ok().filter(|v| !v.is_empty()),
             hubsweep_home: var("HUBSWEEP_HOME"),
-            hf_hub_offline: std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
-                matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
-            }),
+            hf_hub_offline: truthy("HF_HUB_OFFLINE"),
+            hf_hub_disable_xet: truthy("HF_HUB_DISABLE_XET"),
             mirror_from_token: std::env::var("HUBSWEEP_MIRROR_FROM_TOKEN")
                 .ok()
                 .filter(|v| !v.is_empty()),

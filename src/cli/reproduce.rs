@@ -195,7 +195,7 @@ pub fn run(args: ReproduceArgs, env: &Env) -> ExitCode {
     runtime.block_on(async {
         // The scratch repo lives on the embedded hub, so it is always started.
         let settings = hub_settings(env);
-        let hub = match EmbeddedHub::start(&settings.home).await {
+        let hub = match EmbeddedHub::start(&settings.home, settings.hf.xet).await {
             Ok(hub) => hub,
             Err(error) => {
                 eprintln!("error: {}", error_chain(&error));

@@ -63,8 +63,8 @@ pub struct EmbeddedHub {
 }
 
 impl EmbeddedHub {
-    /// Starts it over `home/hub`.
-    pub async fn start(home: &std::path::Path) -> Result<Self, RunError> {
+    /// Starts it over `home/hub`; its client offers the `xet` transfer if `xet`.
+    pub async fn start(home: &std::path::Path, xet: bool) -> Result<Self, RunError> {
         let store = home.join("hub");
         let mut config = ServerConfig::new(store.clone());
         config.addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
@@ -75,7 +75,7 @@ impl EmbeddedHub {
                 source: Box::new(source),
             })?;
         let client = HubClient::builder(handle.base_url())
-            .and_then(|b| b.build())
+            .and_then(|b| b.xet(xet).build())
             .map_err(|source| RunError::Endpoint {
                 endpoint: handle.base_url().to_owned(),
                 source,
@@ -190,7 +190,9 @@ impl Session {
     ) -> Result<Self, RunError> {
         let local = match embedded {
             Embedded::Running(hub) => Some(hub),
-            Embedded::IfUsed if uses_local(&spec) => Some(EmbeddedHub::start(&hubs.home).await?),
+            Embedded::IfUsed if uses_local(&spec) => {
+                Some(EmbeddedHub::start(&hubs.home, hubs.hf.xet).await?)
+            }
             Embedded::IfUsed => None,
         };
         if let Some(hub) = &local {
@@ -208,6 +210,7 @@ impl Session {
                 token: None,
                 cache_dir: hubs.home.join("cache"),
                 offline: false,
+                xet: hubs.hf.xet,
             }),
             spec_dir,
             pinned: BTreeMap::new(),
@@ -528,7 +531,7 @@ fn uses_local(spec: &SweepSpec) -> bool {
 /// A client of the Hub `hf` names, with its token.
 pub fn hf_client(hf: &HubSource) -> Result<HubClient, RunError> {
     HubClient::builder(&hf.endpoint)
-        .map(|b| b.token(hf.token.clone()).offline(hf.offline))
+        .map(|b| b.token(hf.token.clone()).offline(hf.offline).xet(hf.xet))
         .and_then(|b| b.build())
         .map_err(|source| RunError::Endpoint {
             endpoint: hf.endpoint.clone(),

@@ -35,6 +35,8 @@ pub struct HubSource {
     pub cache_dir: PathBuf,
     /// Never touch the network: answer from the cache or fail.
     pub offline: bool,
+    /// Offer the `xet` transfer when uploading to this hub (`HF_HUB_DISABLE_XET` unset).
+    pub xet: bool,
 }
 
 impl fmt::Debug for HubSource {
@@ -44,6 +46,7 @@ impl fmt::Debug for HubSource {
             .field("token", &self.token.as_ref().map(|_| "****"))
             .field("cache_dir", &self.cache_dir)
             .field("offline", &self.offline)
+            .field("xet", &self.xet)
             .finish()
     }
 }
@@ -181,6 +184,7 @@ impl Downloader {
         let client = HubClient::builder(&source.endpoint)
             .map_err(endpoint_err)?
             .token(source.token.clone())
+            .xet(source.xet)
             .read_timeout(READ_TIMEOUT)
             .build()
             .map_err(endpoint_err)?;

@@ -290,6 +290,7 @@ fn an_edited_or_missing_manifest_cannot_be_reproduced() {
         let server = Server::start(config).await.expect("open the store");
         let client = HubClient::builder(server.base_url())
             .unwrap()
+            .xet(false)
             .build()
             .unwrap();
         let repo = Repo::dataset(RepoId::new("hubsweep", "quickstart").unwrap());

@@ -50,6 +50,7 @@ fn with_store<T>(ctx: &TestContext, f: impl AsyncFnOnce(HubClient) -> T) -> T {
         let server = Server::start(config).await.expect("open the store");
         let client = HubClient::builder(server.base_url())
             .unwrap()
+            .xet(false)
             .build()
             .unwrap();
         let result = f(client).await;

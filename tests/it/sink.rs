@@ -67,6 +67,7 @@ async fn commit_through_a_429(retry: RetryPolicy) {
     let server = start_server(ctx.path(), |_| {}).await;
     let client = HubClient::builder(server.base_url())
         .unwrap()
+        .xet(false)
         .retry(retry)
         .build()
         .unwrap();

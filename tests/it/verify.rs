@@ -61,6 +61,7 @@ async fn open(home: &Path) -> (hubsweep::hub::server::ServerHandle, HubClient) {
     let server = Server::start(config).await.expect("open the store");
     let client = HubClient::builder(server.base_url())
         .unwrap()
+        .xet(false)
         .build()
         .unwrap();
     (server, client)

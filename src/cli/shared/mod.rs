@@ -319,6 +319,7 @@ pub fn hub_settings(env: &Env) -> HubSettings {
             token: env.hf_token.clone().map(hubsweep::hub::Token::new),
             cache_dir: env.hf_hub_cache().unwrap_or_else(|| home.join("hf-cache")),
             offline: env.hf_hub_offline,
+            xet: !env.hf_hub_disable_xet,
         },
         home,
     }
@@ -366,7 +367,7 @@ pub async fn open_hub(
 ) -> Result<(HubClient, Option<EmbeddedHub>), exec::RunError> {
     let settings = hub_settings(env);
     if target.local {
-        let hub = EmbeddedHub::start(&settings.home).await?;
+        let hub = EmbeddedHub::start(&settings.home, settings.hf.xet).await?;
         Ok((hub.client().clone(), Some(hub)))
     } else {
         Ok((exec::session::hf_client(&settings.hf)?, None))
@@ -412,7 +413,9 @@ pub fn resolve_model(text: &str, env: &Env) -> Result<ModelFiles, Failure> {
 /// keeps it): the hub is served in-process for the time of the download.
 async fn local_model(repo_id: &str, revision: &str, env: &Env) -> Result<ModelFiles, Failure> {
     let home = env.hubsweep_home();
-    let hub = EmbeddedHub::start(&home).await.map_err(Failure::of)?;
+    let hub = EmbeddedHub::start(&home, !env.hf_hub_disable_xet)
+        .await
+        .map_err(Failure::of)?;
     if let Err(e) = hubsweep::hub::bundled::ensure(hub.client(), repo_id).await {
         hub.shutdown().await;
         return Err(Failure::because(
@@ -426,6 +429,7 @@ async fn local_model(repo_id: &str, revision: &str, env: &Env) -> Result<ModelFi
         cache_dir: home.join("cache"),
         // The embedded hub is on this machine: offline mode does not keep it away.
         offline: false,
+        xet: true,
     };
     let files = ModelFiles::download(&source, repo_id, revision).await;
     hub.shutdown().await;

@@ -152,9 +152,9 @@ pub struct HubClientBuilder {
 }
 
 impl HubClientBuilder {
-    /// Whether uploads offer the `xet` transfer (default: yes, unless `HF_HUB_DISABLE_XET` is
-    /// set to 1/true/yes/on, as for the official client). Without it every object goes through
-    /// LFS (`basic` or `multipart`), which the Hub still accepts.
+    /// Whether uploads offer the `xet` transfer (default: yes; the CLI turns it off for
+    /// `HF_HUB_DISABLE_XET`, as the official client does). Without it every object goes
+    /// through LFS (`basic` or `multipart`), which the Hub still accepts.
     pub fn xet(mut self, xet: bool) -> Self {
         self.xet = xet;
         self
@@ -243,16 +243,6 @@ impl HubClientBuilder {
     }
 }
 
-/// Whether `HF_HUB_DISABLE_XET` (the official client's switch, same values) turns Xet off.
-fn xet_disabled_by_env() -> bool {
-    std::env::var("HF_HUB_DISABLE_XET").is_ok_and(|v| {
-        matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "1" | "true" | "yes" | "on"
-        )
-    })
-}
-
 /// Whether `url` names this machine (`localhost` or a loopback address).
 fn is_loopback(url: &Url) -> bool {
     match url.host() {
@@ -321,7 +311,7 @@ impl HubClient {
             read_timeout: None,
             events: None,
             offline: false,
-            xet: !xet_disabled_by_env(),
+            xet: true,
         })
     }
 

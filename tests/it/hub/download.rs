@@ -82,6 +82,7 @@ async fn downloads_fill_the_shared_cache_and_keep_the_token_on_the_hub_origin() 
         token: Some(Token::new("tok")),
         cache_dir: cache_dir.clone(),
         offline: false,
+        xet: false,
     };
     // The token's Debug is masked.
     assert!(!format!("{source:?}").contains("tok\""), "{source:?}");
@@ -172,6 +173,7 @@ for path in ["model.safetensors", "shards/extra.bin", "config.json"]:
         token: None,
         cache_dir: python_cache,
         offline: true,
+        xet: false,
     })
     .unwrap();
     for (path, expected) in &files {

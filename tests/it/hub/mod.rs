@@ -89,10 +89,12 @@ pub fn client_with_events(
         max_delay: std::time::Duration::from_millis(100),
         max_server_wait: std::time::Duration::from_secs(5),
     };
+    // LFS: these tests are about the LFS transfers (tests/it/hub/xet_client.rs has Xet's).
     let mut builder = hubsweep::hub::HubClient::builder(server.base_url())
         .unwrap()
         .retry(retry)
-        .parts_in_flight(4);
+        .parts_in_flight(4)
+        .xet(false);
     builder = builder.token(token.map(hubsweep::hub::Token::new));
     if let Some(events) = events {
         builder = builder.events(events);
@@ -161,6 +163,7 @@ pub fn client_for(url: &str) -> hubsweep::hub::HubClient {
     hubsweep::hub::HubClient::builder(url)
         .unwrap()
         .retry(retry)
+        .xet(false)
         .build()
         .unwrap()
 }

@@ -182,6 +182,7 @@ fn models_and_datasets_resolve_from_the_hf_cache_without_network() {
         token: None,
         cache_dir: cache.clone(),
         offline: false,
+        xet: false,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

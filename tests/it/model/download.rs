@@ -133,6 +133,7 @@ fn serve(
         token: Some(hubsweep::hub::Token::new("secret")),
         cache_dir: ctx.child("hub-cache"),
         offline: false,
+        xet: false,
     };
     (runtime, peer, source)
 }
