@@ -189,7 +189,7 @@ fn xet_faults_during_a_run_change_nothing_in_the_result() {
 /// the ledger holds every node once, and no more than the uploads in flight at the kill is sent
 /// a second time.
 #[test]
-fn killed_during_xet_uploads_then_rerun_sends_again_only_what_was_in_flight() {
+fn killed_during_xet_uploads_then_rerun_sends_no_registered_xorb_again() {
     let ctx = TestContext::new();
     let rt = runtime();
     let hub = rt.block_on(server(&ctx, "store", true, Faults::default()));
@@ -249,12 +249,13 @@ fn killed_during_xet_uploads_then_rerun_sends_again_only_what_was_in_flight() {
         );
     }
     // A file whose upload finished before the kill is not sent again (the rerun's batch finds
-    // it). Xorbs the killed run sent before their file's shard are: the CAS indexes a xorb's
-    // chunks for the dedup query only once a shard names them (its first chunk, and every
-    // 1024th), as the Hub's does, so at most the uploads in flight at a kill (4 files of one
-    // 16 KiB xorb each) go again.
+    // it), nor is a xorb stored before its file's shard: the client registers each xorb with
+    // a shard of its own once it is stored, and the rerun's dedup query names it. Only a xorb
+    // the CAS stored as the kill landed, before the client heard back, can go again: at most
+    // the uploads in flight (4 files of one 16 KiB xorb each).
     let stats = hub.stats();
     assert!(stats.xorbs_stored > 0, "{stats:?}");
+    assert_eq!(stats.indexed_xorbs_sent_again, 0, "{stats:?}");
     assert!(
         stats.xorbs_already_stored <= 4 * killed_mid_run,
         "more xorbs sent again than were in flight: {stats:?}"

@@ -238,6 +238,7 @@ impl HubClientBuilder {
                     xet::KNOWN_CHUNKS,
                 ))),
                 xet_in_flight: XorbGates::default(),
+                xet_register: std::sync::atomic::AtomicBool::new(true),
             }),
         })
     }
@@ -274,6 +275,9 @@ struct Inner {
     xet_known: Arc<std::sync::Mutex<xet::KnownChunks>>,
     /// Xorbs this client is uploading now, each with the lock its uploader holds.
     xet_in_flight: XorbGates,
+    /// Whether each stored xorb is registered with a shard of its own (off once a CAS refused
+    /// one).
+    xet_register: std::sync::atomic::AtomicBool,
 }
 
 /// Per-xorb upload locks, so a client never sends one xorb twice at once.

@@ -67,6 +67,9 @@ pub struct Stats {
     pub xorbs_stored: u64,
     /// Xet xorb uploads of a xorb the CAS already had (sent twice).
     pub xorbs_already_stored: u64,
+    /// Of those, xorbs the global dedup query already answered for (a shard had flagged their
+    /// first chunk): a client that asked first would not have sent them.
+    pub indexed_xorbs_sent_again: u64,
     /// Xet shard uploads received with a valid token.
     pub shard_posts: u64,
     /// Bytes of the xorb and shard bodies the CAS read (what Xet clients sent).
@@ -117,6 +120,7 @@ pub struct FaultState {
     pub(super) xorb_posts: AtomicU64,
     pub(super) xorbs_stored: AtomicU64,
     pub(super) xorbs_already_stored: AtomicU64,
+    pub(super) indexed_xorbs_sent_again: AtomicU64,
     pub(super) shard_posts: AtomicU64,
     pub(super) cas_bytes_received: AtomicU64,
     pub(super) xet_tokens_issued: AtomicU64,
@@ -159,6 +163,7 @@ impl FaultState {
             xorb_posts: load(&self.xorb_posts),
             xorbs_stored: load(&self.xorbs_stored),
             xorbs_already_stored: load(&self.xorbs_already_stored),
+            indexed_xorbs_sent_again: load(&self.indexed_xorbs_sent_again),
             shard_posts: load(&self.shard_posts),
             cas_bytes_received: load(&self.cas_bytes_received),
             xet_tokens_issued: load(&self.xet_tokens_issued),

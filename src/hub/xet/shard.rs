@@ -19,8 +19,14 @@ const ENTRY: usize = 48;
 const WITH_VERIFICATION: u32 = 1 << 31;
 /// File flag: the metadata extension (sha256) follows.
 const WITH_METADATA: u32 = 1 << 30;
-/// Chunk flag: the chunk starts a file, so the CAS indexes it for the global dedup query.
+/// Chunk flag: the CAS indexes the chunk for the global dedup query (a file's first chunk, or
+/// one the client chose: ours flag each xorb's first).
 const GLOBAL_DEDUP: u32 = 1 << 31;
+/// How many flagged chunks of one xorb entry a parsed shard keeps for the index: one, plus one
+/// per 64 chunks (a hostile shard cannot make the CAS write an index entry per chunk).
+fn indexed_cap(chunks: usize) -> usize {
+    1 + chunks / 64
+}
 
 /// One term of a file: chunks `[start, end)` of a xorb, `bytes` long uncompressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -66,6 +72,9 @@ pub struct Shard {
     pub files: Vec<FileInfo>,
     /// The xorbs it lists.
     pub xorbs: Vec<XorbInfo>,
+    /// Chunks flagged for the global dedup index, with the xorb that holds them (at most
+    /// `1 + chunks / 64` per xorb entry; later flags are ignored).
+    pub indexed: Vec<(XetHash, XetHash)>,
 }
 
 /// Why a shard is malformed (a 400).
@@ -154,11 +163,17 @@ pub fn parse(bytes: &[u8]) -> Result<Shard, ShardError> {
         }
         reader.room_for(count, "a xorb lists more chunks than the shard holds")?;
         let mut chunks = Vec::with_capacity(count);
+        let mut flagged = 0;
         for _ in 0..count {
             let hash = reader.hash("cut in a CAS entry")?;
             reader.u32("cut in a CAS entry")?;
             let unpacked = reader.u32("cut in a CAS entry")?;
-            reader.take(8, "cut in a CAS entry")?;
+            let flags = reader.u32("cut in a CAS entry")?;
+            reader.take(4, "cut in a CAS entry")?;
+            if flags & GLOBAL_DEDUP != 0 && flagged < indexed_cap(count) {
+                flagged += 1;
+                shard.indexed.push((hash, xorb));
+            }
             chunks.push((hash, unpacked));
         }
         shard.xorbs.push(XorbInfo { xorb, chunks });
@@ -239,8 +254,9 @@ pub struct NewXorb {
     pub info: XorbInfo,
     /// Its serialized size.
     pub stored_bytes: u32,
-    /// The chunks (indices, ascending) that start a file: flagged for the global dedup index.
-    pub file_starts: Vec<u32>,
+    /// The chunks (indices, ascending) flagged for the global dedup index: a file's first, a
+    /// xorb's first.
+    pub indexed: Vec<u32>,
 }
 
 /// Serializes the shard of an upload as the specification requires it: the header (no footer),
@@ -291,7 +307,7 @@ pub fn upload_body(files: &[FileInfo], xorbs: &[NewXorb]) -> Vec<u8> {
         );
         let mut position = 0u32;
         for (i, (hash, unpacked)) in xorb.info.chunks.iter().enumerate() {
-            let flags = if xorb.file_starts.binary_search(&(i as u32)).is_ok() {
+            let flags = if xorb.indexed.binary_search(&(i as u32)).is_ok() {
                 GLOBAL_DEDUP
             } else {
                 0
@@ -432,12 +448,32 @@ mod tests {
         let xorb = NewXorb {
             info: info.clone(),
             stored_bytes: 46,
-            file_starts: vec![0],
+            indexed: vec![0],
         };
         let bytes = upload_body(std::slice::from_ref(&file), &[xorb]);
         let shard = parse(&bytes).unwrap();
         assert_eq!(shard.files, vec![file]);
         assert_eq!(shard.xorbs, vec![info]);
+        assert_eq!(shard.indexed, vec![(XetHash([1; 32]), XetHash([7; 32]))]);
+    }
+
+    #[test]
+    fn a_shard_flagging_every_chunk_gets_few_indexed() {
+        let info = XorbInfo {
+            xorb: XetHash([7; 32]),
+            chunks: (0..200u8).map(|i| (XetHash([i; 32]), 10)).collect(),
+        };
+        let xorb = NewXorb {
+            info: info.clone(),
+            stored_bytes: 0,
+            indexed: (0..200).collect(),
+        };
+        let shard = parse(&upload_body(&[], &[xorb])).unwrap();
+        assert!(shard.files.is_empty());
+        assert_eq!(shard.xorbs, vec![info]);
+        // One, plus one per 64 chunks: the first four.
+        let indexed: Vec<u8> = shard.indexed.iter().map(|(c, _)| c.0[0]).collect();
+        assert_eq!(indexed, vec![0, 1, 2, 3]);
     }
 
     #[test]

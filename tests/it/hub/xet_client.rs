@@ -182,8 +182,12 @@ async fn hubsweep_uploads_through_xet_as_hf_xet_does_and_sends_only_new_chunks()
         stats.object_puts + stats.part_puts,
         before.object_puts + before.part_puts
     );
-    assert_eq!(stats.shard_posts, before.shard_posts + 1);
+    // One shard per new xorb (its registration, as soon as it is stored), one for the file.
     assert!(stats.xorbs_stored > before.xorbs_stored, "{stats:?}");
+    assert_eq!(
+        stats.shard_posts,
+        before.shard_posts + 1 + (stats.xorbs_stored - before.xorbs_stored)
+    );
     assert_eq!(stats.cas_requests_with_hub_token, 0);
     let (sent, found) = xet_sent(&events, &sha256_hex(&ours));
     assert_eq!(found, 0);
@@ -222,15 +226,18 @@ async fn hubsweep_uploads_through_xet_as_hf_xet_does_and_sends_only_new_chunks()
     );
     assert_eq!(server.stats().xorbs_stored, stored + 1);
 
-    // Ours with 1% of its bytes rewritten in one place: about that much is sent again.
+    // Ours with 1% of its bytes rewritten in one place, from yet another client (a fresh
+    // process): the dedup query names the xorbs away from the edit (each xorb's first chunk
+    // was flagged when it was stored), so about 1% is sent again.
     let mut edited = ours.to_vec();
     let middle = edited.len() / 2;
     edited[middle..middle + 200_000].copy_from_slice(&pseudo_random(200_000, 13));
     let edited = Bytes::from(edited);
-    upload_and_commit(&client, &repo, "ours.bin", edited.clone())
+    let (third, third_events) = xet_client(&server);
+    upload_and_commit(&third, &repo, "ours.bin", edited.clone())
         .await
         .unwrap();
-    let (sent, found) = xet_sent(&events, &sha256_hex(&edited));
+    let (sent, found) = xet_sent(&third_events, &sha256_hex(&edited));
     assert!(sent < 1_000_000, "sent {sent} of 20 MB with 200 kB changed");
     assert!(found > 19_000_000, "found {found}");
     let downloaded = peer(
@@ -242,6 +249,84 @@ async fn hubsweep_uploads_through_xet_as_hf_xet_does_and_sends_only_new_chunks()
     .await;
     assert_eq!(downloaded["sha256"], sha256_hex(&edited));
     assert_eq!(server.stats().cas_requests_with_hub_token, 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_upload_s_stored_xorbs_are_not_sent_again_by_a_fresh_client() {
+    let context = TestContext::new();
+    let server = xet_server(&context, true).await;
+    let repo = model("org/xet-resume");
+    let (client, _) = xet_client(&server);
+    client.create_repo(&repo, false, false).await.unwrap();
+    // The client knows the file's first 5 MB (uploaded before), so the new xorbs start after
+    // that run of stored chunks, not where the content cuts: a rerun finds them only by asking
+    // about each xorb's first chunk before sending it.
+    // 80 MB: about ten new xorbs, so once the first is stored most are still to go.
+    let data = pseudo_random(80_000_000, 61);
+    upload_and_commit(&client, &repo, "head.bin", data.slice(..5_000_000))
+        .await
+        .unwrap();
+    let (parts, mut uploaded) = tokio::sync::mpsc::unbounded_channel();
+    let interrupted = HubClient::builder(server.base_url())
+        .unwrap()
+        .token(Some(hubsweep::hub::Token::new(HUB_TOKEN)))
+        .events(Arc::new(move |e: &HubEvent| {
+            if let HubEvent::PartUploaded { part, bytes, .. } = e {
+                let _ = parts.send((*part, *bytes));
+            }
+        }))
+        .xet(true)
+        .build()
+        .unwrap();
+    let object = LfsObject::from_bytes(data.clone()).at("whole.bin");
+    let upload = tokio::spawn({
+        let (repo, object) = (repo.clone(), object.clone());
+        async move { interrupted.upload_lfs_object(&repo, "main", &object).await }
+    });
+    // Stopped once its first new xorb (the one after the stored run) is stored and registered:
+    // the others may be anywhere.
+    let first_xorb = loop {
+        match uploaded.recv().await.expect("the first xorb uploaded") {
+            (1, bytes) => break bytes,
+            _ => continue,
+        }
+    };
+    upload.abort();
+    assert!(upload.await.is_err(), "the upload ran to its end");
+    server.xet_idle().await;
+    let before = server.stats();
+    assert!(before.xorbs_stored >= 2, "{before:?}");
+
+    let (fresh, events) = xet_client(&server);
+    upload_and_commit(&fresh, &repo, "whole.bin", data.clone())
+        .await
+        .unwrap();
+    let stats = server.stats();
+    // Xorbs in flight at the interruption may have been stored unregistered, and go again
+    // (bounded by the uploads in flight); none the dedup query could name does.
+    assert_eq!(stats.indexed_xorbs_sent_again, 0, "{stats:?}");
+    assert!(
+        stats.xorbs_already_stored - before.xorbs_already_stored <= 4,
+        "{stats:?}"
+    );
+    // Found stored: the first 5 MB (but its last chunk, which the end of head.bin cut) and at
+    // least the xorb whose upload the interrupted client reported (its bytes are its content
+    // plus 8 bytes a chunk and the footer).
+    let (sent, found) = xet_sent(&events, &sha256_hex(&data));
+    assert!(
+        found as f64 >= 4_850_000.0 + 0.98 * first_xorb as f64,
+        "found {found}, the first xorb stored was {first_xorb} bytes"
+    );
+    assert!(
+        sent < 80_000_000 - found + 1_000_000,
+        "sent {sent}, found {found}"
+    );
+    let reread = fresh
+        .download_bytes(&repo, "main", "whole.bin")
+        .await
+        .unwrap();
+    assert_eq!(sha256_hex(&reread), sha256_hex(&data));
     server.shutdown().await;
 }
 

@@ -11,6 +11,7 @@
 
 mod plan;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,7 +22,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 pub use plan::KnownChunks;
-use plan::{Chunked, UploadPlan};
+use plan::{Chunked, NewXorbUpload, UploadPlan};
 
 use super::error::{HubError, redact};
 use super::{HubClient, HubEvent, LfsObject};
@@ -37,6 +38,8 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(30);
 const MAX_REFRESHES: u32 = 3;
 /// Xorbs in flight at once.
 const XORBS_IN_FLIGHT: usize = 4;
+/// Global dedup queries in flight at once.
+const DEDUP_QUERIES_IN_FLIGHT: usize = 4;
 
 /// The `xet` action of a batch answer: the token refresh route and the first token.
 #[derive(Debug, Clone)]
@@ -214,7 +217,7 @@ impl HubClient {
                 oid: object.sha256.clone(),
                 reason: format!("chunking stopped: {e}"),
             })?;
-        self.query_global_dedup(&cas, &file).await?;
+        let queried = self.query_global_dedup(&cas, &file).await?;
         let (sha256, known) = (object.sha256.clone(), self.inner.xet_known.clone());
         let plan = tokio::task::spawn_blocking(move || {
             let known = known.lock().unwrap_or_else(|p| p.into_inner());
@@ -227,7 +230,6 @@ impl HubClient {
         })?;
         let UploadPlan {
             xorbs,
-            xorb_chunks,
             shard,
             file_hash,
             deduplicated,
@@ -237,52 +239,35 @@ impl HubClient {
             size: object.size,
             parts: xorbs.len() + 1,
         });
-        let sent: u64 = futures::stream::iter(xorbs.into_iter().zip(xorb_chunks).enumerate())
-            .map(|(n, (body, chunks))| {
-                let cas = &cas;
+        let resumed = std::sync::atomic::AtomicU64::new(0);
+        let sent: u64 = futures::stream::iter(xorbs.into_iter().enumerate())
+            .map(|(n, xorb)| {
+                let (cas, queried, resumed) = (&cas, &queried, &resumed);
                 async move {
                     // One upload of a xorb at a time per client: identical artifacts uploaded
                     // at once make identical xorbs, and the second waits for the first.
-                    let gate = self.xorb_gate(body.hash);
+                    let gate = self.xorb_gate(xorb.body.hash);
                     let turn = gate.lock().await;
-                    if self.known_at(&chunks[0]) == Some((body.hash, 0)) {
-                        drop(turn);
-                        self.release_gate(body.hash, gate);
-                        self.remember(body.hash, chunks);
-                        return Ok::<u64, HubError>(0);
-                    }
-                    let path = format!("/v1/xorbs/default/{}", body.hash.hex());
-                    let pieces = body.pieces.clone();
-                    let sent = cas
-                        .send(
-                            Method::POST,
-                            &path,
-                            || {
-                                let stream = futures::stream::iter(
-                                    pieces.clone().into_iter().map(Ok::<_, std::io::Error>),
-                                );
-                                Some(reqwest::Body::wrap_stream(stream))
-                            },
-                            Some(body.len),
-                        )
-                        .await;
-                    if sent.is_ok() {
-                        self.remember(body.hash, chunks);
-                    }
+                    let result = self.send_xorb(cas, &xorb, queried).await;
                     drop(turn);
-                    self.release_gate(body.hash, gate);
-                    sent?;
-                    self.emit(HubEvent::PartUploaded {
-                        oid: object.sha256.clone(),
-                        part: n + 1,
-                        bytes: body.len,
-                    });
-                    Ok::<u64, HubError>(body.len)
+                    self.release_gate(xorb.body.hash, gate);
+                    let bytes = result?;
+                    if bytes == 0 {
+                        resumed.fetch_add(xorb.content, std::sync::atomic::Ordering::Relaxed);
+                    } else {
+                        self.emit(HubEvent::PartUploaded {
+                            oid: object.sha256.clone(),
+                            part: n + 1,
+                            bytes: xorb.body.len,
+                        });
+                    }
+                    Ok::<u64, HubError>(bytes)
                 }
             })
             .buffer_unordered(XORBS_IN_FLIGHT)
             .try_fold(0u64, |total, bytes| async move { Ok(total + bytes) })
             .await?;
+        let deduplicated = deduplicated + resumed.into_inner();
         let shard_len = shard.len() as u64;
         let shard = Bytes::from(shard);
         let response = cas
@@ -376,24 +361,114 @@ impl HubClient {
         Ok(answer.xorbs)
     }
 
-    /// Asks the CAS about the file's first chunk and its indexed chunks that no known xorb
-    /// holds yet; every xorb an answer lists becomes known (it may hold later chunks too).
-    async fn query_global_dedup(&self, cas: &Cas<'_>, file: &Chunked) -> Result<(), HubError> {
-        for chunk in file.dedup_candidates() {
-            if self.known_at(chunk).is_some() {
-                continue;
-            }
-            let xorbs = self.dedup_query(cas, chunk).await?;
-            let mut known = self
-                .inner
-                .xet_known
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            for xorb in xorbs {
-                known.add_xorb(xorb.xorb, xorb.chunks.into_iter().map(|(h, _)| h));
+    /// Asks the CAS about the file's first chunk, its indexed chunks and the chunks that start
+    /// a xorb by content, unless a known xorb holds them already (a few queries at once); every
+    /// xorb an answer lists becomes known (it may hold later chunks too). Returns the chunks
+    /// asked about.
+    async fn query_global_dedup(
+        &self,
+        cas: &Cas<'_>,
+        file: &Chunked,
+    ) -> Result<HashSet<XetHash>, HubError> {
+        let candidates: Vec<XetHash> = file
+            .dedup_candidates()
+            .filter(|chunk| self.known_at(chunk).is_none())
+            .copied()
+            .collect();
+        let mut answers = futures::stream::iter(candidates.clone())
+            .map(|chunk| async move { self.dedup_query(cas, &chunk).await })
+            .buffered(DEDUP_QUERIES_IN_FLIGHT);
+        while let Some(xorbs) = answers.next().await {
+            self.learn(xorbs?);
+        }
+        Ok(candidates.into_iter().collect())
+    }
+
+    /// Records the xorbs a dedup answer listed.
+    fn learn(&self, xorbs: Vec<shard::XorbInfo>) {
+        let mut known = self
+            .inner
+            .xet_known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for xorb in xorbs {
+            known.add_xorb(xorb.xorb, xorb.chunks.into_iter().map(|(h, _)| h));
+        }
+    }
+
+    /// Sends one new xorb unless the CAS is known to store it — from this client's memory, or
+    /// (when its first chunk was not asked about yet) the dedup query, which answers for xorbs
+    /// an earlier, interrupted upload registered — then registers it. Returns the bytes sent.
+    async fn send_xorb(
+        &self,
+        cas: &Cas<'_>,
+        xorb: &NewXorbUpload,
+        queried: &HashSet<XetHash>,
+    ) -> Result<u64, HubError> {
+        let (hash, first) = (xorb.body.hash, xorb.chunks[0]);
+        if self.known_at(&first) == Some((hash, 0)) {
+            return Ok(0);
+        }
+        if !queried.contains(&first) {
+            let listed = self.dedup_query(cas, &first).await?;
+            let stored = listed.iter().any(|x| x.xorb == hash);
+            self.learn(listed);
+            if stored {
+                return Ok(0);
             }
         }
-        Ok(())
+        let path = format!("/v1/xorbs/default/{}", hash.hex());
+        let pieces = xorb.body.pieces.clone();
+        cas.send(
+            Method::POST,
+            &path,
+            || {
+                let stream =
+                    futures::stream::iter(pieces.clone().into_iter().map(Ok::<_, std::io::Error>));
+                Some(reqwest::Body::wrap_stream(stream))
+            },
+            Some(xorb.body.len),
+        )
+        .await?;
+        let registered = self.register_xorb(cas, xorb).await;
+        self.remember(hash, xorb.chunks.clone());
+        Ok(xorb.body.len + registered)
+    }
+
+    /// Posts the xorb's registration shard, so that the dedup query names the xorb before its
+    /// file's shard exists (a killed upload's rerun finds it). Best effort: a CAS that refuses
+    /// such shards gets none from this client again, and the upload goes on. Returns the bytes
+    /// sent.
+    async fn register_xorb(&self, cas: &Cas<'_>, xorb: &NewXorbUpload) -> u64 {
+        use std::sync::atomic::Ordering;
+        if !self.inner.xet_register.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let body = xorb.registration.clone();
+        let sent = cas
+            .send(
+                Method::POST,
+                "/v1/shards",
+                || Some(reqwest::Body::from(body.clone())),
+                None,
+            )
+            .await;
+        match sent {
+            Ok(_) => body.len() as u64,
+            Err(error) => {
+                if let HubError::Status { status, .. } = &error
+                    && (400..500).contains(status)
+                {
+                    self.inner.xet_register.store(false, Ordering::Relaxed);
+                }
+                tracing::warn!(
+                    xorb = %xorb.body.hash.hex(),
+                    "the CAS did not take the xorb's registration shard ({error}); uploads go on \
+                     without it, and an interrupted upload will send such xorbs again"
+                );
+                0
+            }
+        }
     }
 }
 

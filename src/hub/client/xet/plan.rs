@@ -1,6 +1,13 @@
 //! What one Xet upload sends: the file cut into content-defined chunks, each chunk found in a
 //! xorb the CAS already stores (known from this client's earlier uploads or the global dedup
 //! query) or packed into a new xorb, and the file described as terms over those xorbs.
+//!
+//! Xorbs are cut where the content says (after a chunk whose hash is `0 mod` [`XORB_CUT`]) or
+//! where a run of stored chunks interrupts (the size limits are rarely reached). So the same
+//! bytes pack into the same xorbs whatever else is stored, and an edit changes only the xorbs
+//! around it: a rerun after a crash, or an edited artifact in a fresh process, finds the
+//! xorbs sent before through the global dedup query (each xorb's first chunk is flagged for the
+//! index, and it is among the chunks asked about) and sends only what is new.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -50,15 +57,28 @@ impl Chunked {
         hash::file_hash(&pairs)
     }
 
-    /// The chunks to ask the global dedup query about, in order: the first, and those whose
-    /// hash the CAS indexes (`hash mod 1024 = 0`, the specification's eligibility rule).
+    /// The chunks to ask the global dedup query about, in order: the first, those whose hash
+    /// the CAS indexes (`hash mod 1024 = 0`, the specification's eligibility rule), and those
+    /// that start a xorb by content (flagged for the index when that xorb was uploaded).
     pub fn dedup_candidates(&self) -> impl Iterator<Item = &XetHash> {
         self.chunks
             .iter()
             .enumerate()
-            .filter(|(i, (h, _))| *i == 0 || h.modulo(1024) == 0)
+            .filter(|(i, (h, _))| {
+                *i == 0 || h.modulo(1024) == 0 || ends_xorb(&self.chunks[i - 1].0)
+            })
             .map(|(_, (h, _))| h)
     }
+}
+
+/// One in this many chunks ends a xorb by content: xorbs of ≈ 8 MiB on average (chunks average
+/// 64 KiB), far below the limits, so the limits rarely cut.
+pub const XORB_CUT: u64 = 128;
+
+/// Whether a xorb ends after this chunk (a word of its hash other than the one the dedup
+/// eligibility rule reads).
+fn ends_xorb(chunk: &XetHash) -> bool {
+    u64::from_le_bytes(chunk.0[16..24].try_into().expect("8-byte word")) % XORB_CUT == 0
 }
 
 /// Chunks known to be stored in the CAS: chunk hash → (xorb, index in it). Bounded: past
@@ -118,12 +138,23 @@ enum Home {
     New(usize, u32),
 }
 
+/// A new xorb of an upload.
+pub struct NewXorbUpload {
+    /// Its bytes, serialized (pieces borrow the file's bytes).
+    pub body: XorbBody,
+    /// Its chunk hashes, in order (for the index once it is stored).
+    pub chunks: Vec<XetHash>,
+    /// Its content bytes.
+    pub content: u64,
+    /// The shard that registers it once stored: no files, this xorb, its first chunk flagged
+    /// for the global dedup index.
+    pub registration: Bytes,
+}
+
 /// An upload worked out: the new xorbs to send, then the shard describing the file.
 pub struct UploadPlan {
-    /// The new xorbs, serialized (pieces borrow the file's bytes).
-    pub xorbs: Vec<XorbBody>,
-    /// The chunk hashes of each new xorb, in order (for the index once it is stored).
-    pub xorb_chunks: Vec<Vec<XetHash>>,
+    /// The new xorbs.
+    pub xorbs: Vec<NewXorbUpload>,
     /// The shard to upload once every new xorb is stored.
     pub shard: Vec<u8>,
     /// The file's Xet hash.
@@ -132,20 +163,22 @@ pub struct UploadPlan {
     pub deduplicated: u64,
 }
 
-/// Packs the chunks no xorb stores into new xorbs (at most [`MAX_XORB_BYTES`] and
-/// [`MAX_XORB_CHUNKS`] each; a chunk repeated within the file is stored once), describes the
-/// file as terms — runs of consecutive chunks of one xorb — with their verification hashes and
-/// `sha256` (lowercase hex), and writes the shard.
+/// Packs the chunks no xorb stores into new xorbs (cut by content, at a run of stored chunks,
+/// or at [`MAX_XORB_BYTES`] / [`MAX_XORB_CHUNKS`]; a chunk repeated within the file is stored
+/// once), describes the file as terms — runs of consecutive chunks of one xorb — with their
+/// verification hashes and `sha256` (lowercase hex), and writes the shard.
 pub fn plan(file: &Chunked, sha256: &str, known: &KnownChunks) -> UploadPlan {
     let mut homes = Vec::with_capacity(file.chunks.len());
     let mut packed: Vec<Vec<usize>> = Vec::new();
     let mut packed_bytes = 0usize;
     let mut seen: HashMap<XetHash, Home> = HashMap::new();
     let mut deduplicated = 0u64;
+    let mut cut = true;
     for (i, (chunk, range)) in file.chunks.iter().enumerate() {
         if let Some((xorb, index)) = known.get(chunk) {
             homes.push(Home::Stored(xorb, index));
             deduplicated += range.len() as u64;
+            cut = true;
             continue;
         }
         if let Some(home) = seen.get(chunk) {
@@ -155,7 +188,7 @@ pub fn plan(file: &Chunked, sha256: &str, known: &KnownChunks) -> UploadPlan {
         let full = packed.last().is_none_or(|x| {
             x.len() == MAX_XORB_CHUNKS || packed_bytes + range.len() > MAX_XORB_BYTES
         });
-        if full {
+        if cut || full {
             packed.push(Vec::new());
             packed_bytes = 0;
         }
@@ -166,8 +199,9 @@ pub fn plan(file: &Chunked, sha256: &str, known: &KnownChunks) -> UploadPlan {
         packed_bytes += range.len();
         seen.insert(*chunk, home);
         homes.push(home);
+        cut = ends_xorb(chunk);
     }
-    let xorbs: Vec<XorbBody> = packed
+    let bodies: Vec<XorbBody> = packed
         .iter()
         .map(|members| {
             let chunks: Vec<(XetHash, Range<usize>)> =
@@ -175,15 +209,11 @@ pub fn plan(file: &Chunked, sha256: &str, known: &KnownChunks) -> UploadPlan {
             xorb::serialize(&file.data, &chunks)
         })
         .collect();
-    let xorb_chunks: Vec<Vec<XetHash>> = packed
-        .iter()
-        .map(|members| members.iter().map(|&i| file.chunks[i].0).collect())
-        .collect();
     let file_hash = file.file_hash();
-    let info = file_info(file, &homes, &xorbs, file_hash, sha256);
+    let info = file_info(file, &homes, &bodies, file_hash, sha256);
     let new_xorbs: Vec<NewXorb> = packed
         .iter()
-        .zip(&xorbs)
+        .zip(&bodies)
         .map(|(members, body)| NewXorb {
             info: XorbInfo {
                 xorb: body.hash,
@@ -193,17 +223,27 @@ pub fn plan(file: &Chunked, sha256: &str, known: &KnownChunks) -> UploadPlan {
                     .collect(),
             },
             stored_bytes: body.len as u32,
-            file_starts: if members.first() == Some(&0) {
-                vec![0]
-            } else {
-                Vec::new()
-            },
+            // The first chunk: the file's first when the xorb starts the file, and what a
+            // rerun asks the dedup query about.
+            indexed: vec![0],
         })
         .collect();
     let shard = crate::hub::xet::shard::upload_body(std::slice::from_ref(&info), &new_xorbs);
+    let xorbs = bodies
+        .into_iter()
+        .zip(new_xorbs)
+        .map(|(body, new)| NewXorbUpload {
+            chunks: new.info.chunks.iter().map(|c| c.0).collect(),
+            content: new.info.chunks.iter().map(|c| u64::from(c.1)).sum(),
+            registration: Bytes::from(crate::hub::xet::shard::upload_body(
+                &[],
+                std::slice::from_ref(&new),
+            )),
+            body,
+        })
+        .collect();
     UploadPlan {
         xorbs,
-        xorb_chunks,
         shard,
         file_hash,
         deduplicated,
@@ -268,14 +308,14 @@ mod tests {
         let mut known = KnownChunks::new(1 << 20);
         let plan1 = plan(&first, &"0".repeat(64), &known);
         assert_eq!(plan1.deduplicated, 0);
-        for (body, chunks) in plan1.xorbs.iter().zip(&plan1.xorb_chunks) {
-            known.add_xorb(body.hash, chunks.iter().copied());
+        for xorb in &plan1.xorbs {
+            known.add_xorb(xorb.body.hash, xorb.chunks.iter().copied());
         }
         let mut edited = data;
         edited[1_500_000..1_500_100].copy_from_slice(&noise(100, 2));
         let second = Chunked::new(Bytes::from(edited));
         let plan2 = plan(&second, &"0".repeat(64), &known);
-        let sent: u64 = plan2.xorbs.iter().map(|x| x.len).sum();
+        let sent: u64 = plan2.xorbs.iter().map(|x| x.body.len).sum();
         assert!(sent < 300_000, "sent {sent} of {} bytes", 3 << 20);
         let shard = crate::hub::xet::shard::parse(&plan2.shard).unwrap();
         let file = &shard.files[0];
@@ -297,16 +337,59 @@ mod tests {
             .collect();
         let file = Chunked::new(Bytes::from(data));
         let plan = plan(&file, &"0".repeat(64), &KnownChunks::new(16));
-        let stored: usize = plan.xorb_chunks.iter().map(Vec::len).sum();
+        let stored: usize = plan.xorbs.iter().map(|x| x.chunks.len()).sum();
         let distinct: std::collections::HashSet<_> = file.chunks.iter().map(|c| c.0).collect();
         assert_eq!(stored, distinct.len());
         assert!(
             plan.xorbs
                 .iter()
-                .all(|x| x.len <= (MAX_XORB_BYTES + (1 << 20)) as u64)
+                .all(|x| x.body.len <= (MAX_XORB_BYTES + (1 << 20)) as u64)
         );
         let shard = crate::hub::xet::shard::parse(&plan.shard).unwrap();
         assert_eq!(shard.xorbs.len(), plan.xorbs.len());
+    }
+
+    #[test]
+    fn xorbs_are_cut_by_content_so_stored_ones_and_edits_leave_the_others_as_they_were() {
+        let data = noise(48 << 20, 4);
+        let file = Chunked::new(Bytes::from(data.clone()));
+        let first = plan(&file, &"0".repeat(64), &KnownChunks::new(1 << 20));
+        let hashes: Vec<XetHash> = first.xorbs.iter().map(|x| x.body.hash).collect();
+        assert!(hashes.len() >= 3, "{} xorbs", hashes.len());
+        // A rerun that finds every other xorb stored packs the rest exactly as before.
+        let mut known = KnownChunks::new(1 << 20);
+        for xorb in first.xorbs.iter().step_by(2) {
+            known.add_xorb(xorb.body.hash, xorb.chunks.iter().copied());
+        }
+        let rerun = plan(&file, &"0".repeat(64), &known);
+        let again: Vec<XetHash> = rerun.xorbs.iter().map(|x| x.body.hash).collect();
+        let expected: Vec<XetHash> = hashes.iter().skip(1).step_by(2).copied().collect();
+        assert_eq!(again, expected);
+        // An edit in the middle, nothing known: the xorbs away from it are the same.
+        let mut edited = data;
+        edited[24 << 20..(24 << 20) + 1000].copy_from_slice(&noise(1000, 5));
+        let other = plan(
+            &Chunked::new(Bytes::from(edited)),
+            &"0".repeat(64),
+            &KnownChunks::new(1 << 20),
+        );
+        let changed = other
+            .xorbs
+            .iter()
+            .filter(|x| !hashes.contains(&x.body.hash))
+            .count();
+        assert!(
+            changed <= 2,
+            "{changed} of {} xorbs changed",
+            other.xorbs.len()
+        );
+        // Each registration lists its xorb with the first chunk flagged for the index.
+        let registered = crate::hub::xet::shard::parse(&first.xorbs[1].registration).unwrap();
+        assert!(registered.files.is_empty());
+        assert_eq!(
+            registered.indexed,
+            vec![(first.xorbs[1].chunks[0], first.xorbs[1].body.hash)]
+        );
     }
 
     #[test]

@@ -168,6 +168,9 @@ pub async fn upload_xorb(
     let hash = parse_hash(&hash)?;
     if cas::has_xorb(&state.store, &hash) {
         crate::hub::server::faults::FaultState::bump(&state.faults.xorbs_already_stored);
+        if cas::is_indexed(&state.store, &hash) {
+            crate::hub::server::faults::FaultState::bump(&state.faults.indexed_xorbs_sent_again);
+        }
         // Read the body to its end (dropping it) before answering: an answer sent while the
         // client is still writing makes it see a broken pipe, not the answer.
         drain_body(body, state.limits.max_xorb_bytes).await?;

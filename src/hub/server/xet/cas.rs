@@ -9,7 +9,8 @@
 //! xet/files/<aa>/<file>.json     a file: size, sha256 and terms (xorb, chunk range, bytes)
 //! xet/sha256/<aa>/<sha256>       the Xet file hash of the content with that sha256
 //! xet/chunks/<aa>/<chunk>        a xorb holding that chunk (the chunks clients ask the global
-//!                                dedup query about: `0 mod 1024`, and each file's first)
+//!                                dedup query about: `0 mod 1024`, each file's first, and
+//!                                those a shard flags, as clients flag each xorb's first)
 //! ```
 //!
 //! A shard's file is also reassembled into `objects/<sha256>` (checked against the sha256 the
@@ -152,6 +153,12 @@ pub fn xorb_of_chunk(store: &Store, chunk: &XetHash) -> Option<XetHash> {
     XetHash::from_hex(text.trim())
 }
 
+/// Whether the global dedup query answers for a stored xorb (its first chunk is indexed to it).
+pub fn is_indexed(store: &Store, xorb: &XetHash) -> bool {
+    matches!(xorb_index(store, xorb), Ok(Some(index))
+        if index.first().and_then(|c| xorb_of_chunk(store, &c.hash)).as_ref() == Some(xorb))
+}
+
 /// A file's record, `None` if no shard described it.
 pub fn file_record(store: &Store, file: &XetHash) -> Result<Option<FileRecord>, CasError> {
     let record = path(store, "files", &file.hex(), ".json");
@@ -183,8 +190,8 @@ pub fn shard_bytes(shard: &Shard) -> u64 {
         .sum()
 }
 
-/// Checks a shard against the stored xorbs and records its files (reassembling each into
-/// `objects/`). Blocking: reads and hashes every byte of every new file. Returns whether any
+/// Checks a shard against the stored xorbs, indexes the chunks it flags, and records its files
+/// (reassembling each into `objects/`); a shard may list xorbs only. Blocking: reads and hashes every byte of every new file. Returns whether any
 /// file was new.
 pub fn apply_shard(store: &Store, shard: &Shard) -> Result<bool, CasError> {
     for listed in &shard.xorbs {
@@ -196,6 +203,14 @@ pub fn apply_shard(store: &Store, shard: &Shard) -> Result<bool, CasError> {
             return Err(CasError::Mismatch {
                 what: format!("xorb `{}` is listed with other chunks", listed.xorb.hex()),
             });
+        }
+    }
+    // The chunks the client flagged (its xorbs' first, so that a rerun finds them before
+    // their file's shard exists): their xorbs are stored and list them, checked above.
+    for (chunk, xorb) in &shard.indexed {
+        if xorb_of_chunk(store, chunk).as_ref() != Some(xorb) {
+            let entry = path(store, "chunks", &chunk.hex(), "");
+            store.write_file_atomic(&entry, xorb.hex().as_bytes())?;
         }
     }
     let mut any_new = false;
