@@ -50,6 +50,7 @@ pub async fn upload_stage(
                 sha256: artifact.oid(),
                 size: artifact.size(),
                 source: LfsSource::Bytes(artifact.bytes.clone()),
+                xet_chunks: None,
             };
             let outcome = client.upload_lfs_object(&repo, &revision, &object).await;
             // The bytes are on the Hub (or never will be): give the memory back now.

@@ -134,6 +134,7 @@ impl HubClient {
                     sha256,
                     size: candidate.size,
                     source: candidate.source,
+                    xet_chunks: None,
                 });
             } else {
                 let content = read_all(&candidate.source).await?;

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
 use super::error::{HubError, redact};
+use super::xet::XetChunks;
 use super::{HubClient, HubEvent, Repo, encode_segment};
 
 /// How many files one preupload call and objects one batch call carry (the Hub's limit).
@@ -74,18 +75,26 @@ pub struct LfsObject {
     pub size: u64,
     /// The content.
     pub source: LfsSource,
+    /// The content cut into Xet chunks, when that is done already ([`Self::from_bytes`] does
+    /// it while it hashes); else a Xet upload cuts it.
+    pub xet_chunks: Option<XetChunks>,
 }
 
 impl LfsObject {
-    /// An object held in memory; hashes it.
+    /// An object held in memory: hashes it and, on another core at the same time, cuts it into
+    /// Xet chunks (what a Xet upload needs first; the wall time is the sha256's either way).
     pub fn from_bytes(bytes: Bytes) -> Self {
         use sha2::Digest as _;
-        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+        let (sha256, chunks) = rayon::join(
+            || hex::encode(sha2::Sha256::digest(&bytes)),
+            || XetChunks::new(bytes.clone()),
+        );
         Self {
             path: None,
             sha256,
             size: bytes.len() as u64,
             source: LfsSource::Bytes(bytes),
+            xet_chunks: Some(chunks),
         }
     }
 
@@ -340,7 +349,10 @@ impl HubClient {
             });
         };
         let action = super::xet::XetAction::new(&upload.href, &upload.header);
-        let sent = self.xet_transfer(object, data.clone(), action).await?;
+        let chunks = object.xet_chunks.clone().filter(|c| c.is_of(data));
+        let sent = self
+            .xet_transfer(object, data.clone(), chunks, action)
+            .await?;
         self.emit(HubEvent::XetStored {
             oid: object.sha256.clone(),
             size: object.size,

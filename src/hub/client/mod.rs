@@ -26,7 +26,7 @@ pub use folder::{FolderUpload, MirrorReport};
 pub use lfs::{LfsObject, LfsSource, PreuploadAnswer, PreuploadFile, UploadOutcome};
 pub use listing::{FileMetadata, FileStream, GitRef, HubCommit, PathInfo, Refs, RepoInfo};
 pub use retry::RetryPolicy;
-pub use xet::file_hash as xet_file_hash;
+pub use xet::{XetChunks, file_hash as xet_file_hash};
 
 use crate::hub::{RepoId, RepoType, Token};
 

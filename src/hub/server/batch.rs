@@ -232,7 +232,7 @@ fn xet_answers(
                     &Refusal::new(422, "file is larger than this hub accepts".to_owned()),
                 );
             }
-            if let Err(refusal) = reserve(&state.limits, &mut room, object.size, 2 * object.size) {
+            if let Err(refusal) = reserve(&state.limits, &mut room, object.size) {
                 return refused(object, &refusal);
             }
             json!({"oid": object.oid, "size": object.size, "authenticated": true,
@@ -343,31 +343,26 @@ fn decide(
     } else {
         return Err(no_spoken_transfer(offered));
     };
-    reserve(limits, room, size, size)?;
+    reserve(limits, room, size)?;
     Ok(transfer)
 }
 
-/// Takes `need` bytes for a file of `size` from the disk space left for this answer's uploads
-/// (`None`: unknown), or refuses it with 507.
-fn reserve(limits: &Limits, room: &mut Option<u64>, size: u64, need: u64) -> Result<(), Refusal> {
+/// Takes the bytes of a file of `size` from the disk space left for this answer's uploads
+/// (`None`: unknown), or refuses it with 507. (A Xet upload's xorbs take about its size too.)
+fn reserve(limits: &Limits, room: &mut Option<u64>, size: u64) -> Result<(), Refusal> {
     if let Some(left) = room {
-        if need > *left {
+        if size > *left {
             return Err(Refusal::new(
                 507,
                 format!(
-                    "the hub has not enough free disk space for this file of {}{}: {} can still be used (it keeps {} free)",
+                    "the hub has not enough free disk space for this file of {}: {} can still be used (it keeps {} free)",
                     decimal_size(size),
-                    if need > size {
-                        " (a Xet upload is stored twice: its xorbs and the file)"
-                    } else {
-                        ""
-                    },
                     decimal_size(*left),
                     decimal_size(limits.min_free_bytes.unwrap_or_default())
                 ),
             ));
         }
-        *left -= need;
+        *left -= size;
     }
     Ok(())
 }

@@ -94,7 +94,22 @@ pub async fn blob(
             "object does not exist",
         ));
     };
-    let mut response = serve_file(&state.store.object_path(&oid), size, &method, &headers).await?;
+    let path = state.store.object_path(&oid);
+    let mut response = if path.is_file() {
+        serve_file(&path, size, &method, &headers).await?
+    } else {
+        // Stored once, as Xet xorbs (`object_size` found its record).
+        let record = super::xet::cas::record_of_sha256(&state.store, &oid)
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "object does not exist"))?;
+        serve(size, &method, &headers, |start, length| {
+            Ok(Body::from_stream(stream_xet(
+                state.clone(),
+                record,
+                start,
+                length,
+            )))
+        })?
+    };
     response
         .headers_mut()
         .insert(header::ETAG, header_value(&format!("\"{oid}\""))?);
@@ -107,6 +122,23 @@ pub(super) async fn serve_file(
     size: u64,
     method: &Method,
     headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    serve(size, method, headers, |start, length| {
+        Ok(Body::from_stream(stream_file(
+            std::fs::File::open(path)?,
+            start,
+            length,
+        )))
+    })
+}
+
+/// Answers a download of `size` bytes whole or as a `Range`, with exact `Content-Length` (also
+/// on `HEAD`); `body` gives the bytes from `start`, `length` long.
+fn serve(
+    size: u64,
+    method: &Method,
+    headers: &HeaderMap,
+    body: impl FnOnce(u64, u64) -> Result<Body, ApiError>,
 ) -> Result<Response, ApiError> {
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         None => None,
@@ -130,7 +162,7 @@ pub(super) async fn serve_file(
     let body = if method == Method::HEAD || length == 0 {
         Body::empty()
     } else {
-        Body::from_stream(stream_file(std::fs::File::open(path)?, start, length))
+        body(start, length)?
     };
     let mut response = (status, body).into_response();
     let out = response.headers_mut();
@@ -187,6 +219,31 @@ fn stream_file(
                 }
             }
             offset += len;
+        }
+    });
+    futures::stream::poll_fn(move |context| receiver.poll_recv(context))
+}
+
+/// Streams `length` bytes from `start` of a file stored as Xet xorbs: one blocking thread
+/// reads them chunk by chunk (slices of the mapped xorbs, see [`cas::read_range`]) ahead of the
+/// socket. A stored xorb found broken ends the body early (the client sees a short read).
+///
+/// [`cas::read_range`]: super::xet::cas::read_range
+fn stream_xet(
+    state: Arc<AppState>,
+    record: super::xet::cas::FileRecord,
+    start: u64,
+    length: u64,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let read = super::xet::cas::read_range(&state.store, &record, start, length, |bytes| {
+            // A closed channel means the client went away: stop.
+            sender.blocking_send(Ok(bytes)).is_ok()
+        });
+        if let Err(error) = read {
+            tracing::error!(sha256 = %record.sha256, "cannot serve a Xet file: {error}");
+            let _ = sender.blocking_send(Err(std::io::Error::other(error.to_string())));
         }
     });
     futures::stream::poll_fn(move |context| receiver.poll_recv(context))

@@ -191,11 +191,13 @@ impl Store {
         self.root.join("objects").join(&sha256[..2]).join(sha256)
     }
 
-    /// The size of a stored object, if it exists.
+    /// The size of a stored object, if it exists: a file in `objects/`, or a file stored as
+    /// Xet xorbs (see `xet::cas`).
     pub fn object_size(&self, sha256: &str) -> Option<u64> {
         std::fs::metadata(self.object_path(sha256))
             .ok()
             .map(|m| m.len())
+            .or_else(|| super::xet::cas::record_of_sha256(self, sha256).map(|r| r.size))
     }
 
     /// The folder holding the parts of a multipart upload.

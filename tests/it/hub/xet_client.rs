@@ -208,6 +208,27 @@ async fn hubsweep_uploads_through_xet_as_hf_xet_does_and_sends_only_new_chunks()
     )
     .await;
     assert_eq!(downloaded["sha256"], sha256_hex(&ours));
+    // Stored once, as its xorbs: no copy in objects/, yet resolve/ serves it, ranges included
+    // (across chunk and xorb boundaries), through the LFS storage URL it redirects to.
+    let oid = sha256_hex(&ours);
+    let objects = context.path().join("store/objects");
+    assert!(!objects.join(&oid[..2]).join(&oid).exists());
+    let http = reqwest::Client::new();
+    for (start, end) in [
+        (0usize, 0usize),
+        (65_000, 9_100_000),
+        (19_999_000, 19_999_999),
+    ] {
+        let part = http
+            .get(format!("{endpoint}/{repo_id}/resolve/main/ours.bin"))
+            .bearer_auth(HUB_TOKEN)
+            .header("range", format!("bytes={start}-{end}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(part.status(), 206);
+        assert_eq!(part.bytes().await.unwrap(), ours.slice(start..=end));
+    }
 
     // The official client's file with 1 MB appended, from a client that never saw it: the
     // global dedup query finds its chunks (all but the last, which the end of the file cut),

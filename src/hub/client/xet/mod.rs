@@ -189,6 +189,31 @@ impl Cas<'_> {
     }
 }
 
+/// An in-memory object's bytes cut into Xet chunks and hashed (see
+/// [`LfsObject::from_bytes`](super::LfsObject::from_bytes)). Cheap to clone.
+#[derive(Clone)]
+pub struct XetChunks(Arc<Chunked>);
+
+impl XetChunks {
+    /// Cuts and hashes `data` (on the rayon pool).
+    pub fn new(data: Bytes) -> Self {
+        Self(Arc::new(Chunked::new(data)))
+    }
+
+    /// Whether these are the chunks of `data` (the same buffer).
+    pub(super) fn is_of(&self, data: &Bytes) -> bool {
+        self.0.data.as_ptr() == data.as_ptr() && self.0.data.len() == data.len()
+    }
+}
+
+impl std::fmt::Debug for XetChunks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XetChunks")
+            .field("chunks", &self.0.chunks.len())
+            .finish()
+    }
+}
+
 /// What one Xet upload sent.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct XetSent {
@@ -199,11 +224,13 @@ pub(super) struct XetSent {
 }
 
 impl HubClient {
-    /// Uploads `object` (held in `data`) through Xet: chunks, dedup, xorbs, shard.
+    /// Uploads `object` (held in `data`, cut into `chunks` unless they are still to cut)
+    /// through Xet: chunks, dedup, xorbs, shard.
     pub(super) async fn xet_transfer(
         &self,
         object: &LfsObject,
         data: Bytes,
+        chunks: Option<XetChunks>,
         action: XetAction,
     ) -> Result<XetSent, HubError> {
         let cas = Cas {
@@ -211,12 +238,15 @@ impl HubClient {
             refresh: action.refresh,
             token: tokio::sync::Mutex::new(action.token),
         };
-        let file = tokio::task::spawn_blocking(move || Chunked::new(data))
-            .await
-            .map_err(|e| HubError::Xet {
-                oid: object.sha256.clone(),
-                reason: format!("chunking stopped: {e}"),
-            })?;
+        let file = match chunks {
+            Some(chunks) => chunks.0,
+            None => tokio::task::spawn_blocking(move || Arc::new(Chunked::new(data)))
+                .await
+                .map_err(|e| HubError::Xet {
+                    oid: object.sha256.clone(),
+                    reason: format!("chunking stopped: {e}"),
+                })?,
+        };
         let queried = self.query_global_dedup(&cas, &file).await?;
         let (sha256, known) = (object.sha256.clone(), self.inner.xet_known.clone());
         let plan = tokio::task::spawn_blocking(move || {

@@ -13,15 +13,16 @@
 //!                                those a shard flags, as clients flag each xorb's first)
 //! ```
 //!
-//! A shard's file is also reassembled into `objects/<sha256>` (checked against the sha256 the
-//! shard declares) before its records are written, so commits, listings, `resolve/`, `verify`
-//! and LFS clients see a Xet upload exactly like an LFS one. Each record is written after what
-//! it points to, so a crash leaves at most unreferenced files, never a dangling record.
+//! A Xet file is stored once, as its xorbs: its record is written only after its content, read
+//! from them, matched the sha256 the shard declares, and [`Store::object_size`] and the
+//! `resolve/` and LFS download paths fall back to the record (reading through [`read_range`])
+//! where `objects/` has no file, so commits, listings, `verify` and LFS clients see a Xet upload
+//! exactly like an LFS one. Each record is written after what it points to, so a crash leaves
+//! at most unreferenced files, never a dangling record.
 
-use std::io::Write as _;
-use std::os::unix::fs::FileExt as _;
 use std::path::PathBuf;
 
+use bytes::Bytes;
 use sha2::Digest as _;
 
 use super::hash::{self, XetHash};
@@ -180,19 +181,9 @@ pub fn file_of_sha256(store: &Store, sha256: &str) -> Option<XetHash> {
     XetHash::from_hex(text.trim())
 }
 
-/// Bytes the files of a shard will take in `objects/` (for the free-space check).
-pub fn shard_bytes(shard: &Shard) -> u64 {
-    shard
-        .files
-        .iter()
-        .flat_map(|f| f.terms.iter())
-        .map(|t| u64::from(t.bytes))
-        .sum()
-}
-
 /// Checks a shard against the stored xorbs, indexes the chunks it flags, and records its files
-/// (reassembling each into `objects/`); a shard may list xorbs only. Blocking: reads and hashes every byte of every new file. Returns whether any
-/// file was new.
+/// once each one's content matches its sha256 (a shard may list xorbs only). Blocking: reads
+/// and hashes every byte of every new file. Returns whether any file was new.
 pub fn apply_shard(store: &Store, shard: &Shard) -> Result<bool, CasError> {
     for listed in &shard.xorbs {
         let index = xorb_index(store, &listed.xorb)?.ok_or_else(|| CasError::MissingXorb {
@@ -260,12 +251,12 @@ pub fn apply_shard(store: &Store, shard: &Shard) -> Result<bool, CasError> {
         if file_of_sha256(store, &sha256) == Some(file.file_hash) {
             continue;
         }
-        let size = reassemble(store, &file.terms, &indexes, &sha256)?;
         let record = FileRecord {
-            size,
+            size: pairs.iter().map(|(_, len)| len).sum(),
             sha256: sha256.clone(),
             terms: file.terms.clone(),
         };
+        check_sha256(store, &record)?;
         let record_path = path(store, "files", &file.file_hash.hex(), ".json");
         store.write_file_atomic(
             &record_path,
@@ -297,74 +288,106 @@ pub fn chunk_range<'a>(term: &Term, index: &'a [ChunkEntry]) -> Result<&'a [Chun
         })
 }
 
-/// Writes the content the terms describe into `objects/<sha256>`, checking its sha256 on the
-/// way; one chunk in memory at a time. Returns its size.
-fn reassemble(
-    store: &Store,
-    terms: &[Term],
-    indexes: &[Vec<ChunkEntry>],
-    sha256: &str,
-) -> Result<u64, CasError> {
-    let temp = store.temp_path();
-    let result = (|| {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, fs_err::File::create(&temp)?);
-        let mut hasher = sha2::Sha256::new();
-        let mut size = 0u64;
-        let mut raw = Vec::new();
-        let mut chunk = Vec::with_capacity(xorb::MAX_CHUNK_BYTES + 1);
-        for (term, index) in terms.iter().zip(indexes) {
-            let file = std::fs::File::open(xorb_path(store, &term.xorb))?;
-            for entry in &index[term.start as usize..term.end as usize] {
-                read_chunk(&file, entry, &mut raw, &mut chunk).map_err(|what| {
-                    CasError::Mismatch {
-                        what: format!("stored xorb `{}`: {what}", term.xorb.hex()),
-                    }
-                })?;
-                hasher.update(&chunk);
-                out.write_all(&chunk)?;
-                size += chunk.len() as u64;
-            }
-        }
-        out.flush()?;
-        let actual = hex::encode(hasher.finalize());
-        if actual != sha256 {
-            return Err(CasError::Mismatch {
-                what: format!("content sha256 is `{actual}`, not `{sha256}`"),
-            });
-        }
-        Ok(size)
-    })();
-    match result {
-        Ok(size) if store.object_size(sha256) == Some(size) => {
-            let _ = std::fs::remove_file(&temp);
-            Ok(size)
-        }
-        Ok(size) => {
-            store.install_object(&temp, sha256)?;
-            Ok(size)
-        }
-        Err(error) => {
-            let _ = std::fs::remove_file(&temp);
-            Err(error)
-        }
+/// Checks that the content a record describes hashes to its sha256.
+fn check_sha256(store: &Store, record: &FileRecord) -> Result<(), CasError> {
+    let mut hasher = sha2::Sha256::new();
+    read_range(store, record, 0, record.size, |bytes| {
+        hasher.update(&bytes);
+        true
+    })?;
+    let actual = hex::encode(hasher.finalize());
+    if actual != record.sha256 {
+        return Err(CasError::Mismatch {
+            what: format!("content sha256 is `{actual}`, not `{}`", record.sha256),
+        });
     }
+    Ok(())
 }
 
-/// Reads and decompresses one stored chunk into `chunk`.
-fn read_chunk(
-    file: &std::fs::File,
-    entry: &ChunkEntry,
-    raw: &mut Vec<u8>,
-    chunk: &mut Vec<u8>,
-) -> Result<(), &'static str> {
-    raw.resize((entry.end - entry.start) as usize, 0);
-    file.read_exact_at(raw, u64::from(entry.start))
-        .map_err(|_| "cannot read a chunk")?;
-    if raw.len() < 8 {
-        return Err("chunk shorter than its header");
+/// Reads bytes `start..start + length` of a file from its xorbs, in order, handing each piece
+/// to `emit` (which returns `false` to stop). Each xorb a term reads is mapped read-only —
+/// stored xorbs never change (written to a temporary file, then renamed into place under their
+/// hash) — and an uncompressed chunk is handed out as a slice of the mapping, so the only copy
+/// is the caller's; a compressed one is decompressed first. Blocking.
+pub fn read_range(
+    store: &Store,
+    record: &FileRecord,
+    start: u64,
+    length: u64,
+    mut emit: impl FnMut(Bytes) -> bool,
+) -> Result<(), CasError> {
+    let end = start + length;
+    let mut position = 0u64;
+    for term in &record.terms {
+        let term_end = position + u64::from(term.bytes);
+        if term_end <= start || position >= end {
+            position = term_end;
+            continue;
+        }
+        let index = xorb_index(store, &term.xorb)?.ok_or_else(|| CasError::MissingXorb {
+            xorb: term.xorb.hex(),
+        })?;
+        let chunks = chunk_range(term, &index)?;
+        let corrupt = |what: &str| CasError::Mismatch {
+            what: format!("stored xorb `{}`: {what}", term.xorb.hex()),
+        };
+        let file = std::fs::File::open(xorb_path(store, &term.xorb))?;
+        let (first, last) = (chunks[0].start, chunks[chunks.len() - 1].end);
+        let mapped = map_xorb(&file, u64::from(first), u64::from(last - first))
+            .map_err(|_| corrupt("cannot be read"))?;
+        for chunk in chunks {
+            let next = position + u64::from(chunk.unpacked);
+            if next > start && position < end {
+                let raw =
+                    mapped.slice((chunk.start - first) as usize..(chunk.end - first) as usize);
+                if raw.len() < 8 {
+                    return Err(corrupt("chunk shorter than its header"));
+                }
+                let data = if raw[4] == 0 && raw.len() - 8 == chunk.unpacked as usize {
+                    raw.slice(8..)
+                } else {
+                    let mut out = Vec::with_capacity(chunk.unpacked as usize);
+                    xorb::decompress(&raw[8..], raw[4], chunk.unpacked as usize, &mut out)
+                        .map_err(|_| corrupt("chunk does not decompress"))?;
+                    Bytes::from(out)
+                };
+                let from = start.saturating_sub(position) as usize;
+                let to = (end.min(next) - position) as usize;
+                if !emit(data.slice(from..to)) {
+                    return Ok(());
+                }
+            }
+            position = next;
+            if position >= end {
+                return Ok(());
+            }
+        }
     }
-    xorb::decompress(&raw[8..], raw[4], entry.unpacked as usize, chunk)
-        .map_err(|_| "chunk does not decompress")
+    Ok(())
+}
+
+/// Maps `len` bytes of a stored xorb from `offset`, read-only and pre-faulted.
+#[allow(unsafe_code)]
+fn map_xorb(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<Bytes> {
+    let len = usize::try_from(len).map_err(std::io::Error::other)?;
+    // SAFETY: a mapping is only unsound if the file changes under it. Stored xorbs never do:
+    // `install_xorb` writes each to a temporary file and renames it into place under its hash,
+    // and nothing writes to or truncates a xorb file afterwards.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len)
+            .populate()
+            .map(file)?
+    };
+    Ok(Bytes::from_owner(map))
+}
+
+/// The record of the content with this sha256, if it arrived through Xet.
+pub fn record_of_sha256(store: &Store, sha256: &str) -> Option<FileRecord> {
+    file_record(store, &file_of_sha256(store, sha256)?)
+        .ok()
+        .flatten()
 }
 
 /// One piece of a reconstruction: chunks of a xorb and where they lie in it.
