@@ -40,8 +40,10 @@ store_root="${XET_BENCH_STORE:-$(mktemp -d -p /dev/shm 2>/dev/null || echo "$wor
 # takes 10-20 s to write, against 0.5 s for pages freed just before. A run that needs more fresh
 # memory than the machine happens to have warm then measures the host, not the code (hubsweep
 # holds the artifact in memory, the official client streams it from the file: 1 GiB apart).
-# So before each run, 4x SIZE of memory is touched and freed, and every run starts warm.
+# So before each run, 4x SIZE of memory is touched and freed, and every run starts warm
+# (XET_BENCH_WARM=0 skips it, to see the host's effect).
 warm_memory() {
+  [ "${XET_BENCH_WARM:-1}" = 0 ] && return 0
   local warm=/dev/shm/hubsweep-bench-warm
   dd if=/dev/zero of="$warm" bs=8M count=$(( 4 * size / 8388608 + 1 )) status=none 2>/dev/null || true
   rm -f "$warm"

@@ -211,7 +211,7 @@ pub async fn tree(
         .limit
         .unwrap_or(state.limits.tree_page_size)
         .clamp(1, state.limits.tree_page_size);
-    let page = match commit.listing().page(
+    let page = match commit.listing(|sha256| xet_hash(&state, sha256)).page(
         folder.as_deref().unwrap_or(""),
         recursive,
         query.cursor.as_deref(),
@@ -276,7 +276,7 @@ pub async fn paths_info(
     for (_, path) in pairs.iter().filter(|(k, _)| k == "paths" || k == "paths[]") {
         let path = path.trim_end_matches('/');
         if let Some(entry) = commit.files.get(path) {
-            answer.push(file_json(path, entry));
+            answer.push(file_json(path, entry, |sha256| xet_hash(&state, sha256)));
         } else {
             let prefix = format!("{path}/");
             if commit
@@ -433,6 +433,11 @@ pub(super) fn load(
     state
         .commit(key, commit_id)?
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "dangling ref"))
+}
+
+/// The Xet file hash of the content with this sha256, when it is stored through Xet.
+fn xet_hash(state: &AppState, sha256: &str) -> Option<String> {
+    super::xet::cas::file_of_sha256(&state.store, sha256).map(|hash| hash.hex())
 }
 
 fn truthy(value: &str) -> bool {

@@ -38,9 +38,11 @@ impl CachedCommit {
         }
     }
 
-    /// Every file and folder of the tree, sorted by path, rendered once.
-    pub fn listing(&self) -> &Listing {
-        self.listing.get_or_init(|| Listing::build(&self.record))
+    /// Every file and folder of the tree, sorted by path, rendered once (`xet_hash` names the
+    /// Xet file hash of an LFS file's sha256 when it is stored through Xet).
+    pub fn listing(&self, xet_hash: impl Fn(&str) -> Option<String>) -> &Listing {
+        self.listing
+            .get_or_init(|| Listing::build(&self.record, xet_hash))
     }
 }
 
@@ -142,7 +144,7 @@ pub enum PageError {
 }
 
 impl Listing {
-    fn build(commit: &CommitRecord) -> Self {
+    fn build(commit: &CommitRecord, xet_hash: impl Fn(&str) -> Option<String>) -> Self {
         let mut entries: Vec<Listed> = Vec::with_capacity(commit.files.len() + 16);
         let mut folders: Vec<&str> = Vec::new();
         for (path, entry) in &commit.files {
@@ -153,7 +155,7 @@ impl Listing {
             }
             entries.push(Listed {
                 path: path.as_str().into(),
-                json: file_json(path, entry).to_string().into(),
+                json: file_json(path, entry, &xet_hash).to_string().into(),
             });
         }
         folders.sort_unstable();
@@ -255,12 +257,21 @@ pub fn pointer_size(entry: &FileEntry) -> usize {
     paths::lfs_pointer(&entry.sha256, entry.size).len()
 }
 
-/// A file as tree and paths-info answer it.
-pub fn file_json(path: &str, entry: &FileEntry) -> Value {
+/// A file as tree and paths-info answer it: an LFS file with its `lfs` object, and its
+/// `xetHash` when it is stored through Xet (as the Hub lists it; the official client reads it
+/// as `RepoFile.xet_hash`).
+pub fn file_json(
+    path: &str,
+    entry: &FileEntry,
+    xet_hash: impl Fn(&str) -> Option<String>,
+) -> Value {
     let mut value = json!({"type": "file", "oid": entry.git_oid, "size": entry.size, "path": path});
     if entry.lfs {
         value["lfs"] =
             json!({"oid": entry.sha256, "size": entry.size, "pointerSize": pointer_size(entry)});
+        if let Some(hash) = xet_hash(&entry.sha256) {
+            value["xetHash"] = json!(hash);
+        }
     }
     value
 }
@@ -338,7 +349,7 @@ mod tests {
         // `a-b` sorts between `a` and `a/…` (`-` < `/`): the non-recursive skip must not lose it.
         let record = commit(&["a-b", "a/x/1", "a/x/2", "a/y", "a0", "b/c/d/e", "top"]);
         let listing = CachedCommit::new(record);
-        let listing = listing.listing();
+        let listing = listing.listing(|_| None);
         let recursive = [
             "a", "a-b", "a/x", "a/x/1", "a/x/2", "a/y", "a0", "b", "b/c", "b/c/d", "b/c/d/e", "top",
         ];

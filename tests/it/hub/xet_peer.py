@@ -19,7 +19,14 @@ import os
 import random
 import sys
 
-from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download, snapshot_download
+from huggingface_hub import (
+    CommitOperationAdd,
+    HfApi,
+    get_hf_file_metadata,
+    hf_hub_download,
+    hf_hub_url,
+    snapshot_download,
+)
 from huggingface_hub.errors import HfHubHTTPError
 
 work, phase = sys.argv[1], sys.argv[2]
@@ -69,6 +76,11 @@ if phase == "xet":
         if path_in_repo.startswith("big"):
             assert listed[path_in_repo].lfs is not None, path_in_repo
             assert listed[path_in_repo].lfs.sha256 == digest, path_in_repo
+            # Listed with its Xet hash, the one downloads name (X-Xet-Hash).
+            meta = get_hf_file_metadata(hf_hub_url(repo, path_in_repo))
+            assert listed[path_in_repo].xet_hash == meta.xet_file_data.file_hash, path_in_repo
+            (info,) = api.get_paths_info(repo, [path_in_repo])
+            assert info.xet_hash == meta.xet_file_data.file_hash, path_in_repo
     head = api.repo_info(repo).sha
     assert head == commits[-1], (head, commits)
     try:
