@@ -30,10 +30,9 @@ server_pid=""
 cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work" "${store_root:-}/store"; [ "${store_root:-}" != "$work" ] && rmdir "${store_root:-}" 2>/dev/null; true; }
 trap cleanup EXIT
 head -c "$size" /dev/urandom > "$work/artifact.bin"
-# The hub's store lives in memory (/dev/shm) unless XET_BENCH_STORE names a folder: a Xet
-# upload is written twice by this hub (xorbs, then the file rebuilt from them), and on this
-# machine's disk the kernel's writeback throttling then varies a run by 2-4x, more than the
-# clients differ. In memory the runs measure the clients and the hub's CPU work.
+# The hub's store lives in memory (/dev/shm) unless XET_BENCH_STORE names a folder: on this
+# machine's disk the kernel's writeback throttling varies a run by 2-4x, more than the clients
+# differ. In memory the runs measure the clients and the hub's CPU work.
 store_root="${XET_BENCH_STORE:-$(mktemp -d -p /dev/shm 2>/dev/null || echo "$work")}"
 # This VM backs its memory lazily: pages the guest freed a while ago are handed back to the host
 # (free page reporting), and touching them again costs a host fault each — 1 GiB of such pages
