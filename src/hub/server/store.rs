@@ -402,7 +402,8 @@ impl Store {
     }
 
     /// Deletes a repo, then the objects that no commit of any other repo references (objects
-    /// are content-addressed and shared between repos, so only those are its own). The caller
+    /// are content-addressed and shared between repos, so only those are its own) — files in
+    /// `objects/`, and files stored through Xet with the xorbs no other file uses. The caller
     /// holds the repo's lock.
     ///
     /// `refs.json` goes first: from then on the repo does not exist for any request, and a crash
@@ -428,7 +429,8 @@ impl Store {
             }
         }
         let mut freed = Freed::default();
-        for sha256 in ours.difference(&others) {
+        let unreferenced: Vec<&str> = ours.difference(&others).map(String::as_str).collect();
+        for sha256 in &unreferenced {
             let path = self.object_path(sha256);
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
@@ -438,6 +440,14 @@ impl Store {
                 freed.bytes += meta.len();
             }
         }
+        // Files stored through Xet: their records, and the xorbs only they used.
+        let (files, bytes) =
+            super::xet::cas::forget_files(self, &unreferenced).map_err(|e| match e {
+                super::xet::cas::CasError::Store(e) => e,
+                other => StoreError::Io(std::io::Error::other(other.to_string())),
+            })?;
+        freed.objects += files;
+        freed.bytes += bytes;
         Ok(freed)
     }
 
@@ -491,7 +501,7 @@ pub fn sha256_hex(content: &[u8]) -> String {
 }
 
 /// The entries of a folder, none if it does not exist.
-fn read_dir_or_empty(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+pub(crate) fn read_dir_or_empty(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     match std::fs::read_dir(dir) {
         Ok(entries) => Ok(entries.filter_map(|e| e.ok().map(|e| e.path())).collect()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),

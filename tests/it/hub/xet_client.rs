@@ -352,6 +352,70 @@ async fn an_interrupted_upload_s_stored_xorbs_are_not_sent_again_by_a_fresh_clie
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_repo_frees_its_xet_files_and_the_xorbs_no_other_file_uses() {
+    let context = TestContext::new();
+    let server = xet_server(&context, true).await;
+    let (client, _) = xet_client(&server);
+    let (doomed, keeper) = (model("org/xet-doomed"), model("org/xet-keeper"));
+    for repo in [&doomed, &keeper] {
+        client.create_repo(repo, false, false).await.unwrap();
+    }
+    let shared = pseudo_random(12_000_000, 71);
+    let own = pseudo_random(6_000_000, 72);
+    upload_and_commit(&client, &doomed, "shared.bin", shared.clone())
+        .await
+        .unwrap();
+    upload_and_commit(&client, &doomed, "own.bin", own.clone())
+        .await
+        .unwrap();
+    let again = upload_and_commit(&client, &keeper, "copy.bin", shared.clone())
+        .await
+        .unwrap();
+    assert_eq!(again, UploadOutcome::AlreadyPresent);
+    let xorbs_dir = context.path().join("store/xet/xorbs");
+    let stored = || -> u64 {
+        walk(&xorbs_dir)
+            .iter()
+            .filter(|p| p.extension().is_none())
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum()
+    };
+    let before = stored();
+    assert!(before > 18_000_000, "{before}");
+
+    // Only own.bin was its own: its xorbs go, shared.bin's stay and still download.
+    let freed = client.delete_repo(&doomed).await.unwrap().unwrap();
+    assert!((6_000_000..6_100_000).contains(&freed), "freed {freed}");
+    assert_eq!(stored(), before - freed);
+    let copy = client
+        .download_bytes(&keeper, "main", "copy.bin")
+        .await
+        .unwrap();
+    assert_eq!(copy, shared);
+
+    // The last repo holding shared.bin: nothing is left.
+    let freed = client.delete_repo(&keeper).await.unwrap().unwrap();
+    assert!((12_000_000..12_200_000).contains(&freed), "freed {freed}");
+    assert_eq!(stored(), 0);
+    assert!(walk(&context.path().join("store/xet/files")).is_empty());
+    server.shutdown().await;
+}
+
+/// Every file under `dir` (none if it does not exist).
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xet_uploads_survive_expired_tokens_and_cas_errors_and_refuse_what_was_not_offered() {
     let context = TestContext::new();
     let server = xet_server(&context, true).await;

@@ -28,7 +28,7 @@ use sha2::Digest as _;
 use super::hash::{self, XetHash};
 use super::shard::{Shard, Term};
 use super::xorb::{self, ChunkEntry};
-use crate::hub::server::store::{Store, StoreError};
+use crate::hub::server::store::{Store, StoreError, read_dir_or_empty};
 
 /// Chunks whose hash is `0 mod 1024` are the ones clients ask the global dedup query about.
 pub const GLOBAL_DEDUP_MODULUS: u64 = 1024;
@@ -381,6 +381,64 @@ fn map_xorb(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<Byte
             .map(file)?
     };
     Ok(Bytes::from_owner(map))
+}
+
+/// Forgets the Xet files of these sha256s (no commit references them any more: their repo was
+/// deleted), then removes the xorbs they used that no remaining file uses. Returns the files
+/// forgotten and the bytes of xorbs removed.
+///
+/// Removal runs in the reverse order of writing: the sha256 map, then the record; a xorb's bytes
+/// (which mark it stored), then its chunk index. A crash part-way leaves unreferenced files,
+/// never a record without its xorbs. Xorbs no file record uses (an upload in progress, or one
+/// interrupted before its shard, which a rerun can still find) are kept; so is a xorb an upload
+/// in progress found through the dedup query, if a remaining record uses it — if none does, that
+/// upload's shard is refused (missing xorb) and the client sends the xorb again.
+pub fn forget_files(store: &Store, sha256s: &[&str]) -> Result<(u64, u64), CasError> {
+    let mut candidates = std::collections::HashSet::new();
+    let mut forgotten = 0;
+    for sha256 in sha256s {
+        let Some(file) = file_of_sha256(store, sha256) else {
+            continue;
+        };
+        if let Ok(Some(record)) = file_record(store, &file) {
+            candidates.extend(record.terms.iter().map(|t| t.xorb));
+        }
+        remove_if_present(&path(store, "sha256", sha256, ""))?;
+        remove_if_present(&path(store, "files", &file.hex(), ".json"))?;
+        forgotten += 1;
+    }
+    if candidates.is_empty() {
+        return Ok((forgotten, 0));
+    }
+    for folder in read_dir_or_empty(&store.root().join("xet").join("files"))? {
+        for entry in read_dir_or_empty(&folder)? {
+            let Ok(bytes) = std::fs::read(&entry) else {
+                continue;
+            };
+            if let Ok(record) = serde_json::from_slice::<FileRecord>(&bytes) {
+                for term in &record.terms {
+                    candidates.remove(&term.xorb);
+                }
+            }
+        }
+    }
+    let mut freed = 0;
+    for xorb in candidates {
+        let bytes = xorb_path(store, &xorb);
+        if let Ok(meta) = std::fs::metadata(&bytes) {
+            remove_if_present(&bytes)?;
+            freed += meta.len();
+        }
+        remove_if_present(&path(store, "xorbs", &xorb.hex(), ".chunks"))?;
+    }
+    Ok((forgotten, freed))
+}
+
+fn remove_if_present(file: &std::path::Path) -> Result<(), CasError> {
+    match std::fs::remove_file(file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 /// The record of the content with this sha256, if it arrived through Xet.
