@@ -153,3 +153,19 @@ impl OneBrokenModel {
         std::fs::write(self.broken.join("model.safetensors"), &self.weights).unwrap();
     }
 }
+
+/// Every file under `dir`, at any depth (none if it does not exist).
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}

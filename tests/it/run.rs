@@ -10,7 +10,9 @@ use hubsweep::hub::server::{Faults, Server, ServerConfig, ServerHandle};
 use hubsweep::hub::{HubClient, Repo, RepoId};
 use hubsweep::ledger::{LedgerState, Record};
 
-use crate::common::{OneBrokenModel, TestContext, peers_required, repo_root, under_a_terminal};
+use crate::common::{
+    OneBrokenModel, TestContext, peers_required, repo_root, under_a_terminal, walk,
+};
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hubsweep"))
@@ -823,21 +825,6 @@ HOME={ctx}/home TMPDIR=/tmp exec {bin} run --format json {spec}"#,
             "artifact written as a plain file: {name}"
         );
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                out.extend(walk(&path));
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
 }
 
 /// A child's output (read as it comes, so its pipes never fill) and its peak RSS in KiB.

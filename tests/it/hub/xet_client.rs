@@ -13,7 +13,7 @@ use hubsweep::hub::{
 };
 
 use super::{hub_python, model, pseudo_random, sha256_hex, start_server};
-use crate::common::TestContext;
+use crate::common::{TestContext, walk};
 
 const PEER_SCRIPT: &str = include_str!("xet_client_peer.py");
 const HUB_TOKEN: &str = "hf_test_token_for_xet_client";
@@ -399,20 +399,6 @@ async fn deleting_a_repo_frees_its_xet_files_and_the_xorbs_no_other_file_uses() 
     assert_eq!(stored(), 0);
     assert!(walk(&context.path().join("store/xet/files")).is_empty());
     server.shutdown().await;
-}
-
-/// Every file under `dir` (none if it does not exist).
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

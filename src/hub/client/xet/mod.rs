@@ -187,6 +187,18 @@ impl Cas<'_> {
             }
         }
     }
+
+    /// Uploads a shard (`POST /v1/shards`).
+    async fn post_shard(&self, shard: Bytes) -> Result<(), HubError> {
+        self.send(
+            Method::POST,
+            "/v1/shards",
+            || Some(reqwest::Body::from(shard.clone())),
+            None,
+        )
+        .await
+        .map(drop)
+    }
 }
 
 /// An in-memory object's bytes cut into Xet chunks and hashed (see
@@ -299,16 +311,7 @@ impl HubClient {
             .await?;
         let deduplicated = deduplicated + resumed.into_inner();
         let shard_len = shard.len() as u64;
-        let shard = Bytes::from(shard);
-        let response = cas
-            .send(
-                Method::POST,
-                "/v1/shards",
-                || Some(reqwest::Body::from(shard.clone())),
-                None,
-            )
-            .await?;
-        drop(response);
+        cas.post_shard(Bytes::from(shard)).await?;
         tracing::debug!(
             oid = %object.sha256,
             xet_hash = %file_hash.hex(),
@@ -474,17 +477,8 @@ impl HubClient {
         if !self.inner.xet_register.load(Ordering::Relaxed) {
             return 0;
         }
-        let body = xorb.registration.clone();
-        let sent = cas
-            .send(
-                Method::POST,
-                "/v1/shards",
-                || Some(reqwest::Body::from(body.clone())),
-                None,
-            )
-            .await;
-        match sent {
-            Ok(_) => body.len() as u64,
+        match cas.post_shard(xorb.registration.clone()).await {
+            Ok(()) => xorb.registration.len() as u64,
             Err(error) => {
                 if let HubError::Status { status, .. } = &error
                     && (400..500).contains(status)

@@ -304,6 +304,32 @@ fn check_sha256(store: &Store, record: &FileRecord) -> Result<(), CasError> {
     Ok(())
 }
 
+/// The terms of a record that hold bytes of `start..end`, in order, each with the position of
+/// its first byte in the file and the index of its xorb (its chunks checked to exist).
+fn terms_within<'r>(
+    store: &'r Store,
+    record: &'r FileRecord,
+    start: u64,
+    end: u64,
+) -> impl Iterator<Item = Result<(u64, &'r Term, Vec<ChunkEntry>), CasError>> + 'r {
+    record
+        .terms
+        .iter()
+        .scan(0u64, |position, term| {
+            let at = *position;
+            *position += u64::from(term.bytes);
+            Some((at, term))
+        })
+        .filter(move |(at, term)| at + u64::from(term.bytes) > start && *at < end)
+        .map(move |(at, term)| {
+            let index = xorb_index(store, &term.xorb)?.ok_or_else(|| CasError::MissingXorb {
+                xorb: term.xorb.hex(),
+            })?;
+            chunk_range(term, &index)?;
+            Ok((at, term, index))
+        })
+}
+
 /// Reads bytes `start..start + length` of a file from its xorbs, in order, handing each piece
 /// to `emit` (which returns `false` to stop). Each xorb a term reads is mapped read-only —
 /// stored xorbs never change (written to a temporary file, then renamed into place under their
@@ -317,17 +343,9 @@ pub fn read_range(
     mut emit: impl FnMut(Bytes) -> bool,
 ) -> Result<(), CasError> {
     let end = start + length;
-    let mut position = 0u64;
-    for term in &record.terms {
-        let term_end = position + u64::from(term.bytes);
-        if term_end <= start || position >= end {
-            position = term_end;
-            continue;
-        }
-        let index = xorb_index(store, &term.xorb)?.ok_or_else(|| CasError::MissingXorb {
-            xorb: term.xorb.hex(),
-        })?;
-        let chunks = chunk_range(term, &index)?;
+    for found in terms_within(store, record, start, end) {
+        let (mut position, term, index) = found?;
+        let chunks = &index[term.start as usize..term.end as usize];
         let corrupt = |what: &str| CasError::Mismatch {
             what: format!("stored xorb `{}`: {what}", term.xorb.hex()),
         };
@@ -469,17 +487,9 @@ pub fn reconstruct(
     let (want_start, want_end) = range.unwrap_or((0, record.size.saturating_sub(1)));
     let mut pieces = Vec::new();
     let mut skip = 0;
-    let mut position = 0u64;
-    for term in &record.terms {
-        let term_end = position + u64::from(term.bytes);
-        if term_end <= want_start || position > want_end {
-            position = term_end;
-            continue;
-        }
-        let index = xorb_index(store, &term.xorb)?.ok_or_else(|| CasError::MissingXorb {
-            xorb: term.xorb.hex(),
-        })?;
-        let chunks = chunk_range(term, &index)?;
+    for found in terms_within(store, record, want_start, want_end + 1) {
+        let (position, term, index) = found?;
+        let chunks = &index[term.start as usize..term.end as usize];
         let (mut first, mut last) = (None, 0usize);
         let mut at = position;
         for (i, chunk) in chunks.iter().enumerate() {
@@ -508,7 +518,6 @@ pub fn reconstruct(
                 last_byte: u64::from(selected[selected.len() - 1].end) - 1,
             });
         }
-        position = term_end;
     }
     Ok((skip, pieces))
 }
