@@ -2,8 +2,9 @@
 //! object is cut into content-defined chunks, the chunks the CAS already stores are found
 //! (this client's earlier uploads, then the global dedup query), the rest are packed into
 //! xorbs that borrow the object's bytes (nothing is copied, nothing touches the disk), the
-//! xorbs are uploaded, then the shard that describes the file. The commit that follows is the
-//! same `lfsFile` commit as after an LFS upload.
+//! xorbs are uploaded — each registered with a shard of its own as soon as it is stored, so an
+//! interrupted upload's rerun finds it through the dedup query — then the shard that describes
+//! the file. The commit that follows is the same `lfsFile` commit as after an LFS upload.
 //!
 //! Tokens: the CAS gets only the short-lived Xet token (refreshed through the Hub before it
 //! expires, and once more whenever the CAS refuses it); the Hub token goes only to the Hub
@@ -284,7 +285,7 @@ impl HubClient {
         let resumed = std::sync::atomic::AtomicU64::new(0);
         let sent: u64 = futures::stream::iter(xorbs.into_iter().enumerate())
             .map(|(n, xorb)| {
-                let (cas, queried, resumed) = (&cas, &queried, &resumed);
+                let (cas, queried, resumed) = (&cas, queried.as_ref(), &resumed);
                 async move {
                     // One upload of a xorb at a time per client: identical artifacts uploaded
                     // at once make identical xorbs, and the second waits for the first.
@@ -394,27 +395,45 @@ impl HubClient {
         Ok(answer.xorbs)
     }
 
-    /// Asks the CAS about the file's first chunk, its indexed chunks and the chunks that start
-    /// a xorb by content, unless a known xorb holds them already (a few queries at once); every
-    /// xorb an answer lists becomes known (it may hold later chunks too). Returns the chunks
-    /// asked about.
+    /// Asks the CAS about the file's first chunk and its indexed chunks, then — only if one of
+    /// them is stored, so new content costs no more round trips — about the chunks that start
+    /// a xorb by content; chunks a known xorb holds are not asked about (a few queries at
+    /// once). Every xorb an answer lists becomes known (it may hold later chunks too). Returns
+    /// the chunks asked about, or `None` when the CAS knows none of the file's indexed chunks.
     async fn query_global_dedup(
         &self,
         cas: &Cas<'_>,
         file: &Chunked,
+    ) -> Result<Option<HashSet<XetHash>>, HubError> {
+        let indexed: Vec<XetHash> = file.indexed_chunks().copied().collect();
+        let mut asked = self.ask_dedup(cas, &indexed).await?;
+        if !indexed.iter().any(|chunk| self.known_at(chunk).is_some()) {
+            return Ok(None);
+        }
+        let starts: Vec<XetHash> = file.xorb_starts().copied().collect();
+        asked.extend(self.ask_dedup(cas, &starts).await?);
+        Ok(Some(asked))
+    }
+
+    /// Asks the dedup query about the chunks no known xorb holds (a few at once), and learns
+    /// what the answers list. Returns the chunks asked about.
+    async fn ask_dedup(
+        &self,
+        cas: &Cas<'_>,
+        chunks: &[XetHash],
     ) -> Result<HashSet<XetHash>, HubError> {
-        let candidates: Vec<XetHash> = file
-            .dedup_candidates()
+        let unknown: Vec<XetHash> = chunks
+            .iter()
             .filter(|chunk| self.known_at(chunk).is_none())
             .copied()
             .collect();
-        let mut answers = futures::stream::iter(candidates.clone())
+        let mut answers = futures::stream::iter(unknown.clone())
             .map(|chunk| async move { self.dedup_query(cas, &chunk).await })
             .buffered(DEDUP_QUERIES_IN_FLIGHT);
         while let Some(xorbs) = answers.next().await {
             self.learn(xorbs?);
         }
-        Ok(candidates.into_iter().collect())
+        Ok(unknown.into_iter().collect())
     }
 
     /// Records the xorbs a dedup answer listed.
@@ -430,19 +449,20 @@ impl HubClient {
     }
 
     /// Sends one new xorb unless the CAS is known to store it — from this client's memory, or
-    /// (when its first chunk was not asked about yet) the dedup query, which answers for xorbs
-    /// an earlier, interrupted upload registered — then registers it. Returns the bytes sent.
+    /// (when the CAS knows part of the file and the xorb's first chunk was not asked about
+    /// yet) the dedup query, which answers for xorbs an earlier, interrupted upload registered
+    /// — then registers it. Returns the bytes sent.
     async fn send_xorb(
         &self,
         cas: &Cas<'_>,
         xorb: &NewXorbUpload,
-        queried: &HashSet<XetHash>,
+        queried: Option<&HashSet<XetHash>>,
     ) -> Result<u64, HubError> {
         let (hash, first) = (xorb.body.hash, xorb.chunks[0]);
         if self.known_at(&first) == Some((hash, 0)) {
             return Ok(0);
         }
-        if !queried.contains(&first) {
+        if queried.is_some_and(|asked| !asked.contains(&first)) {
             let listed = self.dedup_query(cas, &first).await?;
             let stored = listed.iter().any(|x| x.xorb == hash);
             self.learn(listed);

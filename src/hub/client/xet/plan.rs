@@ -57,17 +57,23 @@ impl Chunked {
         hash::file_hash(&pairs)
     }
 
-    /// The chunks to ask the global dedup query about, in order: the first, those whose hash
-    /// the CAS indexes (`hash mod 1024 = 0`, the specification's eligibility rule), and those
-    /// that start a xorb by content (flagged for the index when that xorb was uploaded).
-    pub fn dedup_candidates(&self) -> impl Iterator<Item = &XetHash> {
+    /// The chunks every CAS indexes for the global dedup query, in order: the first, and those
+    /// whose hash is `0 mod 1024` (the specification's eligibility rule).
+    pub fn indexed_chunks(&self) -> impl Iterator<Item = &XetHash> {
         self.chunks
             .iter()
             .enumerate()
-            .filter(|(i, (h, _))| {
-                *i == 0 || h.modulo(1024) == 0 || ends_xorb(&self.chunks[i - 1].0)
-            })
+            .filter(|(i, (h, _))| *i == 0 || h.modulo(1024) == 0)
             .map(|(_, (h, _))| h)
+    }
+
+    /// The chunks that start a xorb by content, in order (flagged for the index when that xorb
+    /// was uploaded).
+    pub fn xorb_starts(&self) -> impl Iterator<Item = &XetHash> {
+        self.chunks
+            .windows(2)
+            .filter(|pair| ends_xorb(&pair[0].0))
+            .map(|pair| &pair[1].0)
     }
 }
 
