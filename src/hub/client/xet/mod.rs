@@ -283,32 +283,41 @@ impl HubClient {
             parts: xorbs.len() + 1,
         });
         let resumed = std::sync::atomic::AtomicU64::new(0);
-        let sent: u64 = futures::stream::iter(xorbs.into_iter().enumerate())
-            .map(|(n, xorb)| {
-                let (cas, queried, resumed) = (&cas, queried.as_ref(), &resumed);
-                async move {
-                    // One upload of a xorb at a time per client: identical artifacts uploaded
-                    // at once make identical xorbs, and the second waits for the first.
-                    let gate = self.xorb_gate(xorb.body.hash);
-                    let turn = gate.lock().await;
-                    let result = self.send_xorb(cas, &xorb, queried).await;
-                    drop(turn);
-                    self.release_gate(xorb.body.hash, gate);
-                    let bytes = result?;
-                    if bytes == 0 {
-                        resumed.fetch_add(xorb.content, std::sync::atomic::Ordering::Relaxed);
-                    } else {
-                        self.emit(HubEvent::PartUploaded {
-                            oid: object.sha256.clone(),
-                            part: n + 1,
-                            bytes: xorb.body.len,
-                        });
-                    }
-                    Ok::<u64, HubError>(bytes)
+        let upload = |(n, xorb): (usize, NewXorbUpload)| {
+            let (cas, queried, resumed) = (&cas, queried.as_ref(), &resumed);
+            async move {
+                // One upload of a xorb at a time per client: identical artifacts uploaded at
+                // once make identical xorbs, and the second waits for the first.
+                let gate = self.xorb_gate(xorb.body.hash);
+                let turn = gate.lock().await;
+                let result = self.send_xorb(cas, &xorb, queried).await;
+                drop(turn);
+                self.release_gate(xorb.body.hash, gate);
+                let bytes = result?;
+                if bytes == 0 {
+                    resumed.fetch_add(xorb.content, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    self.emit(HubEvent::PartUploaded {
+                        oid: object.sha256.clone(),
+                        part: n + 1,
+                        bytes: xorb.body.len,
+                    });
                 }
-            })
+                Ok::<u64, HubError>(bytes)
+            }
+        };
+        // The first xorb goes alone: once any other is stored it is stored and registered
+        // too, so the first query of a rerun (the file's first chunk) finds the file begun and
+        // opens the queries that find the rest.
+        let mut queue = xorbs.into_iter().enumerate();
+        let first = match queue.next() {
+            Some(xorb) => upload(xorb).await?,
+            None => 0,
+        };
+        let sent: u64 = futures::stream::iter(queue)
+            .map(upload)
             .buffer_unordered(XORBS_IN_FLIGHT)
-            .try_fold(0u64, |total, bytes| async move { Ok(total + bytes) })
+            .try_fold(first, |total, bytes| async move { Ok(total + bytes) })
             .await?;
         let deduplicated = deduplicated + resumed.into_inner();
         let shard_len = shard.len() as u64;
