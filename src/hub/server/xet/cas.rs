@@ -33,7 +33,7 @@ use crate::hub::server::store::{Store, StoreError, read_dir_or_empty};
 /// Chunks whose hash is `0 mod 1024` are the ones clients ask the global dedup query about.
 pub const GLOBAL_DEDUP_MODULUS: u64 = 1024;
 
-/// A file as a shard described it, once checked and reassembled.
+/// A file as a shard described it, once checked (its content stays in the xorbs).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileRecord {
     /// Bytes of the content.

@@ -5,8 +5,10 @@
 //! Our own implementation of the public protocol specification; the formats and hashes it
 //! shares with hubsweep's client are in [`crate::hub::xet`]. Everything a client sends is checked as hostile
 //! input: every chunk is decompressed (bounded) and hashed, xorb and file hashes recomputed, a
-//! shard's terms checked against stored xorbs, and each file reassembled into `objects/` with
-//! its sha256 checked, so the rest of the server sees a Xet upload exactly as an LFS one.
+//! shard's terms checked against stored xorbs, and each file's content read from its xorbs and
+//! checked against its sha256. A Xet file is stored once, as its xorbs; object sizes and
+//! downloads fall back to its record, so the rest of the server sees a Xet upload exactly as
+//! an LFS one.
 
 mod api;
 pub mod cas;
