@@ -88,27 +88,23 @@ pub async fn blob(
     if !paths::is_sha256_hex(&oid) {
         return Err(ApiError::bad_request("oid must be a lowercase hex sha256"));
     }
-    let Some(size) = state.store.object_size(&oid) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "object does not exist",
-        ));
-    };
     let path = state.store.object_path(&oid);
-    let mut response = if path.is_file() {
-        serve_file(&path, size, &method, &headers).await?
-    } else {
-        // Stored once, as Xet xorbs (`object_size` found its record).
-        let record = super::xet::cas::record_of_sha256(&state.store, &oid)
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "object does not exist"))?;
-        serve(size, &method, &headers, |start, length| {
-            Ok(Body::from_stream(stream_xet(
-                state.clone(),
-                record,
-                start,
-                length,
-            )))
-        })?
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "object does not exist");
+    let mut response = match std::fs::metadata(&path) {
+        Ok(meta) => serve_file(&path, meta.len(), &method, &headers).await?,
+        // Stored once, as Xet xorbs.
+        Err(_) => {
+            let record =
+                super::xet::cas::record_of_sha256(&state.store, &oid).ok_or_else(not_found)?;
+            serve(record.size, &method, &headers, |start, length| {
+                Ok(Body::from_stream(stream_xet(
+                    state.clone(),
+                    record,
+                    start,
+                    length,
+                )))
+            })?
+        }
     };
     response
         .headers_mut()
